@@ -1,0 +1,1 @@
+"""fsmount: one FUSE tree over object stores and linked host paths."""

@@ -1,0 +1,90 @@
+"""The command line: `fsmount mount|check|umount` and the mount(8) helper `mount.fsmount`."""
+import argparse
+import os
+import subprocess
+import sys
+
+from fsmount.config import Config, ConfigError, load_config, redact_url
+from fsmount.daemon import MountError, mount, parse_mount_options
+from fsmount.units import format_size
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fsmount", description="One FUSE tree over object stores and linked host paths.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    mount_parser = commands.add_parser("mount", help="mount the tree a config describes")
+    mount_parser.add_argument("config")
+    mount_parser.add_argument("mountpoint", nargs="?", help="default: the config's mountpoint")
+    mount_parser.add_argument("-o", dest="options", default="", help="mount options, comma-separated")
+    mount_parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
+    check_parser = commands.add_parser("check", help="validate a config and print its mount table")
+    check_parser.add_argument("config")
+    umount_parser = commands.add_parser("umount", help="unmount; the daemon then exits")
+    umount_parser.add_argument("mountpoint")
+    umount_parser.add_argument("-l", "--lazy", action="store_true", help="detach now, even while files are open")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return _run(lambda: print(describe(load_config(args.config))))
+    if args.command == "umount":
+        return umount(args.mountpoint, args.lazy)
+    return _run(lambda: _mount(args.config, args.mountpoint, args.options, args.foreground))
+
+
+def mount_helper(argv=None) -> int:
+    """mount(8) calls this as `mount.fsmount CONFIG DIR [-sfnv] [-o OPTIONS]` (mount.fuse conventions)."""
+    parser = argparse.ArgumentParser(prog="mount.fsmount")
+    parser.add_argument("config")
+    parser.add_argument("mountpoint")
+    parser.add_argument("-o", dest="options", default="")
+    for flag in ("-s", "-f", "-n", "-v"):  # sloppy, fake, no mtab, verbose: nothing to do for FUSE
+        parser.add_argument(flag, action="store_true")
+    parser.add_argument("-t", dest="type")
+    args = parser.parse_args(argv)
+    if args.f:
+        return 0
+    return _run(lambda: _mount(args.config, args.mountpoint, args.options, foreground=False))
+
+
+def _mount(config_file: str, mountpoint: str | None, options: str, foreground: bool):
+    config = load_config(config_file)
+    mountpoint = mountpoint or config.mountpoint
+    if not mountpoint:
+        raise MountError(f"{config.file}: no mount point given and no 'mountpoint' key")
+    mount(config, mountpoint, parse_mount_options(options), foreground)
+
+
+def _run(action) -> int:
+    try:
+        action()
+    except (ConfigError, MountError) as error:
+        print(f"fsmount: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def umount(mountpoint: str, lazy: bool) -> int:
+    if os.geteuid() == 0:
+        command = ["umount"] + (["-l"] if lazy else []) + [mountpoint]
+    else:
+        command = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    return subprocess.run(command).returncode
+
+
+def describe(config: Config) -> str:
+    """The mount table `fsmount check` prints; sources are shown with any secret masked."""
+    cache = config.cache
+    links = ", ".join(f"{m.path} ({'ro' if m.read_only else 'rw'})" for m in config.link_mounts) or "none"
+    lines = [
+        f"config       {config.file}",
+        f"mountpoint   {config.mountpoint or '(given on the command line)'}",
+        f"access       uid {config.uid}, gid {config.gid}, allow_other {'yes' if config.allow_other else 'no'}",
+        f"cache        {cache.dir}: at most {format_size(cache.max_size)}, blocks of {format_size(cache.block_size)}, "
+        f"read-ahead {format_size(cache.read_ahead)}, metadata ttl {cache.metadata_ttl:g}s",
+        f"link mounts  {links}",
+        "",
+    ]
+    width = max(len("PATH"), *(len(volume.name) for volume in config.volumes))
+    lines.append(f"{'PATH':<{width}}  MODE  SOURCE")
+    for volume in sorted(config.volumes, key=lambda v: v.path):
+        lines.append(f"{volume.name:<{width}}  {'ro' if volume.read_only else 'rw'}    {redact_url(volume.source)}")
+    return "\n".join(lines)

@@ -1,0 +1,297 @@
+"""The configuration file: HOCON read by pyhocon, every key checked, turned into the mount table."""
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+import pyparsing
+from pyhocon import ConfigFactory, ConfigTree
+from pyhocon.exceptions import ConfigException
+
+from fsmount.units import parse_duration, parse_size
+
+LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
+
+
+class ConfigError(Exception):
+    """A bad config: names the file, the line where it is known, the key, and what was expected."""
+
+    def __init__(self, file: str, key: str | None, message: str, line: int | None = None):
+        super().__init__(message)
+        self.file, self.key, self.message, self.line = file, key, message, line
+
+    def __str__(self):
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class LinkMount:
+    path: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    path: tuple[str, ...]
+    source: str
+    read_only: bool
+    host_path: str
+
+    @property
+    def name(self) -> str:
+        return "/".join(self.path)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    dir: str
+    max_size: int
+    block_size: int
+    read_ahead: int
+    metadata_ttl: float
+
+
+@dataclass(frozen=True)
+class Config:
+    file: str
+    mountpoint: str | None
+    allow_other: bool
+    uid: int
+    gid: int
+    attr_timeout: float
+    log_file: str | None
+    log_level: str
+    link_mounts: tuple[LinkMount, ...]
+    cache: CacheConfig
+    volumes: tuple[VolumeConfig, ...]
+
+
+_TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "link_mounts", "cache", "volumes"}
+_LOG_KEYS = {"file", "level"}
+_CACHE_KEYS = {"dir", "max_size", "block_size", "read_ahead", "metadata_ttl"}
+_VOLUME_KEYS = {"source", "mode", "path"}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def load_config(file: str) -> Config:
+    """Reads and checks FILE; raises ConfigError on the first problem, so nothing is half mounted."""
+    file = os.path.abspath(file)
+    try:
+        with open(file, encoding="utf-8") as stream:
+            text = stream.read()
+    except OSError as error:
+        raise ConfigError(file, None, f"cannot read the config: {error.strerror}") from None
+    try:
+        tree = ConfigFactory.parse_string(text, basedir=os.path.dirname(file))
+    except pyparsing.ParseBaseException as error:
+        raise ConfigError(file, None, f"not valid HOCON: {error.msg}", error.lineno) from None
+    except ConfigException as error:
+        line = re.search(r"\(line: ?(\d+)", str(error))
+        raise ConfigError(file, None, str(error), line and int(line.group(1))) from None
+    return _Reader(file, text).config(tree)
+
+
+class _Reader:
+    """Typed access to the parsed tree; every error it raises carries the key's dotted path."""
+
+    def __init__(self, file: str, text: str):
+        self.file, self.text = file, text
+
+    def error(self, keys: tuple[str, ...], message: str) -> ConfigError:
+        return ConfigError(self.file, ".".join(keys), message, _line_of(self.text, keys))
+
+    def config(self, tree: ConfigTree) -> Config:
+        self.only(tree, (), _TOP_KEYS)
+        log = self.section(tree, ("log",), _LOG_KEYS)
+        level = self.value(log, ("log", "level"), str, "info").lower()
+        if level not in _LOG_LEVELS:
+            raise self.error(("log", "level"), f"expected one of {', '.join(_LOG_LEVELS)}, got {level!r}")
+        log_file = self.value(log, ("log", "file"), str, None)
+        mountpoint = self.value(tree, ("mountpoint",), str, None)
+        link_mounts = self.link_mounts(tree)
+        return Config(
+            file=self.file,
+            mountpoint=mountpoint and os.path.expanduser(mountpoint),
+            allow_other=self.value(tree, ("allow_other",), _boolean, False),
+            uid=self.value(tree, ("uid",), _id_number, os.geteuid()),
+            gid=self.value(tree, ("gid",), _id_number, os.getegid()),
+            attr_timeout=self.value(tree, ("attr_timeout",), parse_duration, 1.0),
+            log_file=log_file and os.path.expanduser(log_file),
+            log_level=level,
+            link_mounts=link_mounts,
+            cache=self.cache(tree),
+            volumes=self.volumes(tree, link_mounts),
+        )
+
+    def only(self, tree: ConfigTree, keys: tuple[str, ...], allowed: set[str]):
+        for key in tree:
+            if _unquote(key) not in allowed:
+                hint = " (a name with '.' must be quoted)" if keys[:1] == ("volumes",) else ""
+                raise self.error(keys + (_unquote(key),), f"unknown key; expected one of {', '.join(sorted(allowed))}{hint}")
+
+    def section(self, tree: ConfigTree, keys: tuple[str, ...], allowed: set[str]) -> ConfigTree:
+        section = tree.get(keys[-1], None)
+        if section is None:
+            return ConfigTree()
+        if not isinstance(section, ConfigTree):
+            raise self.error(keys, f"expected an object {{ ... }}, got {section!r}")
+        self.only(section, keys, allowed)
+        return section
+
+    def value(self, tree: ConfigTree, keys: tuple[str, ...], convert, default):
+        raw = tree.get(keys[-1], None)
+        if raw is None:
+            return default
+        try:
+            return convert(raw)
+        except (ValueError, TypeError) as error:
+            raise self.error(keys, str(error)) from None
+
+    def cache(self, tree: ConfigTree) -> CacheConfig:
+        section = self.section(tree, ("cache",), _CACHE_KEYS)
+
+        def size(key, default):
+            return self.value(section, ("cache", key), parse_size, default)
+
+        cache_dir = self.value(section, ("cache", "dir"), str, "~/.cache/fsmount")
+        return CacheConfig(
+            dir=os.path.expanduser(cache_dir),
+            max_size=size("max_size", 10 * 2**30),
+            block_size=size("block_size", 8 * 2**20),
+            read_ahead=size("read_ahead", 64 * 2**20),
+            metadata_ttl=self.value(section, ("cache", "metadata_ttl"), parse_duration, 60.0),
+        )
+
+    def link_mounts(self, tree: ConfigTree) -> tuple[LinkMount, ...]:
+        raw = tree.get("link_mounts", [])
+        if not isinstance(raw, list):
+            raise self.error(("link_mounts",), f"expected a list of paths, got {raw!r}")
+        mounts = []
+        for index, entry in enumerate(raw):
+            try:
+                mounts.append(parse_link_mount(str(entry)))
+            except ValueError as error:
+                raise self.error(("link_mounts",), f"entry {index + 1}: {error}") from None
+        for entry in filter(None, os.environ.get(LINK_MOUNTS_ENV, "").split(",")):
+            try:
+                mounts.append(parse_link_mount(entry.strip()))
+            except ValueError as error:
+                raise ConfigError(self.file, f"${LINK_MOUNTS_ENV}", str(error)) from None
+        return tuple(mounts)
+
+    def volumes(self, tree: ConfigTree, link_mounts: tuple[LinkMount, ...]) -> tuple[VolumeConfig, ...]:
+        section = tree.get("volumes", None)
+        if not isinstance(section, ConfigTree) or not section:
+            raise self.error(("volumes",), "expected an object with at least one volume, such as volumes { data { source: \"file:///srv/data\" } }")
+        volumes: dict[tuple[str, ...], VolumeConfig] = {}
+        for key in section:
+            name = _unquote(key)
+            keys = ("volumes", name)
+            spec = section[key]
+            if not isinstance(spec, ConfigTree):
+                raise self.error(keys, f"expected an object {{ source: ..., mode: ro|rw }}, got {spec!r}")
+            self.only(spec, keys, _VOLUME_KEYS)
+            path = self.value(spec, keys + ("path",), _volume_path, _volume_path_or_none(name))
+            if path is None:
+                raise self.error(keys, "not a valid volume path: use names separated by '/', without '.', '..' or empty parts")
+            volume = self.volume(spec, keys, path, link_mounts)
+            self.check_place(keys, volume, volumes)
+            volumes[path] = volume
+        return tuple(volumes.values())
+
+    def volume(self, spec: ConfigTree, keys, path, link_mounts) -> VolumeConfig:
+        source = self.value(spec, keys + ("source",), str, None)
+        if source is None:
+            raise self.error(keys, "missing key 'source', such as source: \"file:///srv/data\"")
+        mode = self.value(spec, keys + ("mode",), str, "ro")
+        if mode not in ("ro", "rw"):
+            raise self.error(keys + ("mode",), f"expected ro or rw, got {mode!r}")
+        url = urllib.parse.urlsplit(source)
+        if url.scheme != "file":
+            raise self.error(keys + ("source",), f"unsupported source {redact_url(source)!r}; expected file:///absolute/path")
+        if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
+            raise self.error(keys + ("source",), f"expected file:///absolute/path, got {source!r}")
+        host_path = os.path.realpath(urllib.parse.unquote(url.path))
+        if not os.path.isdir(host_path):
+            raise self.error(keys + ("source",), f"{host_path} is not an existing directory")
+        link = _enclosing_link_mount(host_path, link_mounts)
+        if link is None:
+            allowed = ", ".join(m.path for m in link_mounts) or f"none; set link_mounts or ${LINK_MOUNTS_ENV}"
+            raise self.error(keys + ("source",), f"{host_path} lies outside every link mount (allowed: {allowed})")
+        if link.read_only and mode == "rw":
+            raise self.error(keys + ("mode",), f"rw, but link mount {link.path} is read-only (:ro)")
+        return VolumeConfig(path=path, source=source, read_only=mode == "ro", host_path=host_path)
+
+    def check_place(self, keys, volume: VolumeConfig, placed: dict[tuple[str, ...], VolumeConfig]):
+        if volume.path in placed:
+            raise self.error(keys, f"two volumes at the same path {volume.name!r}")
+        for other in placed.values():
+            shorter, longer = sorted((volume, other), key=lambda v: len(v.path))
+            if longer.path[: len(shorter.path)] == shorter.path:
+                raise self.error(keys, f"volume {longer.name!r} would lie inside volume {shorter.name!r}; volumes cannot nest")
+
+
+def parse_link_mount(entry: str) -> LinkMount:
+    """`/u/nlp/data`, `/u/nlp/data:ro` or `/u/nlp/data:rw`."""
+    path, _, mode = entry.rpartition(":") if entry.endswith((":ro", ":rw")) else (entry, "", "rw")
+    if not path.startswith("/"):
+        raise ValueError(f"expected an absolute path, optionally ending in :ro or :rw, got {entry!r}")
+    return LinkMount(os.path.realpath(path), mode == "ro")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password or query string (where SAS tokens live) masked."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    query = "***" if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _enclosing_link_mount(path: str, link_mounts) -> LinkMount | None:
+    inside = [m for m in link_mounts if os.path.commonpath([m.path, path]) == m.path]
+    return max(inside, key=lambda m: len(m.path), default=None)
+
+
+def _volume_path_or_none(text: str) -> tuple[str, ...] | None:
+    parts = tuple(text.strip("/").split("/"))
+    if any(part in ("", ".", "..") or "\0" in part for part in parts):
+        return None
+    return parts
+
+
+def _volume_path(text) -> tuple[str, ...]:
+    path = _volume_path_or_none(str(text))
+    if path is None:
+        raise ValueError(f"expected names separated by '/', without '.', '..' or empty parts, got {text!r}")
+    return path
+
+
+def _boolean(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _id_number(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"expected a numeric id (0 or more), got {value!r}")
+
+
+def _unquote(key: str) -> str:
+    return key[1:-1] if len(key) >= 2 and key[0] == key[-1] == '"' else key
+
+
+def _line_of(text: str, keys: tuple[str, ...]) -> int | None:
+    """Where the key path is written in the main file, found by a scan (pyhocon keeps no positions)."""
+    position, found = 0, None
+    for key in keys:
+        pattern = r'(?:^|[\s{,.])"?(' + re.escape(key) + r')"?\s*[.:={]'
+        found = re.compile(pattern, re.MULTILINE).search(text, position)
+        if found is None:
+            return None
+        position = found.end(1)
+    return text.count("\n", 0, found.start(1)) + 1 if found else None

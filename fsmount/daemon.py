@@ -1,0 +1,178 @@
+"""The daemon's life: mount, go to the background once the mount is live, serve until unmounted or signalled."""
+import logging
+import logging.handlers
+import os
+import signal
+import stat
+import sys
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+import trio_asyncio
+
+from fsmount.config import Config
+from fsmount.fs.inodes import InodeTable
+from fsmount.fs.namespace import Namespace
+from fsmount.fs.operations import Operations
+from fsmount.volumes.host import HostVolume
+
+log = logging.getLogger("fsmount")
+
+# Options handed to the kernel as they are (libfuse's mount options).
+_KERNEL_FLAGS = {"suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime", "diratime",
+                 "nodiratime", "relatime", "norelatime", "strictatime", "lazytime", "sync", "async", "dirsync"}
+# Options mount(8) and fstab use that concern nobody below mount(8).
+_USERSPACE = {"defaults", "rw", "_netdev", "auto", "noauto", "nofail", "user", "nouser", "users",
+              "owner", "group", "default_permissions"}
+_USERSPACE_PREFIXES = ("x-", "comment=")
+
+
+class MountError(Exception):
+    pass
+
+
+@dataclass
+class MountOptions:
+    allow_other: bool | None = None
+    read_only: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    debug: bool = False
+    log_file: str | None = None
+    kernel_flags: set[str] = field(default_factory=set)
+
+
+def parse_mount_options(text: str) -> MountOptions:
+    """`-o` options as mount(8) passes them: `rw,allow_other,_netdev,uid=1000`."""
+    options = MountOptions()
+    for option in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = option.partition("=")
+        if name == "allow_other":
+            options.allow_other = True
+        elif name == "ro":
+            options.read_only = True
+            options.kernel_flags.add("ro")
+        elif name in ("uid", "gid") and value.isdigit():
+            setattr(options, name, int(value))
+        elif name == "debug":
+            options.debug = True
+        elif name == "log" and value:
+            options.log_file = value
+        elif option in _KERNEL_FLAGS:
+            options.kernel_flags.add(option)
+        elif option not in _USERSPACE and not option.startswith(_USERSPACE_PREFIXES):
+            raise MountError(f"unknown mount option {option!r}; known: allow_other, ro, rw, uid=N, gid=N, "
+                             f"log=FILE, debug, {', '.join(sorted(_KERNEL_FLAGS))}")
+    return options
+
+
+def build_operations(config: Config, options: MountOptions) -> Operations:
+    volumes = [(volume.path, HostVolume(volume.host_path), volume.read_only or options.read_only)
+               for volume in config.volumes]
+    uid = config.uid if options.uid is None else options.uid
+    gid = config.gid if options.gid is None else options.gid
+    namespace = Namespace(InodeTable(), volumes, uid, gid)
+    return Operations(namespace, config.attr_timeout)
+
+
+def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bool):
+    """Mounts and serves; returns once unmounted. In the background, the caller's process exits
+    as soon as the mount is live and the daemon serves it."""
+    mountpoint = os.path.abspath(mountpoint)
+    try:
+        if not stat.S_ISDIR(os.stat(mountpoint).st_mode):
+            raise MountError(f"mount point {mountpoint} is not a directory")
+    except OSError as error:
+        raise MountError(f"mount point {mountpoint}: {error.strerror}") from None
+    _setup_logging(config, options, foreground)
+    operations = build_operations(config, options)
+    fuse_options = set(pyfuse3.default_options) | options.kernel_flags
+    fuse_options |= {f"fsname={config.file}", "subtype=fsmount"}
+    if config.allow_other if options.allow_other is None else options.allow_other:
+        fuse_options.add("allow_other")
+    os.umask(0)  # the kernel has applied the caller's umask already
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        pyfuse3.init(operations, mountpoint, fuse_options)
+    except RuntimeError as error:
+        raise MountError(f"cannot mount on {mountpoint}: {error}") from None
+    ready = None if foreground else _daemonize()
+    log.info("mounted %s on %s (%d volumes)", config.file, mountpoint, len(config.volumes))
+    try:
+        trio.run(_serve, operations, ready)
+    except KeyboardInterrupt:
+        pass
+    except BaseException:
+        log.exception("the daemon failed")
+        raise
+    finally:
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", mountpoint)
+
+
+async def _serve(operations: Operations, ready: int | None):
+    async with trio_asyncio.open_loop():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_terminate_on_signal)
+            if ready is not None:
+                os.write(ready, b"1")
+                os.close(ready)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    for volume in operations.namespace.volumes:
+        await volume.close()
+
+
+async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def _daemonize() -> int:
+    """Forks; the parent exits when the child reports it serves (0) or dies first (1)."""
+    read_end, write_end = os.pipe()
+    if os.fork():
+        os.close(write_end)
+        os._exit(0 if os.read(read_end, 1) else 1)
+    os.close(read_end)
+    os.setsid()
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    return write_end
+
+
+def _setup_logging(config: Config, options: MountOptions, foreground: bool):
+    log_file = options.log_file or config.log_file
+    if log_file:
+        handler = logging.FileHandler(log_file)
+    elif foreground:
+        handler = logging.StreamHandler(sys.stderr)
+    elif stat.S_ISSOCK(_mode_or_zero("/dev/log")):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+        handler.ident = "fsmount: "
+    else:
+        os.makedirs(config.cache.dir, exist_ok=True)
+        log_file = os.path.join(config.cache.dir, "fsmount.log")
+        handler = logging.FileHandler(log_file)
+    if not isinstance(handler, logging.handlers.SysLogHandler):
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if options.debug else config.log_level.upper())
+    if log_file and not foreground:
+        print(f"fsmount: logging to {log_file}", file=sys.stderr)
+
+
+def _mode_or_zero(path: str) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0

@@ -1,0 +1,89 @@
+"""The namespace: the read-only virtual directories above volumes, which volume answers for a node, and ro/rw policy."""
+import errno
+import logging
+import stat
+import time
+
+from fsmount.fs.inodes import InodeTable, Node
+from fsmount.volumes.base import Attrs, DirEntry, DirHandle, Path, Volume
+
+log = logging.getLogger(__name__)
+
+# What statfs reports when no volume has a size: room enough that programs checking for space go on.
+_UNBOUNDED_BYTES = 2**50
+_STATFS_BLOCK = 4096
+
+
+class Namespace:
+    def __init__(self, inodes: InodeTable, volumes: list[tuple[Path, Volume, bool]], uid: int, gid: int):
+        """VOLUMES: (path in the tree, volume, read_only) for each; paths neither repeat nor nest."""
+        self.inodes = inodes
+        self.volumes = [volume for _, volume, _ in volumes]
+        self._read_only = {id(volume): read_only for _, volume, read_only in volumes}
+        now = time.time_ns()
+        self._virtual = Attrs(stat.S_IFDIR | 0o555, nlink=2, uid=uid, gid=gid, atime_ns=now, mtime_ns=now, ctime_ns=now)
+        for path, volume, _ in volumes:
+            parent = inodes.root
+            for name in path[:-1]:
+                parent = parent.entries.get(name) or inodes.pin(parent, name)
+            inodes.pin(parent, path[-1], volume)
+
+    def writable(self, node: Node) -> Volume:
+        """The volume that may change NODE; EROFS for virtual directories and read-only volumes."""
+        if node.volume is None or self._read_only[id(node.volume)]:
+            raise OSError(errno.EROFS, "read-only")
+        return node.volume
+
+    async def attrs(self, node: Node) -> Attrs:
+        if node.volume is None:
+            return self._virtual
+        return await node.volume.getattr(node.path)
+
+    async def opendir(self, node: Node) -> DirHandle:
+        if node.volume is not None:
+            return await node.volume.opendir(node.path)
+        entries = []
+        for offset, (name, child) in enumerate(node.entries.items(), start=1):
+            try:
+                attrs = await self.attrs(child)
+            except OSError as error:
+                log.warning("volume %s: its root cannot be read: %s", name, error.strerror)
+                attrs = self._virtual
+            entries.append(DirEntry(name, attrs, offset))
+        return _Listing(entries)
+
+    async def statvfs(self) -> dict:
+        """Space summed over the distinct file systems behind the volumes."""
+        seen, total, free, avail, files, ffree = set(), 0, 0, 0, 0, 0
+        for volume in self.volumes:
+            try:
+                result = await volume.statvfs()
+            except OSError as error:
+                log.warning("statfs of a volume failed: %s", error.strerror)
+                continue
+            if result is None or result.f_fsid in seen:
+                continue
+            seen.add(result.f_fsid)
+            total += result.f_blocks * result.f_frsize
+            free += result.f_bfree * result.f_frsize
+            avail += result.f_bavail * result.f_frsize
+            files += result.f_files
+            ffree += result.f_ffree
+        if not seen:
+            total = free = avail = _UNBOUNDED_BYTES
+            files = ffree = _UNBOUNDED_BYTES // _STATFS_BLOCK
+        return {
+            "f_bsize": _STATFS_BLOCK, "f_frsize": _STATFS_BLOCK, "f_namemax": 255,
+            "f_blocks": total // _STATFS_BLOCK, "f_bfree": free // _STATFS_BLOCK, "f_bavail": avail // _STATFS_BLOCK,
+            "f_files": files, "f_ffree": ffree, "f_favail": ffree,
+        }
+
+
+class _Listing(DirHandle):
+    """A virtual directory's listing, fixed when it is opened."""
+
+    def __init__(self, entries: list[DirEntry]):
+        self._entries = entries
+
+    async def entries(self, offset: int) -> list[DirEntry]:
+        return self._entries[offset:]

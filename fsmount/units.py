@@ -1,0 +1,56 @@
+"""Sizes (`8MiB`, `20GB`) and durations (`60s`, `500ms`) as written in config files and mount options."""
+import datetime
+import re
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# HOCON's size units: a bare letter and the *iB forms are powers of 1024, kB/MB/GB/TB powers of 1000.
+_SIZE_UNITS = {
+    "": 1, "b": 1, "byte": 1, "bytes": 1,
+    "k": 2**10, "kib": 2**10, "kb": 10**3,
+    "m": 2**20, "mib": 2**20, "mb": 10**6,
+    "g": 2**30, "gib": 2**30, "gb": 10**9,
+    "t": 2**40, "tib": 2**40, "tb": 10**12,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+_DURATION_UNITS = {
+    "": 1.0, "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+    "ms": 1e-3, "millis": 1e-3, "milliseconds": 1e-3,
+    "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hour": 3600.0, "hours": 3600.0,
+    "d": 86400.0, "day": 86400.0, "days": 86400.0,
+}
+
+
+def parse_size(value) -> int:
+    """Bytes from an int or a string such as `8MiB`; ValueError says what is accepted."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 8MiB, got {value!r}")
+    if isinstance(value, int) and value >= 0:
+        return value
+    match = _SIZE.match(str(value))
+    unit = match and match.group(2).lower()
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError(f"expected a size such as 512KiB, 8MiB or 20GiB, got {value!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(value) -> float:
+    """Seconds from a number (seconds), a timedelta (pyhocon's reading of `60s`) or a string."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 60s, got {value!r}")
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and value >= 0:
+        return float(value)
+    match = _DURATION.match(str(value).lower())
+    if not match or match.group(2) not in _DURATION_UNITS:
+        raise ValueError(f"expected a duration such as 500ms, 60s or 5m, got {value!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def format_size(size: int) -> str:
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        scale = _SIZE_UNITS[unit.lower()]
+        if size >= scale:
+            return f"{size / scale:g}{unit}"
+    return f"{size}B"

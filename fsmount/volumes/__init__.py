@@ -1,0 +1,1 @@
+"""Volumes: a store or a host directory seen as a tree."""

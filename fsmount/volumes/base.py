@@ -1,0 +1,153 @@
+"""What every volume offers the FUSE layer: path-based, async calls that raise OSError with an errno."""
+from __future__ import annotations
+
+import abc
+import errno
+import os
+from dataclasses import dataclass
+
+Path = tuple[str, ...]  # names below the volume's root; () is the root
+
+
+@dataclass(frozen=True)
+class Attrs:
+    mode: int
+    size: int = 0
+    nlink: int = 1
+    uid: int = 0
+    gid: int = 0
+    rdev: int = 0
+    blocks: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> Attrs:
+        return cls(st.st_mode, st.st_size, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
+                   st.st_blocks, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class AttrChanges:
+    """A setattr request: None means leave as it is."""
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The caller of a create-like request, who should own what it creates."""
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    name: str
+    attrs: Attrs
+    offset: int  # > 0; passing it back continues the listing after this entry
+
+
+class DirHandle(abc.ABC):
+    @abc.abstractmethod
+    async def entries(self, offset: int) -> list[DirEntry]:
+        """The next batch of entries after OFFSET (0: from the start); an empty list at the end."""
+
+    async def fsync(self, datasync: bool):
+        pass
+
+    async def close(self):
+        pass
+
+
+class FileHandle(abc.ABC):
+    @abc.abstractmethod
+    async def read(self, offset: int, size: int) -> bytes: ...
+
+    async def write(self, offset: int, data: bytes) -> int:
+        raise OSError(errno.EBADF, "not open for writing")
+
+    async def flush(self):
+        pass
+
+    async def fsync(self, datasync: bool):
+        pass
+
+    @abc.abstractmethod
+    async def getattr(self) -> Attrs: ...
+
+    async def truncate(self, size: int):
+        raise OSError(errno.EBADF, "not open for writing")
+
+    @abc.abstractmethod
+    async def release(self): ...
+
+
+class Volume(abc.ABC):
+    """A store or host directory seen as a tree. Mutations are only called on writable volumes."""
+
+    # Whether the kernel may keep a file's pages between opens (the file cannot change behind us).
+    keep_cache = False
+
+    @abc.abstractmethod
+    async def getattr(self, path: Path) -> Attrs: ...
+
+    @abc.abstractmethod
+    async def opendir(self, path: Path) -> DirHandle: ...
+
+    @abc.abstractmethod
+    async def open(self, path: Path, flags: int) -> FileHandle: ...
+
+    @abc.abstractmethod
+    async def readlink(self, path: Path) -> str: ...
+
+    async def create(self, path: Path, flags: int, mode: int, owner: Owner) -> tuple[FileHandle, Attrs]:
+        raise OSError(errno.EROFS, "read-only volume")
+
+    async def mkdir(self, path: Path, mode: int, owner: Owner) -> Attrs:
+        raise OSError(errno.EROFS, "read-only volume")
+
+    async def mknod(self, path: Path, mode: int, rdev: int, owner: Owner) -> Attrs:
+        raise OSError(errno.EROFS, "read-only volume")
+
+    async def symlink(self, path: Path, target: str, owner: Owner) -> Attrs:
+        raise OSError(errno.EROFS, "read-only volume")
+
+    async def link(self, path: Path, new_path: Path) -> Attrs:
+        raise OSError(errno.EROFS, "read-only volume")
+
+    async def unlink(self, path: Path):
+        raise OSError(errno.EROFS, "read-only volume")
+
+    async def rmdir(self, path: Path):
+        raise OSError(errno.EROFS, "read-only volume")
+
+    async def rename(self, path: Path, new_path: Path, flags: int):
+        raise OSError(errno.EROFS, "read-only volume")
+
+    async def setattr(self, path: Path, changes: AttrChanges, handle: FileHandle | None) -> Attrs:
+        raise OSError(errno.EROFS, "read-only volume")
+
+    async def getxattr(self, path: Path, name: str) -> bytes:
+        raise OSError(errno.ENODATA, "no such attribute")
+
+    async def listxattr(self, path: Path) -> list[str]:
+        return []
+
+    async def setxattr(self, path: Path, name: str, value: bytes):
+        raise OSError(errno.ENOTSUP, "extended attributes not supported")
+
+    async def removexattr(self, path: Path, name: str):
+        raise OSError(errno.ENOTSUP, "extended attributes not supported")
+
+    @abc.abstractmethod
+    async def statvfs(self) -> os.statvfs_result | None:
+        """The space behind the volume, or None where the store has no such notion."""
+
+    async def close(self):
+        pass

@@ -1,0 +1,305 @@
+"""HostVolume: passthrough to a linked host directory, never following a symlink inside it.
+
+Every call resolves its path one name at a time from the volume's root descriptor with
+O_NOFOLLOW, and acts on the last name with an *at call, so a symlink planted in the source,
+or a directory swapped for one, can never lead the daemon outside. System calls run in
+worker threads: a slow host file system (NFS) must not stall the other volumes.
+"""
+import contextlib
+import ctypes
+import errno
+import os
+import stat
+
+import trio
+
+from fsmount.volumes.base import Attrs, AttrChanges, DirEntry, DirHandle, FileHandle, Owner, Path, Volume
+
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_BATCH = 512
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _name(part: str) -> str:
+    if part in ("", ".", "..") or "/" in part or "\0" in part:
+        raise OSError(errno.EINVAL, f"invalid name {part!r}")
+    return part
+
+
+async def _run(function, *args):
+    return await trio.to_thread.run_sync(function, *args)
+
+
+class HostVolume(Volume):
+    def __init__(self, host_path: str):
+        self.host_path = host_path
+        self.root_fd = os.open(host_path, _DIR_FLAGS & ~os.O_NOFOLLOW)
+
+    @contextlib.contextmanager
+    def _at(self, path: Path):
+        """(directory fd, name) for PATH: walks the parents with O_NOFOLLOW; the root is (root_fd, ".")."""
+        if not path:
+            yield self.root_fd, "."
+            return
+        fd = self.root_fd
+        try:
+            for part in path[:-1]:
+                parent, fd = fd, os.open(_name(part), _DIR_FLAGS, dir_fd=fd)
+                if parent != self.root_fd:
+                    os.close(parent)
+            yield fd, _name(path[-1])
+        finally:
+            if fd != self.root_fd:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def _proc_path(self, path: Path):
+        """A /proc/self/fd path naming exactly this file, for calls that have no *at form."""
+        with self._at(path) as (dir_fd, name):
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            yield f"/proc/self/fd/{fd}", stat.S_ISLNK(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+
+    def _stat(self, path: Path) -> Attrs:
+        with self._at(path) as (dir_fd, name):
+            return Attrs.from_stat(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+
+    async def getattr(self, path: Path) -> Attrs:
+        return await _run(self._stat, path)
+
+    async def opendir(self, path: Path) -> DirHandle:
+        def open_dir():
+            with self._at(path) as (dir_fd, name):
+                return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        return _HostDir(await _run(open_dir))
+
+    async def open(self, path: Path, flags: int) -> FileHandle:
+        def open_file():
+            with self._at(path) as (dir_fd, name):
+                return os.open(name, _open_flags(flags), dir_fd=dir_fd)
+        return _HostFile(await _run(open_file))
+
+    async def create(self, path: Path, flags: int, mode: int, owner: Owner) -> tuple[FileHandle, Attrs]:
+        def create_file():
+            with self._at(path) as (dir_fd, name):
+                fd = os.open(name, _open_flags(flags) | os.O_CREAT, mode, dir_fd=dir_fd)
+                try:
+                    _give(dir_fd, name, owner)
+                    return fd, Attrs.from_stat(os.fstat(fd))
+                except OSError:
+                    os.close(fd)
+                    raise
+        fd, attrs = await _run(create_file)
+        return _HostFile(fd), attrs
+
+    async def _make(self, path: Path, owner: Owner, make):
+        def make_and_stat():
+            with self._at(path) as (dir_fd, name):
+                make(name, dir_fd)
+                _give(dir_fd, name, owner)
+                return Attrs.from_stat(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+        return await _run(make_and_stat)
+
+    async def mkdir(self, path: Path, mode: int, owner: Owner) -> Attrs:
+        return await self._make(path, owner, lambda name, dir_fd: os.mkdir(name, mode, dir_fd=dir_fd))
+
+    async def mknod(self, path: Path, mode: int, rdev: int, owner: Owner) -> Attrs:
+        return await self._make(path, owner, lambda name, dir_fd: os.mknod(name, mode, rdev, dir_fd=dir_fd))
+
+    async def symlink(self, path: Path, target: str, owner: Owner) -> Attrs:
+        return await self._make(path, owner, lambda name, dir_fd: os.symlink(target, name, dir_fd=dir_fd))
+
+    async def readlink(self, path: Path) -> str:
+        def read_link():
+            with self._at(path) as (dir_fd, name):
+                return os.readlink(name, dir_fd=dir_fd)
+        return await _run(read_link)
+
+    async def link(self, path: Path, new_path: Path) -> Attrs:
+        def hard_link():
+            with self._at(path) as (dir_fd, name), self._at(new_path) as (new_dir_fd, new_name):
+                os.link(name, new_name, src_dir_fd=dir_fd, dst_dir_fd=new_dir_fd, follow_symlinks=False)
+                return Attrs.from_stat(os.stat(new_name, dir_fd=new_dir_fd, follow_symlinks=False))
+        return await _run(hard_link)
+
+    async def unlink(self, path: Path):
+        def remove():
+            with self._at(path) as (dir_fd, name):
+                os.unlink(name, dir_fd=dir_fd)
+        await _run(remove)
+
+    async def rmdir(self, path: Path):
+        def remove():
+            with self._at(path) as (dir_fd, name):
+                os.rmdir(name, dir_fd=dir_fd)
+        await _run(remove)
+
+    async def rename(self, path: Path, new_path: Path, flags: int):
+        def move():
+            with self._at(path) as (dir_fd, name), self._at(new_path) as (new_dir_fd, new_name):
+                if _libc.renameat2(dir_fd, os.fsencode(name), new_dir_fd, os.fsencode(new_name), flags) != 0:
+                    code = ctypes.get_errno()
+                    raise OSError(code, os.strerror(code))
+        await _run(move)
+
+    async def setattr(self, path: Path, changes: AttrChanges, handle: FileHandle | None) -> Attrs:
+        if changes.size is not None and handle is not None:
+            await handle.truncate(changes.size)
+            changes = AttrChanges(changes.mode, changes.uid, changes.gid, None, changes.atime_ns, changes.mtime_ns)
+        return await _run(self._setattr, path, changes)
+
+    def _setattr(self, path: Path, changes: AttrChanges) -> Attrs:
+        if changes.mode is not None:
+            with self._proc_path(path) as (proc_path, is_link):
+                if is_link:
+                    raise OSError(errno.EOPNOTSUPP, "symlinks have no mode of their own")
+                os.chmod(proc_path, stat.S_IMODE(changes.mode))
+        with self._at(path) as (dir_fd, name):
+            if changes.uid is not None or changes.gid is not None:
+                uid, gid = _or_keep(changes.uid), _or_keep(changes.gid)
+                os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+            if changes.size is not None:
+                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                try:
+                    os.ftruncate(fd, changes.size)
+                finally:
+                    os.close(fd)
+            if changes.atime_ns is not None or changes.mtime_ns is not None:
+                now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                times = (_or(changes.atime_ns, now.st_atime_ns), _or(changes.mtime_ns, now.st_mtime_ns))
+                os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+            return Attrs.from_stat(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+
+    async def getxattr(self, path: Path, name: str) -> bytes:
+        def get():
+            with self._proc_path(path) as (proc_path, is_link):
+                if is_link:
+                    raise OSError(errno.ENODATA, "no attributes on symlinks")
+                return os.getxattr(proc_path, name)
+        return await _run(get)
+
+    async def listxattr(self, path: Path) -> list[str]:
+        def names():
+            with self._proc_path(path) as (proc_path, is_link):
+                return [] if is_link else os.listxattr(proc_path)
+        return await _run(names)
+
+    async def setxattr(self, path: Path, name: str, value: bytes):
+        def put():
+            with self._proc_path(path) as (proc_path, is_link):
+                if is_link:
+                    raise OSError(errno.EPERM, "no attributes on symlinks")
+                os.setxattr(proc_path, name, value)
+        await _run(put)
+
+    async def removexattr(self, path: Path, name: str):
+        def remove():
+            with self._proc_path(path) as (proc_path, is_link):
+                if is_link:
+                    raise OSError(errno.EPERM, "no attributes on symlinks")
+                os.removexattr(proc_path, name)
+        await _run(remove)
+
+    async def statvfs(self) -> os.statvfs_result:
+        return await _run(os.fstatvfs, self.root_fd)
+
+    async def close(self):
+        os.close(self.root_fd)
+
+
+def _open_flags(flags: int) -> int:
+    # O_DIRECT would need aligned buffers; the kernel bypasses its page cache for us instead.
+    return (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT)) | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _give(dir_fd: int, name: str, owner: Owner):
+    """Hands a new file to the caller, as the kernel would have; a setgid directory keeps its group."""
+    if os.geteuid() != 0:
+        return
+    group = -1 if os.fstat(dir_fd).st_mode & stat.S_ISGID else owner.gid
+    os.chown(name, owner.uid, group, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def _or_keep(value):
+    return -1 if value is None else value
+
+
+class _HostFile(FileHandle):
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return await _run(os.pread, self.fd, size, offset)
+
+    async def write(self, offset: int, data: bytes) -> int:
+        return await _run(os.pwrite, self.fd, data, offset)
+
+    async def flush(self):
+        # A close of a duplicate gives network file systems their close-to-open flush.
+        await _run(lambda: os.close(os.dup(self.fd)))
+
+    async def fsync(self, datasync: bool):
+        await _run(os.fdatasync if datasync else os.fsync, self.fd)
+
+    async def getattr(self) -> Attrs:
+        return Attrs.from_stat(await _run(os.fstat, self.fd))
+
+    async def truncate(self, size: int):
+        await _run(os.ftruncate, self.fd, size)
+
+    async def release(self):
+        await _run(os.close, self.fd)
+
+
+class _HostDir(DirHandle):
+    """Streams a directory in batches; offsets are positions, so a listing resumes where it stopped."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self._scan = None
+        self._position = 0  # entries consumed from _scan
+        self._batch: list[DirEntry] = []
+
+    async def entries(self, offset: int) -> list[DirEntry]:
+        if self._batch and self._batch[0].offset <= offset + 1 <= self._batch[-1].offset:
+            return [entry for entry in self._batch if entry.offset > offset]
+        self._batch = await _run(self._read_from, offset)
+        return self._batch
+
+    def _read_from(self, offset: int) -> list[DirEntry]:
+        if self._scan is None or offset != self._position:
+            self._restart()
+            for _ in zip(range(offset), self._scan):
+                self._position += 1
+        batch = []
+        for entry in self._scan:
+            self._position += 1
+            try:
+                attrs = Attrs.from_stat(entry.stat(follow_symlinks=False))
+            except FileNotFoundError:
+                continue
+            batch.append(DirEntry(entry.name, attrs, self._position))
+            if len(batch) == _BATCH:
+                break
+        return batch
+
+    def _restart(self):
+        if self._scan is not None:
+            self._scan.close()
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self._scan = os.scandir(self.fd)
+        self._position = 0
+
+    async def fsync(self, datasync: bool):
+        await _run(os.fdatasync if datasync else os.fsync, self.fd)
+
+    async def close(self):
+        if self._scan is not None:
+            self._scan.close()
+        os.close(self.fd)

@@ -1,0 +1,120 @@
+"""Test harness: sample trees, config files, and fsmount daemons that never outlive a test."""
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+FSMOUNT = str(BIN / "fsmount")
+MOUNT_TIMEOUT = 15
+
+
+def mounted_paths() -> set[str]:
+    with open("/proc/self/mounts") as mounts:
+        return {line.split()[1].encode().decode("unicode_escape") for line in mounts if " fuse.fsmount " in line}
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def force_unmount(mountpoint: str):
+    if mountpoint in mounted_paths():
+        subprocess.run(["umount", "-l", mountpoint], check=False)
+
+
+class Daemon:
+    """An `fsmount mount --foreground` process and its log."""
+
+    def __init__(self, config: Path, mountpoint: Path, *args: str):
+        self.mountpoint = mountpoint
+        self.log_path = mountpoint.parent / f"{mountpoint.name}.log"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([FSMOUNT, "mount", str(config), str(mountpoint), "--foreground", *args],
+                                            stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: str(mountpoint) in mounted_paths() or self.process.poll() is not None,
+                 MOUNT_TIMEOUT, f"the mount on {mountpoint}")
+        if self.process.poll() is not None:
+            raise AssertionError(f"fsmount exited with {self.process.returncode}:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        force_unmount(str(self.mountpoint))
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"fsmount did not exit after unmount:\n{self.log()}")
+
+
+@pytest.fixture
+def mount():
+    """mount(config, mountpoint, *args) starts a daemon; every one is stopped after the test."""
+    daemons = []
+
+    def start(config, mountpoint, *args) -> Daemon:
+        daemon = Daemon(Path(config), Path(mountpoint), *args)
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A link mount (`links/`, world-readable like a real shared directory) and a mount point."""
+    tmp_path.chmod(0o755)
+    links = tmp_path / "links"
+    links.mkdir(mode=0o755)
+    (tmp_path / "mnt").mkdir()
+    return tmp_path
+
+
+def write_config(directory: Path, text: str, name: str = "fsmount.conf") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def host_tree(workspace, mount):
+    """A mounted tree: `data` (ro, sample files), `scratch` (rw, empty) and `team/a/notes` (rw)."""
+    links = workspace / "links"
+    data = links / "data"
+    (data / "sub" / "deeper").mkdir(parents=True)
+    (data / "hello.txt").write_text("hello\n")
+    (data / "sub" / "deeper" / "numbers.bin").write_bytes(bytes(range(256)) * 4096)
+    for name in ("scratch", "notes"):
+        (links / name).mkdir()
+    config = write_config(workspace, f"""
+        link_mounts: ["{links}"]
+        volumes {{
+          data {{ source: "file://{data}" }}
+          scratch {{ source: "file://{links}/scratch", mode: rw }}
+          team/a/notes {{ source: "file://{links}/notes", mode: rw }}
+        }}
+    """)
+    daemon = mount(config, workspace / "mnt")
+    return workspace / "mnt", links, daemon
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A last guard: a mount a failed test left behind under the test directories is detached."""
+    base = str(session.config._tmp_path_factory.getbasetemp()) if hasattr(session.config, "_tmp_path_factory") else None
+    for path in mounted_paths():
+        if base and path.startswith(base):
+            with contextlib.suppress(OSError):
+                force_unmount(path)

@@ -1,0 +1,223 @@
+"""The config file: what a good one gives, and one test per error message (file, line, key, expectation)."""
+import os
+import subprocess
+
+import pytest
+
+from conftest import FSMOUNT, write_config
+from fsmount.config import ConfigError, load_config
+
+
+@pytest.fixture
+def links(tmp_path):
+    for name in ("data", "out", "ro/inner"):
+        (tmp_path / "links" / name).mkdir(parents=True)
+    return tmp_path / "links"
+
+
+def config_error(directory, text) -> str:
+    path = write_config(directory, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(str(path))
+    message = str(error.value)
+    assert message.startswith(str(path)), message
+    return message[len(str(path)):]
+
+
+def test_a_full_config(tmp_path, links, monkeypatch):
+    monkeypatch.setenv("DATA_DIR", str(links / "data"))
+    write_config(tmp_path, "cache { block_size: 4MiB }", name="cache.conf")
+    config = load_config(str(write_config(tmp_path, f"""
+        include "cache.conf"
+        mountpoint: ~/mnt
+        allow_other: true
+        uid: 1000, gid: 100
+        attr_timeout: 500ms
+        log {{ level: DEBUG }}
+        cache {{ max_size: 20GiB, metadata_ttl: 2m }}
+        link_mounts: ["{links}", "{links}/ro:ro"]
+        volumes {{
+          data {{ source: "file://"${{DATA_DIR}} }}
+          team/a/out {{ source: "file://{links}/out", mode: rw }}
+          "v1.2" {{ source: "file://{links}/ro/inner", path: "archive/v1.2" }}
+        }}
+    """)))
+    assert config.mountpoint == os.path.expanduser("~/mnt")
+    assert (config.allow_other, config.uid, config.gid, config.attr_timeout, config.log_level) == (True, 1000, 100, 0.5, "debug")
+    assert (config.cache.block_size, config.cache.max_size, config.cache.metadata_ttl) == (4 * 2**20, 20 * 2**30, 120.0)
+    volumes = {volume.path: volume for volume in config.volumes}
+    assert set(volumes) == {("data",), ("team", "a", "out"), ("archive", "v1.2")}
+    assert volumes[("data",)].host_path == str(links / "data") and volumes[("data",)].read_only
+    assert not volumes[("team", "a", "out")].read_only
+
+
+def test_link_mounts_from_the_environment(tmp_path, links, monkeypatch):
+    monkeypatch.setenv("FSMOUNT_LINK_MOUNTS", f"/nowhere,{links}/out:rw")
+    config = load_config(str(write_config(tmp_path, f'volumes {{ out {{ source: "file://{links}/out", mode: rw }} }}')))
+    assert [volume.name for volume in config.volumes] == ["out"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the config: No such file or directory"):
+        load_config(str(tmp_path / "absent.conf"))
+
+
+def test_syntax_error_names_the_line(tmp_path):
+    assert config_error(tmp_path, "a {\n  b: [1,\n  c: 2\n") .startswith(":4: not valid HOCON: Expected ']'")
+
+
+def test_unresolved_substitution_names_the_line(tmp_path):
+    assert config_error(tmp_path, "\nvolumes: ${NOT_SET_ANYWHERE}\n") == (
+        ":2: Cannot resolve variable ${NOT_SET_ANYWHERE} (line: 2, col: 10)")
+
+
+def test_unknown_top_level_key(tmp_path):
+    assert config_error(tmp_path, "# fsmount\nmountpoint: /mnt\ncahce { max_size: 1GiB }\n").startswith(
+        ":3: cahce: unknown key; expected one of allow_other, attr_timeout, cache,")
+
+
+def test_unknown_volume_key_hints_at_quoting(tmp_path, links):
+    message = config_error(tmp_path, f'link_mounts: ["{links}"]\nvolumes {{\n  data.v1 {{ source: "file://{links}/data" }}\n}}')
+    assert message == ":3: volumes.data.v1: unknown key; expected one of mode, path, source (a name with '.' must be quoted)"
+
+
+def test_bad_size(tmp_path):
+    assert config_error(tmp_path, "cache {\n  max_size: 20 gigs\n}") == (
+        ":2: cache.max_size: expected a size such as 512KiB, 8MiB or 20GiB, got '20 gigs'")
+
+
+def test_bad_duration(tmp_path):
+    assert config_error(tmp_path, "attr_timeout: soon") == (
+        ":1: attr_timeout: expected a duration such as 500ms, 60s or 5m, got 'soon'")
+
+
+def test_bad_boolean(tmp_path):
+    assert config_error(tmp_path, "allow_other: sometimes") == ":1: allow_other: expected true or false, got 'sometimes'"
+
+
+def test_bad_uid(tmp_path):
+    assert config_error(tmp_path, "uid: alice") == ":1: uid: expected a numeric id (0 or more), got 'alice'"
+
+
+def test_bad_log_level(tmp_path):
+    assert config_error(tmp_path, "log { level: loud }") == ":1: log.level: expected one of debug, info, warning, error, got 'loud'"
+
+
+def test_section_that_is_not_an_object(tmp_path):
+    assert config_error(tmp_path, "cache: 5GiB") == ":1: cache: expected an object { ... }, got '5GiB'"
+
+
+def test_link_mounts_not_a_list(tmp_path):
+    assert config_error(tmp_path, "link_mounts: /srv") == ":1: link_mounts: expected a list of paths, got '/srv'"
+
+
+def test_relative_link_mount(tmp_path):
+    assert config_error(tmp_path, 'link_mounts: ["/srv", "data:ro"]') == (
+        ":1: link_mounts: entry 2: expected an absolute path, optionally ending in :ro or :rw, got 'data:ro'")
+
+
+def test_bad_link_mount_in_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSMOUNT_LINK_MOUNTS", "relative/dir")
+    assert config_error(tmp_path, "volumes {}") == (
+        ": $FSMOUNT_LINK_MOUNTS: expected an absolute path, optionally ending in :ro or :rw, got 'relative/dir'")
+
+
+def test_no_volumes(tmp_path):
+    assert config_error(tmp_path, "mountpoint: /mnt\nvolumes {}").startswith(
+        ":2: volumes: expected an object with at least one volume")
+
+
+def test_volume_that_is_not_an_object(tmp_path):
+    assert config_error(tmp_path, 'volumes {\n  data: "file:///srv"\n}') == (
+        ":2: volumes.data: expected an object { source: ..., mode: ro|rw }, got 'file:///srv'")
+
+
+def test_volume_path_with_dot_dot(tmp_path, links):
+    assert config_error(tmp_path, f'volumes {{\n  "a/../b" {{ source: "file://{links}/data" }}\n}}') == (
+        ":2: volumes.a/../b: not a valid volume path: use names separated by '/', without '.', '..' or empty parts")
+
+
+def test_missing_source(tmp_path):
+    assert config_error(tmp_path, "volumes {\n  data { mode: ro }\n}") == (
+        ":2: volumes.data: missing key 'source', such as source: \"file:///srv/data\"")
+
+
+def test_bad_mode(tmp_path, links):
+    assert config_error(tmp_path, f'link_mounts: ["{links}"]\nvolumes {{\n  data {{\n    source: "file://{links}/data"\n    mode: rx\n  }}\n}}') == (
+        ":5: volumes.data.mode: expected ro or rw, got 'rx'")
+
+
+def test_unsupported_source_is_shown_without_its_secret(tmp_path):
+    message = config_error(tmp_path, 'volumes { web { source: "https://user:hunter2@example.org/a?sig=TOKEN" } }')
+    assert message == ":1: volumes.web.source: unsupported source 'https://user:***@example.org/a?***'; expected file:///absolute/path"
+
+
+def test_file_source_with_a_host(tmp_path):
+    assert config_error(tmp_path, 'volumes { data { source: "file://server/srv" } }') == (
+        ":1: volumes.data.source: expected file:///absolute/path, got 'file://server/srv'")
+
+
+def test_source_that_does_not_exist(tmp_path, links):
+    assert config_error(tmp_path, f'link_mounts: ["{links}"]\nvolumes {{ data {{ source: "file://{links}/absent" }} }}') == (
+        f":2: volumes.data.source: {links}/absent is not an existing directory")
+
+
+def test_source_outside_every_link_mount(tmp_path, links):
+    assert config_error(tmp_path, f'link_mounts: ["{links}/out"]\nvolumes {{ data {{ source: "file://{links}/data" }} }}') == (
+        f":2: volumes.data.source: {links}/data lies outside every link mount (allowed: {links}/out)")
+
+
+def test_source_with_no_link_mounts_at_all(tmp_path, links):
+    assert config_error(tmp_path, f'volumes {{ data {{ source: "file://{links}/data" }} }}') == (
+        f":1: volumes.data.source: {links}/data lies outside every link mount (allowed: none; set link_mounts or $FSMOUNT_LINK_MOUNTS)")
+
+
+def test_symlink_out_of_a_link_mount_does_not_count_as_inside(tmp_path, links):
+    (links / "escape").symlink_to(tmp_path)
+    assert config_error(tmp_path, f'link_mounts: ["{links}"]\nvolumes {{ data {{ source: "file://{links}/escape" }} }}') == (
+        f":2: volumes.data.source: {tmp_path} lies outside every link mount (allowed: {links})")
+
+
+def test_rw_volume_in_a_read_only_link_mount(tmp_path, links):
+    assert config_error(tmp_path, f'link_mounts: ["{links}", "{links}/ro:ro"]\nvolumes {{\n  x {{ source: "file://{links}/ro/inner", mode: rw }}\n}}') == (
+        f":3: volumes.x.mode: rw, but link mount {links}/ro is read-only (:ro)")
+
+
+def test_two_volumes_at_the_same_path(tmp_path, links):
+    assert config_error(tmp_path, f'''link_mounts: ["{links}"]
+volumes {{
+  data {{ source: "file://{links}/data" }}
+  other {{ source: "file://{links}/out", path: "data" }}
+}}''') == ":4: volumes.other: two volumes at the same path 'data'"
+
+
+def test_a_volume_inside_another(tmp_path, links):
+    assert config_error(tmp_path, f'''link_mounts: ["{links}"]
+volumes {{
+  data {{ source: "file://{links}/data" }}
+  data/inner {{ source: "file://{links}/out" }}
+}}''') == ":4: volumes.data/inner: volume 'data/inner' would lie inside volume 'data'; volumes cannot nest"
+
+
+def test_check_prints_the_mount_table(tmp_path, links):
+    config = write_config(tmp_path, f'''link_mounts: ["{links}", "{links}/ro:ro"]
+volumes {{
+  data {{ source: "file://{links}/data" }}
+  team/a/out {{ source: "file://{links}/out", mode: rw }}
+}}''')
+    result = subprocess.run([FSMOUNT, "check", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"link mounts  {links} (rw), {links}/ro (ro)" in result.stdout
+    assert result.stdout.splitlines()[-3:] == [
+        "PATH        MODE  SOURCE",
+        f"data        ro    file://{links}/data",
+        f"team/a/out  rw    file://{links}/out",
+    ]
+
+
+def test_check_fails_with_the_message_and_no_secret(tmp_path):
+    config = write_config(tmp_path, 'volumes { web { source: "https://user:hunter2@example.org/a" } }')
+    result = subprocess.run([FSMOUNT, "check", str(config)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"fsmount: {config}:1: volumes.web.source: unsupported source")
+    assert "hunter2" not in result.stdout + result.stderr

@@ -1,0 +1,78 @@
+"""Pure parsing: sizes, durations, mount options, link mounts, URL redaction."""
+import datetime
+
+import pytest
+
+from fsmount.config import LinkMount, parse_link_mount, redact_url
+from fsmount.daemon import MountError, parse_mount_options
+from fsmount.units import format_size, parse_duration, parse_size
+
+
+@pytest.mark.parametrize("text, size", [
+    ("8MiB", 8 * 2**20), ("8M", 8 * 2**20), ("20GiB", 20 * 2**30), ("512KiB", 512 * 1024),
+    ("1.5GB", 1_500_000_000), ("10kB", 10_000), ("4096", 4096), (4096, 4096), ("1 TiB", 2**40), ("0B", 0),
+])
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["8 parsecs", "-1", "MiB", "", True, -5, "1e3"])
+def test_bad_sizes_say_what_is_expected(text):
+    with pytest.raises(ValueError, match="expected a size such as"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("60s", 60.0), ("500ms", 0.5), ("1.5s", 1.5), ("5m", 300.0), ("2h", 7200.0), ("1d", 86400.0),
+    (30, 30.0), (0.25, 0.25), (datetime.timedelta(minutes=2), 120.0),
+])
+def test_durations(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "5 fortnights", "-3s", False])
+def test_bad_durations_say_what_is_expected(value):
+    with pytest.raises(ValueError, match="expected a duration such as"):
+        parse_duration(value)
+
+
+def test_format_size_is_the_inverse_for_round_sizes():
+    assert [format_size(s) for s in (8 * 2**20, 10 * 2**30, 1536, 100)] == ["8MiB", "10GiB", "1.5KiB", "100B"]
+
+
+def test_mount_options_as_fstab_passes_them():
+    options = parse_mount_options("rw,allow_other,_netdev,noauto,x-systemd.automount,uid=1000,gid=100,nodev,log=/tmp/l")
+    assert options.allow_other is True
+    assert (options.uid, options.gid, options.log_file) == (1000, 100, "/tmp/l")
+    assert options.kernel_flags == {"nodev"}
+    assert options.read_only is False
+
+
+def test_ro_option_makes_the_kernel_mount_read_only_too():
+    options = parse_mount_options("ro")
+    assert options.read_only and options.kernel_flags == {"ro"}
+
+
+def test_unknown_mount_option_is_named():
+    with pytest.raises(MountError, match="unknown mount option 'turbo'"):
+        parse_mount_options("defaults,turbo")
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ("/srv/data", LinkMount("/srv/data", False)),
+    ("/srv/data:ro", LinkMount("/srv/data", True)),
+    ("/srv/data:rw", LinkMount("/srv/data", False)),
+    ("/srv/odd:name", LinkMount("/srv/odd:name", False)),
+])
+def test_link_mount_entries(entry, expected):
+    assert parse_link_mount(entry) == expected
+
+
+def test_relative_link_mount_is_refused():
+    with pytest.raises(ValueError, match="expected an absolute path"):
+        parse_link_mount("data:ro")
+
+
+def test_redact_url_masks_passwords_and_query_tokens():
+    assert redact_url("https://user:hunter2@example.org/x?sig=SECRET") == "https://user:***@example.org/x?***"
+    assert redact_url("file:///srv/data") == "file:///srv/data"
