@@ -270,12 +270,18 @@ def _volume_path(text) -> tuple[str, ...]:
 
 
 def _boolean(value) -> bool:
+    """HOCON's conversion: env substitutions arrive as strings such as "true", "yes" or "off"."""
     if isinstance(value, bool):
         return value
+    word = str(value).strip().lower()
+    if word in ("true", "yes", "on", "false", "no", "off"):
+        return word in ("true", "yes", "on")
     raise ValueError(f"expected true or false, got {value!r}")
 
 
 def _id_number(value) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     raise ValueError(f"expected a numeric id (0 or more), got {value!r}")

@@ -135,6 +135,8 @@ async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):
 
 def _daemonize() -> int:
     """Forks; the parent exits when the child reports it serves (0) or dies first (1)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
     read_end, write_end = os.pipe()
     if os.fork():
         os.close(write_end)

@@ -51,6 +51,18 @@ def test_a_full_config(tmp_path, links, monkeypatch):
     assert not volumes[("team", "a", "out")].read_only
 
 
+def test_values_from_the_environment_are_converted_as_hocon_says(tmp_path, links, monkeypatch):
+    monkeypatch.setenv("SHARE", "yes")
+    monkeypatch.setenv("OWNER", "1000")
+    config = load_config(str(write_config(tmp_path, f"""
+        allow_other: ${{SHARE}}
+        uid: ${{OWNER}}
+        link_mounts: ["{links}"]
+        volumes {{ data {{ source: "file://{links}/data" }} }}
+    """)))
+    assert (config.allow_other, config.uid) == (True, 1000)
+
+
 def test_link_mounts_from_the_environment(tmp_path, links, monkeypatch):
     monkeypatch.setenv("FSMOUNT_LINK_MOUNTS", f"/nowhere,{links}/out:rw")
     config = load_config(str(write_config(tmp_path, f'volumes {{ out {{ source: "file://{links}/out", mode: rw }} }}')))

@@ -1,0 +1,21 @@
+"""The README's demo command: it mounts the sample tree, shows it and leaves nothing mounted."""
+import os
+import subprocess
+from pathlib import Path
+
+from conftest import mounted_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_mounts_the_sample_tree(tmp_path):
+    environment = {**os.environ, "FSMOUNT_DEMO_DIR": str(tmp_path / "demo")}
+    result = subprocess.run([str(ROOT / "scripts" / "demo"), "--once", str(tmp_path / "mnt")], env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    listing = result.stdout.split("mounted on", 1)[1]
+    for path in ("datasets/iris/iris.csv", "datasets/weather/readings.sqlite", "team/nlp/shared/notes.md",
+                 "archive/papers-2024/fsmount.txt", "scratch"):
+        assert f"  {path}\n" in listing
+    assert "730 readings" in result.stdout
+    assert str(tmp_path / "mnt") not in mounted_paths()
