@@ -45,11 +45,12 @@ def background_cleanup(mountpoint):
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_unmount_ends_the_foreground_daemon(config, workspace, mount):
+@pytest.mark.parametrize("command", [[FSMOUNT, "umount"], ["umount"], ["fusermount3", "-u"]])
+def test_unmount_ends_the_foreground_daemon(config, workspace, mount, command):
     mnt = workspace / "mnt"
     daemon = mount(config, mnt)
     assert (mnt / "data" / "file.txt").read_text() == "contents\n"
-    assert subprocess.run([FSMOUNT, "umount", str(mnt)]).returncode == 0
+    assert subprocess.run(command + [str(mnt)]).returncode == 0
     assert daemon.process.wait(timeout=10) == 0
     assert str(mnt) not in mounted_paths()
     assert "unmounted" in daemon.log() or "unmounted" in (workspace / "daemon.log").read_text()

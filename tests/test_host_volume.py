@@ -5,6 +5,7 @@ import hashlib
 import os
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -281,6 +282,20 @@ def test_inode_numbers_are_stable_while_known(host_tree):
         assert os.stat(path).st_ino == first
         assert hashlib.sha256(stream.read()).digest() == hashlib.sha256(bytes(range(256)) * 4096).digest()
     assert {entry.inode() for entry in os.scandir(path.parent)} == {first}
+
+
+def test_forgotten_files_are_dropped_by_the_daemon(host_tree):
+    mnt, links, _ = host_tree
+    for index in range(2000):
+        (links / "scratch" / f"f{index}").touch()
+    before = {entry.name: entry.inode() for entry in os.scandir(mnt / "scratch")}
+    # The kernel drops unused dentries and sends FORGET; a name looked up again is a new node.
+    with open("/proc/sys/vm/drop_caches", "w") as drop:
+        drop.write("2")
+    time.sleep(0.5)
+    after = {entry.name: entry.inode() for entry in os.scandir(mnt / "scratch")}
+    assert set(after) == set(before)
+    assert not set(after.values()) & set(before.values())
 
 
 def test_changes_on_the_host_are_seen(host_tree):

@@ -22,23 +22,29 @@ def planted(tmp_path):
     return source, outside
 
 
+@pytest.fixture(params=[False, True], ids=["inline", "threaded"])
+def threaded(request):
+    """Both ways a host volume runs its system calls: inline (local disks) and in threads (NFS)."""
+    return request.param
+
+
 async def expect_errno(expected, call):
     with pytest.raises(OSError) as error:
         await call
     assert error.value.errno in expected, error.value
 
 
-async def test_names_with_dot_dot_or_slashes_are_refused(planted):
+async def test_names_with_dot_dot_or_slashes_are_refused(planted, threaded):
     source, _ = planted
-    volume = HostVolume(str(source))
+    volume = HostVolume(str(source), threaded)
     for path in (("..",), ("real", "..", "..", "outside"), ("real/../..",), ("",), (".",)):
         await expect_errno({errno.EINVAL}, volume.getattr(path))
     await volume.close()
 
 
-async def test_symlinked_parents_are_not_followed(planted):
+async def test_symlinked_parents_are_not_followed(planted, threaded):
     source, outside = planted
-    volume = HostVolume(str(source))
+    volume = HostVolume(str(source), threaded)
     owner = Owner(0, 0)
     not_followed = {errno.ENOTDIR, errno.ELOOP}
     await expect_errno(not_followed, volume.getattr(("escape", "secret")))

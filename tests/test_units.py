@@ -1,10 +1,12 @@
 """Pure parsing: sizes, durations, mount options, link mounts, URL redaction."""
 import datetime
+import os
 
 import pytest
 
 from fsmount.config import LinkMount, parse_link_mount, redact_url
 from fsmount.daemon import MountError, parse_mount_options
+from fsmount.volumes.host import filesystem_type
 from fsmount.units import format_size, parse_duration, parse_size
 
 
@@ -76,3 +78,15 @@ def test_relative_link_mount_is_refused():
 def test_redact_url_masks_passwords_and_query_tokens():
     assert redact_url("https://user:hunter2@example.org/x?sig=SECRET") == "https://user:***@example.org/x?***"
     assert redact_url("file:///srv/data") == "file:///srv/data"
+
+
+MOUNTINFO = """22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+31 27 0:45 / /u/nlp rw,relatime shared:5 - nfs4 server:/export rw,vers=4.2
+"""
+
+
+def test_filesystem_type_by_device_number():
+    assert filesystem_type(MOUNTINFO, os.makedev(254, 0)) == "ext4"
+    assert filesystem_type(MOUNTINFO, os.makedev(0, 45)) == "nfs4"
+    assert filesystem_type(MOUNTINFO, os.makedev(9, 9)) is None
