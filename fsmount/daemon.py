@@ -85,7 +85,7 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
             raise MountError(f"mount point {mountpoint} is not a directory")
     except OSError as error:
         raise MountError(f"mount point {mountpoint}: {error.strerror}") from None
-    _setup_logging(config, options, foreground)
+    log_file = _setup_logging(config, options, foreground)
     operations = build_operations(config, options)
     fuse_options = set(pyfuse3.default_options) | options.kernel_flags
     fuse_options |= {f"fsname={config.file}", "subtype=fsmount"}
@@ -97,7 +97,7 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
         pyfuse3.init(operations, mountpoint, fuse_options)
     except RuntimeError as error:
         raise MountError(f"cannot mount on {mountpoint}: {error}") from None
-    ready = None if foreground else _daemonize()
+    ready = None if foreground else _daemonize(log_file)
     log.info("mounted %s on %s (%d volumes)", config.file, mountpoint, len(config.volumes))
     try:
         trio.run(_serve, operations, ready)
@@ -133,14 +133,17 @@ async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):
             return
 
 
-def _daemonize() -> int:
+def _daemonize(log_file: str | None) -> int:
     """Forks; the parent exits when the child reports it serves (0) or dies first (1)."""
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
     if os.fork():
         os.close(write_end)
-        os._exit(0 if os.read(read_end, 1) else 1)
+        if os.read(read_end, 1):
+            os._exit(0)
+        print(f"fsmount: the daemon stopped before serving; see {log_file or 'syslog'}", file=sys.stderr, flush=True)
+        os._exit(1)
     os.close(read_end)
     os.setsid()
     os.chdir("/")
@@ -151,7 +154,8 @@ def _daemonize() -> int:
     return write_end
 
 
-def _setup_logging(config: Config, options: MountOptions, foreground: bool):
+def _setup_logging(config: Config, options: MountOptions, foreground: bool) -> str | None:
+    """Returns the log file, if the log goes to one."""
     log_file = options.log_file or config.log_file
     if log_file:
         handler = logging.FileHandler(log_file)
@@ -171,6 +175,7 @@ def _setup_logging(config: Config, options: MountOptions, foreground: bool):
     root.setLevel(logging.DEBUG if options.debug else config.log_level.upper())
     if log_file and not foreground:
         print(f"fsmount: logging to {log_file}", file=sys.stderr)
+    return log_file
 
 
 def _mode_or_zero(path: str) -> int:

@@ -10,6 +10,7 @@ volume, so a hung server stalls only its own volume.
 """
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import os
 import stat
@@ -73,13 +74,13 @@ class HostVolume(Volume):
             if fd != self.root_fd:
                 os.close(fd)
 
-    @contextlib.contextmanager
-    def _proc_path(self, path: Path):
-        """A /proc/self/fd path naming exactly this file, for calls that have no *at form."""
+    def _on_file(self, path: Path, action, on_symlink):
+        """ACTION(a /proc/self/fd path naming exactly PATH's file), for calls with no *at form.
+        A symlink has no mode or attributes of its own here: it gets ON_SYMLINK() instead."""
         with self._at(path) as (dir_fd, name):
             fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
-            yield f"/proc/self/fd/{fd}", stat.S_ISLNK(os.fstat(fd).st_mode)
+            return on_symlink() if stat.S_ISLNK(os.fstat(fd).st_mode) else action(f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
 
@@ -168,15 +169,12 @@ class HostVolume(Volume):
     async def setattr(self, path: Path, changes: AttrChanges, handle: FileHandle | None) -> Attrs:
         if changes.size is not None and handle is not None:
             await handle.truncate(changes.size)
-            changes = AttrChanges(changes.mode, changes.uid, changes.gid, None, changes.atime_ns, changes.mtime_ns)
+            changes = dataclasses.replace(changes, size=None)
         return await self._run(self._setattr, path, changes)
 
     def _setattr(self, path: Path, changes: AttrChanges) -> Attrs:
         if changes.mode is not None:
-            with self._proc_path(path) as (proc_path, is_link):
-                if is_link:
-                    raise OSError(errno.EOPNOTSUPP, "symlinks have no mode of their own")
-                os.chmod(proc_path, stat.S_IMODE(changes.mode))
+            self._on_file(path, lambda file: os.chmod(file, stat.S_IMODE(changes.mode)), _refuse(errno.EOPNOTSUPP))
         with self._at(path) as (dir_fd, name):
             if changes.uid is not None or changes.gid is not None:
                 uid, gid = _or_keep(changes.uid), _or_keep(changes.gid)
@@ -194,34 +192,16 @@ class HostVolume(Volume):
             return Attrs.from_stat(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
 
     async def getxattr(self, path: Path, name: str) -> bytes:
-        def get():
-            with self._proc_path(path) as (proc_path, is_link):
-                if is_link:
-                    raise OSError(errno.ENODATA, "no attributes on symlinks")
-                return os.getxattr(proc_path, name)
-        return await self._run(get)
+        return await self._run(self._on_file, path, lambda file: os.getxattr(file, name), _refuse(errno.ENODATA))
 
     async def listxattr(self, path: Path) -> list[str]:
-        def names():
-            with self._proc_path(path) as (proc_path, is_link):
-                return [] if is_link else os.listxattr(proc_path)
-        return await self._run(names)
+        return await self._run(self._on_file, path, os.listxattr, list)
 
     async def setxattr(self, path: Path, name: str, value: bytes):
-        def put():
-            with self._proc_path(path) as (proc_path, is_link):
-                if is_link:
-                    raise OSError(errno.EPERM, "no attributes on symlinks")
-                os.setxattr(proc_path, name, value)
-        await self._run(put)
+        await self._run(self._on_file, path, lambda file: os.setxattr(file, name, value), _refuse(errno.EPERM))
 
     async def removexattr(self, path: Path, name: str):
-        def remove():
-            with self._proc_path(path) as (proc_path, is_link):
-                if is_link:
-                    raise OSError(errno.EPERM, "no attributes on symlinks")
-                os.removexattr(proc_path, name)
-        await self._run(remove)
+        await self._run(self._on_file, path, lambda file: os.removexattr(file, name), _refuse(errno.EPERM))
 
     async def statvfs(self) -> os.statvfs_result:
         return await self._run(os.fstatvfs, self.root_fd)
@@ -241,6 +221,12 @@ def _give(dir_fd: int, name: str, owner: Owner):
         return
     group = -1 if os.fstat(dir_fd).st_mode & stat.S_ISGID else owner.gid
     os.chown(name, owner.uid, group, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _refuse(code: int):
+    def refuse():
+        raise OSError(code, f"not on a symlink: {os.strerror(code)}")
+    return refuse
 
 
 def _or(value, default):
