@@ -34,12 +34,16 @@ def parse_size(value) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
+_EPOCH = datetime.datetime(2000, 1, 1)
+
+
 def parse_duration(value) -> float:
-    """Seconds from a number (seconds), a timedelta (pyhocon's reading of `60s`) or a string."""
+    """Seconds from a number (seconds), a string, or pyhocon's reading of `60s`: a timedelta, or a
+    dateutil relativedelta when dateutil happens to be installed."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 60s, got {value!r}")
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
+    if isinstance(value, datetime.timedelta) or type(value).__name__ == "relativedelta":
+        return ((_EPOCH + value) - _EPOCH).total_seconds()
     if isinstance(value, (int, float)) and value >= 0:
         return float(value)
     match = _DURATION.match(str(value).lower())

@@ -118,3 +118,12 @@ def pytest_sessionfinish(session, exitstatus):
         if base and path.startswith(base):
             with contextlib.suppress(OSError):
                 force_unmount(path)
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    """A moto S3 server for the whole session."""
+    from servers import Server
+    server = Server("moto", tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()

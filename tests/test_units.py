@@ -32,6 +32,13 @@ def test_durations(value, seconds):
     assert parse_duration(value) == seconds
 
 
+def test_durations_as_pyhocon_reads_them_with_or_without_dateutil():
+    from pyhocon import ConfigFactory
+    assert parse_duration(ConfigFactory.parse_string("a: 90s")["a"]) == 90.0
+    dateutil = pytest.importorskip("dateutil.relativedelta")
+    assert parse_duration(dateutil.relativedelta(minutes=2, seconds=3)) == 123.0
+
+
 @pytest.mark.parametrize("value", ["soon", "5 fortnights", "-3s", False])
 def test_bad_durations_say_what_is_expected(value):
     with pytest.raises(ValueError, match="expected a duration such as"):

@@ -1,0 +1,1 @@
+"""Object store clients, one per service, and the asyncio seam they are reached through."""

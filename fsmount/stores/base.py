@@ -1,0 +1,92 @@
+"""What every object store client offers: keys, ranges, listings, puts, deletes and copies; nothing about files.
+
+Stores are asyncio code (their SDKs are); the rest of fsmount reaches them through `fsmount.stores.aio`.
+Their errors are OSErrors with a fitting errno, so no SDK exception ever leaves a store.
+"""
+import abc
+import errno
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    version: str  # what a read can be pinned to: an ETag, a generation, a version id, a CID
+    mtime_ns: int
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ListPage:
+    objects: list[ObjectInfo]
+    prefixes: list[str]  # common prefixes, each ending in the delimiter
+
+
+class StoreError(OSError):
+    errno_value = errno.EIO
+
+    def __init__(self, message: str):
+        super().__init__(self.errno_value, message)
+
+
+class NotFound(StoreError):
+    errno_value = errno.ENOENT
+
+
+class PreconditionFailed(StoreError):
+    """The object is no longer at the version asked for."""
+    errno_value = errno.ESTALE
+
+
+class AccessDenied(StoreError):
+    errno_value = errno.EACCES
+
+
+class Throttled(StoreError):
+    errno_value = errno.EAGAIN
+
+
+class Unavailable(StoreError):
+    errno_value = errno.EIO
+
+
+class Store(abc.ABC):
+    """An asyncio client of one bucket or container; keys are relative to it."""
+
+    @property
+    @abc.abstractmethod
+    def identity(self) -> str:
+        """Names the bucket for cache keys: the same bucket gives the same identity across runs."""
+
+    async def open(self):
+        pass
+
+    async def close(self):
+        pass
+
+    @abc.abstractmethod
+    async def stat(self, key: str) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str, delimiter: str = "/") -> AsyncIterator[ListPage]:
+        """The keys and common prefixes under PREFIX, a page at a time, in key order."""
+
+    @abc.abstractmethod
+    async def read(self, key: str, start: int, length: int, version: str) -> bytes:
+        """LENGTH bytes (fewer at the end) from START of KEY at VERSION; PreconditionFailed if it changed."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    async def put_file(self, key: str, path: str, part_size: int, parallel: int,
+                       metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """Uploads the file at PATH: in one request up to PART_SIZE, else in PARALLEL parts at once."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str): ...
+
+    @abc.abstractmethod
+    async def copy(self, source_key: str, key: str) -> ObjectInfo: ...

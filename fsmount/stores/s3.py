@@ -1,0 +1,154 @@
+"""S3Store: S3 and S3-compatible servers (MinIO, SeaweedFS, Ceph) through aiobotocore."""
+import asyncio
+import contextlib
+import os
+
+import aiohttp
+import botocore.exceptions
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, Store, StoreError,
+                                 Throttled, Unavailable)
+
+_NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
+_PRECONDITION = {"PreconditionFailed", "412"}
+_DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "503", "429"}
+
+
+@contextlib.asynccontextmanager
+async def _errors(what: str):
+    """Turns whatever the SDK raises into the store's own errors, naming the request."""
+    try:
+        yield
+    except botocore.exceptions.ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        for codes, kind in ((_NOT_FOUND, NotFound), (_PRECONDITION, PreconditionFailed),
+                            (_DENIED, AccessDenied), (_THROTTLED, Throttled)):
+            if code in codes or status in codes:
+                raise kind(f"{what}: {code or status}") from None
+        raise StoreError(f"{what}: {code or status}") from None
+    except botocore.exceptions.NoCredentialsError:
+        raise AccessDenied(f"{what}: no credentials") from None
+    except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as error:
+        raise Unavailable(f"{what}: {type(error).__name__}") from None
+
+
+def _info(key: str, size: int, etag: str, modified, metadata=None) -> ObjectInfo:
+    return ObjectInfo(key, size, etag, int(modified.timestamp() * 1e9), dict(metadata or {}))
+
+
+class S3Store(Store):
+    def __init__(self, bucket: str, endpoint: str | None = None, region: str | None = None,
+                 key: str | None = None, secret: str | None = None, verify: bool | str = True,
+                 max_connections: int = 32, extra_args: dict | None = None):
+        """KEY and SECRET None: botocore's default chain (env, files, instance metadata)."""
+        self.bucket = bucket
+        self.endpoint = endpoint
+        self._client_args = dict(
+            endpoint_url=endpoint, region_name=region or "us-east-1", verify=verify,
+            aws_access_key_id=key, aws_secret_access_key=secret,
+            config=AioConfig(max_pool_connections=max_connections, connect_timeout=5, read_timeout=60,
+                             retries={"max_attempts": 3, "mode": "standard"},
+                             s3={"addressing_style": "path" if endpoint else "auto"}),
+        )
+        self._extra_args = dict(extra_args or {})
+        self._client_context = None
+        self._client = None
+
+    @property
+    def identity(self) -> str:
+        return f"s3:{self.endpoint or 'aws'}/{self.bucket}"
+
+    async def open(self):
+        self._client_context = get_session().create_client("s3", **self._client_args)
+        self._client = await self._client_context.__aenter__()
+
+    async def close(self):
+        if self._client_context is not None:
+            await self._client_context.__aexit__(None, None, None)
+            self._client_context = self._client = None
+
+    async def stat(self, key: str) -> ObjectInfo:
+        async with _errors(f"HEAD {key}"):
+            head = await self._client.head_object(Bucket=self.bucket, Key=key)
+        return _info(key, head["ContentLength"], head["ETag"], head["LastModified"], head.get("Metadata"))
+
+    async def list(self, prefix: str, delimiter: str = "/"):
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = aiter(paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter=delimiter))
+        while True:
+            async with _errors(f"LIST {prefix}"):
+                page = await anext(pages, None)
+            if page is None:
+                return
+            objects = [_info(entry["Key"], entry["Size"], entry["ETag"], entry["LastModified"])
+                       for entry in page.get("Contents", [])]
+            yield ListPage(objects, [entry["Prefix"] for entry in page.get("CommonPrefixes", [])])
+
+    async def read(self, key: str, start: int, length: int, version: str) -> bytes:
+        async with _errors(f"GET {key} [{start}+{length}]"):
+            try:
+                response = await self._client.get_object(Bucket=self.bucket, Key=key, IfMatch=version,
+                                                         Range=f"bytes={start}-{start + length - 1}")
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return b""  # at or past the end
+                raise
+            async with response["Body"] as body:
+                return await body.read()
+
+    async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        async with _errors(f"PUT {key}"):
+            await self._client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {},
+                                          **self._extra_args)
+        return await self.stat(key)
+
+    async def put_file(self, key: str, path: str, part_size: int, parallel: int,
+                       metadata: dict[str, str] | None = None) -> ObjectInfo:
+        size = os.path.getsize(path)
+        if size <= part_size:
+            return await self.put(key, await asyncio.to_thread(_read_part, path, 0, size), metadata)
+        async with _errors(f"CREATE MULTIPART {key}"):
+            upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata or {},
+                                                                **self._extra_args)
+        upload_id = upload["UploadId"]
+        slots = asyncio.Semaphore(parallel)
+
+        async def send(number: int, offset: int) -> dict:
+            async with slots:
+                data = await asyncio.to_thread(_read_part, path, offset, part_size)
+                async with _errors(f"PUT PART {number} {key}"):
+                    part = await self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                          PartNumber=number, Body=data)
+                return {"PartNumber": number, "ETag": part["ETag"]}
+
+        try:
+            parts = await asyncio.gather(*(send(number, offset) for number, offset
+                                           in enumerate(range(0, size, part_size), start=1)))
+            async with _errors(f"COMPLETE MULTIPART {key}"):
+                await self._client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                             MultipartUpload={"Parts": parts})
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+        return await self.stat(key)
+
+    async def delete(self, key: str):
+        async with _errors(f"DELETE {key}"):
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    async def copy(self, source_key: str, key: str) -> ObjectInfo:
+        async with _errors(f"COPY {source_key} {key}"):
+            await self._client.copy_object(Bucket=self.bucket, Key=key,
+                                           CopySource={"Bucket": self.bucket, "Key": source_key})
+        return await self.stat(key)
+
+
+def _read_part(path: str, offset: int, size: int) -> bytes:
+    with open(path, "rb") as stream:
+        stream.seek(offset)
+        return stream.read(size)

@@ -1,0 +1,133 @@
+"""The contract every object store keeps, run against real local servers (S3: moto)."""
+import errno
+import itertools
+import os
+
+import pytest
+import trio
+import trio_asyncio
+
+from fsmount.stores.aio import TrioStore
+from fsmount.stores.base import NotFound, PreconditionFailed, Unavailable
+from fsmount.stores.s3 import S3Store
+from servers import s3_admin
+
+_buckets = itertools.count()
+PART = 5 * 2**20  # the smallest part S3 accepts
+
+
+@pytest.fixture(params=["s3"])
+async def store(request, moto):
+    """An empty bucket of each kind of store, reached from trio through the seam."""
+    bucket = f"contract-{next(_buckets)}"
+    s3_admin(moto).create_bucket(Bucket=bucket)
+    async with trio_asyncio.open_loop():
+        opened = TrioStore(S3Store(bucket, endpoint=moto.url, key="test", secret="test"))
+        await opened.open()
+        try:
+            yield opened
+        finally:
+            await opened.close()
+
+
+async def listing(store, prefix, delimiter="/"):
+    keys, prefixes, pages = [], [], 0
+    async for page in store.list(prefix, delimiter):
+        keys += [info.key for info in page.objects]
+        prefixes += page.prefixes
+        pages += 1
+    return keys, prefixes, pages
+
+
+async def test_put_then_stat(store):
+    info = await store.put("dir/a.txt", b"hello", {"mtime": "1700000000"})
+    stat = await store.stat("dir/a.txt")
+    assert (stat.key, stat.size, stat.version) == ("dir/a.txt", 5, info.version)
+    assert stat.metadata == {"mtime": "1700000000"}
+    assert stat.mtime_ns > 0
+
+
+async def test_a_new_put_is_a_new_version(store):
+    first = await store.put("k", b"one")
+    second = await store.put("k", b"two")
+    assert first.version != second.version
+
+
+async def test_ranged_reads(store):
+    data = os.urandom(100_000)
+    info = await store.put("blob", data)
+    for start, length in ((0, 1), (0, 100_000), (4096, 8192), (99_990, 10), (99_990, 4096)):
+        assert await store.read("blob", start, length, info.version) == data[start:start + length]
+
+
+async def test_read_at_a_stale_version_fails(store):
+    old = await store.put("changing", b"old bytes")
+    await store.put("changing", b"new bytes")
+    with pytest.raises(PreconditionFailed) as error:
+        await store.read("changing", 0, 4, old.version)
+    assert error.value.errno == errno.ESTALE
+
+
+async def test_missing_keys(store):
+    with pytest.raises(NotFound) as error:
+        await store.stat("absent")
+    assert error.value.errno == errno.ENOENT
+    with pytest.raises(NotFound):
+        await store.read("absent", 0, 10, '"0"')
+    await store.delete("absent")
+
+
+async def test_delimiter_listing(store):
+    for key in ("top.txt", "d/one", "d/two", "d/sub/three", "e/", "e/x", "other/y"):
+        await store.put(key, b"x")
+    assert await listing(store, "") == (["top.txt"], ["d/", "e/", "other/"], 1)
+    assert await listing(store, "d/") == (["d/one", "d/two"], ["d/sub/"], 1)
+    assert await listing(store, "e/") == (["e/", "e/x"], [], 1)
+    assert await listing(store, "nothing/") == ([], [], 1)
+
+
+async def test_listing_streams_page_by_page(store):
+    keys = [f"many/{index:05d}" for index in range(1100)]
+    limit = trio.CapacityLimiter(16)
+
+    async def put(key):
+        async with limit:
+            await store.put(key, b"")
+
+    async with trio.open_nursery() as nursery:
+        for key in keys:
+            nursery.start_soon(put, key)
+    listed, prefixes, pages = await listing(store, "many/")
+    assert listed == keys and prefixes == [] and pages == 2
+
+
+async def test_put_file_small_and_multipart(store, tmp_path):
+    for size in (0, 1000, 3 * PART + 12345):
+        path = tmp_path / f"upload-{size}"
+        data = os.urandom(size)
+        path.write_bytes(data)
+        info = await store.put_file(f"up/{size}", str(path), PART, 3, {"mode": "644"})
+        assert info.size == size and info.metadata == {"mode": "644"}
+        assert await store.read(f"up/{size}", 0, size + 1, info.version) == data
+
+
+async def test_delete_and_copy(store):
+    await store.put("source", b"copied bytes")
+    copied = await store.copy("source", "target")
+    assert await store.read("target", 0, 100, copied.version) == b"copied bytes"
+    await store.delete("source")
+    with pytest.raises(NotFound):
+        await store.stat("source")
+    assert (await store.stat("target")).size == 12
+
+
+async def test_a_server_that_is_down_gives_unavailable():
+    async with trio_asyncio.open_loop():
+        down = TrioStore(S3Store("bucket", endpoint="http://127.0.0.1:9", key="test", secret="test"))
+        await down.open()
+        try:
+            with pytest.raises(Unavailable) as error:
+                await down.stat("key")
+            assert error.value.errno == errno.EIO
+        finally:
+            await down.close()
