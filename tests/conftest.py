@@ -1,5 +1,6 @@
 """Test harness: sample trees, config files, and fsmount daemons that never outlive a test."""
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio_asyncio
 
 BIN = Path(sys.executable).parent
 FSMOUNT = str(BIN / "fsmount")
@@ -127,3 +129,29 @@ def moto(tmp_path_factory):
     server = Server("moto", tmp_path_factory.mktemp("moto"))
     yield server
     server.stop()
+
+
+_bucket_numbers = itertools.count()
+
+
+@contextlib.asynccontextmanager
+async def open_s3_bucket(moto):
+    """(a TrioStore on a fresh bucket of the moto server, the bucket's name), inside a trio-asyncio loop."""
+    from servers import s3_admin
+    from fsmount.stores.aio import TrioStore
+    from fsmount.stores.s3 import S3Store
+    bucket = f"bucket-{next(_bucket_numbers)}"
+    s3_admin(moto).create_bucket(Bucket=bucket)
+    async with trio_asyncio.open_loop():
+        store = TrioStore(S3Store(bucket, endpoint=moto.url, key="test", secret="test"))
+        await store.open()
+        try:
+            yield store, bucket
+        finally:
+            await store.close()
+
+
+@pytest.fixture
+async def s3_bucket(moto):
+    async with open_s3_bucket(moto) as opened:
+        yield opened

@@ -1,33 +1,24 @@
 """The contract every object store keeps, run against real local servers (S3: moto)."""
 import errno
-import itertools
 import os
 
 import pytest
 import trio
 import trio_asyncio
 
+from conftest import open_s3_bucket
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, PreconditionFailed, Unavailable
 from fsmount.stores.s3 import S3Store
-from servers import s3_admin
 
-_buckets = itertools.count()
 PART = 5 * 2**20  # the smallest part S3 accepts
 
 
 @pytest.fixture(params=["s3"])
 async def store(request, moto):
     """An empty bucket of each kind of store, reached from trio through the seam."""
-    bucket = f"contract-{next(_buckets)}"
-    s3_admin(moto).create_bucket(Bucket=bucket)
-    async with trio_asyncio.open_loop():
-        opened = TrioStore(S3Store(bucket, endpoint=moto.url, key="test", secret="test"))
-        await opened.open()
-        try:
-            yield opened
-        finally:
-            await opened.close()
+    async with open_s3_bucket(moto) as (opened, _):
+        yield opened
 
 
 async def listing(store, prefix, delimiter="/"):

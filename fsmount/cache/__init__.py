@@ -1,0 +1,1 @@
+"""The block cache on local disk, shared by every object volume."""

@@ -1,0 +1,164 @@
+"""The block cache: object data in fixed-size blocks on local disk, shared by every object volume.
+
+A block is named by (store, key, version, index), so blocks of two versions never mix. Its
+file is written to a temporary name and renamed; the SQLite index (WAL) records its size, CRC
+and last use. A process checks each block's CRC the first time it uses it, so a block torn by a
+crash or damaged on disk is refetched, never served. Eviction is least recently used, never of
+a block a reader holds. Ten readers of one missing block cause one fetch.
+"""
+import collections
+import contextlib
+import hashlib
+import logging
+import os
+import sqlite3
+import time
+import zlib
+
+import trio
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    name TEXT PRIMARY KEY, size INTEGER NOT NULL, crc INTEGER NOT NULL, used REAL NOT NULL, ready INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS blocks_by_use ON blocks (used);
+"""
+_EVICTION_BATCH = 64
+
+
+def block_name(identity: str, key: str, version: str, index: int) -> str:
+    return hashlib.sha256(f"{identity}\0{key}\0{version}\0{index}".encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class BlockCache:
+    def __init__(self, directory: str, max_size: int, block_size: int):
+        self.block_size = block_size
+        self.max_size = max_size
+        self._blocks_dir = os.path.join(directory, "blocks")
+        os.makedirs(self._blocks_dir, exist_ok=True)
+        self._db = sqlite3.connect(os.path.join(directory, "index.sqlite"), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._forget_unfinished()
+        self.size = self._db.execute("SELECT coalesce(sum(size), 0) FROM blocks").fetchone()[0]
+        self._fills: dict[str, trio.Event] = {}
+        self._pins: collections.Counter[str] = collections.Counter()
+        self._verified: set[str] = set()
+        self._touched: dict[str, float] = {}
+
+    def close(self):
+        self._flush_touches()
+        self._db.close()
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self._blocks_dir, name[:2], name[2:4], name)
+
+    def _forget_unfinished(self):
+        """Fills a killed daemon left halfway: their files may be torn, so they go."""
+        for (name,) in self._db.execute("SELECT name FROM blocks WHERE ready = 0").fetchall():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path(name))
+        self._db.execute("DELETE FROM blocks WHERE ready = 0")
+
+    async def read(self, name: str, offset: int, length: int, fetch) -> bytes:
+        """LENGTH bytes from OFFSET of block NAME; on a miss `await fetch()` gets the block's bytes."""
+        self._pins[name] += 1
+        try:
+            await self._ensure(name, fetch)
+            with open(self._path(name), "rb") as block:
+                return os.pread(block.fileno(), length, offset)
+        finally:
+            self._pins[name] -= 1
+            if not self._pins[name]:
+                del self._pins[name]
+
+    def contains(self, name: str) -> bool:
+        return self._db.execute("SELECT 1 FROM blocks WHERE name = ? AND ready = 1", (name,)).fetchone() is not None
+
+    async def _ensure(self, name: str, fetch):
+        while True:
+            filling = self._fills.get(name)
+            if filling is not None:
+                await filling.wait()
+                continue
+            row = self._db.execute("SELECT size, crc FROM blocks WHERE name = ? AND ready = 1", (name,)).fetchone()
+            if row is not None and await self._intact(name, *row):
+                self._touched[name] = time.time()
+                return
+            event = self._fills[name] = trio.Event()
+            try:
+                await self._fill(name, await fetch())
+            finally:
+                del self._fills[name]
+                event.set()
+            return
+
+    async def _intact(self, name: str, size: int, crc: int) -> bool:
+        if name in self._verified:
+            return True
+        try:
+            data = await trio.to_thread.run_sync(_read_whole, self._path(name))
+        except FileNotFoundError:
+            data = None
+        if data is not None and len(data) == size and zlib.crc32(data) == crc:
+            self._verified.add(name)
+            return True
+        log.warning("cache block %s is damaged or missing; fetching it again", name)
+        self._remove(name, size)
+        return False
+
+    async def _fill(self, name: str, data: bytes):
+        self._make_room(len(data))
+        path = self._path(name)
+        self._db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, 0)",
+                         (name, len(data), zlib.crc32(data), time.time()))
+        self.size += len(data)
+        try:
+            await trio.to_thread.run_sync(_write_atomically, path, data)
+        except BaseException:
+            self._remove(name, len(data))
+            raise
+        self._db.execute("UPDATE blocks SET ready = 1 WHERE name = ?", (name,))
+        self._verified.add(name)
+
+    def _make_room(self, needed: int):
+        self._flush_touches()
+        while self.size + needed > self.max_size:
+            rows = self._db.execute("SELECT name, size FROM blocks WHERE ready = 1 ORDER BY used LIMIT ?",
+                                    (_EVICTION_BATCH + len(self._pins),)).fetchall()
+            victims = [(name, size) for name, size in rows if name not in self._pins]
+            if not victims:
+                log.warning("cache is over its bound (%d bytes): every block is in use", self.size)
+                return
+            for name, size in victims:
+                self._remove(name, size)
+                if self.size + needed <= self.max_size:
+                    return
+
+    def _remove(self, name: str, size: int):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(name))
+        self._db.execute("DELETE FROM blocks WHERE name = ?", (name,))
+        self._verified.discard(name)
+        self.size -= size
+
+    def _flush_touches(self):
+        if self._touched:
+            self._db.executemany("UPDATE blocks SET used = ? WHERE name = ?",
+                                 [(used, name) for name, used in self._touched.items()])
+            self._touched.clear()
+
+
+def _read_whole(path: str) -> bytes:
+    with open(path, "rb") as block:
+        return block.read()
+
+
+def _write_atomically(path: str, data: bytes):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "wb") as block:
+        block.write(data)
+    os.rename(temporary, path)
