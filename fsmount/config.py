@@ -8,6 +8,7 @@ import pyparsing
 from pyhocon import ConfigFactory, ConfigTree
 from pyhocon.exceptions import ConfigException
 
+from fsmount.credentials import S3Credentials, choose_s3_credentials
 from fsmount.units import parse_duration, parse_size
 
 LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
@@ -32,11 +33,21 @@ class LinkMount:
 
 
 @dataclass(frozen=True)
+class S3Source:
+    bucket: str
+    prefix: str
+    endpoint: str | None  # None: AWS
+    credentials: S3Credentials
+    max_connections: int
+
+
+@dataclass(frozen=True)
 class VolumeConfig:
     path: tuple[str, ...]
     source: str
     read_only: bool
-    host_path: str
+    host_path: str | None = None  # file:// volumes
+    s3: S3Source | None = None
 
     @property
     def name(self) -> str:
@@ -67,10 +78,14 @@ class Config:
     volumes: tuple[VolumeConfig, ...]
 
 
-_TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "link_mounts", "cache", "volumes"}
+_TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "link_mounts", "cache", "credentials",
+             "volumes"}
 _LOG_KEYS = {"file", "level"}
 _CACHE_KEYS = {"dir", "max_size", "block_size", "read_ahead", "metadata_ttl"}
 _VOLUME_KEYS = {"source", "mode", "path"}
+_S3_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections"}
+_CREDENTIAL_KINDS = {"s3"}
+_S3_CREDENTIAL_KEYS = {"bucket", "host", "key", "secret", "region", "secure", "verify", "use_credentials_chain"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -121,7 +136,7 @@ class _Reader:
             log_level=level,
             link_mounts=link_mounts,
             cache=self.cache(tree),
-            volumes=self.volumes(tree, link_mounts),
+            volumes=self.volumes(tree, link_mounts, self.credentials(tree)),
         )
 
     def only(self, tree: ConfigTree, keys: tuple[str, ...], allowed: set[str]):
@@ -180,7 +195,30 @@ class _Reader:
                 raise ConfigError(self.file, f"${LINK_MOUNTS_ENV}", str(error)) from None
         return tuple(mounts)
 
-    def volumes(self, tree: ConfigTree, link_mounts: tuple[LinkMount, ...]) -> tuple[VolumeConfig, ...]:
+    def credentials(self, tree: ConfigTree) -> dict[str, list]:
+        section = self.section(tree, ("credentials",), _CREDENTIAL_KINDS)
+        entries = section.get("s3", [])
+        if not isinstance(entries, list):
+            raise self.error(("credentials", "s3"), f"expected a list of {{ bucket: ..., key: ..., secret: ... }}, got {entries!r}")
+        s3 = []
+        for index, entry in enumerate(entries):
+            keys = ("credentials", "s3", f"[{index}]")
+            if not isinstance(entry, ConfigTree):
+                raise self.error(keys, "expected an object such as { bucket: data, key: ..., secret: ... }")
+            self.only(entry, keys, _S3_CREDENTIAL_KEYS)
+            s3.append(S3Credentials(
+                bucket=self.value(entry, keys + ("bucket",), str, None),
+                host=self.value(entry, keys + ("host",), str, None),
+                key=self.value(entry, keys + ("key",), str, None),
+                secret=self.value(entry, keys + ("secret",), str, None),
+                region=self.value(entry, keys + ("region",), str, None),
+                secure=self.value(entry, keys + ("secure",), _boolean, True),
+                verify=self.value(entry, keys + ("verify",), _verify, True),
+                use_credentials_chain=self.value(entry, keys + ("use_credentials_chain",), _boolean, False),
+            ))
+        return {"s3": s3}
+
+    def volumes(self, tree: ConfigTree, link_mounts: tuple[LinkMount, ...], credentials) -> tuple[VolumeConfig, ...]:
         section = tree.get("volumes", None)
         if not isinstance(section, ConfigTree) or not section:
             raise self.error(("volumes",), "expected an object with at least one volume, such as volumes { data { source: \"file:///srv/data\" } }")
@@ -191,25 +229,29 @@ class _Reader:
             spec = section[key]
             if not isinstance(spec, ConfigTree):
                 raise self.error(keys, f"expected an object {{ source: ..., mode: ro|rw }}, got {spec!r}")
-            self.only(spec, keys, _VOLUME_KEYS)
             path = self.value(spec, keys + ("path",), _volume_path, _volume_path_or_none(name))
             if path is None:
                 raise self.error(keys, "not a valid volume path: use names separated by '/', without '.', '..' or empty parts")
-            volume = self.volume(spec, keys, path, link_mounts)
+            volume = self.volume(spec, keys, path, link_mounts, credentials)
             self.check_place(keys, volume, volumes)
             volumes[path] = volume
         return tuple(volumes.values())
 
-    def volume(self, spec: ConfigTree, keys, path, link_mounts) -> VolumeConfig:
+    def volume(self, spec: ConfigTree, keys, path, link_mounts, credentials) -> VolumeConfig:
         source = self.value(spec, keys + ("source",), str, None)
+        url = urllib.parse.urlsplit(source or "")
+        self.only(spec, keys, _S3_VOLUME_KEYS if url.scheme == "s3" else _VOLUME_KEYS)
         if source is None:
             raise self.error(keys, "missing key 'source', such as source: \"file:///srv/data\"")
         mode = self.value(spec, keys + ("mode",), str, "ro")
         if mode not in ("ro", "rw"):
             raise self.error(keys + ("mode",), f"expected ro or rw, got {mode!r}")
-        url = urllib.parse.urlsplit(source)
+        if url.scheme == "s3":
+            return VolumeConfig(path=path, source=source, read_only=mode == "ro",
+                                s3=self.s3_source(spec, keys, url, credentials["s3"]))
         if url.scheme != "file":
-            raise self.error(keys + ("source",), f"unsupported source {redact_url(source)!r}; expected file:///absolute/path")
+            raise self.error(keys + ("source",), f"unsupported source {redact_url(source)!r}; "
+                                                 "expected file:///absolute/path or s3://bucket/prefix")
         if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
             raise self.error(keys + ("source",), f"expected file:///absolute/path, got {source!r}")
         host_path = os.path.realpath(urllib.parse.unquote(url.path))
@@ -222,6 +264,28 @@ class _Reader:
         if link.read_only and mode == "rw":
             raise self.error(keys + ("mode",), f"rw, but link mount {link.path} is read-only (:ro)")
         return VolumeConfig(path=path, source=source, read_only=mode == "ro", host_path=host_path)
+
+    def s3_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, entries) -> S3Source:
+        """`s3://bucket/prefix`, or ClearML's `s3://host:port/bucket/prefix` for a non-AWS endpoint."""
+        host, parts = None, url.path.lstrip("/")
+        if url.port is not None:
+            host = url.netloc
+            bucket, _, prefix = parts.partition("/")
+        else:
+            bucket, prefix = url.netloc, parts
+        if not bucket:
+            raise self.error(keys + ("source",), f"expected s3://bucket/prefix or s3://host:port/bucket/prefix, got {url.geturl()!r}")
+        endpoint = self.value(spec, keys + ("endpoint",), str, None)
+        if endpoint is not None:
+            parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+            if parsed.scheme not in ("", "http", "https") or not parsed.netloc:
+                raise self.error(keys + ("endpoint",), f"expected http(s)://host:port or host:port, got {endpoint!r}")
+            host = parsed.netloc
+        chosen = choose_s3_credentials(entries, bucket, host)
+        if host is not None and (endpoint is None or "://" not in endpoint):
+            endpoint = f"{'https' if chosen.secure else 'http'}://{host}"
+        return S3Source(bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
+                        max_connections=self.value(spec, keys + ("max_connections",), _positive, 32))
 
     def check_place(self, keys, volume: VolumeConfig, placed: dict[tuple[str, ...], VolumeConfig]):
         if volume.path in placed:
@@ -267,6 +331,19 @@ def _volume_path(text) -> tuple[str, ...]:
     if path is None:
         raise ValueError(f"expected names separated by '/', without '.', '..' or empty parts, got {text!r}")
     return path
+
+
+def _positive(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ValueError(f"expected a whole number above 0, got {value!r}")
+
+
+def _verify(value) -> bool | str:
+    """TLS verification: true, false, or the path of a CA bundle."""
+    if isinstance(value, str) and value.strip().lower() not in ("true", "yes", "on", "false", "no", "off"):
+        return os.path.expanduser(value)
+    return _boolean(value)
 
 
 def _boolean(value) -> bool:

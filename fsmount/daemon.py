@@ -11,13 +11,21 @@ import pyfuse3
 import trio
 import trio_asyncio
 
-from fsmount.config import Config
+from fsmount.cache.blocks import BlockCache
+from fsmount.config import Config, VolumeConfig
 from fsmount.fs.inodes import InodeTable
 from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
+from fsmount.stores.aio import TrioStore
+from fsmount.stores.s3 import S3Store
+from fsmount.volumes.base import Volume
 from fsmount.volumes.host import HostVolume
+from fsmount.volumes.objects import ObjectVolume, Prefetcher
 
 log = logging.getLogger("fsmount")
+
+# Bytes of block fills in flight for read-ahead, across all volumes: bounds the daemon's memory.
+_READ_AHEAD_MEMORY = 96 * 2**20
 
 # Options handed to the kernel as they are (libfuse's mount options).
 _KERNEL_FLAGS = {"suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime", "diratime",
@@ -67,13 +75,56 @@ def parse_mount_options(text: str) -> MountOptions:
     return options
 
 
-def build_operations(config: Config, options: MountOptions) -> Operations:
-    volumes = [(volume.path, HostVolume(volume.host_path), volume.read_only or options.read_only)
-               for volume in config.volumes]
-    uid = config.uid if options.uid is None else options.uid
-    gid = config.gid if options.gid is None else options.gid
-    namespace = Namespace(InodeTable(), volumes, uid, gid)
-    return Operations(namespace, config.attr_timeout)
+class Daemon:
+    """What a mount is made of: the FUSE operations over the volumes, and the shared block cache."""
+
+    def __init__(self, config: Config, options: MountOptions):
+        self.config = config
+        self.uid = config.uid if options.uid is None else options.uid
+        self.gid = config.gid if options.gid is None else options.gid
+        self.cache: BlockCache | None = None
+        self.prefetcher = Prefetcher(max(2, _READ_AHEAD_MEMORY // config.cache.block_size))
+        volumes = []
+        for volume in config.volumes:
+            read_only = volume.read_only or options.read_only
+            volumes.append((volume.path, self._volume(volume, read_only), read_only))
+        self.operations = Operations(Namespace(InodeTable(), volumes, self.uid, self.gid), config.attr_timeout)
+
+    def _volume(self, volume: VolumeConfig, read_only: bool) -> Volume:
+        if volume.host_path is not None:
+            return HostVolume(volume.host_path)
+        cache = self.config.cache
+        if self.cache is None:
+            self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size)
+        s3 = volume.s3
+        credentials = s3.credentials
+        store = S3Store(s3.bucket, endpoint=s3.endpoint, region=credentials.region, key=credentials.key,
+                        secret=credentials.secret, verify=credentials.verify, max_connections=s3.max_connections)
+        return ObjectVolume(TrioStore(store), s3.prefix, self.cache, self.prefetcher, cache.metadata_ttl,
+                            cache.read_ahead, self.uid, self.gid, read_only)
+
+    @property
+    def volumes(self) -> list[Volume]:
+        return self.operations.namespace.volumes
+
+    async def serve(self, ready: int | None):
+        async with trio_asyncio.open_loop():
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(_terminate_on_signal)
+                    await nursery.start(self.prefetcher.run)
+                    for volume in self.volumes:
+                        await volume.start()
+                    if ready is not None:
+                        os.write(ready, b"1")
+                        os.close(ready)
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()
+            finally:
+                for volume in self.volumes:
+                    await volume.close()
+                if self.cache is not None:
+                    self.cache.close()
 
 
 def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bool):
@@ -86,7 +137,7 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
     except OSError as error:
         raise MountError(f"mount point {mountpoint}: {error.strerror}") from None
     log_file = _setup_logging(config, options, foreground)
-    operations = build_operations(config, options)
+    daemon = Daemon(config, options)
     fuse_options = set(pyfuse3.default_options) | options.kernel_flags
     fuse_options |= {f"fsname={config.file}", "subtype=fsmount"}
     if config.allow_other if options.allow_other is None else options.allow_other:
@@ -94,13 +145,13 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
     os.umask(0)  # the kernel has applied the caller's umask already
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        pyfuse3.init(operations, mountpoint, fuse_options)
+        pyfuse3.init(daemon.operations, mountpoint, fuse_options)
     except RuntimeError as error:
         raise MountError(f"cannot mount on {mountpoint}: {error}") from None
     ready = None if foreground else _daemonize(log_file)
     log.info("mounted %s on %s (%d volumes)", config.file, mountpoint, len(config.volumes))
     try:
-        trio.run(_serve, operations, ready)
+        trio.run(daemon.serve, ready)
     except KeyboardInterrupt:
         pass
     except BaseException:
@@ -109,19 +160,6 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
-
-
-async def _serve(operations: Operations, ready: int | None):
-    async with trio_asyncio.open_loop():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(_terminate_on_signal)
-            if ready is not None:
-                os.write(ready, b"1")
-                os.close(ready)
-            await pyfuse3.main()
-            nursery.cancel_scope.cancel()
-    for volume in operations.namespace.volumes:
-        await volume.close()
 
 
 async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):

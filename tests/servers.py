@@ -16,7 +16,7 @@ def free_port() -> int:
 
 
 class Server:
-    """A server process and its request log; `requests(text)` counts log lines that mention TEXT."""
+    """A server process and its request log; `requests(*texts)` counts log lines that hold every TEXT."""
 
     def __init__(self, name: str, log_dir: Path):
         self.name = name
@@ -37,8 +37,9 @@ class Server:
         with socket.socket() as probe:
             return probe.connect_ex(("127.0.0.1", self.port)) == 0
 
-    def requests(self, text: str) -> int:
-        return sum(text in line for line in self.log_path.read_text(errors="replace").splitlines())
+    def requests(self, *texts: str) -> int:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return sum(all(text in line for text in texts) for line in lines)
 
     def stop(self):
         self.process.terminate()

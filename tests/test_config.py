@@ -161,7 +161,8 @@ def test_bad_mode(tmp_path, links):
 
 def test_unsupported_source_is_shown_without_its_secret(tmp_path):
     message = config_error(tmp_path, 'volumes { web { source: "https://user:hunter2@example.org/a?sig=TOKEN" } }')
-    assert message == ":1: volumes.web.source: unsupported source 'https://user:***@example.org/a?***'; expected file:///absolute/path"
+    assert message == (":1: volumes.web.source: unsupported source 'https://user:***@example.org/a?***'; "
+                       "expected file:///absolute/path or s3://bucket/prefix")
 
 
 def test_file_source_with_a_host(tmp_path):

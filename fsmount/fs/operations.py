@@ -254,7 +254,7 @@ class Operations(pyfuse3.Operations):
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         volume = self.namespace.writable(node) if writing else node.volume
         handle = await volume.open(node.path, flags)
-        return pyfuse3.FileInfo(fh=self._register(node, handle), keep_cache=volume.keep_cache,
+        return pyfuse3.FileInfo(fh=self._register(node, handle), keep_cache=handle.keep_cache,
                                 direct_io=bool(flags & os.O_DIRECT))
 
     @_errno_reply
@@ -264,7 +264,7 @@ class Operations(pyfuse3.Operations):
         name = os.fsdecode(name)
         handle, attrs = await volume.create(parent.path + (name,), flags, mode, Owner(ctx.uid, ctx.gid))
         node = self.inodes.child(parent, name)
-        info = pyfuse3.FileInfo(fh=self._register(node, handle), keep_cache=volume.keep_cache,
+        info = pyfuse3.FileInfo(fh=self._register(node, handle), keep_cache=handle.keep_cache,
                                 direct_io=bool(flags & os.O_DIRECT))
         return info, self._known(node, attrs)
 

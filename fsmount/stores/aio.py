@@ -28,8 +28,20 @@ class TrioStore:
     async def stat(self, key: str) -> ObjectInfo:
         return await aio_as_trio(self.store.stat)(key)
 
-    def list(self, prefix: str, delimiter: str = "/") -> AsyncIterator[ListPage]:
-        return aio_as_trio(self.store.list(prefix, delimiter))
+    async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                        page_size: int | None = None) -> ListPage:
+        return await aio_as_trio(self.store.list_page)(prefix, delimiter, token, page_size)
+
+    async def list(self, prefix: str, delimiter: str = "/", page_size: int | None = None) -> AsyncIterator[ListPage]:
+        """Every page in turn. A trio generator on this side of the seam, so it may be resumed from any
+        task (FUSE requests are); an asyncio iterator must not outlive the task that started it."""
+        token = None
+        while True:
+            page = await self.list_page(prefix, delimiter, token, page_size)
+            yield page
+            token = page.next_token
+            if token is None:
+                return
 
     async def read(self, key: str, start: int, length: int, version: str) -> bytes:
         return await aio_as_trio(self.store.read)(key, start, length, version)

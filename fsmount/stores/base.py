@@ -5,7 +5,6 @@ Their errors are OSErrors with a fitting errno, so no SDK exception ever leaves 
 """
 import abc
 import errno
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 
@@ -22,6 +21,7 @@ class ObjectInfo:
 class ListPage:
     objects: list[ObjectInfo]
     prefixes: list[str]  # common prefixes, each ending in the delimiter
+    next_token: str | None = None  # passed back, it gives the next page; None after the last
 
 
 class StoreError(OSError):
@@ -70,8 +70,10 @@ class Store(abc.ABC):
     async def stat(self, key: str) -> ObjectInfo: ...
 
     @abc.abstractmethod
-    def list(self, prefix: str, delimiter: str = "/") -> AsyncIterator[ListPage]:
-        """The keys and common prefixes under PREFIX, a page at a time, in key order."""
+    async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                        page_size: int | None = None) -> ListPage:
+        """One page (of at most PAGE_SIZE entries) of the keys and common prefixes under PREFIX, in key
+        order: the first page with TOKEN None, then each page's next_token gives the one after it."""
 
     @abc.abstractmethod
     async def read(self, key: str, start: int, length: int, version: str) -> bytes:

@@ -76,17 +76,19 @@ class S3Store(Store):
             head = await self._client.head_object(Bucket=self.bucket, Key=key)
         return _info(key, head["ContentLength"], head["ETag"], head["LastModified"], head.get("Metadata"))
 
-    async def list(self, prefix: str, delimiter: str = "/"):
-        paginator = self._client.get_paginator("list_objects_v2")
-        pages = aiter(paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter=delimiter))
-        while True:
-            async with _errors(f"LIST {prefix}"):
-                page = await anext(pages, None)
-            if page is None:
-                return
-            objects = [_info(entry["Key"], entry["Size"], entry["ETag"], entry["LastModified"])
-                       for entry in page.get("Contents", [])]
-            yield ListPage(objects, [entry["Prefix"] for entry in page.get("CommonPrefixes", [])])
+    async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                        page_size: int | None = None) -> ListPage:
+        arguments = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": delimiter}
+        if token:
+            arguments["ContinuationToken"] = token
+        if page_size:
+            arguments["MaxKeys"] = page_size
+        async with _errors(f"LIST {prefix}"):
+            page = await self._client.list_objects_v2(**arguments)
+        objects = [_info(entry["Key"], entry["Size"], entry["ETag"], entry["LastModified"])
+                   for entry in page.get("Contents", [])]
+        return ListPage(objects, [entry["Prefix"] for entry in page.get("CommonPrefixes", [])],
+                        page.get("NextContinuationToken") if page.get("IsTruncated") else None)
 
     async def read(self, key: str, start: int, length: int, version: str) -> bytes:
         async with _errors(f"GET {key} [{start}+{length}]"):

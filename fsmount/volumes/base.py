@@ -66,6 +66,9 @@ class DirHandle(abc.ABC):
 
 
 class FileHandle(abc.ABC):
+    # Whether the kernel may keep the file's pages from an earlier open: only when it cannot have changed.
+    keep_cache = False
+
     @abc.abstractmethod
     async def read(self, offset: int, size: int) -> bytes: ...
 
@@ -90,9 +93,6 @@ class FileHandle(abc.ABC):
 
 class Volume(abc.ABC):
     """A store or host directory seen as a tree. Mutations are only called on writable volumes."""
-
-    # Whether the kernel may keep a file's pages between opens (the file cannot change behind us).
-    keep_cache = False
 
     @abc.abstractmethod
     async def getattr(self, path: Path) -> Attrs: ...
@@ -148,6 +148,9 @@ class Volume(abc.ABC):
     @abc.abstractmethod
     async def statvfs(self) -> os.statvfs_result | None:
         """The space behind the volume, or None where the store has no such notion."""
+
+    async def start(self):
+        """Called once inside the daemon's event loops, before the mount is served."""
 
     async def close(self):
         pass

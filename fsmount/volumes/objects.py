@@ -1,0 +1,260 @@
+"""ObjectVolume: an object store seen as a tree. Prefixes become directories; data comes through the block cache.
+
+Names: a key with an empty, "." or ".." segment cannot be a file name and is not shown; a name
+that is both an object and a prefix ("a" and "a/b") shows as the directory. A `dir/` marker
+object makes an empty directory exist. Attributes and listings are trusted for `metadata_ttl`,
+misses for a shorter while.
+"""
+import errno
+import logging
+import stat
+import time
+
+import trio
+
+from fsmount.cache.blocks import BlockCache, block_name
+from fsmount.stores.aio import TrioStore
+from fsmount.stores.base import NotFound, ObjectInfo, PreconditionFailed
+from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, Volume
+
+log = logging.getLogger(__name__)
+
+_NEGATIVE_TTL = 1.0
+
+
+def valid_name(name: str) -> bool:
+    return name not in ("", ".", "..") and "\0" not in name
+
+
+class Prefetcher:
+    """Runs block fills in the background (read-ahead), bounded so memory in flight stays flat."""
+
+    def __init__(self, max_fills: int):
+        self._slots = trio.Semaphore(max_fills)
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED):
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def start(self, fill):
+        """Starts FILL unless every slot is busy: read-ahead is a hint, never a queue."""
+        if self._nursery is None:
+            return
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            return
+        self._nursery.start_soon(self._fill, fill)
+
+    async def _fill(self, fill):
+        try:
+            await fill()
+        except OSError as error:
+            log.debug("read-ahead failed: %s", error)
+        finally:
+            self._slots.release()
+
+
+class ObjectVolume(Volume):
+    def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, prefetcher: Prefetcher,
+                 metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool):
+        self.store = store
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.cache = cache
+        self.prefetcher = prefetcher
+        self.metadata_ttl = metadata_ttl
+        self.read_ahead_blocks = max(1, read_ahead // cache.block_size)
+        self.uid, self.gid = uid, gid
+        self._file_mode = 0o444 if read_only else 0o644
+        self._dir_mode = 0o555 if read_only else 0o755
+        self._started = time.time_ns()
+        self._stats: dict[Path, tuple[float, ObjectInfo | None]] = {}  # path -> (expiry, info; None: a directory)
+        self._missing: dict[Path, float] = {}
+        self._opened_versions: dict[Path, str] = {}
+
+    async def start(self):
+        await self.store.open()
+
+    async def close(self):
+        await self.store.close()
+
+    def _key(self, path: Path) -> str:
+        return self.prefix + "/".join(path)
+
+    def _dir_prefix(self, path: Path) -> str:
+        return self._key(path) + "/" if path else self.prefix
+
+    def _attrs(self, info: ObjectInfo | None) -> Attrs:
+        if info is None:
+            return Attrs(stat.S_IFDIR | self._dir_mode, nlink=2, uid=self.uid, gid=self.gid,
+                         atime_ns=self._started, mtime_ns=self._started, ctime_ns=self._started)
+        return Attrs(stat.S_IFREG | self._file_mode, size=info.size, uid=self.uid, gid=self.gid,
+                     blocks=(info.size + 511) // 512, atime_ns=info.mtime_ns, mtime_ns=info.mtime_ns,
+                     ctime_ns=info.mtime_ns)
+
+    def _remember(self, path: Path, info: ObjectInfo | None):
+        self._stats[path] = (time.monotonic() + self.metadata_ttl, info)
+        self._missing.pop(path, None)
+
+    async def _lookup(self, path: Path) -> ObjectInfo | None:
+        """The object at PATH, or None for a directory; NotFound when neither."""
+        if not path:
+            return None
+        if any(not valid_name(part) for part in path):
+            raise NotFound(f"not a valid name: {'/'.join(path)}")
+        now = time.monotonic()
+        cached = self._stats.get(path)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        if self._missing.get(path, 0) > now:
+            raise NotFound(self._key(path))
+        try:
+            page = await self.store.list_page(self._key(path) + "/", page_size=1)
+            if page.objects or page.prefixes:
+                self._remember(path, None)
+                return None
+            info = await self.store.stat(self._key(path))
+        except NotFound:
+            self._missing[path] = now + _NEGATIVE_TTL
+            raise
+        self._remember(path, info)
+        return info
+
+    async def getattr(self, path: Path) -> Attrs:
+        return self._attrs(await self._lookup(path))
+
+    async def opendir(self, path: Path) -> DirHandle:
+        if await self._lookup(path) is not None:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        return _ObjectListing(self, path)
+
+    async def open(self, path: Path, flags: int) -> FileHandle:
+        info = await self._lookup(path)
+        if info is None:
+            raise OSError(errno.EISDIR, "is a directory")
+        keep_cache = self._opened_versions.get(path) == info.version
+        self._opened_versions[path] = info.version
+        return _ObjectFile(self, path, info, keep_cache)
+
+    async def readlink(self, path: Path) -> str:
+        raise OSError(errno.EINVAL, "objects are never symlinks")
+
+    async def statvfs(self):
+        return None
+
+    def forget_stat(self, path: Path):
+        self._stats.pop(path, None)
+
+
+class _ObjectListing(DirHandle):
+    """Streams a prefix's listing a page at a time; offsets count entries from the start."""
+
+    def __init__(self, volume: ObjectVolume, path: Path):
+        self.volume = volume
+        self.path = path
+        self._pages = None
+        self._batch: list[DirEntry] = []
+        self._position = 0
+
+    async def entries(self, offset: int) -> list[DirEntry]:
+        if self._batch and self._batch[0].offset <= offset + 1 <= self._batch[-1].offset:
+            return [entry for entry in self._batch if entry.offset > offset]
+        if self._pages is None or offset < self._position:
+            self._pages = aiter(self.volume.store.list(self.volume._dir_prefix(self.path)))
+            self._position = 0
+        while True:
+            batch = await self._next_page()
+            if batch is None:
+                return []
+            batch = [entry for entry in batch if entry.offset > offset]
+            if batch:
+                self._batch = batch
+                return batch
+
+    async def _next_page(self) -> list[DirEntry] | None:
+        page = await anext(self._pages, None)
+        if page is None:
+            return None
+        base = self.volume._dir_prefix(self.path)
+        directories = {p[len(base):-1] for p in page.prefixes}
+        named: dict[str, ObjectInfo | None] = {}
+        for info in page.objects:
+            name = info.key[len(base):]
+            if "/" not in name and name not in directories:
+                named[name] = info
+        for name in directories:
+            named[name] = None
+        entries = []
+        for name in sorted(named):
+            self._position += 1
+            if not valid_name(name):
+                continue
+            self.volume._remember(self.path + (name,), named[name])
+            entries.append(DirEntry(name, self.volume._attrs(named[name]), self._position))
+        return entries
+
+
+class _ObjectFile(FileHandle):
+    def __init__(self, volume: ObjectVolume, path: Path, info: ObjectInfo, keep_cache: bool):
+        self.volume = volume
+        self.path = path
+        self.info = info
+        self.keep_cache = keep_cache
+        self._next_offset = 0
+        self._window = 1
+
+    def _reader(self, index: int):
+        volume, info = self.volume, self.info
+        block_size = volume.cache.block_size
+        name = block_name(volume.store.identity, info.key, info.version, index)
+
+        async def fetch():
+            try:
+                return await volume.store.read(info.key, index * block_size, block_size, info.version)
+            except PreconditionFailed:
+                volume.forget_stat(self.path)
+                log.info("%s changed while open; its old version is gone", info.key)
+                raise OSError(errno.ESTALE, "the object changed") from None
+
+        return name, fetch
+
+    async def read(self, offset: int, size: int) -> bytes:
+        size = min(size, self.info.size - offset)
+        if size <= 0:
+            return b""
+        block_size = self.volume.cache.block_size
+        self._plan_read_ahead(offset, size)
+        parts = []
+        end = offset + size
+        while offset < end:
+            index, inner = divmod(offset, block_size)
+            length = min(block_size - inner, end - offset)
+            name, fetch = self._reader(index)
+            parts.append(await self.volume.cache.read(name, inner, length, fetch))
+            offset += length
+        return b"".join(parts)
+
+    def _plan_read_ahead(self, offset: int, size: int):
+        """Sequential reads widen the window of blocks fetched ahead; a seek closes it again."""
+        block_size = self.volume.cache.block_size
+        if offset != self._next_offset:
+            self._window = 1
+            self._next_offset = offset + size
+            return
+        self._next_offset = offset + size
+        last_block = (self.info.size - 1) // block_size
+        current = offset // block_size
+        for index in range(current + 1, min(current + self._window, last_block) + 1):
+            name, fetch = self._reader(index)
+            if not self.volume.cache.contains(name):
+                self.volume.prefetcher.start(lambda name=name, fetch=fetch: self.volume.cache.read(name, 0, 0, fetch))
+        self._window = min(self._window * 2, self.volume.read_ahead_blocks)
+
+    async def getattr(self) -> Attrs:
+        return self.volume._attrs(self.info)
+
+    async def release(self):
+        pass

@@ -1,0 +1,161 @@
+"""S3 volumes through a real mount, against moto: listings, bytes, the block cache and consistency."""
+import errno
+import filecmp
+import hashlib
+import itertools
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import write_config
+from servers import Server, s3_admin
+
+BLOCK = 2**20
+BIG = os.urandom(5 * BLOCK + 12345)
+OBJECTS = {
+    "a.txt": b"hello from s3\n",
+    "data/big.bin": BIG,
+    "data/sub/small.csv": b"x,y\n1,2\n",
+    "empty/": b"",
+    "both": b"a file shadowed by the directory of the same name",
+    "both/inside.txt": b"inside\n",
+    "odd//name": b"an empty segment",
+    "dots/../escape": b"a dot-dot segment",
+    "ünïcode name.txt": "ünïcode\n".encode(),
+}
+_buckets = itertools.count()
+
+
+def fill_bucket(server, objects) -> str:
+    bucket = f"volume-{next(_buckets)}"
+    admin = s3_admin(server)
+    admin.create_bucket(Bucket=bucket)
+    for key, data in objects.items():
+        admin.put_object(Bucket=bucket, Key=key, Body=data)
+    return bucket
+
+
+def s3_config(directory, server, bucket, ttl="2s", extra=""):
+    return write_config(directory, f"""
+        cache {{ dir: "{directory}/cache", block_size: 1MiB, read_ahead: 4MiB, metadata_ttl: {ttl} }}
+        credentials {{ s3: [ {{ bucket: {bucket}, key: test, secret: test }} ] }}
+        volumes {{ bucket {{ source: "s3://{bucket}/", endpoint: "{server.url}" {extra} }} }}
+    """)
+
+
+@pytest.fixture
+def s3_mount(workspace, moto, mount):
+    bucket = fill_bucket(moto, OBJECTS)
+    daemon = mount(s3_config(workspace, moto, bucket), workspace / "mnt")
+    return workspace / "mnt" / "bucket", bucket, daemon
+
+
+def drop_page_cache():
+    with open("/proc/sys/vm/drop_caches", "w") as drop:
+        drop.write("1")
+
+
+def test_listing_and_bytes(s3_mount):
+    root, _, _ = s3_mount
+    assert sorted(os.listdir(root)) == ["a.txt", "both", "data", "dots", "empty", "odd", "ünïcode name.txt"]
+    assert (root / "a.txt").read_bytes() == OBJECTS["a.txt"]
+    assert os.stat(root / "data" / "big.bin").st_size == len(BIG)
+    assert hashlib.sha256((root / "data" / "big.bin").read_bytes()).digest() == hashlib.sha256(BIG).digest()
+    assert (root / "ünïcode name.txt").read_bytes() == OBJECTS["ünïcode name.txt"]
+
+
+def test_directories_markers_and_names_that_cannot_be_files(s3_mount):
+    root, _, _ = s3_mount
+    assert os.path.isdir(root / "empty") and os.listdir(root / "empty") == []
+    assert os.path.isdir(root / "both") and os.listdir(root / "both") == ["inside.txt"]
+    assert os.listdir(root / "odd") == [] and os.listdir(root / "dots") == []
+    for missing in ("odd/name", "nothing", "data/nothing"):
+        with pytest.raises(FileNotFoundError):
+            os.stat(root / missing)
+
+
+def test_cp_r_gives_identical_bytes(s3_mount, tmp_path):
+    root, _, _ = s3_mount
+    subprocess.run(["cp", "-r", str(root / "data"), str(tmp_path / "copy")], check=True)
+    assert (tmp_path / "copy" / "big.bin").read_bytes() == BIG
+    assert (tmp_path / "copy" / "sub" / "small.csv").read_bytes() == OBJECTS["data/sub/small.csv"]
+
+
+def test_reads_across_block_boundaries(s3_mount):
+    root, _, _ = s3_mount
+    with open(root / "data" / "big.bin", "rb", buffering=0) as stream:
+        for offset, size in ((BLOCK - 1, 2), (0, 3 * BLOCK + 7), (2 * BLOCK - 100, BLOCK + 200), (len(BIG) - 10, 100)):
+            assert os.pread(stream.fileno(), size, offset) == BIG[offset:offset + size]
+
+
+def test_read_only_volume_refuses_writes(s3_mount):
+    root, _, _ = s3_mount
+    for attempt in (lambda: open(root / "new", "w"), lambda: os.unlink(root / "a.txt"), lambda: os.mkdir(root / "d")):
+        with pytest.raises(OSError) as error:
+            attempt()
+        assert error.value.errno == errno.EROFS
+
+
+def test_a_prefix_of_many_objects_lists_page_by_page(workspace, moto, mount):
+    bucket = fill_bucket(moto, {})
+    admin = s3_admin(moto)
+    names = [f"item-{index:05d}" for index in range(1500)]
+    for name in names:
+        admin.put_object(Bucket=bucket, Key=f"many/{name}", Body=b"")
+    mount(s3_config(workspace, moto, bucket), workspace / "mnt")
+    assert sorted(os.listdir(workspace / "mnt" / "bucket" / "many")) == names
+    assert moto.requests(f"GET /{bucket}?list-type=2", "prefix=many/&", "continuation-token=") >= 1
+
+
+def test_a_changed_object_is_seen_after_the_ttl_and_never_mixed(s3_mount, moto):
+    root, bucket, _ = s3_mount
+    path = root / "data" / "big.bin"
+    with open(path, "rb") as stream:
+        assert stream.read(100) == BIG[:100]
+    new = os.urandom(len(BIG))
+    s3_admin(moto).put_object(Bucket=bucket, Key="data/big.bin", Body=new)
+    time.sleep(2.5)
+    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(new).digest()
+
+
+def test_the_cache_survives_a_remount(workspace, moto, mount):
+    bucket = fill_bucket(moto, {"data/big.bin": BIG})
+    config = s3_config(workspace, moto, bucket)
+    first = mount(config, workspace / "mnt")
+    assert (workspace / "mnt" / "bucket" / "data" / "big.bin").read_bytes() == BIG
+    first.stop()
+    gets = moto.requests(f"GET /{bucket}/data/big.bin")
+    assert gets == 6
+    mount(config, workspace / "mnt")
+    drop_page_cache()
+    assert (workspace / "mnt" / "bucket" / "data" / "big.bin").read_bytes() == BIG
+    assert moto.requests(f"GET /{bucket}/data/big.bin") == gets
+
+
+def test_random_reads_fetch_one_block_each(s3_mount, moto):
+    root, bucket, _ = s3_mount
+    with open(root / "data" / "big.bin", "rb", buffering=0) as stream:
+        for block in (4, 1, 3):
+            assert os.pread(stream.fileno(), 4096, block * BLOCK + 100) == BIG[block * BLOCK + 100:block * BLOCK + 4196]
+    assert moto.requests(f"GET /{bucket}/data/big.bin") == 3
+
+
+def test_a_store_that_goes_down_gives_eio_and_keeps_cached_bytes(workspace, mount):
+    server = Server("moto", workspace)
+    try:
+        bucket = fill_bucket(server, {"big.bin": BIG})
+        mount(s3_config(workspace, server, bucket, ttl="1h"), workspace / "mnt")
+        path = workspace / "mnt" / "bucket" / "big.bin"
+        with open(path, "rb", buffering=0) as stream:
+            assert os.pread(stream.fileno(), 100, 0) == BIG[:100]
+            server.stop()
+            drop_page_cache()
+            assert os.pread(stream.fileno(), 100, 0) == BIG[:100]
+            with pytest.raises(OSError) as error:
+                os.pread(stream.fileno(), 100, 4 * BLOCK)
+            assert error.value.errno == errno.EIO
+    finally:
+        server.stop()
