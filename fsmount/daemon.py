@@ -26,6 +26,8 @@ log = logging.getLogger("fsmount")
 
 # Bytes of block fills in flight for read-ahead, across all volumes: bounds the daemon's memory.
 _READ_AHEAD_MEMORY = 96 * 2**20
+# The kernel's own read-ahead on the mount, so that it asks for 1 MiB reads.
+_KERNEL_READ_AHEAD_KB = 1024
 
 # Options handed to the kernel as they are (libfuse's mount options).
 _KERNEL_FLAGS = {"suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime", "diratime",
@@ -107,10 +109,11 @@ class Daemon:
     def volumes(self) -> list[Volume]:
         return self.operations.namespace.volumes
 
-    async def serve(self, ready: int | None):
+    async def serve(self, mountpoint: str, ready: int | None):
         async with trio_asyncio.open_loop():
             try:
                 async with trio.open_nursery() as nursery:
+                    self.operations.after_init = lambda: nursery.start_soon(_raise_kernel_read_ahead, mountpoint)
                     await nursery.start(_terminate_on_signal)
                     await nursery.start(self.prefetcher.run)
                     for volume in self.volumes:
@@ -151,7 +154,7 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
     ready = None if foreground else _daemonize(log_file)
     log.info("mounted %s on %s (%d volumes)", config.file, mountpoint, len(config.volumes))
     try:
-        trio.run(daemon.serve, ready)
+        trio.run(daemon.serve, mountpoint, ready)
     except KeyboardInterrupt:
         pass
     except BaseException:
@@ -169,6 +172,19 @@ async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):
             log.info("%s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
+
+
+async def _raise_kernel_read_ahead(mountpoint: str):
+    """The INIT reply can only lower the mount's read-ahead, so it is raised after it."""
+    with open("/proc/self/mountinfo") as mountinfo:
+        devices = [line.split()[2] for line in mountinfo if line.split()[4] == mountpoint]
+    if not devices:
+        return
+    try:
+        with open(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb", "w") as setting:
+            setting.write(str(_KERNEL_READ_AHEAD_KB))
+    except OSError as error:
+        log.info("kernel read-ahead stays as it is (%s)", error.strerror)
 
 
 def _daemonize(log_file: str | None) -> int:

@@ -1,9 +1,12 @@
-"""Writes the demo's sample data under DEMO_ROOT: a small dataset, a SQLite database, papers, empty work areas."""
+"""Writes the demo's sample data: under DEMO_ROOT a small dataset, a SQLite database, papers and empty work
+areas; with an S3 endpoint, the same dataset and a larger binary object into its bucket `demo`."""
 import csv
 import random
 import sqlite3
 import sys
 from pathlib import Path
+
+import botocore.session
 
 
 def main(root: Path):
@@ -29,5 +32,20 @@ def main(root: Path):
     (links / "shared" / "notes.md").write_text("# Team notes\n\nWritable by the team, through the mount.\n")
 
 
+def upload(root: Path, endpoint: str):
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="demo", aws_secret_access_key="demo")
+    if "demo" not in [bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])]:
+        client.create_bucket(Bucket="demo")
+    datasets = root / "links" / "datasets"
+    for path in sorted(datasets.rglob("*")):
+        if path.is_file():
+            client.put_object(Bucket="demo", Key=f"datasets/{path.relative_to(datasets)}", Body=path.read_bytes())
+    client.put_object(Bucket="demo", Key="models/weights.bin", Body=random.Random(11).randbytes(24 * 2**20))
+    client.put_object(Bucket="demo", Key="models/checkpoints/", Body=b"")
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    if len(sys.argv) > 2:
+        upload(Path(sys.argv[1]), sys.argv[2])

@@ -15,7 +15,8 @@ def test_demo_mounts_the_sample_tree(tmp_path):
     assert result.returncode == 0, result.stderr
     listing = result.stdout.split("mounted on", 1)[1]
     for path in ("datasets/iris/iris.csv", "datasets/weather/readings.sqlite", "team/nlp/shared/notes.md",
-                 "archive/papers-2024/fsmount.txt", "scratch"):
+                 "archive/papers-2024/fsmount.txt", "scratch", "s3/datasets/weather/readings.sqlite",
+                 "s3/models/weights.bin", "s3/models/checkpoints"):
         assert f"  {path}\n" in listing
     assert "730 readings" in result.stdout
     assert str(tmp_path / "mnt") not in mounted_paths()

@@ -91,6 +91,14 @@ def test_reads_across_block_boundaries(s3_mount):
             assert os.pread(stream.fileno(), size, offset) == BIG[offset:offset + size]
 
 
+def test_the_kernel_reads_ahead_a_megabyte(s3_mount):
+    root, _, _ = s3_mount
+    os.listdir(root)
+    device = os.stat(root.parent).st_dev
+    with open(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb") as setting:
+        assert setting.read().strip() == "1024"
+
+
 def test_read_only_volume_refuses_writes(s3_mount):
     root, _, _ = s3_mount
     for attempt in (lambda: open(root / "new", "w"), lambda: os.unlink(root / "a.txt"), lambda: os.mkdir(root / "d")):

@@ -53,6 +53,12 @@ class Operations(pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self._handles: dict[int, _Open] = {}
         self._numbers = itertools.count(1)
+        self.after_init = None  # called once the kernel's INIT has been answered
+
+    def init(self):
+        # pyfuse3 calls this just before it replies to INIT; what after_init starts runs after the reply.
+        if self.after_init is not None:
+            self.after_init()
 
     def _entry(self, node: Node, attrs: Attrs) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
