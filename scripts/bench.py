@@ -1,0 +1,239 @@
+"""The benchmark: fsmount, rclone mount and s3fs-fuse side by side on one local SeaweedFS, in one run.
+
+Each tool gets the same bucket and an empty cache. Rows: sequential read of a 1 GiB object cold
+(empty tool cache) and warm (tool cache full, page cache dropped), random 4 KiB reads cold and
+warm (fio), `ls -l` of a 10,000-object prefix the first and the second time, `cp -r` of 1,000
+objects of 16 KiB, and the daemon's peak RSS. Prints a Markdown table with fsmount/peer ratios.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import botocore.session
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = ROOT / ".venv" / "bin"
+sys.path.insert(0, str(ROOT / "scripts"))
+from free_port import free_base  # noqa: E402
+
+BUCKET = "bench"
+KEY, SECRET = "bench", "bench"
+BIG_KEY = "big/1GiB.bin"
+MANY, SMALL = 10_000, 1_000
+ROWS = [  # (row, unit, higher is better)
+    ("sequential read 1 GiB, cold", "MB/s", True),
+    ("sequential read 1 GiB, warm", "MB/s", True),
+    ("random 4 KiB reads, cold", "IOPS", True),
+    ("random 4 KiB reads, warm", "IOPS", True),
+    ("ls -l 10,000 objects, first", "s", False),
+    ("ls -l 10,000 objects, again", "s", False),
+    ("cp -r 1,000 x 16 KiB", "s", False),
+    ("daemon peak RSS", "MiB", False),
+]
+
+
+def s3_client(endpoint):
+    return botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=KEY, aws_secret_access_key=SECRET)
+
+
+def load_data(endpoint, size):
+    client = s3_client(endpoint)
+    client.create_bucket(Bucket=BUCKET)
+    upload = client.create_multipart_upload(Bucket=BUCKET, Key=BIG_KEY)["UploadId"]
+    part, parts = 64 * 2**20, []
+    for number, offset in enumerate(range(0, size, part), start=1):
+        etag = client.upload_part(Bucket=BUCKET, Key=BIG_KEY, UploadId=upload, PartNumber=number,
+                                  Body=os.urandom(min(part, size - offset)))["ETag"]
+        parts.append({"PartNumber": number, "ETag": etag})
+    client.complete_multipart_upload(Bucket=BUCKET, Key=BIG_KEY, UploadId=upload, MultipartUpload={"Parts": parts})
+    small = os.urandom(16 * 1024)
+    jobs = [(f"many/object-{index:05d}", b"") for index in range(MANY)]
+    jobs += [(f"small/file-{index:04d}", small) for index in range(SMALL)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda job: client.put_object(Bucket=BUCKET, Key=job[0], Body=job[1]), jobs))
+
+
+def drop_page_cache():
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+def mounted(path) -> bool:
+    return any(line.split()[1] == str(path) for line in Path("/proc/self/mounts").read_text().splitlines())
+
+
+class Tool:
+    """One mount of one tool, started in the foreground as a child, with its own cache dir."""
+
+    def __init__(self, name, work: Path, endpoint):
+        self.name, self.work, self.endpoint = name, work, endpoint
+        self.mnt = work / f"mnt-{name}"
+        self.cache = work / f"cache-{name}"
+        self.peak_rss = 0
+        self.process = None
+
+    @property
+    def root(self) -> Path:
+        """Where the bucket's keys appear: fsmount shows the bucket as one volume of its tree."""
+        return self.mnt / "bench" if self.name == "fsmount" else self.mnt
+
+    def command(self) -> tuple[list[str], dict]:
+        if self.name == "fsmount":
+            config = self.work / "fsmount.conf"
+            config.write_text(f"""
+                cache {{ dir: "{self.cache}", max_size: 4GiB }}
+                credentials {{ s3: [ {{ bucket: {BUCKET}, key: {KEY}, secret: {SECRET} }} ] }}
+                volumes {{ bench {{ source: "s3://{BUCKET}/", endpoint: "{self.endpoint}" }} }}
+            """)
+            return [str(BIN / "fsmount"), "mount", str(config), str(self.mnt), "--foreground"], {}
+        if self.name == "rclone":
+            environment = {"RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
+                           "RCLONE_CONFIG_BENCH_ENDPOINT": self.endpoint, "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": KEY,
+                           "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": SECRET}
+            return [str(BIN / "rclone"), "mount", f"bench:{BUCKET}", str(self.mnt), "--vfs-cache-mode", "full",
+                    "--cache-dir", str(self.cache), "--read-only"], environment
+        passwords = self.work / "s3fs.passwd"
+        passwords.write_text(f"{KEY}:{SECRET}\n")
+        passwords.chmod(0o600)
+        return ["s3fs", BUCKET, str(self.mnt), "-f", "-o", f"url={self.endpoint}", "-o", "use_path_request_style",
+                "-o", f"use_cache={self.cache}", "-o", f"passwd_file={passwords}", "-o", "ro"], {}
+
+    def start(self):
+        shutil.rmtree(self.cache, ignore_errors=True)
+        self.cache.mkdir(parents=True)
+        self.mnt.mkdir(exist_ok=True)
+        command, environment = self.command()
+        log = open(self.work / f"{self.name}.log", "ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **environment})
+        deadline = time.monotonic() + 60
+        while not mounted(self.mnt):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not mount; see {self.work / (self.name + '.log')}")
+            time.sleep(0.1)
+
+    def stop(self):
+        if self.process is None:
+            return
+        self.peak_rss = max(self.peak_rss, self._peak_rss())
+        subprocess.run(["umount", "-l", str(self.mnt)], check=False)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def _peak_rss(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+        return 0
+
+
+def timed(command, cwd=None) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=cwd, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def sequential(path: Path, size: int) -> float:
+    drop_page_cache()
+    return size / 1e6 / timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"])
+
+
+def random_reads(path: Path, seconds: int) -> float:
+    drop_page_cache()
+    result = subprocess.run(["fio", "--name=random", f"--filename={path}", "--readonly", "--rw=randread", "--bs=4k",
+                             "--ioengine=psync", "--time_based", f"--runtime={seconds}", "--invalidate=1",
+                             "--output-format=json"], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"fio failed on {path}: {result.stderr or result.stdout}")
+    return json.loads(result.stdout)["jobs"][0]["read"]["iops"]
+
+
+def measure(tool: Tool, size: int, fio_seconds: int) -> dict:
+    results = {}
+    big = tool.root / BIG_KEY
+    tool.start()
+    try:
+        results["random 4 KiB reads, cold"] = random_reads(big, fio_seconds)
+    finally:
+        tool.stop()
+    tool.start()
+    try:
+        results["sequential read 1 GiB, cold"] = sequential(big, size)
+        results["sequential read 1 GiB, warm"] = sequential(big, size)
+        results["random 4 KiB reads, warm"] = random_reads(big, fio_seconds)
+        results["ls -l 10,000 objects, first"] = timed(["ls", "-l", str(tool.root / "many")])
+        results["ls -l 10,000 objects, again"] = timed(["ls", "-l", str(tool.root / "many")])
+        copy = tool.work / f"copy-{tool.name}"
+        shutil.rmtree(copy, ignore_errors=True)
+        results["cp -r 1,000 x 16 KiB"] = timed(["cp", "-r", str(tool.root / "small"), str(copy)])
+        shutil.rmtree(copy)
+    finally:
+        tool.stop()
+    results["daemon peak RSS"] = tool.peak_rss
+    return results
+
+
+def table(results: dict[str, dict], peers: list[str]) -> str:
+    lines = ["| row | unit | fsmount | " + " | ".join(peers) + " | " + " | ".join(f"fsmount/{p}" for p in peers) + " |",
+             "|---|---|---:|" + "---:|" * (2 * len(peers))]
+    for row, unit, higher in ROWS:
+        ours = results["fsmount"][row]
+        values = [results[peer][row] for peer in peers]
+        ratios = [f"{ours / value:.2f}" if value else "n/a" for value in values]
+        better = "higher is better" if higher else "lower is better"
+        cells = [f"{value:.0f}" if unit in ("IOPS", "MiB") else f"{value:.2f}" for value in [ours] + values]
+        lines.append(f"| {row} | {unit} ({better}) | " + " | ".join(cells + ratios) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=None, help="working directory (default: a new one under /tmp)")
+    parser.add_argument("--size-mib", type=int, default=1024, help="size of the big object")
+    parser.add_argument("--fio-seconds", type=int, default=10)
+    parser.add_argument("--tools", default="fsmount,rclone,s3fs")
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="fsmount-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_base([1, 2, 3, 10000, 10001, 10002, 10003])
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(ROOT / "scripts" / "serve"), "seaweedfs", str(port), str(work / "seaweedfs")],
+                              stdout=open(work / "seaweedfs.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    tools = [Tool(name, work, endpoint) for name in args.tools.split(",")]
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run(["bash", "-c", f"echo > /dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not start; see {work / 'seaweedfs.log'}")
+            time.sleep(0.5)
+        size = args.size_mib * 2**20
+        print(f"loading data into SeaweedFS at {endpoint} ...", file=sys.stderr, flush=True)
+        load_data(endpoint, size)
+        results = {}
+        for tool in tools:
+            print(f"measuring {tool.name} ...", file=sys.stderr, flush=True)
+            results[tool.name] = measure(tool, size, args.fio_seconds)
+        print(f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB, "
+              f"SeaweedFS on loopback, {time.strftime('%Y-%m-%d')}\n")
+        print(table(results, [tool.name for tool in tools if tool.name != "fsmount"]))
+    finally:
+        for tool in tools:
+            tool.stop()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()
