@@ -90,11 +90,11 @@ class Daemon:
         for volume in config.volumes:
             read_only = volume.read_only or options.read_only
             volumes.append((volume.path, self._volume(volume, read_only), read_only))
-        self.operations = Operations(Namespace(InodeTable(), volumes, self.uid, self.gid), config.attr_timeout)
+        self.operations = Operations(Namespace(InodeTable(), volumes, self.uid, self.gid))
 
     def _volume(self, volume: VolumeConfig, read_only: bool) -> Volume:
         if volume.host_path is not None:
-            return HostVolume(volume.host_path)
+            return HostVolume(volume.host_path, self.config.attr_timeout)
         cache = self.config.cache
         if self.cache is None:
             self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size)

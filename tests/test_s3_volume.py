@@ -99,6 +99,14 @@ def test_the_kernel_reads_ahead_a_megabyte(s3_mount):
         assert setting.read().strip() == "1024"
 
 
+def test_a_mount_of_objects_only_has_no_extended_attributes(s3_mount):
+    root, _, _ = s3_mount
+    for call in (lambda: os.getxattr(root / "a.txt", "user.x"), lambda: os.listxattr(root / "a.txt")):
+        with pytest.raises(OSError) as error:
+            call()
+        assert error.value.errno == errno.ENOTSUP
+
+
 def test_read_only_volume_refuses_writes(s3_mount):
     root, _, _ = s3_mount
     for attempt in (lambda: open(root / "new", "w"), lambda: os.unlink(root / "a.txt"), lambda: os.mkdir(root / "d")):

@@ -36,7 +36,7 @@ async def expect_errno(expected, call):
 
 async def test_names_with_dot_dot_or_slashes_are_refused(planted, threaded):
     source, _ = planted
-    volume = HostVolume(str(source), threaded)
+    volume = HostVolume(str(source), threaded=threaded)
     for path in (("..",), ("real", "..", "..", "outside"), ("real/../..",), ("",), (".",)):
         await expect_errno({errno.EINVAL}, volume.getattr(path))
     await volume.close()
@@ -44,7 +44,7 @@ async def test_names_with_dot_dot_or_slashes_are_refused(planted, threaded):
 
 async def test_symlinked_parents_are_not_followed(planted, threaded):
     source, outside = planted
-    volume = HostVolume(str(source), threaded)
+    volume = HostVolume(str(source), threaded=threaded)
     owner = Owner(0, 0)
     not_followed = {errno.ENOTDIR, errno.ELOOP}
     await expect_errno(not_followed, volume.getattr(("escape", "secret")))

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE INDEX IF NOT EXISTS blocks_by_use ON blocks (used);
 """
 _EVICTION_BATCH = 64
+_OPEN_BLOCKS = 64  # block files kept open for the reads that follow
 
 
 def block_name(identity: str, key: str, version: str, index: int) -> str:
@@ -47,9 +48,12 @@ class BlockCache:
         self._pins: collections.Counter[str] = collections.Counter()
         self._verified: set[str] = set()
         self._touched: dict[str, float] = {}
+        self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     def close(self):
         self._flush_touches()
+        while self._open:
+            os.close(self._open.popitem()[1])
         self._db.close()
 
     def _path(self, name: str) -> str:
@@ -66,15 +70,29 @@ class BlockCache:
         """LENGTH bytes from OFFSET of block NAME; on a miss `await fetch()` gets the block's bytes."""
         self._pins[name] += 1
         try:
-            await self._ensure(name, fetch)
-            with open(self._path(name), "rb") as block:
-                return os.pread(block.fileno(), length, offset)
+            if name in self._verified and name not in self._fills:
+                self._touched[name] = time.time()  # a block this process has checked: no index lookup
+            else:
+                await self._ensure(name, fetch)
+            return os.pread(self._fd(name), length, offset)
         finally:
             self._pins[name] -= 1
             if not self._pins[name]:
                 del self._pins[name]
 
+    def _fd(self, name: str) -> int:
+        fd = self._open.get(name)
+        if fd is None:
+            fd = self._open[name] = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+            if len(self._open) > _OPEN_BLOCKS:
+                os.close(self._open.popitem(last=False)[1])
+        else:
+            self._open.move_to_end(name)
+        return fd
+
     def contains(self, name: str) -> bool:
+        if name in self._verified:
+            return True
         return self._db.execute("SELECT 1 FROM blocks WHERE name = ? AND ready = 1", (name,)).fetchone() is not None
 
     async def _ensure(self, name: str, fetch):
@@ -138,6 +156,9 @@ class BlockCache:
                     return
 
     def _remove(self, name: str, size: int):
+        fd = self._open.pop(name, None)
+        if fd is not None:
+            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(name))
         self._db.execute("DELETE FROM blocks WHERE name = ?", (name,))

@@ -19,6 +19,8 @@ class Namespace:
         """VOLUMES: (path in the tree, volume, read_only) for each; paths neither repeat nor nest."""
         self.inodes = inodes
         self.volumes = [volume for _, volume, _ in volumes]
+        # With none, xattr requests get ENOSYS, and the kernel stops sending them for the mount.
+        self.xattrs = any(volume.has_xattrs for volume in self.volumes)
         self._read_only = {id(volume): read_only for _, volume, read_only in volumes}
         now = time.time_ns()
         self._virtual = Attrs(stat.S_IFDIR | 0o555, nlink=2, uid=uid, gid=gid, atime_ns=now, mtime_ns=now, ctime_ns=now)

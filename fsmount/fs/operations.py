@@ -46,11 +46,10 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, namespace: Namespace, attr_timeout: float):
+    def __init__(self, namespace: Namespace):
         super().__init__()
         self.namespace = namespace
         self.inodes: InodeTable = namespace.inodes
-        self.attr_timeout = attr_timeout
         self._handles: dict[int, _Open] = {}
         self._numbers = itertools.count(1)
         self.after_init = None  # called once the kernel's INIT has been answered
@@ -74,7 +73,7 @@ class Operations(pyfuse3.Operations):
         entry.st_atime_ns = attrs.atime_ns
         entry.st_mtime_ns = attrs.mtime_ns
         entry.st_ctime_ns = attrs.ctime_ns
-        timeout = self.attr_timeout if node.volume is not None else _VIRTUAL_TIMEOUT
+        timeout = node.volume.kernel_ttl if node.volume is not None else _VIRTUAL_TIMEOUT
         entry.entry_timeout = entry.attr_timeout = timeout
         return entry
 
@@ -296,28 +295,33 @@ class Operations(pyfuse3.Operations):
 
     # Extended attributes and the file system
 
+    def _xattr_node(self, inode) -> Node:
+        if not self.namespace.xattrs:
+            raise OSError(errno.ENOSYS, "no volume has extended attributes")
+        return self.inodes[inode]
+
     @_errno_reply
     async def getxattr(self, inode, name, ctx):
-        node = self.inodes[inode]
+        node = self._xattr_node(inode)
         if node.volume is None:
             raise OSError(errno.ENODATA, "no such attribute")
         return await node.volume.getxattr(node.path, os.fsdecode(name))
 
     @_errno_reply
     async def listxattr(self, inode, ctx):
-        node = self.inodes[inode]
+        node = self._xattr_node(inode)
         if node.volume is None:
             return []
         return [os.fsencode(name) for name in await node.volume.listxattr(node.path)]
 
     @_errno_reply
     async def setxattr(self, inode, name, value, ctx):
-        node = self.inodes[inode]
+        node = self._xattr_node(inode)
         await self.namespace.writable(node).setxattr(node.path, os.fsdecode(name), value)
 
     @_errno_reply
     async def removexattr(self, inode, name, ctx):
-        node = self.inodes[inode]
+        node = self._xattr_node(inode)
         await self.namespace.writable(node).removexattr(node.path, os.fsdecode(name))
 
     @_errno_reply

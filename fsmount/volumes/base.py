@@ -94,6 +94,11 @@ class FileHandle(abc.ABC):
 class Volume(abc.ABC):
     """A store or host directory seen as a tree. Mutations are only called on writable volumes."""
 
+    # How long the kernel may trust the volume's names and attributes, in seconds.
+    kernel_ttl = 1.0
+    # Whether its files can carry extended attributes.
+    has_xattrs = False
+
     @abc.abstractmethod
     async def getattr(self, path: Path) -> Attrs: ...
 

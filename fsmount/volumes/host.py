@@ -44,8 +44,11 @@ def filesystem_type(mountinfo: str, device: int) -> str | None:
 
 
 class HostVolume(Volume):
-    def __init__(self, host_path: str, threaded: bool | None = None):
+    has_xattrs = True
+
+    def __init__(self, host_path: str, kernel_ttl: float = 1.0, threaded: bool | None = None):
         self.host_path = host_path
+        self.kernel_ttl = kernel_ttl
         self.root_fd = os.open(host_path, _DIR_FLAGS & ~os.O_NOFOLLOW)
         if threaded is None:
             with open("/proc/self/mountinfo") as mountinfo:

@@ -65,7 +65,7 @@ class ObjectVolume(Volume):
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.cache = cache
         self.prefetcher = prefetcher
-        self.metadata_ttl = metadata_ttl
+        self.metadata_ttl = self.kernel_ttl = metadata_ttl
         self.read_ahead_blocks = max(1, read_ahead // cache.block_size)
         self.uid, self.gid = uid, gid
         self._file_mode = 0o444 if read_only else 0o644
