@@ -129,16 +129,14 @@ class BlockCache:
 
     async def _fill(self, name: str, data: bytes):
         self._make_room(len(data))
-        path = self._path(name)
-        self._db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, 0)",
-                         (name, len(data), zlib.crc32(data), time.time()))
+        self._db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, 0, ?, 0)", (name, len(data), time.time()))
         self.size += len(data)
         try:
-            await trio.to_thread.run_sync(_write_atomically, path, data)
+            crc = await trio.to_thread.run_sync(_write_atomically, self._path(name), data)
         except BaseException:
             self._remove(name, len(data))
             raise
-        self._db.execute("UPDATE blocks SET ready = 1 WHERE name = ?", (name,))
+        self._db.execute("UPDATE blocks SET crc = ?, ready = 1 WHERE name = ?", (crc, name))
         self._verified.add(name)
 
     def _make_room(self, needed: int):
@@ -177,9 +175,11 @@ def _read_whole(path: str) -> bytes:
         return block.read()
 
 
-def _write_atomically(path: str, data: bytes):
+def _write_atomically(path: str, data: bytes) -> int:
+    """Writes DATA to PATH by a rename, off the event loop; returns its CRC, computed here too."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"
     with open(temporary, "wb") as block:
         block.write(data)
     os.rename(temporary, path)
+    return zlib.crc32(data)

@@ -20,6 +20,10 @@ from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, V
 log = logging.getLogger(__name__)
 
 _NEGATIVE_TTL = 1.0
+_LISTING_CACHE_ENTRIES = 100_000  # a longer listing streams from the store every time
+# A handle that seeks fetches this much around a read, not a whole block: one short GET per random read.
+RANDOM_CHUNK = 128 * 1024
+_BATCH = 512
 
 
 def valid_name(name: str) -> bool:
@@ -73,6 +77,7 @@ class ObjectVolume(Volume):
         self._started = time.time_ns()
         self._stats: dict[Path, tuple[float, ObjectInfo | None]] = {}  # path -> (expiry, info; None: a directory)
         self._missing: dict[Path, float] = {}
+        self._listings: dict[Path, tuple[float, list[tuple[str, ObjectInfo | None]]]] = {}
         self._opened_versions: dict[Path, str] = {}
 
     async def start(self):
@@ -148,26 +153,42 @@ class ObjectVolume(Volume):
     def forget_stat(self, path: Path):
         self._stats.pop(path, None)
 
+    def cached_listing(self, path: Path) -> list[tuple[str, ObjectInfo | None]] | None:
+        cached = self._listings.get(path)
+        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+
+    def remember_listing(self, path: Path, entries: list[tuple[str, ObjectInfo | None]]):
+        if len(entries) <= _LISTING_CACHE_ENTRIES:
+            self._listings[path] = (time.monotonic() + self.metadata_ttl, entries)
+
 
 class _ObjectListing(DirHandle):
-    """Streams a prefix's listing a page at a time; offsets count entries from the start."""
+    """Streams a prefix's listing a page at a time, or serves it from the volume's listing cache;
+    offsets count entries from the start."""
 
     def __init__(self, volume: ObjectVolume, path: Path):
         self.volume = volume
         self.path = path
+        self._cached = volume.cached_listing(path)
         self._pages = None
         self._batch: list[DirEntry] = []
         self._position = 0
+        self._seen: list[tuple[str, ObjectInfo | None]] = []
 
     async def entries(self, offset: int) -> list[DirEntry]:
+        if self._cached is not None:
+            return [DirEntry(name, self.volume._attrs(info), index) for index, (name, info)
+                    in enumerate(self._cached[offset:offset + _BATCH], start=offset + 1)]
         if self._batch and self._batch[0].offset <= offset + 1 <= self._batch[-1].offset:
             return [entry for entry in self._batch if entry.offset > offset]
         if self._pages is None or offset < self._position:
             self._pages = aiter(self.volume.store.list(self.volume._dir_prefix(self.path)))
             self._position = 0
+            self._seen = []
         while True:
             batch = await self._next_page()
             if batch is None:
+                self.volume.remember_listing(self.path, self._seen)
                 return []
             batch = [entry for entry in batch if entry.offset > offset]
             if batch:
@@ -193,6 +214,7 @@ class _ObjectListing(DirHandle):
             if not valid_name(name):
                 continue
             self.volume._remember(self.path + (name,), named[name])
+            self._seen.append((name, named[name]))
             entries.append(DirEntry(name, self.volume._attrs(named[name]), self._position))
         return entries
 
@@ -205,15 +227,16 @@ class _ObjectFile(FileHandle):
         self.keep_cache = keep_cache
         self._next_offset = 0
         self._window = 1
+        self._sequential = True
 
-    def _reader(self, index: int):
+    def _reader(self, index: int, size: int, tag: str = ""):
+        """(cache name, fetch) for piece INDEX of SIZE bytes; TAG keeps chunks apart from whole blocks."""
         volume, info = self.volume, self.info
-        block_size = volume.cache.block_size
-        name = block_name(volume.store.identity, info.key, info.version, index)
+        name = block_name(volume.store.identity, info.key, info.version, f"{tag}{index}")
 
         async def fetch():
             try:
-                return await volume.store.read(info.key, index * block_size, block_size, info.version)
+                return await volume.store.read(info.key, index * size, size, info.version)
             except PreconditionFailed:
                 volume.forget_stat(self.path)
                 log.info("%s changed while open; its old version is gone", info.key)
@@ -225,30 +248,34 @@ class _ObjectFile(FileHandle):
         size = min(size, self.info.size - offset)
         if size <= 0:
             return b""
-        block_size = self.volume.cache.block_size
+        cache = self.volume.cache
         self._plan_read_ahead(offset, size)
         parts = []
         end = offset + size
         while offset < end:
-            index, inner = divmod(offset, block_size)
-            length = min(block_size - inner, end - offset)
-            name, fetch = self._reader(index)
-            parts.append(await self.volume.cache.read(name, inner, length, fetch))
+            index, inner = divmod(offset, cache.block_size)
+            name, fetch = self._reader(index, cache.block_size)
+            length = min(cache.block_size - inner, end - offset)
+            if not self._sequential and not cache.contains(name):
+                index, inner = divmod(offset, RANDOM_CHUNK)
+                name, fetch = self._reader(index, RANDOM_CHUNK, tag="chunk")
+                length = min(RANDOM_CHUNK - inner, end - offset)
+            parts.append(await cache.read(name, inner, length, fetch))
             offset += length
         return b"".join(parts)
 
     def _plan_read_ahead(self, offset: int, size: int):
         """Sequential reads widen the window of blocks fetched ahead; a seek closes it again."""
         block_size = self.volume.cache.block_size
-        if offset != self._next_offset:
-            self._window = 1
-            self._next_offset = offset + size
-            return
+        self._sequential = offset == self._next_offset
         self._next_offset = offset + size
+        if not self._sequential:
+            self._window = 1
+            return
         last_block = (self.info.size - 1) // block_size
         current = offset // block_size
         for index in range(current + 1, min(current + self._window, last_block) + 1):
-            name, fetch = self._reader(index)
+            name, fetch = self._reader(index, block_size)
             if not self.volume.cache.contains(name):
                 self.volume.prefetcher.start(lambda name=name, fetch=fetch: self.volume.cache.read(name, 0, 0, fetch))
         self._window = min(self._window * 2, self.volume.read_ahead_blocks)
