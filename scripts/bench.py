@@ -90,7 +90,7 @@ class Tool:
         if self.name == "fsmount":
             config = self.work / "fsmount.conf"
             config.write_text(f"""
-                cache {{ dir: "{self.cache}", max_size: 4GiB }}
+                cache {{ dir: "{self.cache}" }}
                 credentials {{ s3: [ {{ bucket: {BUCKET}, key: {KEY}, secret: {SECRET} }} ] }}
                 volumes {{ bench {{ source: "s3://{BUCKET}/", endpoint: "{self.endpoint}" }} }}
             """)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import write_config
+from conftest import wait_for, write_config
 from servers import Server, s3_admin
 
 BLOCK = 2**20
@@ -38,9 +38,9 @@ def fill_bucket(server, objects) -> str:
     return bucket
 
 
-def s3_config(directory, server, bucket, ttl="2s", extra=""):
+def s3_config(directory, server, bucket, ttl="2s", extra="", max_size="1GiB"):
     return write_config(directory, f"""
-        cache {{ dir: "{directory}/cache", block_size: 1MiB, read_ahead: 4MiB, metadata_ttl: {ttl} }}
+        cache {{ dir: "{directory}/cache", max_size: {max_size}, block_size: 1MiB, read_ahead: 4MiB, metadata_ttl: {ttl} }}
         credentials {{ s3: [ {{ bucket: {bucket}, key: test, secret: test }} ] }}
         volumes {{ bucket {{ source: "s3://{bucket}/", endpoint: "{server.url}" {extra} }} }}
     """)
@@ -154,12 +154,39 @@ def test_the_cache_survives_a_remount(workspace, moto, mount):
     assert moto.requests(f"GET /{bucket}/data/big.bin") == gets
 
 
-def test_random_reads_fetch_one_chunk_each(s3_mount, moto):
-    root, bucket, _ = s3_mount
-    with open(root / "data" / "big.bin", "rb", buffering=0) as stream:
+def random_reads(path):
+    with open(path, "rb", buffering=0) as stream:
         for block in (4, 1, 3):
-            assert os.pread(stream.fileno(), 4096, block * BLOCK + 100) == BIG[block * BLOCK + 100:block * BLOCK + 4196]
-    assert moto.requests(f"GET /{bucket}/data/big.bin") == 3
+            offset = block * BLOCK + 100
+            assert os.pread(stream.fileno(), 4096, offset) == BIG[offset:offset + 4096]
+
+
+def test_random_reads_of_a_large_object_fetch_one_chunk_each(workspace, moto, mount):
+    bucket = fill_bucket(moto, {"big.bin": BIG})
+    mount(s3_config(workspace, moto, bucket, max_size="8MiB"), workspace / "mnt")  # too big to fill whole
+    random_reads(workspace / "mnt" / "bucket" / "big.bin")
+    time.sleep(0.5)
+    assert moto.requests(f"GET /{bucket}/big.bin") == 3
+
+
+def test_an_object_read_at_random_is_filled_whole_in_the_background(s3_mount, moto):
+    root, bucket, _ = s3_mount
+    random_reads(root / "data" / "big.bin")
+    blocks = len(BIG) // BLOCK + 1
+
+    def gets():
+        return moto.requests(f"GET /{bucket}/data/big.bin")
+
+    def settled():
+        before = gets()
+        time.sleep(1)
+        return gets() == before >= blocks
+
+    wait_for(settled, 30, "the background fill")
+    before = gets()
+    drop_page_cache()
+    assert (root / "data" / "big.bin").read_bytes() == BIG
+    assert gets() == before
 
 
 def test_a_store_that_goes_down_gives_eio_and_keeps_cached_bytes(workspace, mount):

@@ -26,6 +26,8 @@ CREATE INDEX IF NOT EXISTS blocks_by_use ON blocks (used);
 """
 _EVICTION_BATCH = 64
 _OPEN_BLOCKS = 64  # block files kept open for the reads that follow
+# Smaller blocks are written on the event loop: a trip to a worker thread costs more than the write.
+_INLINE_WRITE = 256 * 1024
 
 
 def block_name(identity: str, key: str, version: str, index: int) -> str:
@@ -132,7 +134,10 @@ class BlockCache:
         self._db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, 0, ?, 0)", (name, len(data), time.time()))
         self.size += len(data)
         try:
-            crc = await trio.to_thread.run_sync(_write_atomically, self._path(name), data)
+            if len(data) <= _INLINE_WRITE:
+                crc = _write_atomically(self._path(name), data)
+            else:
+                crc = await trio.to_thread.run_sync(_write_atomically, self._path(name), data)
         except BaseException:
             self._remove(name, len(data))
             raise

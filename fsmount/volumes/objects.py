@@ -23,6 +23,10 @@ _NEGATIVE_TTL = 1.0
 _LISTING_CACHE_ENTRIES = 100_000  # a longer listing streams from the store every time
 # A handle that seeks fetches this much around a read, not a whole block: one short GET per random read.
 RANDOM_CHUNK = 128 * 1024
+# An object read at random is filled whole in the background when it is at most this share of the cache.
+_WHOLE_OBJECT_SHARE = 4
+_WHOLE_OBJECT_MAX = 4 * 2**30
+_WHOLE_OBJECT_FILLS = 4
 _BATCH = 512
 
 
@@ -31,11 +35,20 @@ def valid_name(name: str) -> bool:
 
 
 class Prefetcher:
-    """Runs block fills in the background (read-ahead), bounded so memory in flight stays flat."""
+    """Runs block fills in the background (read-ahead, whole objects), bounded so memory in flight stays flat."""
 
     def __init__(self, max_fills: int):
         self._slots = trio.Semaphore(max_fills)
         self._nursery: trio.Nursery | None = None
+
+    def spawn(self, task):
+        """Runs TASK in the background; its fills go through `fill`, which waits for a slot."""
+        if self._nursery is not None:
+            self._nursery.start_soon(task)
+
+    async def fill(self, fill):
+        async with self._slots:
+            await fill()
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED):
         async with trio.open_nursery() as nursery:
@@ -58,6 +71,8 @@ class Prefetcher:
             await fill()
         except OSError as error:
             log.debug("read-ahead failed: %s", error)
+        except Exception:  # background work must never take the daemon down
+            log.exception("read-ahead failed")
         finally:
             self._slots.release()
 
@@ -79,6 +94,8 @@ class ObjectVolume(Volume):
         self._missing: dict[Path, float] = {}
         self._listings: dict[Path, tuple[float, list[tuple[str, ObjectInfo | None]]]] = {}
         self._opened_versions: dict[Path, str] = {}
+        self._filling_whole: set[tuple[str, str]] = set()
+        self.whole_object_limit = min(_WHOLE_OBJECT_MAX, cache.max_size // _WHOLE_OBJECT_SHARE)
 
     async def start(self):
         await self.store.open()
@@ -149,6 +166,49 @@ class ObjectVolume(Volume):
 
     async def statvfs(self):
         return None
+
+    def piece(self, path: Path, info: ObjectInfo, index: int, size: int, tag: str = ""):
+        """(cache name, fetch) for piece INDEX of SIZE bytes of the object; TAG keeps chunks apart from blocks."""
+        name = block_name(self.store.identity, info.key, info.version, f"{tag}{index}")
+
+        async def fetch():
+            try:
+                return await self.store.read(info.key, index * size, size, info.version)
+            except PreconditionFailed:
+                self.forget_stat(path)
+                log.info("%s changed while open; its old version is gone", info.key)
+                raise OSError(errno.ESTALE, "the object changed") from None
+
+        return name, fetch
+
+    def fill_whole(self, path: Path, info: ObjectInfo):
+        """Fills every block of an object read at random, a few at a time, once per version."""
+        if info.size > self.whole_object_limit or (info.key, info.version) in self._filling_whole:
+            return
+        self._filling_whole.add((info.key, info.version))
+
+        async def fill_blocks():
+            limit = trio.CapacityLimiter(_WHOLE_OBJECT_FILLS)
+
+            async def fill_one(name, fetch, nursery):
+                try:
+                    async with limit:
+                        await self.prefetcher.fill(lambda: self.cache.read(name, 0, 0, fetch))
+                except Exception as error:  # the first failure stops the rest: the store may be down
+                    log.info("filling %s in the background stopped: %s", info.key, error,
+                             exc_info=not isinstance(error, OSError))
+                    nursery.cancel_scope.cancel()
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    for index in range((info.size + self.cache.block_size - 1) // self.cache.block_size):
+                        name, fetch = self.piece(path, info, index, self.cache.block_size)
+                        if not self.cache.contains(name):
+                            nursery.start_soon(fill_one, name, fetch, nursery)
+            finally:
+                self._filling_whole.discard((info.key, info.version))
+
+        self.prefetcher.spawn(fill_blocks)
 
     def forget_stat(self, path: Path):
         self._stats.pop(path, None)
@@ -230,19 +290,7 @@ class _ObjectFile(FileHandle):
         self._sequential = True
 
     def _reader(self, index: int, size: int, tag: str = ""):
-        """(cache name, fetch) for piece INDEX of SIZE bytes; TAG keeps chunks apart from whole blocks."""
-        volume, info = self.volume, self.info
-        name = block_name(volume.store.identity, info.key, info.version, f"{tag}{index}")
-
-        async def fetch():
-            try:
-                return await volume.store.read(info.key, index * size, size, info.version)
-            except PreconditionFailed:
-                volume.forget_stat(self.path)
-                log.info("%s changed while open; its old version is gone", info.key)
-                raise OSError(errno.ESTALE, "the object changed") from None
-
-        return name, fetch
+        return self.volume.piece(self.path, self.info, index, size, tag)
 
     async def read(self, offset: int, size: int) -> bytes:
         size = min(size, self.info.size - offset)
@@ -271,6 +319,7 @@ class _ObjectFile(FileHandle):
         self._next_offset = offset + size
         if not self._sequential:
             self._window = 1
+            self.volume.fill_whole(self.path, self.info)
             return
         last_block = (self.info.size - 1) // block_size
         current = offset // block_size
