@@ -2,6 +2,7 @@
 import logging
 import logging.handlers
 import os
+import resource
 import signal
 import stat
 import sys
@@ -146,6 +147,8 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
     if config.allow_other if options.allow_other is None else options.allow_other:
         fuse_options.add("allow_other")
     os.umask(0)  # the kernel has applied the caller's umask already
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # open files, block files and host directories
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         pyfuse3.init(daemon.operations, mountpoint, fuse_options)

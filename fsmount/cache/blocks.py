@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE INDEX IF NOT EXISTS blocks_by_use ON blocks (used);
 """
 _EVICTION_BATCH = 64
-_OPEN_BLOCKS = 64  # block files kept open for the reads that follow
+_OPEN_BLOCKS = 256  # block files kept open for the reads that follow (2 GiB of 8 MiB blocks)
 # Smaller blocks are written on the event loop: a trip to a worker thread costs more than the write.
 _INLINE_WRITE = 256 * 1024
 

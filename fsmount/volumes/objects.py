@@ -94,7 +94,7 @@ class ObjectVolume(Volume):
         self._missing: dict[Path, float] = {}
         self._listings: dict[Path, tuple[float, list[tuple[str, ObjectInfo | None]]]] = {}
         self._opened_versions: dict[Path, str] = {}
-        self._filling_whole: set[tuple[str, str]] = set()
+        self._whole: set[tuple[str, str]] = set()  # objects filled, or being filled, whole
         self.whole_object_limit = min(_WHOLE_OBJECT_MAX, cache.max_size // _WHOLE_OBJECT_SHARE)
 
     async def start(self):
@@ -183,9 +183,9 @@ class ObjectVolume(Volume):
 
     def fill_whole(self, path: Path, info: ObjectInfo):
         """Fills every block of an object read at random, a few at a time, once per version."""
-        if info.size > self.whole_object_limit or (info.key, info.version) in self._filling_whole:
+        if info.size > self.whole_object_limit or (info.key, info.version) in self._whole:
             return
-        self._filling_whole.add((info.key, info.version))
+        self._whole.add((info.key, info.version))
 
         async def fill_blocks():
             limit = trio.CapacityLimiter(_WHOLE_OBJECT_FILLS)
@@ -197,16 +197,14 @@ class ObjectVolume(Volume):
                 except Exception as error:  # the first failure stops the rest: the store may be down
                     log.info("filling %s in the background stopped: %s", info.key, error,
                              exc_info=not isinstance(error, OSError))
+                    self._whole.discard((info.key, info.version))  # a later random read tries again
                     nursery.cancel_scope.cancel()
 
-            try:
-                async with trio.open_nursery() as nursery:
-                    for index in range((info.size + self.cache.block_size - 1) // self.cache.block_size):
-                        name, fetch = self.piece(path, info, index, self.cache.block_size)
-                        if not self.cache.contains(name):
-                            nursery.start_soon(fill_one, name, fetch, nursery)
-            finally:
-                self._filling_whole.discard((info.key, info.version))
+            async with trio.open_nursery() as nursery:
+                for index in range((info.size + self.cache.block_size - 1) // self.cache.block_size):
+                    name, fetch = self.piece(path, info, index, self.cache.block_size)
+                    if not self.cache.contains(name):
+                        nursery.start_soon(fill_one, name, fetch, nursery)
 
         self.prefetcher.spawn(fill_blocks)
 
