@@ -7,12 +7,14 @@ misses for a shorter while.
 """
 import errno
 import logging
+import math
 import stat
 import time
 
 import trio
 
 from fsmount.cache.blocks import BlockCache, block_name
+from fsmount.cache.metadata import ExpiringCache
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, ObjectInfo, PreconditionFailed
 from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, Volume
@@ -20,7 +22,10 @@ from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, V
 log = logging.getLogger(__name__)
 
 _NEGATIVE_TTL = 1.0
-_LISTING_CACHE_ENTRIES = 100_000  # a longer listing streams from the store every time
+# What the metadata caches keep at most: memory stays bounded however many objects a volume has.
+_NAMES_KEPT = 100_000
+_LISTINGS_KEPT = 16
+_LISTING_CACHE_ENTRIES = 20_000  # a longer listing streams from the store every time
 # A handle that seeks fetches this much around a read, not a whole block: one short GET per random read.
 RANDOM_CHUNK = 128 * 1024
 # An object read at random is filled whole in the background when it is at most this share of the cache.
@@ -28,6 +33,7 @@ _WHOLE_OBJECT_SHARE = 4
 _WHOLE_OBJECT_MAX = 4 * 2**30
 _WHOLE_OBJECT_FILLS = 4
 _BATCH = 512
+_UNKNOWN = object()
 
 
 def valid_name(name: str) -> bool:
@@ -90,11 +96,11 @@ class ObjectVolume(Volume):
         self._file_mode = 0o444 if read_only else 0o644
         self._dir_mode = 0o555 if read_only else 0o755
         self._started = time.time_ns()
-        self._stats: dict[Path, tuple[float, ObjectInfo | None]] = {}  # path -> (expiry, info; None: a directory)
-        self._missing: dict[Path, float] = {}
-        self._listings: dict[Path, tuple[float, list[tuple[str, ObjectInfo | None]]]] = {}
-        self._opened_versions: dict[Path, str] = {}
-        self._whole: set[tuple[str, str]] = set()  # objects filled, or being filled, whole
+        self._stats = ExpiringCache(metadata_ttl, _NAMES_KEPT)  # path -> info; None: a directory
+        self._missing = ExpiringCache(_NEGATIVE_TTL, _NAMES_KEPT)
+        self._listings = ExpiringCache(metadata_ttl, _LISTINGS_KEPT)  # path -> [(name, info)]
+        self._opened_versions = ExpiringCache(math.inf, _NAMES_KEPT)
+        self._whole = ExpiringCache(math.inf, _NAMES_KEPT)  # (key, version) of objects filled, or being filled, whole
         self.whole_object_limit = min(_WHOLE_OBJECT_MAX, cache.max_size // _WHOLE_OBJECT_SHARE)
 
     async def start(self):
@@ -118,8 +124,8 @@ class ObjectVolume(Volume):
                      ctime_ns=info.mtime_ns)
 
     def _remember(self, path: Path, info: ObjectInfo | None):
-        self._stats[path] = (time.monotonic() + self.metadata_ttl, info)
-        self._missing.pop(path, None)
+        self._stats.put(path, info)
+        self._missing.pop(path)
 
     async def _lookup(self, path: Path) -> ObjectInfo | None:
         """The object at PATH, or None for a directory; NotFound when neither."""
@@ -127,11 +133,10 @@ class ObjectVolume(Volume):
             return None
         if any(not valid_name(part) for part in path):
             raise NotFound(f"not a valid name: {'/'.join(path)}")
-        now = time.monotonic()
-        cached = self._stats.get(path)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        if self._missing.get(path, 0) > now:
+        info = self._stats.get(path, _UNKNOWN)
+        if info is not _UNKNOWN:
+            return info
+        if path in self._missing:
             raise NotFound(self._key(path))
         try:
             page = await self.store.list_page(self._key(path) + "/", page_size=1)
@@ -140,7 +145,7 @@ class ObjectVolume(Volume):
                 return None
             info = await self.store.stat(self._key(path))
         except NotFound:
-            self._missing[path] = now + _NEGATIVE_TTL
+            self._missing.put(path, True)
             raise
         self._remember(path, info)
         return info
@@ -158,7 +163,7 @@ class ObjectVolume(Volume):
         if info is None:
             raise OSError(errno.EISDIR, "is a directory")
         keep_cache = self._opened_versions.get(path) == info.version
-        self._opened_versions[path] = info.version
+        self._opened_versions.put(path, info.version)
         return _ObjectFile(self, path, info, keep_cache)
 
     async def readlink(self, path: Path) -> str:
@@ -185,7 +190,7 @@ class ObjectVolume(Volume):
         """Fills every block of an object read at random, a few at a time, once per version."""
         if info.size > self.whole_object_limit or (info.key, info.version) in self._whole:
             return
-        self._whole.add((info.key, info.version))
+        self._whole.put((info.key, info.version), True)
 
         async def fill_blocks():
             limit = trio.CapacityLimiter(_WHOLE_OBJECT_FILLS)
@@ -197,7 +202,7 @@ class ObjectVolume(Volume):
                 except Exception as error:  # the first failure stops the rest: the store may be down
                     log.info("filling %s in the background stopped: %s", info.key, error,
                              exc_info=not isinstance(error, OSError))
-                    self._whole.discard((info.key, info.version))  # a later random read tries again
+                    self._whole.pop((info.key, info.version))  # a later random read tries again
                     nursery.cancel_scope.cancel()
 
             async with trio.open_nursery() as nursery:
@@ -209,15 +214,14 @@ class ObjectVolume(Volume):
         self.prefetcher.spawn(fill_blocks)
 
     def forget_stat(self, path: Path):
-        self._stats.pop(path, None)
+        self._stats.pop(path)
 
     def cached_listing(self, path: Path) -> list[tuple[str, ObjectInfo | None]] | None:
-        cached = self._listings.get(path)
-        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+        return self._listings.get(path)
 
     def remember_listing(self, path: Path, entries: list[tuple[str, ObjectInfo | None]]):
         if len(entries) <= _LISTING_CACHE_ENTRIES:
-            self._listings[path] = (time.monotonic() + self.metadata_ttl, entries)
+            self._listings.put(path, entries)
 
 
 class _ObjectListing(DirHandle):

@@ -1,0 +1,39 @@
+"""Metadata caches: each entry trusted for a while, at most so many kept, the least recently used going first."""
+import collections
+import math
+import time
+
+
+class ExpiringCache:
+    def __init__(self, ttl: float, max_entries: int):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: collections.OrderedDict = collections.OrderedDict()  # key -> (expiry, value)
+
+    def get(self, key, default=None):
+        """The value, while it is fresh; an expired entry is dropped."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return default
+        if entry[0] <= time.monotonic():
+            del self._entries[key]
+            return default
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def __contains__(self, key) -> bool:
+        sentinel = object()
+        return self.get(key, sentinel) is not sentinel
+
+    def put(self, key, value):
+        expiry = math.inf if self.ttl == math.inf else time.monotonic() + self.ttl
+        self._entries[key] = (expiry, value)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def pop(self, key):
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,32 @@
+"""The bounded, expiring metadata cache (no server needed)."""
+import math
+import time
+
+from fsmount.cache.metadata import ExpiringCache
+
+
+def test_entries_expire():
+    cache = ExpiringCache(0.05, 10)
+    cache.put("a", None)
+    assert "a" in cache and cache.get("a", "missing") is None
+    time.sleep(0.06)
+    assert "a" not in cache and cache.get("a", "missing") == "missing"
+    assert len(cache) == 0
+
+
+def test_the_least_recently_used_goes_first_at_the_bound():
+    cache = ExpiringCache(math.inf, 3)
+    for key in "abc":
+        cache.put(key, key.upper())
+    assert cache.get("a") == "A"  # a is now the most recently used
+    cache.put("d", "D")
+    assert [key for key in "abcd" if key in cache] == ["a", "c", "d"]
+    assert len(cache) == 3
+
+
+def test_pop_of_a_missing_key_is_harmless():
+    cache = ExpiringCache(1.0, 3)
+    cache.pop("nothing")
+    cache.put("k", 1)
+    cache.pop("k")
+    assert "k" not in cache
