@@ -53,6 +53,14 @@ class DirEntry:
     offset: int  # > 0; passing it back continues the listing after this entry
 
 
+def rest_of_batch(batch: list[DirEntry], offset: int) -> list[DirEntry] | None:
+    """The entries of BATCH after OFFSET when the listing stopped inside it (the kernel's buffer
+    filled up), so it resumes with no new read; None when OFFSET lies outside it."""
+    if batch and batch[0].offset <= offset + 1 <= batch[-1].offset:
+        return [entry for entry in batch if entry.offset > offset]
+    return None
+
+
 class DirHandle(abc.ABC):
     @abc.abstractmethod
     async def entries(self, offset: int) -> list[DirEntry]:

@@ -17,7 +17,8 @@ import stat
 
 import trio
 
-from fsmount.volumes.base import Attrs, AttrChanges, DirEntry, DirHandle, FileHandle, Owner, Path, Volume
+from fsmount.volumes.base import (Attrs, AttrChanges, DirEntry, DirHandle, FileHandle, Owner, Path, Volume,
+                                  rest_of_batch)
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _BATCH = 512
@@ -279,8 +280,9 @@ class _HostDir(DirHandle):
         self._batch: list[DirEntry] = []
 
     async def entries(self, offset: int) -> list[DirEntry]:
-        if self._batch and self._batch[0].offset <= offset + 1 <= self._batch[-1].offset:
-            return [entry for entry in self._batch if entry.offset > offset]
+        rest = rest_of_batch(self._batch, offset)
+        if rest is not None:
+            return rest
         self._batch = await self._run(self._read_from, offset)
         return self._batch
 

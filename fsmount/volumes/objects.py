@@ -17,7 +17,7 @@ from fsmount.cache.blocks import BlockCache, block_name
 from fsmount.cache.metadata import ExpiringCache
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, ObjectInfo, PreconditionFailed
-from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, Volume
+from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, Volume, rest_of_batch
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,9 @@ class _ObjectListing(DirHandle):
         if self._cached is not None:
             return [DirEntry(name, self.volume._attrs(info), index) for index, (name, info)
                     in enumerate(self._cached[offset:offset + _BATCH], start=offset + 1)]
-        if self._batch and self._batch[0].offset <= offset + 1 <= self._batch[-1].offset:
-            return [entry for entry in self._batch if entry.offset > offset]
+        rest = rest_of_batch(self._batch, offset)
+        if rest is not None:
+            return rest
         if self._pages is None or offset < self._position:
             self._pages = aiter(self.volume.store.list(self.volume._dir_prefix(self.path)))
             self._position = 0
