@@ -1,4 +1,6 @@
 """The daemon's life: mount, go to the background once the mount is live, serve until unmounted or signalled."""
+import contextlib
+import ctypes
 import logging
 import logging.handlers
 import os
@@ -25,10 +27,14 @@ from fsmount.volumes.objects import ObjectVolume, Prefetcher
 
 log = logging.getLogger("fsmount")
 
-# Bytes of block fills in flight for read-ahead, across all volumes: bounds the daemon's memory.
-_READ_AHEAD_MEMORY = 96 * 2**20
+# Bytes of block fills in flight for read-ahead, across all volumes, and of blocks kept in memory
+# after their fill for the reads that wait for them: together they bound the daemon's memory.
+_READ_AHEAD_MEMORY = 64 * 2**20
+_FILLED_BLOCKS_MEMORY = 32 * 2**20
 # The kernel's own read-ahead on the mount, so that it asks for 1 MiB reads.
 _KERNEL_READ_AHEAD_KB = 1024
+_M_ARENA_MAX = -8  # mallopt's parameter number
+_MALLOC_ARENAS = 2
 
 # Options handed to the kernel as they are (libfuse's mount options).
 _KERNEL_FLAGS = {"suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime", "diratime",
@@ -98,7 +104,7 @@ class Daemon:
             return HostVolume(volume.host_path, self.config.attr_timeout)
         cache = self.config.cache
         if self.cache is None:
-            self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size)
+            self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY)
         s3 = volume.s3
         credentials = s3.credentials
         store = S3Store(s3.bucket, endpoint=s3.endpoint, region=credentials.region, key=credentials.key,
@@ -131,6 +137,13 @@ class Daemon:
                     self.cache.close()
 
 
+def _return_large_buffers_to_the_system():
+    """glibc would otherwise keep freed block buffers in per-thread arenas: its threshold for
+    mapping large allocations rises once one is freed, and RSS grew past 240 MiB on one 1 GiB read."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _MALLOC_ARENAS)
+
+
 def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bool):
     """Mounts and serves; returns once unmounted. In the background, the caller's process exits
     as soon as the mount is live and the daemon serves it."""
@@ -149,6 +162,7 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
     os.umask(0)  # the kernel has applied the caller's umask already
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # open files, block files and host directories
+    _return_large_buffers_to_the_system()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         pyfuse3.init(daemon.operations, mountpoint, fuse_options)

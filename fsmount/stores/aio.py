@@ -2,13 +2,15 @@
 
 The daemon runs trio with a trio-asyncio loop open (`trio_asyncio.open_loop()`); TrioStore makes
 a store's asyncio methods awaitable from trio. Each call crosses the seam once, ~170 us measured
-here, so callers cross it per block or listing page, never per FUSE read.
+here, so callers cross it per block or listing page, never per FUSE read. A read crosses it to
+have its GET signed, then sends the GET from a worker thread.
 """
 from collections.abc import AsyncIterator
 
+import trio
 from trio_asyncio import aio_as_trio
 
-from fsmount.stores.base import ListPage, ObjectInfo, Store
+from fsmount.stores.base import AccessDenied, ListPage, ObjectInfo, Store
 
 
 class TrioStore:
@@ -44,7 +46,13 @@ class TrioStore:
                 return
 
     async def read(self, key: str, start: int, length: int, version: str) -> bytes:
-        return await aio_as_trio(self.store.read)(key, start, length, version)
+        """LENGTH bytes (fewer at the end) from START of KEY at VERSION; PreconditionFailed if it changed."""
+        request = await aio_as_trio(self.store.range_request)(key, start, length, version)
+        try:
+            return await trio.to_thread.run_sync(self.store.fetcher.get, request, abandon_on_cancel=True)
+        except AccessDenied:  # perhaps a signature that expired early, with the credentials it was made with
+            request = await aio_as_trio(self.store.range_request)(key, start, length, version, True)
+            return await trio.to_thread.run_sync(self.store.fetcher.get, request, abandon_on_cancel=True)
 
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         return await aio_as_trio(self.store.put)(key, data, metadata)

@@ -5,7 +5,11 @@ Their errors are OSErrors with a fitting errno, so no SDK exception ever leaves 
 """
 import abc
 import errno
+import typing
 from dataclasses import dataclass, field
+
+if typing.TYPE_CHECKING:
+    from fsmount.stores.ranges import RangeFetcher
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,16 @@ class ListPage:
     objects: list[ObjectInfo]
     prefixes: list[str]  # common prefixes, each ending in the delimiter
     next_token: str | None = None  # passed back, it gives the next page; None after the last
+
+
+@dataclass(frozen=True)
+class RangeRequest:
+    """A plain HTTP GET of LENGTH bytes from START of KEY, as the store signed it; worker threads send it."""
+    key: str
+    start: int
+    length: int
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)  # pins the version, authorizes
 
 
 class StoreError(OSError):
@@ -75,9 +89,15 @@ class Store(abc.ABC):
         """One page (of at most PAGE_SIZE entries) of the keys and common prefixes under PREFIX, in key
         order: the first page with TOKEN None, then each page's next_token gives the one after it."""
 
+    @property
     @abc.abstractmethod
-    async def read(self, key: str, start: int, length: int, version: str) -> bytes:
-        """LENGTH bytes (fewer at the end) from START of KEY at VERSION; PreconditionFailed if it changed."""
+    def fetcher(self) -> "RangeFetcher":
+        """The connection pool the store's range requests are sent through."""
+
+    @abc.abstractmethod
+    async def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
+        """The GET for LENGTH bytes from START of KEY at VERSION, failing with PreconditionFailed once KEY
+        changed. FRESH: the last one was refused; sign it anew rather than from a cache."""
 
     @abc.abstractmethod
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo: ...

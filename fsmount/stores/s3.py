@@ -1,23 +1,22 @@
 """S3Store: S3 and S3-compatible servers (MinIO, SeaweedFS, Ceph) through aiobotocore.
 
-Reads, the hot path, are GETs of URLs that botocore presigns (cached per key), sent through one
-aiohttp session: botocore's own request building and response parsing cost ~3 ms of CPU a GET,
+Reads, the hot path, are GETs of URLs that botocore presigns (cached per key), sent by the
+RangeFetcher: botocore's own request building and response parsing cost ~3 ms of CPU a GET,
 which capped small-object and streaming reads.
 """
 import asyncio
 import collections
 import contextlib
 import os
-import ssl
 import time
 
-import aiohttp
 import botocore.exceptions
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, Store, StoreError,
-                                 Throttled, Unavailable)
+from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store,
+                                 StoreError, Throttled, Unavailable)
+from fsmount.stores.ranges import RangeFetcher
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
 _PRECONDITION = {"PreconditionFailed", "412"}
@@ -25,15 +24,6 @@ _DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "503", "429"}
 _URL_LIFETIME = 3600  # seconds a presigned URL is valid; it is reused for half of that
 _URLS_KEPT = 10_000
-_READ_ATTEMPTS = 3
-
-
-def _status_error(status: int, what: str) -> StoreError:
-    for codes, kind in ((_NOT_FOUND, NotFound), (_PRECONDITION, PreconditionFailed),
-                        (_DENIED, AccessDenied), (_THROTTLED, Throttled)):
-        if str(status) in codes:
-            return kind(f"{what}: {status}")
-    return Unavailable(f"{what}: {status}") if status >= 500 else StoreError(f"{what}: {status}")
 
 
 @contextlib.asynccontextmanager
@@ -51,7 +41,7 @@ async def _errors(what: str):
         raise StoreError(f"{what}: {code or status}") from None
     except botocore.exceptions.NoCredentialsError:
         raise AccessDenied(f"{what}: no credentials") from None
-    except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as error:
+    except (botocore.exceptions.BotoCoreError, asyncio.TimeoutError, ConnectionError) as error:
         raise Unavailable(f"{what}: {type(error).__name__}") from None
 
 
@@ -74,11 +64,9 @@ class S3Store(Store):
                              s3={"addressing_style": "path" if endpoint else "auto"}),
         )
         self._extra_args = dict(extra_args or {})
-        self._max_connections = max_connections
-        self._verify = verify
+        self._fetcher = RangeFetcher(max_connections, verify)
         self._client_context = None
         self._client = None
-        self._http: aiohttp.ClientSession | None = None
         self._urls: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
 
     @property
@@ -88,22 +76,23 @@ class S3Store(Store):
     async def open(self):
         self._client_context = get_session().create_client("s3", **self._client_args)
         self._client = await self._client_context.__aenter__()
-        tls = None if self._verify is True else False if self._verify is False else ssl.create_default_context(cafile=self._verify)
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=tls),
-            timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=60), auto_decompress=False)
+
+    @property
+    def fetcher(self) -> RangeFetcher:
+        return self._fetcher
 
     async def close(self):
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        self._fetcher.close()
         if self._client_context is not None:
             await self._client_context.__aexit__(None, None, None)
             self._client_context = self._client = None
 
-    async def _url(self, key: str) -> str:
+    async def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
+        return RangeRequest(key, start, length, await self._url(key, fresh), {"If-Match": version})
+
+    async def _url(self, key: str, fresh: bool) -> str:
         cached = self._urls.get(key)
-        if cached is not None and cached[0] > time.monotonic():
+        if cached is not None and cached[0] > time.monotonic() and not fresh:
             self._urls.move_to_end(key)
             return cached[1]
         async with _errors(f"SIGN {key}"):
@@ -132,29 +121,6 @@ class S3Store(Store):
                    for entry in page.get("Contents", [])]
         return ListPage(objects, [entry["Prefix"] for entry in page.get("CommonPrefixes", [])],
                         page.get("NextContinuationToken") if page.get("IsTruncated") else None)
-
-    async def read(self, key: str, start: int, length: int, version: str) -> bytes:
-        what = f"GET {key} [{start}+{length}]"
-        headers = {"Range": f"bytes={start}-{start + length - 1}", "If-Match": version}
-        attempt = 0
-        while True:
-            try:
-                async with self._http.get(await self._url(key), headers=headers) as response:
-                    if response.status == 206:
-                        return await response.read()
-                    if response.status == 200:  # a server that ignores Range sends it all
-                        return (await response.read())[start:start + length]
-                    if response.status == 416:
-                        return b""  # at or past the end
-                    error = _status_error(response.status, what)
-                    if response.status == 403:
-                        self._urls.pop(key, None)  # perhaps an expired URL: sign afresh
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as failure:
-                error = Unavailable(f"{what}: {type(failure).__name__}")
-            attempt += 1
-            if attempt == _READ_ATTEMPTS or not isinstance(error, (Throttled, Unavailable, AccessDenied)):
-                raise error
-            await asyncio.sleep(0.2 * 2**attempt)
 
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         async with _errors(f"PUT {key}"):

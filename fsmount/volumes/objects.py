@@ -62,15 +62,16 @@ class Prefetcher:
             task_status.started()
             await trio.sleep_forever()
 
-    def start(self, fill):
-        """Starts FILL unless every slot is busy: read-ahead is a hint, never a queue."""
+    def start(self, fill) -> bool:
+        """Starts FILL unless every slot is busy (read-ahead is a hint, never a queue); False if not."""
         if self._nursery is None:
-            return
+            return False
         try:
             self._slots.acquire_nowait()
         except trio.WouldBlock:
-            return
+            return False
         self._nursery.start_soon(self._fill, fill)
+        return True
 
     async def _fill(self, fill):
         try:
@@ -291,6 +292,7 @@ class _ObjectFile(FileHandle):
         self._next_offset = 0
         self._window = 1
         self._sequential = True
+        self._ahead_until = 0  # the last block read-ahead has started, or found cached
 
     def _reader(self, index: int, size: int, tag: str = ""):
         return self.volume.piece(self.path, self.info, index, size, tag)
@@ -320,16 +322,19 @@ class _ObjectFile(FileHandle):
         block_size = self.volume.cache.block_size
         self._sequential = offset == self._next_offset
         self._next_offset = offset + size
+        current = offset // block_size
         if not self._sequential:
             self._window = 1
+            self._ahead_until = current
             self.volume.fill_whole(self.path, self.info)
             return
         last_block = (self.info.size - 1) // block_size
-        current = offset // block_size
-        for index in range(current + 1, min(current + self._window, last_block) + 1):
+        for index in range(max(current, self._ahead_until) + 1, min(current + self._window, last_block) + 1):
             name, fetch = self._reader(index, block_size)
-            if not self.volume.cache.contains(name):
-                self.volume.prefetcher.start(lambda name=name, fetch=fetch: self.volume.cache.read(name, 0, 0, fetch))
+            if not self.volume.cache.contains(name) and not self.volume.prefetcher.start(
+                    lambda name=name, fetch=fetch: self.volume.cache.read(name, 0, 0, fetch)):
+                break
+            self._ahead_until = index
         self._window = min(self._window * 2, self.volume.read_ahead_blocks)
 
     async def getattr(self) -> Attrs:
