@@ -1,8 +1,10 @@
 """The configuration file: HOCON read by pyhocon, every key checked, turned into the mount table."""
+import base64
+import binascii
 import os
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyparsing
 from pyhocon import ConfigFactory, ConfigTree
@@ -39,6 +41,14 @@ class S3Source:
     endpoint: str | None  # None: AWS
     credentials: S3Credentials
     max_connections: int
+    extra_args: dict[str, str] = field(default_factory=dict)  # for every upload: ServerSideEncryption, StorageClass, ...
+    filter: re.Pattern | None = None  # only objects whose full key it matches (re.search) are shown
+    version_id: str | None = None  # the source is one object, read at this version
+    checksum_sha256: bytes | None = None  # the source is one object, which must have this digest
+
+    @property
+    def single_object(self) -> bool:
+        return self.version_id is not None or self.checksum_sha256 is not None
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,8 @@ _TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "
 _LOG_KEYS = {"file", "level"}
 _CACHE_KEYS = {"dir", "max_size", "block_size", "read_ahead", "metadata_ttl"}
 _VOLUME_KEYS = {"source", "mode", "path"}
-_S3_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections"}
+_S3_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "extra_args", "filter", "version_id",
+                                  "checksum_sha256"}
 _CREDENTIAL_KINDS = {"s3"}
 _S3_CREDENTIAL_KEYS = {"bucket", "host", "key", "secret", "region", "secure", "verify", "use_credentials_chain"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -247,8 +258,10 @@ class _Reader:
         if mode not in ("ro", "rw"):
             raise self.error(keys + ("mode",), f"expected ro or rw, got {mode!r}")
         if url.scheme == "s3":
-            return VolumeConfig(path=path, source=source, read_only=mode == "ro",
-                                s3=self.s3_source(spec, keys, url, credentials["s3"]))
+            s3 = self.s3_source(spec, keys, url, credentials["s3"])
+            if s3.single_object and mode == "rw":
+                raise self.error(keys + ("mode",), "rw, but a volume of one pinned or checksummed object is read-only")
+            return VolumeConfig(path=path, source=source, read_only=mode == "ro", s3=s3)
         if url.scheme != "file":
             raise self.error(keys + ("source",), f"unsupported source {redact_url(source)!r}; "
                                                  "expected file:///absolute/path or s3://bucket/prefix")
@@ -284,8 +297,17 @@ class _Reader:
         chosen = choose_s3_credentials(entries, bucket, host)
         if host is not None and (endpoint is None or "://" not in endpoint):
             endpoint = f"{'https' if chosen.secure else 'http'}://{host}"
-        return S3Source(bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
-                        max_connections=self.value(spec, keys + ("max_connections",), _positive, 32))
+        source = S3Source(
+            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
+            max_connections=self.value(spec, keys + ("max_connections",), _positive, 32),
+            extra_args=self.value(spec, keys + ("extra_args",), _string_map, {}),
+            filter=self.value(spec, keys + ("filter",), _regex, None),
+            version_id=self.value(spec, keys + ("version_id",), str, None),
+            checksum_sha256=self.value(spec, keys + ("checksum_sha256",), _sha256, None))
+        if source.single_object and (not prefix or prefix.endswith("/")):
+            key = "version_id" if source.version_id is not None else "checksum_sha256"
+            raise self.error(keys + (key,), f"needs a source that names one object, such as s3://{bucket}/data.csv")
+        return source
 
     def check_place(self, keys, volume: VolumeConfig, placed: dict[tuple[str, ...], VolumeConfig]):
         if volume.path in placed:
@@ -337,6 +359,31 @@ def _positive(value) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     raise ValueError(f"expected a whole number above 0, got {value!r}")
+
+
+def _string_map(value) -> dict[str, str]:
+    if not isinstance(value, ConfigTree) or any(isinstance(v, (ConfigTree, list)) for v in value.values()):
+        raise ValueError(f"expected an object of names and values, such as {{ ServerSideEncryption: AES256 }}, got {value!r}")
+    return {_unquote(name): str(v) for name, v in value.items()}
+
+
+def _regex(value) -> re.Pattern:
+    try:
+        return re.compile(str(value))
+    except re.error as error:
+        raise ValueError(f"not a valid regular expression ({error}): {value!r}") from None
+
+
+def _sha256(value) -> bytes:
+    """A SHA-256 digest written in hex (64 digits) or, as S3 reports it, in base64."""
+    text = str(value).strip()
+    try:
+        digest = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        digest = b""
+    if len(digest) != 32:
+        raise ValueError(f"expected a SHA-256 digest in hex (64 digits) or base64, got {value!r}")
+    return digest
 
 
 def _verify(value) -> bool | str:

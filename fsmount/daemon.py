@@ -24,6 +24,7 @@ from fsmount.stores.s3 import S3Store
 from fsmount.volumes.base import Volume
 from fsmount.volumes.host import HostVolume
 from fsmount.volumes.objects import ObjectVolume, Prefetcher
+from fsmount.volumes.single import SingleObjectVolume
 
 log = logging.getLogger("fsmount")
 
@@ -107,10 +108,16 @@ class Daemon:
             self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY)
         s3 = volume.s3
         credentials = s3.credentials
-        store = S3Store(s3.bucket, endpoint=s3.endpoint, region=credentials.region, key=credentials.key,
-                        secret=credentials.secret, verify=credentials.verify, max_connections=s3.max_connections)
-        return ObjectVolume(TrioStore(store), s3.prefix, self.cache, self.prefetcher, cache.metadata_ttl,
-                            cache.read_ahead, self.uid, self.gid, read_only)
+        chain = credentials.use_credentials_chain
+        store = TrioStore(S3Store(s3.bucket, endpoint=s3.endpoint, region=credentials.region,
+                                  key=None if chain else credentials.key, secret=None if chain else credentials.secret,
+                                  verify=credentials.verify, max_connections=s3.max_connections,
+                                  extra_args=s3.extra_args))
+        shared = dict(cache=self.cache, prefetcher=self.prefetcher, metadata_ttl=cache.metadata_ttl,
+                      read_ahead=cache.read_ahead, uid=self.uid, gid=self.gid)
+        if s3.single_object:
+            return SingleObjectVolume(store, s3.prefix, s3.version_id, s3.checksum_sha256, **shared)
+        return ObjectVolume(store, s3.prefix, read_only=read_only, key_filter=s3.filter, **shared)
 
     @property
     def volumes(self) -> list[Volume]:

@@ -234,3 +234,44 @@ def test_check_fails_with_the_message_and_no_secret(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith(f"fsmount: {config}:1: volumes.web.source: unsupported source")
     assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_s3_volume_options(tmp_path):
+    config = load_config(str(write_config(tmp_path, """
+        volumes {
+          logs { source: "s3://bucket/logs/", filter: "\\\\.csv$", extra_args { ServerSideEncryption: AES256 } }
+          model { source: "s3://bucket/models/m.bin", version_id: "3HL4kqtJvjVBH40Nrjfkd",
+                  checksum_sha256: "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=" }
+        }
+    """)))
+    volumes = {volume.name: volume.s3 for volume in config.volumes}
+    assert volumes["logs"].filter.search("logs/a.csv") and not volumes["logs"].filter.search("logs/a.json")
+    assert volumes["logs"].extra_args == {"ServerSideEncryption": "AES256"} and not volumes["logs"].single_object
+    model = volumes["model"]
+    assert model.single_object and model.version_id == "3HL4kqtJvjVBH40Nrjfkd"
+    assert model.checksum_sha256.hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_bad_filter(tmp_path):
+    assert config_error(tmp_path, 'volumes {\n  v { source: "s3://b/", filter: "(" }\n}') == \
+        ":2: volumes.v.filter: not a valid regular expression (missing ), unterminated subpattern at position 0): '('"
+
+
+def test_bad_checksum(tmp_path):
+    assert config_error(tmp_path, 'volumes {\n  v { source: "s3://b/k", checksum_sha256: abc }\n}') == \
+        ":2: volumes.v.checksum_sha256: expected a SHA-256 digest in hex (64 digits) or base64, got 'abc'"
+
+
+def test_version_id_of_a_prefix(tmp_path):
+    assert config_error(tmp_path, 'volumes {\n  v { source: "s3://b/dir/", version_id: x }\n}') == \
+        ":2: volumes.v.version_id: needs a source that names one object, such as s3://b/data.csv"
+
+
+def test_a_pinned_object_cannot_be_written(tmp_path):
+    assert config_error(tmp_path, 'volumes {\n  v { source: "s3://b/k", version_id: x, mode: rw }\n}') == \
+        ":2: volumes.v.mode: rw, but a volume of one pinned or checksummed object is read-only"
+
+
+def test_extra_args_not_an_object(tmp_path):
+    assert config_error(tmp_path, 'volumes {\n  v { source: "s3://b/", extra_args: AES256 }\n}') == \
+        ":2: volumes.v.extra_args: expected an object of names and values, such as { ServerSideEncryption: AES256 }, got 'AES256'"

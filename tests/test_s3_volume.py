@@ -42,7 +42,7 @@ def s3_config(directory, server, bucket, ttl="2s", extra="", max_size="1GiB"):
     return write_config(directory, f"""
         cache {{ dir: "{directory}/cache", max_size: {max_size}, block_size: 1MiB, read_ahead: 4MiB, metadata_ttl: {ttl} }}
         credentials {{ s3: [ {{ bucket: {bucket}, key: test, secret: test }} ] }}
-        volumes {{ bucket {{ source: "s3://{bucket}/", endpoint: "{server.url}" {extra} }} }}
+        volumes {{ bucket {{ source: "s3://{bucket}/", endpoint: "{server.url}", {extra} }} }}
     """)
 
 
@@ -205,3 +205,20 @@ def test_a_store_that_goes_down_gives_eio_and_keeps_cached_bytes(workspace, moun
             assert error.value.errno == errno.EIO
     finally:
         server.stop()
+
+
+def test_a_daemon_killed_mid_fill_serves_whole_blocks_after_a_restart(workspace, moto, mount):
+    big = os.urandom(48 * BLOCK)
+    bucket = fill_bucket(moto, {"big.bin": big})
+    config = s3_config(workspace, moto, bucket)
+    path = workspace / "mnt" / "bucket" / "big.bin"
+    blocks = workspace / "cache" / "blocks"
+    daemon = mount(config, workspace / "mnt")
+    reader = subprocess.Popen(["cat", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: len([p for p in blocks.rglob("*") if p.is_file()]) >= 4, 30, "the first block fills")
+    daemon.process.kill()
+    daemon.stop()
+    reader.wait(timeout=10)
+    mount(config, workspace / "mnt")
+    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(big).digest()
+    assert list(blocks.rglob("*.tmp")) == []

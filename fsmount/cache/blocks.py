@@ -12,6 +12,7 @@ in memory, a bounded amount, for the reads that asked for them.
 """
 import collections
 import contextlib
+import glob
 import hashlib
 import logging
 import mmap
@@ -76,8 +77,9 @@ class BlockCache:
     def _forget_unfinished(self):
         """Fills a killed daemon left halfway: their files may be torn, so they go."""
         for (name,) in self._db.execute("SELECT name FROM blocks WHERE ready = 0").fetchall():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path(name))
+            for path in [self._path(name), *glob.glob(glob.escape(self._path(name)) + ".*.tmp")]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         self._db.execute("DELETE FROM blocks WHERE ready = 0")
 
     async def read(self, name: str, offset: int, length: int, fetch) -> bytes:

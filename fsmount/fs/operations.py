@@ -28,6 +28,8 @@ def _errno_reply(handler):
         except pyfuse3.FUSEError:
             raise
         except OSError as error:
+            if error.errno in (errno.EIO, None):
+                log.warning("%s failed: %s", handler.__name__, error)
             raise pyfuse3.FUSEError(error.errno or errno.EIO) from None
         except Exception:
             log.exception("%s failed", handler.__name__)

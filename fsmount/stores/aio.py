@@ -27,8 +27,8 @@ class TrioStore:
     async def close(self):
         await aio_as_trio(self.store.close)()
 
-    async def stat(self, key: str) -> ObjectInfo:
-        return await aio_as_trio(self.store.stat)(key)
+    async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
+        return await aio_as_trio(self.store.stat)(key, pinned)
 
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:

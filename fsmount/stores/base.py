@@ -81,7 +81,9 @@ class Store(abc.ABC):
         pass
 
     @abc.abstractmethod
-    async def stat(self, key: str) -> ObjectInfo: ...
+    async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
+        """KEY's size, version and metadata. PINNED: a version the store names itself (an S3 version
+        id); the info is then that version's, and reads of it never change."""
 
     @abc.abstractmethod
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,

@@ -24,6 +24,7 @@ _DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "503", "429"}
 _URL_LIFETIME = 3600  # seconds a presigned URL is valid; it is reused for half of that
 _URLS_KEPT = 10_000
+_VERSION_ID = "versionId="  # starts the version of an object read at a pinned version id
 
 
 @contextlib.asynccontextmanager
@@ -67,7 +68,7 @@ class S3Store(Store):
         self._fetcher = RangeFetcher(max_connections, verify)
         self._client_context = None
         self._client = None
-        self._urls: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
+        self._urls: collections.OrderedDict[tuple[str, str | None], tuple[float, str]] = collections.OrderedDict()
 
     @property
     def identity(self) -> str:
@@ -88,25 +89,28 @@ class S3Store(Store):
             self._client_context = self._client = None
 
     async def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
-        return RangeRequest(key, start, length, await self._url(key, fresh), {"If-Match": version})
+        if version.startswith(_VERSION_ID):  # a version id names bytes that never change
+            return RangeRequest(key, start, length, await self._url(key, version.removeprefix(_VERSION_ID), fresh))
+        return RangeRequest(key, start, length, await self._url(key, None, fresh), {"If-Match": version})
 
-    async def _url(self, key: str, fresh: bool) -> str:
-        cached = self._urls.get(key)
+    async def _url(self, key: str, version_id: str | None, fresh: bool) -> str:
+        cached = self._urls.get((key, version_id))
         if cached is not None and cached[0] > time.monotonic() and not fresh:
-            self._urls.move_to_end(key)
+            self._urls.move_to_end((key, version_id))
             return cached[1]
+        params = {"Bucket": self.bucket, "Key": key} | ({"VersionId": version_id} if version_id else {})
         async with _errors(f"SIGN {key}"):
-            url = await self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=_URL_LIFETIME)
-        self._urls[key] = (time.monotonic() + _URL_LIFETIME / 2, url)
+            url = await self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=_URL_LIFETIME)
+        self._urls[(key, version_id)] = (time.monotonic() + _URL_LIFETIME / 2, url)
         if len(self._urls) > _URLS_KEPT:
             self._urls.popitem(last=False)
         return url
 
-    async def stat(self, key: str) -> ObjectInfo:
+    async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
         async with _errors(f"HEAD {key}"):
-            head = await self._client.head_object(Bucket=self.bucket, Key=key)
-        return _info(key, head["ContentLength"], head["ETag"], head["LastModified"], head.get("Metadata"))
+            head = await self._client.head_object(Bucket=self.bucket, Key=key, **({"VersionId": pinned} if pinned else {}))
+        version = f"{_VERSION_ID}{pinned}" if pinned else head["ETag"]
+        return _info(key, head["ContentLength"], version, head["LastModified"], head.get("Metadata"))
 
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:

@@ -8,6 +8,7 @@ misses for a shorter while.
 import errno
 import logging
 import math
+import re
 import stat
 import time
 
@@ -86,8 +87,11 @@ class Prefetcher:
 
 class ObjectVolume(Volume):
     def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, prefetcher: Prefetcher,
-                 metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool):
+                 metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool,
+                 key_filter: re.Pattern | None = None):
+        """KEY_FILTER: only objects whose full key it matches (re.search) are shown."""
         self.store = store
+        self.key_filter = key_filter
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.cache = cache
         self.prefetcher = prefetcher
@@ -145,6 +149,8 @@ class ObjectVolume(Volume):
                 self._remember(path, None)
                 return None
             info = await self.store.stat(self._key(path))
+            if not self.shows(info.key):
+                raise NotFound(f"filtered out: {info.key}")
         except NotFound:
             self._missing.put(path, True)
             raise
@@ -214,6 +220,9 @@ class ObjectVolume(Volume):
 
         self.prefetcher.spawn(fill_blocks)
 
+    def shows(self, key: str) -> bool:
+        return self.key_filter is None or self.key_filter.search(key) is not None
+
     def forget_stat(self, path: Path):
         self._stats.pop(path)
 
@@ -268,7 +277,7 @@ class _ObjectListing(DirHandle):
         named: dict[str, ObjectInfo | None] = {}
         for info in page.objects:
             name = info.key[len(base):]
-            if "/" not in name and name not in directories:
+            if "/" not in name and name not in directories and self.volume.shows(info.key):
                 named[name] = info
         for name in directories:
             named[name] = None
