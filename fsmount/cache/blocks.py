@@ -112,8 +112,7 @@ class BlockCache:
         return fd
 
     def contains(self, name: str) -> bool:
-        """Whether block NAME is cached or being filled."""
-        if name in self._verified or name in self._fills:
+        if name in self._verified:
             return True
         return self._db.execute("SELECT 1 FROM blocks WHERE name = ? AND ready = 1", (name,)).fetchone() is not None
 

@@ -47,12 +47,13 @@ class TrioStore:
 
     async def read(self, key: str, start: int, length: int, version: str) -> bytes:
         """LENGTH bytes (fewer at the end) from START of KEY at VERSION; PreconditionFailed if it changed."""
-        request = await aio_as_trio(self.store.range_request)(key, start, length, version)
-        try:
-            return await trio.to_thread.run_sync(self.store.fetcher.get, request, abandon_on_cancel=True)
-        except AccessDenied:  # perhaps a signature that expired early, with the credentials it was made with
-            request = await aio_as_trio(self.store.range_request)(key, start, length, version, True)
-            return await trio.to_thread.run_sync(self.store.fetcher.get, request, abandon_on_cancel=True)
+        for fresh in (False, True):
+            request = await aio_as_trio(self.store.range_request)(key, start, length, version, fresh)
+            try:
+                return await trio.to_thread.run_sync(self.store.fetcher.get, request, abandon_on_cancel=True)
+            except AccessDenied:  # perhaps a signature that expired early, with the credentials it was made with
+                if fresh:
+                    raise
 
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         return await aio_as_trio(self.store.put)(key, data, metadata)

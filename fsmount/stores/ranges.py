@@ -16,7 +16,7 @@ _STATUS_ERRORS = {404: NotFound, 412: PreconditionFailed, 403: AccessDenied, 401
                   429: Throttled, 503: Throttled}
 
 
-def status_error(status: int, what: str) -> StoreError:
+def _status_error(status: int, what: str) -> StoreError:
     kind = _STATUS_ERRORS.get(status) or (Unavailable if status >= 500 else StoreError)
     return kind(f"{what}: {status}")
 
@@ -44,7 +44,7 @@ class RangeFetcher:
                         return response.read()[request.start:request.start + request.length]
                     if response.status == 416:
                         return b""
-                    error = status_error(response.status, what)
+                    error = _status_error(response.status, what)
                 finally:
                     response.release_conn()
             except urllib3.exceptions.HTTPError as failure:
