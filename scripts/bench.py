@@ -232,7 +232,11 @@ def main():
         for tool in tools:
             tool.stop()
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # SeaweedFS can hang after SIGTERM, retrying the filer it stopped
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 if __name__ == "__main__":
