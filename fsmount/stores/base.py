@@ -66,6 +66,15 @@ class Unavailable(StoreError):
     errno_value = errno.EIO
 
 
+_STATUS_ERRORS = {404: NotFound, 412: PreconditionFailed, 401: AccessDenied, 403: AccessDenied,
+                  429: Throttled, 503: Throttled}
+
+
+def status_error(status: int, message: str) -> StoreError:
+    """The error an HTTP status means, whichever store's server sent it."""
+    return (_STATUS_ERRORS.get(status) or (Unavailable if status >= 500 else StoreError))(message)
+
+
 class Store(abc.ABC):
     """An asyncio client of one bucket or container; keys are relative to it."""
 

@@ -8,17 +8,9 @@ import time
 
 import urllib3
 
-from fsmount.stores.base import (AccessDenied, NotFound, PreconditionFailed, RangeRequest, StoreError, Throttled,
-                                 Unavailable)
+from fsmount.stores.base import RangeRequest, Throttled, Unavailable, status_error
 
 _ATTEMPTS = 3
-_STATUS_ERRORS = {404: NotFound, 412: PreconditionFailed, 403: AccessDenied, 401: AccessDenied,
-                  429: Throttled, 503: Throttled}
-
-
-def _status_error(status: int, what: str) -> StoreError:
-    kind = _STATUS_ERRORS.get(status) or (Unavailable if status >= 500 else StoreError)
-    return kind(f"{what}: {status}")
 
 
 class RangeFetcher:
@@ -44,7 +36,7 @@ class RangeFetcher:
                         return response.read()[request.start:request.start + request.length]
                     if response.status == 416:
                         return b""
-                    error = _status_error(response.status, what)
+                    error = status_error(response.status, f"{what}: {response.status}")
                 finally:
                     response.release_conn()
             except urllib3.exceptions.HTTPError as failure:

@@ -15,13 +15,13 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store,
-                                 StoreError, Throttled, Unavailable)
+                                 Throttled, Unavailable, status_error)
 from fsmount.stores.ranges import RangeFetcher
 
-_NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
-_PRECONDITION = {"PreconditionFailed", "412"}
-_DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
-_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "503", "429"}
+_NOT_FOUND = {"NoSuchKey", "NotFound", "NoSuchBucket"}
+_PRECONDITION = {"PreconditionFailed"}
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded"}
 _URL_LIFETIME = 3600  # seconds a presigned URL is valid; it is reused for half of that
 _URLS_KEPT = 10_000
 _VERSION_ID = "versionId="  # starts the version of an object read at a pinned version id
@@ -34,12 +34,12 @@ async def _errors(what: str):
         yield
     except botocore.exceptions.ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
-        status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         for codes, kind in ((_NOT_FOUND, NotFound), (_PRECONDITION, PreconditionFailed),
                             (_DENIED, AccessDenied), (_THROTTLED, Throttled)):
-            if code in codes or status in codes:
-                raise kind(f"{what}: {code or status}") from None
-        raise StoreError(f"{what}: {code or status}") from None
+            if code in codes:
+                raise kind(f"{what}: {code}") from None
+        raise status_error(status, f"{what}: {code or status}") from None
     except botocore.exceptions.NoCredentialsError:
         raise AccessDenied(f"{what}: no credentials") from None
     except (botocore.exceptions.BotoCoreError, asyncio.TimeoutError, ConnectionError) as error:
