@@ -1,6 +1,7 @@
 """The contract every object store keeps, run against real local servers (S3: moto)."""
 import errno
 import os
+import time
 
 import pytest
 import trio
@@ -36,6 +37,14 @@ async def test_put_then_stat(store):
     assert (stat.key, stat.size, stat.version) == ("dir/a.txt", 5, info.version)
     assert stat.metadata == {"mtime": "1700000000"}
     assert stat.mtime_ns > 0
+
+
+async def test_a_listing_and_a_stat_agree_on_the_time(store):
+    await store.put("timed", b"x")
+    (page,) = [page async for page in store.list("")]
+    listed, stat = page.objects[0], await store.stat("timed")
+    assert abs(listed.mtime_ns - stat.mtime_ns) < 1e9  # a listing has milliseconds, a HEAD whole seconds
+    assert abs(stat.mtime_ns / 1e9 - time.time()) < 300
 
 
 async def test_a_new_put_is_a_new_version(store):

@@ -7,10 +7,12 @@ which capped small-object and streaming reads.
 import asyncio
 import collections
 import contextlib
+import datetime
 import os
 import time
 
 import botocore.exceptions
+import botocore.utils
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
@@ -46,6 +48,15 @@ async def _errors(what: str):
         raise Unavailable(f"{what}: {type(error).__name__}") from None
 
 
+def _parse_timestamp(text: str) -> datetime.datetime:
+    """S3's ISO 8601 times by the standard library: botocore's default, dateutil's general parser, took
+    70% of the CPU of a listing. Anything else (the RFC 822 dates of headers) goes to botocore's."""
+    try:
+        return datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return botocore.utils.parse_timestamp(text)
+
+
 def _info(key: str, size: int, etag: str, modified, metadata=None) -> ObjectInfo:
     return ObjectInfo(key, size, etag, int(modified.timestamp() * 1e9), dict(metadata or {}))
 
@@ -75,7 +86,9 @@ class S3Store(Store):
         return f"s3:{self.endpoint or 'aws'}/{self.bucket}"
 
     async def open(self):
-        self._client_context = get_session().create_client("s3", **self._client_args)
+        session = get_session()
+        session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
+        self._client_context = session.create_client("s3", **self._client_args)
         self._client = await self._client_context.__aenter__()
 
     @property
