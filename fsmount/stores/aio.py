@@ -2,8 +2,8 @@
 
 The daemon runs trio with a trio-asyncio loop open (`trio_asyncio.open_loop()`); TrioStore makes
 a store's asyncio methods awaitable from trio. Each call crosses the seam once, ~170 us measured
-here, so callers cross it per block or listing page, never per FUSE read. A read crosses it to
-have its GET signed, then sends the GET from a worker thread.
+here, so callers cross it per block or listing page, never per FUSE read. A read does not cross it:
+a worker thread signs its GET and sends it.
 """
 from collections.abc import AsyncIterator
 
@@ -47,10 +47,12 @@ class TrioStore:
 
     async def read(self, key: str, start: int, length: int, version: str) -> bytes:
         """LENGTH bytes (fewer at the end) from START of KEY at VERSION; PreconditionFailed if it changed."""
+        def signed_get(fresh: bool) -> bytes:
+            return self.store.fetcher.get(self.store.range_request(key, start, length, version, fresh))
+
         for fresh in (False, True):
-            request = await aio_as_trio(self.store.range_request)(key, start, length, version, fresh)
             try:
-                return await trio.to_thread.run_sync(self.store.fetcher.get, request, abandon_on_cancel=True)
+                return await trio.to_thread.run_sync(signed_get, fresh, abandon_on_cancel=True)
             except AccessDenied:  # perhaps a signature that expired early, with the credentials it was made with
                 if fresh:
                     raise

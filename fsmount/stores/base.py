@@ -106,9 +106,10 @@ class Store(abc.ABC):
         """The connection pool the store's range requests are sent through."""
 
     @abc.abstractmethod
-    async def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
+    def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
         """The GET for LENGTH bytes from START of KEY at VERSION, failing with PreconditionFailed once KEY
-        changed. FRESH: the last one was refused; sign it anew rather than from a cache."""
+        changed. FRESH: the last one was refused; sign it anew rather than from a cache. Called from
+        worker threads, right before the GET is sent: thread-safe, and it may block."""
 
     @abc.abstractmethod
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo: ...
