@@ -1,28 +1,34 @@
 """The block cache against a real S3 server: hits, single flight, eviction, restarts and damage."""
 import os
+import sqlite3
 
 import trio
 
 from fsmount.cache.blocks import BlockCache, block_name
 
-BLOCK = 64 * 1024
+BLOCK = 64 * 1024  # the smallest block kept in a file of its own
+SMALL = 16 * 1024  # a block kept in the index
 
 
-async def object_with_blocks(store, bucket, count):
-    data = os.urandom(BLOCK * count)
+async def object_with_blocks(store, bucket, count, block=BLOCK):
+    data = os.urandom(block * count)
     info = await store.put("object", data)
     return data, info
 
 
-def reader(cache, store, info, index, fetches=None):
+def reader(cache, store, info, index, fetches=None, block=BLOCK):
     """Reads all of block INDEX through CACHE, fetching it from STORE on a miss."""
     async def fetch():
         if fetches is not None:
             fetches.append(index)
-        return await store.read(info.key, index * BLOCK, BLOCK, info.version)
+        return await store.read(info.key, index * block, block, info.version)
 
     name = block_name(store.identity, info.key, info.version, index)
-    return lambda: cache.read(name, 0, BLOCK, fetch)
+    return lambda: cache.read(name, 0, block, fetch)
+
+
+def block_files(directory):
+    return [os.path.join(parent, name) for parent, _, names in os.walk(directory / "blocks") for name in names]
 
 
 def gets(moto, bucket):
@@ -65,8 +71,7 @@ async def test_eviction_keeps_the_bound_and_drops_the_least_recently_used(s3_buc
         assert await reader(cache, store, info, index, fetches)() == data[index * BLOCK:(index + 1) * BLOCK]
         assert cache.size <= 3 * BLOCK
     assert fetches == [0, 1, 2, 3, 4]
-    files = [name for _, _, names in os.walk(tmp_path / "blocks") for name in names]
-    assert len(files) == 3
+    assert len(block_files(tmp_path)) == 3
     for index in (0, 3, 4):
         await reader(cache, store, info, index, fetches)()
     assert fetches == [0, 1, 2, 3, 4]
@@ -93,7 +98,7 @@ async def test_a_damaged_block_is_fetched_again_not_served(s3_bucket, moto, tmp_
     first = BlockCache(str(tmp_path), 10 * BLOCK, BLOCK)
     await reader(first, store, info, 0)()
     first.close()
-    [path] = [os.path.join(directory, name) for directory, _, names in os.walk(tmp_path / "blocks") for name in names]
+    [path] = block_files(tmp_path)
     with open(path, "r+b") as block:
         block.seek(1000)
         block.write(bytes([data[1000] ^ 0xFF]))
@@ -108,7 +113,7 @@ async def test_a_fill_cut_short_by_a_crash_is_forgotten(s3_bucket, tmp_path):
     name = block_name(store.identity, info.key, info.version, 0)
     crashed = BlockCache(str(tmp_path), 10 * BLOCK, BLOCK)
     # What a daemon killed between recording a fill and renaming its file leaves behind.
-    crashed._db.execute("INSERT INTO blocks VALUES (?, ?, 0, 0, 0)", (name, BLOCK))
+    crashed._db.execute("INSERT INTO blocks (name, size, crc, used, ready) VALUES (?, ?, 0, 0, 0)", (name, BLOCK))
     os.makedirs(os.path.dirname(crashed._path(name)))
     with open(crashed._path(name), "wb") as torn:
         torn.write(data[:100])
@@ -118,3 +123,46 @@ async def test_a_fill_cut_short_by_a_crash_is_forgotten(s3_bucket, tmp_path):
     fetches = []
     assert await reader(again, store, info, 0, fetches)() == data
     assert fetches == [0]
+
+
+async def test_small_blocks_live_in_the_index_and_survive_a_restart(s3_bucket, moto, tmp_path):
+    store, bucket = s3_bucket
+    data, info = await object_with_blocks(store, bucket, 2, SMALL)
+    first = BlockCache(str(tmp_path), 10 * SMALL, SMALL)
+    for index in (0, 1):
+        assert await reader(first, store, info, index, block=SMALL)() == data[index * SMALL:(index + 1) * SMALL]
+    assert block_files(tmp_path) == []
+    first.close()
+    again = BlockCache(str(tmp_path), 10 * SMALL, SMALL)
+    name = block_name(store.identity, info.key, info.version, 1)
+    assert await again.read(name, 100, 50, None) == data[SMALL + 100:SMALL + 150]
+    assert await reader(again, store, info, 0, block=SMALL)() == data[:SMALL]
+    assert gets(moto, bucket) == 2
+
+
+async def test_a_damaged_small_block_is_fetched_again_not_served(s3_bucket, moto, tmp_path):
+    store, bucket = s3_bucket
+    data, info = await object_with_blocks(store, bucket, 1, SMALL)
+    first = BlockCache(str(tmp_path), 10 * SMALL, SMALL)
+    await reader(first, store, info, 0, block=SMALL)()
+    first.close()
+    damaged = bytearray(data)
+    damaged[1000] ^= 0xFF
+    with sqlite3.connect(tmp_path / "index.sqlite") as index:
+        index.execute("UPDATE blocks SET data = ?", (bytes(damaged),))
+    again = BlockCache(str(tmp_path), 10 * SMALL, SMALL)
+    assert await reader(again, store, info, 0, block=SMALL)() == data
+    assert gets(moto, bucket) == 2
+
+
+async def test_small_blocks_are_evicted_within_the_bound(s3_bucket, tmp_path):
+    store, bucket = s3_bucket
+    data, info = await object_with_blocks(store, bucket, 5, SMALL)
+    cache = BlockCache(str(tmp_path), 3 * SMALL, SMALL)
+    fetches = []
+    for index in range(5):
+        await reader(cache, store, info, index, fetches, block=SMALL)()
+        assert cache.size <= 3 * SMALL
+    for index in (2, 3, 4):
+        assert await reader(cache, store, info, index, fetches, block=SMALL)() == data[index * SMALL:(index + 1) * SMALL]
+    assert fetches == [0, 1, 2, 3, 4]
