@@ -23,7 +23,8 @@ from fsmount.stores.aio import TrioStore
 from fsmount.stores.s3 import S3Store
 from fsmount.volumes.base import Volume
 from fsmount.volumes.host import HostVolume
-from fsmount.volumes.objects import ObjectVolume, Prefetcher
+from fsmount.volumes.objects import ObjectVolume
+from fsmount.volumes.prefetch import Prefetcher
 from fsmount.volumes.single import SingleObjectVolume
 
 log = logging.getLogger("fsmount")

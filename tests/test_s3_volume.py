@@ -84,6 +84,37 @@ def test_cp_r_gives_identical_bytes(s3_mount, tmp_path):
     assert (tmp_path / "copy" / "sub" / "small.csv").read_bytes() == OBJECTS["data/sub/small.csv"]
 
 
+def test_files_opened_in_listing_order_are_fetched_ahead_once_each(workspace, moto, mount):
+    files = {f"scan/file-{index:02d}": os.urandom(3000 + index) for index in range(40)}
+    bucket = fill_bucket(moto, {**files, "scan/sub/inner.txt": b"inner"})
+    mount(s3_config(workspace, moto, bucket), workspace / "mnt")
+    directory = workspace / "mnt" / "bucket" / "scan"
+    names = sorted(os.listdir(directory))
+
+    def gets(name):
+        return moto.requests(f"GET /{bucket}/scan/{name}?")
+
+    for name in names[:3]:
+        assert (directory / name).read_bytes() == files[f"scan/{name}"]
+    wait_for(lambda: gets(names[6]) == 1, 10, "the files after a scan's first three to be fetched ahead")
+    for name in names[3:]:
+        if name != "sub":
+            assert (directory / name).read_bytes() == files[f"scan/{name}"]
+    assert [gets(name) for name in names if name != "sub"] == [1] * 40
+
+
+def test_files_opened_out_of_order_are_not_fetched_ahead(workspace, moto, mount):
+    files = {f"shuffled/file-{index:02d}": os.urandom(3000) for index in range(20)}
+    bucket = fill_bucket(moto, files)
+    mount(s3_config(workspace, moto, bucket), workspace / "mnt")
+    directory = workspace / "mnt" / "bucket" / "shuffled"
+    os.listdir(directory)
+    for index in (15, 2, 12, 0):  # no step forward is short enough to look like a scan
+        assert (directory / f"file-{index:02d}").read_bytes() == files[f"shuffled/file-{index:02d}"]
+    time.sleep(0.5)
+    assert moto.requests(f"GET /{bucket}/shuffled/") == 4
+
+
 def test_reads_across_block_boundaries(s3_mount):
     root, _, _ = s3_mount
     with open(root / "data" / "big.bin", "rb", buffering=0) as stream:

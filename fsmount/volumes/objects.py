@@ -19,6 +19,7 @@ from fsmount.cache.metadata import ExpiringCache
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, ObjectInfo, PreconditionFailed
 from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, Volume, rest_of_batch
+from fsmount.volumes.prefetch import DirectoryScans, Prefetcher
 
 log = logging.getLogger(__name__)
 
@@ -41,50 +42,6 @@ def valid_name(name: str) -> bool:
     return name not in ("", ".", "..") and "\0" not in name
 
 
-class Prefetcher:
-    """Runs block fills in the background (read-ahead, whole objects), bounded so memory in flight stays flat."""
-
-    def __init__(self, max_fills: int):
-        self._slots = trio.Semaphore(max_fills)
-        self._nursery: trio.Nursery | None = None
-
-    def spawn(self, task):
-        """Runs TASK in the background; its fills go through `fill`, which waits for a slot."""
-        if self._nursery is not None:
-            self._nursery.start_soon(task)
-
-    async def fill(self, fill):
-        async with self._slots:
-            await fill()
-
-    async def run(self, task_status=trio.TASK_STATUS_IGNORED):
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
-
-    def start(self, fill) -> bool:
-        """Starts FILL unless every slot is busy (read-ahead is a hint, never a queue); False if not."""
-        if self._nursery is None:
-            return False
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            return False
-        self._nursery.start_soon(self._fill, fill)
-        return True
-
-    async def _fill(self, fill):
-        try:
-            await fill()
-        except OSError as error:
-            log.debug("read-ahead failed: %s", error)
-        except Exception:  # background work must never take the daemon down
-            log.exception("read-ahead failed")
-        finally:
-            self._slots.release()
-
-
 class ObjectVolume(Volume):
     def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, prefetcher: Prefetcher,
                  metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool,
@@ -103,7 +60,8 @@ class ObjectVolume(Volume):
         self._started = time.time_ns()
         self._stats = ExpiringCache(metadata_ttl, _NAMES_KEPT)  # path -> info; None: a directory
         self._missing = ExpiringCache(_NEGATIVE_TTL, _NAMES_KEPT)
-        self._listings = ExpiringCache(metadata_ttl, _LISTINGS_KEPT)  # path -> [(name, info)]
+        self._listings = ExpiringCache(metadata_ttl, _LISTINGS_KEPT)  # path -> ([(name, info)], {name: position})
+        self._scans = DirectoryScans(_LISTINGS_KEPT)
         self._opened_versions = ExpiringCache(math.inf, _NAMES_KEPT)
         self._whole = ExpiringCache(math.inf, _NAMES_KEPT)  # (key, version) of objects filled, or being filled, whole
         self.whole_object_limit = min(_WHOLE_OBJECT_MAX, cache.max_size // _WHOLE_OBJECT_SHARE)
@@ -171,7 +129,26 @@ class ObjectVolume(Volume):
             raise OSError(errno.EISDIR, "is a directory")
         keep_cache = self._opened_versions.get(path) == info.version
         self._opened_versions.put(path, info.version)
+        self._fetch_ahead_in_directory(path)
         return _ObjectFile(self, path, info, keep_cache)
+
+    def _fetch_ahead_in_directory(self, path: Path):
+        """Tells the directory's scan that PATH was opened; the first blocks of the files it says come next
+        are fetched in the background."""
+        listing = self._listings.get(path[:-1])
+        position = listing[1].get(path[-1]) if listing else None
+        if position is None:
+            return
+        entries = listing[0]
+
+        def fetch_ahead(ahead: int) -> bool:
+            if ahead >= len(entries) or entries[ahead][1] is None or entries[ahead][1].size == 0:
+                return True
+            name, info = entries[ahead]
+            block, fetch = self.piece(path[:-1] + (name,), info, 0, self.cache.block_size)
+            return self.cache.contains(block) or self.prefetcher.start(lambda: self.cache.read(block, 0, 0, fetch))
+
+        self._scans.opened(path[:-1], position, fetch_ahead)
 
     async def readlink(self, path: Path) -> str:
         raise OSError(errno.EINVAL, "objects are never symlinks")
@@ -227,11 +204,12 @@ class ObjectVolume(Volume):
         self._stats.pop(path)
 
     def cached_listing(self, path: Path) -> list[tuple[str, ObjectInfo | None]] | None:
-        return self._listings.get(path)
+        listing = self._listings.get(path)
+        return listing[0] if listing else None
 
     def remember_listing(self, path: Path, entries: list[tuple[str, ObjectInfo | None]]):
         if len(entries) <= _LISTING_CACHE_ENTRIES:
-            self._listings.put(path, entries)
+            self._listings.put(path, (entries, {name: position for position, (name, _) in enumerate(entries)}))
 
 
 class _ObjectListing(DirHandle):
@@ -302,6 +280,7 @@ class _ObjectFile(FileHandle):
         self._window = 1
         self._sequential = True
         self._ahead_until = 0  # the last block read-ahead has started, or found cached
+        self._filling_whole = False
 
     def _reader(self, index: int, size: int, tag: str = ""):
         return self.volume.piece(self.path, self.info, index, size, tag)
@@ -335,7 +314,9 @@ class _ObjectFile(FileHandle):
         if not self._sequential:
             self._window = 1
             self._ahead_until = current
-            self.volume.fill_whole(self.path, self.info)
+            if not self._filling_whole:
+                self._filling_whole = True
+                self.volume.fill_whole(self.path, self.info)
             return
         last_block = (self.info.size - 1) // block_size
         for index in range(max(current, self._ahead_until) + 1, min(current + self._window, last_block) + 1):
