@@ -90,14 +90,16 @@ class BlockCache:
                     os.unlink(path)
         self._db.execute("DELETE FROM blocks WHERE ready = 0")
 
-    async def read(self, name: str, offset: int, length: int, fetch) -> bytes:
-        """LENGTH bytes from OFFSET of block NAME; on a miss `await fetch()` gets the block's bytes."""
+    async def read(self, name: str, offset: int, length: int, fetch, page_cache: bool = False) -> bytes:
+        """LENGTH bytes from OFFSET of block NAME; on a miss `await fetch()` gets the block's bytes.
+        PAGE_CACHE: the block is for reads at random, so it is written through the kernel's page cache
+        and those reads find it in memory; a stream's blocks skip it (O_DIRECT costs less CPU)."""
         self._pins[name] += 1
         try:
             if name in self._verified and name not in self._fills:
                 self._touched[name] = time.time()  # a block this process has checked: no index lookup
             else:
-                await self._ensure(name, fetch)
+                await self._ensure(name, fetch, page_cache)
             fresh = self._fresh.get(name)
             if fresh is not None:
                 if offset + length >= len(fresh):  # read to its end: most likely done with
@@ -127,7 +129,7 @@ class BlockCache:
             return True
         return self._db.execute("SELECT 1 FROM blocks WHERE name = ? AND ready = 1", (name,)).fetchone() is not None
 
-    async def _ensure(self, name: str, fetch):
+    async def _ensure(self, name: str, fetch, page_cache: bool):
         while True:
             filling = self._fills.get(name)
             if filling is not None:
@@ -140,7 +142,7 @@ class BlockCache:
                 return
             event = self._fills[name] = trio.Event()
             try:
-                await self._fill(name, await fetch())
+                await self._fill(name, await fetch(), page_cache)
             finally:
                 del self._fills[name]
                 event.set()
@@ -163,7 +165,7 @@ class BlockCache:
         self._remove(name, size)
         return False
 
-    async def _fill(self, name: str, data: bytes):
+    async def _fill(self, name: str, data: bytes, page_cache: bool):
         self._make_room(len(data))
         self.size += len(data)
         if len(data) < _IN_INDEX_BELOW:
@@ -177,7 +179,8 @@ class BlockCache:
             if len(data) <= _INLINE_WRITE:
                 crc = _write_atomically(self._path(name), data, 0)  # a small write: buffered costs little
             else:
-                crc = await trio.to_thread.run_sync(_write_atomically, self._path(name), data, self._direct)
+                crc = await trio.to_thread.run_sync(_write_atomically, self._path(name), data,
+                                                    0 if page_cache else self._direct)
         except BaseException:
             self._remove(name, len(data))
             raise

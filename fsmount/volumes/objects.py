@@ -182,7 +182,7 @@ class ObjectVolume(Volume):
             async def fill_one(name, fetch, nursery):
                 try:
                     async with limit:
-                        await self.prefetcher.fill(lambda: self.cache.read(name, 0, 0, fetch))
+                        await self.prefetcher.fill(lambda: self.cache.read(name, 0, 0, fetch, page_cache=True))
                 except Exception as error:  # the first failure stops the rest: the store may be down
                     log.info("filling %s in the background stopped: %s", info.key, error,
                              exc_info=not isinstance(error, OSError))
