@@ -145,10 +145,13 @@ class ObjectVolume(Volume):
             if ahead >= len(entries) or entries[ahead][1] is None or entries[ahead][1].size == 0:
                 return True
             name, info = entries[ahead]
-            block, fetch = self.piece(path[:-1] + (name,), info, 0, self.cache.block_size)
-            return self.cache.contains(block) or self.prefetcher.start(lambda: self.cache.read(block, 0, 0, fetch))
+            return self.fill_ahead(*self.piece(path[:-1] + (name,), info, 0, self.cache.block_size))
 
         self._scans.opened(path[:-1], position, fetch_ahead)
+
+    def fill_ahead(self, name: str, fetch) -> bool:
+        """Starts filling block NAME in the background unless it is cached; False when no slot is free."""
+        return self.cache.contains(name) or self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch))
 
     async def readlink(self, path: Path) -> str:
         raise OSError(errno.EINVAL, "objects are never symlinks")
@@ -320,9 +323,7 @@ class _ObjectFile(FileHandle):
             return
         last_block = (self.info.size - 1) // block_size
         for index in range(max(current, self._ahead_until) + 1, min(current + self._window, last_block) + 1):
-            name, fetch = self._reader(index, block_size)
-            if not self.volume.cache.contains(name) and not self.volume.prefetcher.start(
-                    lambda name=name, fetch=fetch: self.volume.cache.read(name, 0, 0, fetch)):
+            if not self.volume.fill_ahead(*self._reader(index, block_size)):
                 break
             self._ahead_until = index
         self._window = min(self._window * 2, self.volume.read_ahead_blocks)
