@@ -3,9 +3,11 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 
 from fsmount.config import Config, ConfigError, load_config, redact_url
 from fsmount.daemon import MountError, mount, parse_mount_options
+from fsmount.staging.area import CLOSED, read_journal
 from fsmount.units import format_size
 
 
@@ -19,12 +21,16 @@ def main(argv=None) -> int:
     mount_parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
     check_parser = commands.add_parser("check", help="validate a config and print its mount table")
     check_parser.add_argument("config")
+    status_parser = commands.add_parser("status", help="list files waiting for upload and files kept aside")
+    status_parser.add_argument("config")
     umount_parser = commands.add_parser("umount", help="unmount; the daemon then exits")
     umount_parser.add_argument("mountpoint")
     umount_parser.add_argument("-l", "--lazy", action="store_true", help="detach now, even while files are open")
     args = parser.parse_args(argv)
     if args.command == "check":
         return _run(lambda: print(describe(load_config(args.config))))
+    if args.command == "status":
+        return _run(lambda: print(status(load_config(args.config))))
     if args.command == "umount":
         return umount(args.mountpoint, args.lazy)
     return _run(lambda: _mount(args.config, args.mountpoint, args.options, args.foreground))
@@ -87,4 +93,20 @@ def describe(config: Config) -> str:
     lines.append(f"{'PATH':<{width}}  MODE  SOURCE")
     for volume in sorted(config.volumes, key=lambda v: v.path):
         lines.append(f"{volume.name:<{width}}  {'ro' if volume.read_only else 'rw'}    {redact_url(volume.source)}")
+    return "\n".join(lines)
+
+
+def status(config: Config) -> str:
+    """What `fsmount status` prints: the staged files that wait for an upload, and the files kept aside."""
+    staging = config.staging
+    pending, kept = read_journal(staging.dir)
+    waiting = [entry for entry in pending if entry.state == CLOSED]
+    lines = [f"staging      {staging.dir}: at most {format_size(staging.max_size)}",
+             f"uploads      {len(waiting)} waiting, {len(pending) - len(waiting)} files open for writing"]
+    for entry in waiting:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.since))
+        lines.append(f"  waiting    {format_size(entry.size):>10}  since {since}  {entry.store}/{entry.key}  ({entry.path})")
+    lines.append(f"kept aside   {len(kept)} files that were never closed, so never uploaded"
+                 + (":" if kept else ""))
+    lines += [f"  {path}" for path in kept]
     return "\n".join(lines)

@@ -41,6 +41,7 @@ class S3Source:
     endpoint: str | None  # None: AWS
     credentials: S3Credentials
     max_connections: int
+    rename_limit: int  # objects a directory rename may copy; EXDEV above
     extra_args: dict[str, str] = field(default_factory=dict)  # for every upload: ServerSideEncryption, StorageClass, ...
     filter: re.Pattern | None = None  # only objects whose full key it matches (re.search) are shown
     version_id: str | None = None  # the source is one object, read at this version
@@ -74,6 +75,15 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class StagingConfig:
+    dir: str
+    max_size: int
+    multipart_threshold: int
+    part_size: int
+    parallel_parts: int
+
+
+@dataclass(frozen=True)
 class Config:
     file: str
     mountpoint: str | None
@@ -85,15 +95,18 @@ class Config:
     log_level: str
     link_mounts: tuple[LinkMount, ...]
     cache: CacheConfig
+    staging: StagingConfig
     volumes: tuple[VolumeConfig, ...]
 
 
-_TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "link_mounts", "cache", "credentials",
-             "volumes"}
+_TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "link_mounts", "cache", "staging",
+             "credentials", "volumes"}
 _LOG_KEYS = {"file", "level"}
 _CACHE_KEYS = {"dir", "max_size", "block_size", "read_ahead", "metadata_ttl"}
+_STAGING_KEYS = {"dir", "max_size", "multipart_threshold", "part_size", "parallel_parts"}
+_SMALLEST_PART = 5 * 2**20  # S3's least part size but for the last
 _VOLUME_KEYS = {"source", "mode", "path"}
-_S3_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "extra_args", "filter", "version_id",
+_S3_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "extra_args", "filter", "version_id",
                                   "checksum_sha256"}
 _CREDENTIAL_KINDS = {"s3"}
 _S3_CREDENTIAL_KEYS = {"bucket", "host", "key", "secret", "region", "secure", "verify", "use_credentials_chain"}
@@ -136,6 +149,7 @@ class _Reader:
         log_file = self.value(log, ("log", "file"), str, None)
         mountpoint = self.value(tree, ("mountpoint",), str, None)
         link_mounts = self.link_mounts(tree)
+        cache = self.cache(tree)
         return Config(
             file=self.file,
             mountpoint=mountpoint and os.path.expanduser(mountpoint),
@@ -146,7 +160,8 @@ class _Reader:
             log_file=log_file and os.path.expanduser(log_file),
             log_level=level,
             link_mounts=link_mounts,
-            cache=self.cache(tree),
+            cache=cache,
+            staging=self.staging(tree, cache),
             volumes=self.volumes(tree, link_mounts, self.credentials(tree)),
         )
 
@@ -187,6 +202,23 @@ class _Reader:
             block_size=size("block_size", 8 * 2**20),
             read_ahead=size("read_ahead", 64 * 2**20),
             metadata_ttl=self.value(section, ("cache", "metadata_ttl"), parse_duration, 60.0),
+        )
+
+    def staging(self, tree: ConfigTree, cache: CacheConfig) -> StagingConfig:
+        section = self.section(tree, ("staging",), _STAGING_KEYS)
+
+        def size(key, default):
+            return self.value(section, ("staging", key), parse_size, default)
+
+        part_size = size("part_size", 8 * 2**20)
+        if part_size < _SMALLEST_PART:
+            raise self.error(("staging", "part_size"), "at least 5MiB: S3 refuses smaller parts")
+        return StagingConfig(
+            dir=os.path.expanduser(self.value(section, ("staging", "dir"), str, os.path.join(cache.dir, "staging"))),
+            max_size=size("max_size", 10 * 2**30),
+            multipart_threshold=size("multipart_threshold", 16 * 2**20),
+            part_size=part_size,
+            parallel_parts=self.value(section, ("staging", "parallel_parts"), _positive, 4),
         )
 
     def link_mounts(self, tree: ConfigTree) -> tuple[LinkMount, ...]:
@@ -300,6 +332,7 @@ class _Reader:
         source = S3Source(
             bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
             max_connections=self.value(spec, keys + ("max_connections",), _positive, 32),
+            rename_limit=self.value(spec, keys + ("rename_limit",), _positive, 1000),
             extra_args=self.value(spec, keys + ("extra_args",), _string_map, {}),
             filter=self.value(spec, keys + ("filter",), _regex, None),
             version_id=self.value(spec, keys + ("version_id",), str, None),

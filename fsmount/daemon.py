@@ -12,20 +12,21 @@ from dataclasses import dataclass, field
 
 import pyfuse3
 import trio
-import trio_asyncio
 
 from fsmount.cache.blocks import BlockCache
 from fsmount.config import Config, VolumeConfig
 from fsmount.fs.inodes import InodeTable
 from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
-from fsmount.stores.aio import TrioStore
+from fsmount.staging.area import StagingArea
+from fsmount.stores.aio import TrioStore, asyncio_loop
 from fsmount.stores.s3 import S3Store
 from fsmount.volumes.base import Volume
 from fsmount.volumes.host import HostVolume
 from fsmount.volumes.objects import ObjectVolume
 from fsmount.volumes.prefetch import Prefetcher
 from fsmount.volumes.single import SingleObjectVolume
+from fsmount.volumes.writable import Uploads, WritableObjectVolume
 
 log = logging.getLogger("fsmount")
 
@@ -94,6 +95,7 @@ class Daemon:
         self.uid = config.uid if options.uid is None else options.uid
         self.gid = config.gid if options.gid is None else options.gid
         self.cache: BlockCache | None = None
+        self.staging: StagingArea | None = None
         self.prefetcher = Prefetcher(max(2, _READ_AHEAD_MEMORY // config.cache.block_size))
         volumes = []
         for volume in config.volumes:
@@ -118,21 +120,28 @@ class Daemon:
                       read_ahead=cache.read_ahead, uid=self.uid, gid=self.gid)
         if s3.single_object:
             return SingleObjectVolume(store, s3.prefix, s3.version_id, s3.checksum_sha256, **shared)
-        return ObjectVolume(store, s3.prefix, read_only=read_only, key_filter=s3.filter, **shared)
+        if read_only:
+            return ObjectVolume(store, s3.prefix, read_only=True, key_filter=s3.filter, **shared)
+        staging = self.config.staging
+        if self.staging is None:
+            self.staging = StagingArea(staging.dir, staging.max_size)
+        uploads = Uploads(staging.multipart_threshold, staging.part_size, staging.parallel_parts)
+        return WritableObjectVolume(store, s3.prefix, self.staging, uploads, s3.rename_limit, key_filter=s3.filter,
+                                    **shared)
 
     @property
     def volumes(self) -> list[Volume]:
         return self.operations.namespace.volumes
 
     async def serve(self, mountpoint: str, ready: int | None):
-        async with trio_asyncio.open_loop():
+        async with asyncio_loop():
             try:
                 async with trio.open_nursery() as nursery:
                     self.operations.after_init = lambda: nursery.start_soon(_raise_kernel_read_ahead, mountpoint)
                     await nursery.start(_terminate_on_signal)
                     await nursery.start(self.prefetcher.run)
                     for volume in self.volumes:
-                        await volume.start()
+                        await volume.start(nursery)
                     if ready is not None:
                         os.write(ready, b"1")
                         os.close(ready)
@@ -143,6 +152,8 @@ class Daemon:
                     await volume.close()
                 if self.cache is not None:
                     self.cache.close()
+                if self.staging is not None:
+                    self.staging.close()
 
 
 def _return_large_buffers_to_the_system():

@@ -1,6 +1,8 @@
 """Local store servers for tests, started through scripts/serve on 127.0.0.1 and stopped after the session."""
+import contextlib
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -55,3 +57,78 @@ def s3_admin(server: Server):
     return botocore.session.get_session().create_client(
         "s3", endpoint_url=server.url, region_name="us-east-1",
         aws_access_key_id="test", aws_secret_access_key="test")
+
+
+class Proxy:
+    """A TCP relay on 127.0.0.1 in front of a server, to take the server away and give it back: `down()`
+    drops every connection and refuses new ones; `stall_after(n)` stops passing requests on once N more
+    bytes of them have gone through; `up()` ends both."""
+
+    def __init__(self, target_port: int):
+        self._target = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._refusing = False
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self.sent = 0  # bytes of requests passed on
+        self._stall_at: int | None = None
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._refusing:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            with self._lock:
+                self._open |= {client, upstream}
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, requests: bool):
+        try:
+            while data := source.recv(65536):
+                self._flowing.wait()
+                sink.sendall(data)
+                if requests:
+                    with self._lock:
+                        self.sent += len(data)
+                        if self._stall_at is not None and self.sent >= self._stall_at:
+                            self._flowing.clear()
+        except OSError:
+            pass
+        finally:
+            self._drop(source, sink)
+
+    def _drop(self, *ends: socket.socket):
+        with self._lock:
+            for end in ends:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                self._open.discard(end)
+
+    def down(self):
+        self._refusing = True
+        self._drop(*self._open)
+
+    def stall_after(self, size: int):
+        with self._lock:
+            self._stall_at = self.sent + size
+
+    def up(self):
+        self._refusing = False
+        self._stall_at = None
+        self._flowing.set()
+
+    def close(self):
+        self.down()
+        self._flowing.set()
+        self._listener.close()

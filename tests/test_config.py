@@ -275,3 +275,21 @@ def test_a_pinned_object_cannot_be_written(tmp_path):
 def test_extra_args_not_an_object(tmp_path):
     assert config_error(tmp_path, 'volumes {\n  v { source: "s3://b/", extra_args: AES256 }\n}') == \
         ":2: volumes.v.extra_args: expected an object of names and values, such as { ServerSideEncryption: AES256 }, got 'AES256'"
+
+
+def test_staging_and_upload_options(tmp_path):
+    config = load_config(str(write_config(tmp_path, """
+        cache { dir: /var/cache/fsmount }
+        staging { max_size: 2GiB, multipart_threshold: 64MiB, part_size: 16MiB, parallel_parts: 8 }
+        volumes { out { source: "s3://bucket/out/", mode: rw, rename_limit: 50 } }
+    """)))
+    staging = config.staging
+    assert staging.dir == "/var/cache/fsmount/staging"
+    assert (staging.max_size, staging.multipart_threshold, staging.part_size, staging.parallel_parts) == (
+        2 * 2**30, 64 * 2**20, 16 * 2**20, 8)
+    assert config.volumes[0].s3.rename_limit == 50
+
+
+def test_a_part_too_small_for_s3(tmp_path):
+    assert config_error(tmp_path, 'staging {\n  part_size: 1MiB\n}\nvolumes { v { source: "s3://b/" } }') == \
+        ":2: staging.part_size: at least 5MiB: S3 refuses smaller parts"

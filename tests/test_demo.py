@@ -1,5 +1,6 @@
 """The README's demo command: it mounts the sample tree, shows it and leaves nothing mounted."""
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,8 @@ def test_demo_mounts_the_sample_tree(tmp_path):
     listing = result.stdout.split("mounted on", 1)[1]
     for path in ("datasets/iris/iris.csv", "datasets/weather/readings.sqlite", "team/nlp/shared/notes.md",
                  "archive/papers-2024/fsmount.txt", "scratch", "s3/datasets/weather/readings.sqlite",
-                 "s3/models/weights.bin", "s3/models/checkpoints"):
+                 "s3/models/weights.bin", "s3/models/checkpoints", "s3-scratch"):
         assert f"  {path}\n" in listing
     assert "730 readings" in result.stdout
+    assert re.search(r"written through the rw S3 volume: \w", result.stdout)  # read back through the ro volume
     assert str(tmp_path / "mnt") not in mounted_paths()

@@ -38,9 +38,10 @@ def fill_bucket(server, objects) -> str:
     return bucket
 
 
-def s3_config(directory, server, bucket, ttl="2s", extra="", max_size="1GiB"):
+def s3_config(directory, server, bucket, ttl="2s", extra="", max_size="1GiB", staging=""):
     return write_config(directory, f"""
         cache {{ dir: "{directory}/cache", max_size: {max_size}, block_size: 1MiB, read_ahead: 4MiB, metadata_ttl: {ttl} }}
+        staging {{ {staging} }}
         credentials {{ s3: [ {{ bucket: {bucket}, key: test, secret: test }} ] }}
         volumes {{ bucket {{ source: "s3://{bucket}/", endpoint: "{server.url}", {extra} }} }}
     """)
@@ -140,7 +141,11 @@ def test_a_mount_of_objects_only_has_no_extended_attributes(s3_mount):
 
 def test_read_only_volume_refuses_writes(s3_mount):
     root, _, _ = s3_mount
-    for attempt in (lambda: open(root / "new", "w"), lambda: os.unlink(root / "a.txt"), lambda: os.mkdir(root / "d")):
+    for attempt in (lambda: open(root / "new", "w"), lambda: open(root / "a.txt", "r+"),
+                    lambda: os.unlink(root / "a.txt"), lambda: os.mkdir(root / "d"), lambda: os.rmdir(root / "empty"),
+                    lambda: os.rename(root / "a.txt", root / "b.txt"), lambda: os.truncate(root / "a.txt", 0),
+                    lambda: os.utime(root / "a.txt", (0, 0)), lambda: os.chmod(root / "a.txt", 0o600),
+                    lambda: os.mknod(root / "node")):
         with pytest.raises(OSError) as error:
             attempt()
         assert error.value.errno == errno.EROFS

@@ -106,9 +106,10 @@ async def test_put_file_small_and_multipart(store, tmp_path):
         path = tmp_path / f"upload-{size}"
         data = os.urandom(size)
         path.write_bytes(data)
-        info = await store.put_file(f"up/{size}", str(path), PART, 3, {"mode": "644"})
+        info = await store.put_file(f"up/{size}", str(path), PART, PART, 3, {"mode": "644"})
         assert info.size == size and info.metadata == {"mode": "644"}
         assert await store.read(f"up/{size}", 0, size + 1, info.version) == data
+        assert (await store.stat(f"up/{size}")).version == info.version
 
 
 async def test_delete_and_copy(store):
@@ -119,6 +120,20 @@ async def test_delete_and_copy(store):
     with pytest.raises(NotFound):
         await store.stat("source")
     assert (await store.stat("target")).size == 12
+
+
+async def test_copy_in_place_replaces_the_metadata(store):
+    await store.put("timed", b"bytes", {"mtime": "1"})
+    copied = await store.copy("timed", "timed", {"mtime": "2"})
+    assert copied.metadata == {"mtime": "2"} == (await store.stat("timed")).metadata
+    assert await store.read("timed", 0, 10, copied.version) == b"bytes"
+    assert (await store.copy("timed", "other")).metadata == {"mtime": "2"}
+
+
+async def test_listing_without_a_delimiter_goes_deep(store):
+    for key in ("d/one", "d/sub/two", "d/sub/deeper/three", "e/four"):
+        await store.put(key, b"x")
+    assert await listing(store, "d/", delimiter="") == (["d/one", "d/sub/deeper/three", "d/sub/two"], [], 1)
 
 
 async def test_a_server_that_is_down_gives_unavailable():

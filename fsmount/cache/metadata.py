@@ -35,5 +35,10 @@ class ExpiringCache:
     def pop(self, key):
         self._entries.pop(key, None)
 
+    def pop_where(self, predicate):
+        """Drops every entry whose key PREDICATE holds for."""
+        for key in [key for key in self._entries if predicate(key)]:
+            del self._entries[key]
+
     def __len__(self) -> int:
         return len(self._entries)

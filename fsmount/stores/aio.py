@@ -5,12 +5,32 @@ a store's asyncio methods awaitable from trio. Each call crosses the seam once, 
 here, so callers cross it per block or listing page, never per FUSE read. A read does not cross it:
 a worker thread signs its GET and sends it.
 """
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import trio
+import trio_asyncio
 from trio_asyncio import aio_as_trio
 
 from fsmount.stores.base import AccessDenied, ListPage, ObjectInfo, Store
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def asyncio_loop():
+    """The loop the stores run on, for the daemon's life. An error asyncio has no one to hand to (an SDK's
+    stray task: aiohttp's body writer on a connection the server dropped) is logged; trio-asyncio's
+    default raises it into the daemon, which took the whole mount down."""
+    async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(_log_stray_error)
+        yield loop
+
+
+def _log_stray_error(loop, context: dict):
+    error = context.get("exception")
+    log.info("a store's background task failed: %s", f"{type(error).__name__}: {error}" if error else context.get("message"))
 
 
 class TrioStore:
@@ -60,12 +80,12 @@ class TrioStore:
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         return await aio_as_trio(self.store.put)(key, data, metadata)
 
-    async def put_file(self, key: str, path: str, part_size: int, parallel: int,
+    async def put_file(self, key: str, path: str, threshold: int, part_size: int, parallel: int,
                        metadata: dict[str, str] | None = None) -> ObjectInfo:
-        return await aio_as_trio(self.store.put_file)(key, path, part_size, parallel, metadata)
+        return await aio_as_trio(self.store.put_file)(key, path, threshold, part_size, parallel, metadata)
 
     async def delete(self, key: str):
         await aio_as_trio(self.store.delete)(key)
 
-    async def copy(self, source_key: str, key: str) -> ObjectInfo:
-        return await aio_as_trio(self.store.copy)(source_key, key)
+    async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        return await aio_as_trio(self.store.copy)(source_key, key, metadata)

@@ -98,7 +98,8 @@ class Store(abc.ABC):
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:
         """One page (of at most PAGE_SIZE entries) of the keys and common prefixes under PREFIX, in key
-        order: the first page with TOKEN None, then each page's next_token gives the one after it."""
+        order: the first page with TOKEN None, then each page's next_token gives the one after it.
+        DELIMITER "": every key under PREFIX, however deep."""
 
     @property
     @abc.abstractmethod
@@ -115,12 +116,14 @@ class Store(abc.ABC):
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo: ...
 
     @abc.abstractmethod
-    async def put_file(self, key: str, path: str, part_size: int, parallel: int,
+    async def put_file(self, key: str, path: str, threshold: int, part_size: int, parallel: int,
                        metadata: dict[str, str] | None = None) -> ObjectInfo:
-        """Uploads the file at PATH: in one request up to PART_SIZE, else in PARALLEL parts at once."""
+        """Uploads the file at PATH: in one request up to THRESHOLD bytes, else in parts of PART_SIZE,
+        PARALLEL at once."""
 
     @abc.abstractmethod
     async def delete(self, key: str): ...
 
     @abc.abstractmethod
-    async def copy(self, source_key: str, key: str) -> ObjectInfo: ...
+    async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """A server-side copy; METADATA replaces the source's, None keeps it."""

@@ -137,7 +137,7 @@ class S3Store(Store):
 
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:
-        arguments = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": delimiter}
+        arguments = {"Bucket": self.bucket, "Prefix": prefix} | ({"Delimiter": delimiter} if delimiter else {})
         if token:
             arguments["ContinuationToken"] = token
         if page_size:
@@ -151,14 +151,14 @@ class S3Store(Store):
 
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         with _errors(f"PUT {key}"):
-            await self._client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {},
-                                          **self._extra_args)
-        return await self.stat(key)
+            response = await self._client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {},
+                                                      **self._extra_args)
+        return _uploaded(key, len(data), response["ETag"], metadata)
 
-    async def put_file(self, key: str, path: str, part_size: int, parallel: int,
+    async def put_file(self, key: str, path: str, threshold: int, part_size: int, parallel: int,
                        metadata: dict[str, str] | None = None) -> ObjectInfo:
         size = os.path.getsize(path)
-        if size <= part_size:
+        if size <= threshold:
             return await self.put(key, await asyncio.to_thread(_read_part, path, 0, size), metadata)
         with _errors(f"CREATE MULTIPART {key}"):
             upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata or {},
@@ -178,23 +178,29 @@ class S3Store(Store):
             parts = await asyncio.gather(*(send(number, offset) for number, offset
                                            in enumerate(range(0, size, part_size), start=1)))
             with _errors(f"COMPLETE MULTIPART {key}"):
-                await self._client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                             MultipartUpload={"Parts": parts})
+                response = await self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
         except BaseException:
             with contextlib.suppress(Exception):
                 await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
-        return await self.stat(key)
+        return _uploaded(key, size, response["ETag"], metadata)
 
     async def delete(self, key: str):
         with _errors(f"DELETE {key}"):
             await self._client.delete_object(Bucket=self.bucket, Key=key)
 
-    async def copy(self, source_key: str, key: str) -> ObjectInfo:
+    async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        replace = {} if metadata is None else {"Metadata": metadata, "MetadataDirective": "REPLACE"}
         with _errors(f"COPY {source_key} {key}"):
-            await self._client.copy_object(Bucket=self.bucket, Key=key,
+            await self._client.copy_object(Bucket=self.bucket, Key=key, **replace, **self._extra_args,
                                            CopySource={"Bucket": self.bucket, "Key": source_key})
         return await self.stat(key)
+
+
+def _uploaded(key: str, size: int, etag: str, metadata: dict[str, str] | None) -> ObjectInfo:
+    """What an upload made, from its response: the server's clock is not in it, so the time is ours."""
+    return ObjectInfo(key, size, etag, time.time_ns(), dict(metadata or {}))
 
 
 def _read_part(path: str, offset: int, size: int) -> bytes:

@@ -162,8 +162,9 @@ class Volume(abc.ABC):
     async def statvfs(self) -> os.statvfs_result | None:
         """The space behind the volume, or None where the store has no such notion."""
 
-    async def start(self):
-        """Called once inside the daemon's event loops, before the mount is served."""
+    async def start(self, nursery):
+        """Called once inside the daemon's event loops, before the mount is served; NURSERY runs
+        the volume's background work for as long as it is mounted."""
 
     async def close(self):
         pass

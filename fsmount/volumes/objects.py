@@ -3,8 +3,10 @@
 Names: a key with an empty, "." or ".." segment cannot be a file name and is not shown; a name
 that is both an object and a prefix ("a" and "a/b") shows as the directory. A `dir/` marker
 object makes an empty directory exist. Attributes and listings are trusted for `metadata_ttl`,
-misses for a shorter while.
+misses for a shorter while. A file's time is its `mtime` metadata (rclone's, in seconds) where it
+has one, else the time the store last wrote it.
 """
+import contextlib
 import errno
 import logging
 import math
@@ -36,10 +38,21 @@ _WHOLE_OBJECT_MAX = 4 * 2**30
 _WHOLE_OBJECT_FILLS = 4
 _BATCH = 512
 _UNKNOWN = object()
+MTIME = "mtime"
 
 
 def valid_name(name: str) -> bool:
     return name not in ("", ".", "..") and "\0" not in name
+
+
+def format_mtime(mtime_ns: int) -> str:
+    return f"{mtime_ns // 10**9}.{mtime_ns % 10**9:09d}"
+
+
+def parse_mtime(text: str) -> int:
+    """Seconds as `format_mtime` writes them, or as rclone and s3fs do: a decimal number."""
+    seconds, _, fraction = text.strip().partition(".")
+    return int(seconds) * 10**9 + int((fraction + "000000000")[:9])
 
 
 class ObjectVolume(Volume):
@@ -64,9 +77,11 @@ class ObjectVolume(Volume):
         self._scans = DirectoryScans(_LISTINGS_KEPT)
         self._opened_versions = ExpiringCache(math.inf, _NAMES_KEPT)
         self._whole = ExpiringCache(math.inf, _NAMES_KEPT)  # (key, version) of objects filled, or being filled, whole
+        # (key, version) -> the mtime its metadata holds, which listings do not show
+        self._mtimes = ExpiringCache(math.inf, _NAMES_KEPT)
         self.whole_object_limit = min(_WHOLE_OBJECT_MAX, cache.max_size // _WHOLE_OBJECT_SHARE)
 
-    async def start(self):
+    async def start(self, nursery: trio.Nursery):
         await self.store.open()
 
     async def close(self):
@@ -82,9 +97,20 @@ class ObjectVolume(Volume):
         if info is None:
             return Attrs(stat.S_IFDIR | self._dir_mode, nlink=2, uid=self.uid, gid=self.gid,
                          atime_ns=self._started, mtime_ns=self._started, ctime_ns=self._started)
+        mtime = self._mtime_ns(info)
         return Attrs(stat.S_IFREG | self._file_mode, size=info.size, uid=self.uid, gid=self.gid,
-                     blocks=(info.size + 511) // 512, atime_ns=info.mtime_ns, mtime_ns=info.mtime_ns,
-                     ctime_ns=info.mtime_ns)
+                     blocks=(info.size + 511) // 512, atime_ns=mtime, mtime_ns=mtime, ctime_ns=mtime)
+
+    def _mtime_ns(self, info: ObjectInfo) -> int:
+        text = info.metadata.get(MTIME)
+        if text is not None:
+            try:
+                mtime = parse_mtime(text)
+            except ValueError:
+                return info.mtime_ns
+            self._mtimes.put((info.key, info.version), mtime)
+            return mtime
+        return self._mtimes.get((info.key, info.version), info.mtime_ns)
 
     def _remember(self, path: Path, info: ObjectInfo | None):
         self._stats.put(path, info)
@@ -101,19 +127,25 @@ class ObjectVolume(Volume):
             return info
         if path in self._missing:
             raise NotFound(self._key(path))
-        try:
+        found = {}
+
+        async def directory():
             page = await self.store.list_page(self._key(path) + "/", page_size=1)
-            if page.objects or page.prefixes:
-                self._remember(path, None)
-                return None
-            info = await self.store.stat(self._key(path))
-            if not self.shows(info.key):
-                raise NotFound(f"filtered out: {info.key}")
-        except NotFound:
-            self._missing.put(path, True)
-            raise
-        self._remember(path, info)
-        return info
+            found["directory"] = bool(page.objects or page.prefixes)
+
+        async def file():
+            with contextlib.suppress(NotFound):
+                found["file"] = await self.store.stat(self._key(path))
+
+        async with trio.open_nursery() as nursery:  # one round trip, not two
+            nursery.start_soon(directory)
+            nursery.start_soon(file)
+        info = None if found["directory"] else found.get("file")
+        if found["directory"] or (info is not None and self.shows(info.key)):
+            self._remember(path, info)
+            return info
+        self._missing.put(path, True)
+        raise NotFound(self._key(path))
 
     async def getattr(self, path: Path) -> Attrs:
         return self._attrs(await self._lookup(path))
@@ -159,9 +191,13 @@ class ObjectVolume(Volume):
     async def statvfs(self):
         return None
 
+    def block(self, info: ObjectInfo, index: int, tag: str = "") -> str:
+        """The cache name of piece INDEX of the object; TAG keeps chunks apart from blocks."""
+        return block_name(self.store.identity, info.key, info.version, f"{tag}{index}")
+
     def piece(self, path: Path, info: ObjectInfo, index: int, size: int, tag: str = ""):
-        """(cache name, fetch) for piece INDEX of SIZE bytes of the object; TAG keeps chunks apart from blocks."""
-        name = block_name(self.store.identity, info.key, info.version, f"{tag}{index}")
+        """(cache name, fetch) for piece INDEX of SIZE bytes of the object."""
+        name = self.block(info, index, tag)
 
         async def fetch():
             try:
@@ -214,6 +250,10 @@ class ObjectVolume(Volume):
         if len(entries) <= _LISTING_CACHE_ENTRIES:
             self._listings.put(path, (entries, {name: position for position, (name, _) in enumerate(entries)}))
 
+    def local_entries(self, path: Path) -> dict[str, ObjectInfo]:
+        """Files of directory PATH that only this daemon knows yet, as they are now (staged ones)."""
+        return {}
+
 
 class _ObjectListing(DirHandle):
     """Streams a prefix's listing a page at a time, or serves it from the volume's listing cache;
@@ -222,11 +262,16 @@ class _ObjectListing(DirHandle):
     def __init__(self, volume: ObjectVolume, path: Path):
         self.volume = volume
         self.path = path
+        self._local = volume.local_entries(path)
         self._cached = volume.cached_listing(path)
+        if self._cached is not None and self._local:
+            self._cached = [(name, self._local.get(name, info)) for name, info in self._cached]
+            self._cached += self._unlisted({name for name, _ in self._cached})
         self._pages = None
         self._batch: list[DirEntry] = []
         self._position = 0
         self._seen: list[tuple[str, ObjectInfo | None]] = []
+        self._listed = False  # every page has been read
 
     async def entries(self, offset: int) -> list[DirEntry]:
         if self._cached is not None:
@@ -239,15 +284,29 @@ class _ObjectListing(DirHandle):
             self._pages = aiter(self.volume.store.list(self.volume._dir_prefix(self.path)))
             self._position = 0
             self._seen = []
-        while True:
+            self._listed = False
+        while not self._listed:
             batch = await self._next_page()
             if batch is None:
+                self._listed = True
                 self.volume.remember_listing(self.path, self._seen)
-                return []
+                batch = self._last_batch()
             batch = [entry for entry in batch if entry.offset > offset]
             if batch:
                 self._batch = batch
                 return batch
+        return []
+
+    def _unlisted(self, listed: set[str]) -> list[tuple[str, ObjectInfo]]:
+        return sorted((name, info) for name, info in self._local.items() if name not in listed)
+
+    def _last_batch(self) -> list[DirEntry]:
+        """The local files the store did not list, after everything it did."""
+        entries = []
+        for name, info in self._unlisted({name for name, _ in self._seen}):
+            self._position += 1
+            entries.append(DirEntry(name, self.volume._attrs(info), self._position))
+        return entries
 
     async def _next_page(self) -> list[DirEntry] | None:
         page = await anext(self._pages, None)
@@ -269,7 +328,7 @@ class _ObjectListing(DirHandle):
                 continue
             self.volume._remember(self.path + (name,), named[name])
             self._seen.append((name, named[name]))
-            entries.append(DirEntry(name, self.volume._attrs(named[name]), self._position))
+            entries.append(DirEntry(name, self.volume._attrs(self._local.get(name, named[name])), self._position))
         return entries
 
 

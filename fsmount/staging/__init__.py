@@ -1,0 +1,1 @@
+"""Files being written to object volumes: staged on local disk, journaled, uploaded."""

@@ -1,0 +1,236 @@
+"""The staging area: files being written to object volumes, on local disk until they are uploaded, and their journal.
+
+A staged file is a row of the journal (SQLite, WAL: a row outlives a killed daemon) before its
+first byte is accepted. The row is `open` while programs may still write the file, `closed` once
+a close or fsync asked for its upload, `uploaded` when the store has every byte; it goes when the
+last handle does. A daemon that starts again finds its unfinished work there: closed files are
+uploaded again; open ones were never closed, so they are moved to `kept/` and named in the log,
+never uploaded half-written. The bytes staged are bounded: growing a file past the bound fails
+with ENOSPC, as does a full disk, and the bytes already staged stay as they were.
+"""
+import contextlib
+import errno
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+
+import trio
+
+log = logging.getLogger(__name__)
+
+OPEN, CLOSED, UPLOADED = "open", "closed", "uploaded"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS staged (
+    id INTEGER PRIMARY KEY, store TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL,
+    mtime_ns INTEGER NOT NULL, since REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A journal row, as `fsmount status` shows it."""
+    store: str
+    key: str
+    state: str
+    size: int
+    since: float
+    path: str
+
+
+class StagedFile:
+    """One file's bytes on local disk while it is written and until the store has them. `changes` counts
+    every change; an upload records the count it carried, so a write during an upload keeps it dirty."""
+
+    def __init__(self, area: "StagingArea", row: int, store: str, key: str, fd: int, size: int, mtime_ns: int):
+        self.area = area
+        self.row = row
+        self.store = store
+        self.key = key
+        self.fd = fd
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.state = OPEN
+        self.changes = 1
+        self.uploaded = 0
+        self.handles = 0
+        self.discarded = False  # unlinked: never uploaded, gone with its last handle
+        self.stored = None  # what the store holds of the file (its volume's ObjectInfo), once it holds it all
+        self.lock = trio.Lock()  # one upload, fill or rename of the file at a time
+
+    @property
+    def path(self) -> str:
+        return self.area.data_path(self.row)
+
+    @property
+    def dirty(self) -> bool:
+        return self.changes != self.uploaded
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def write(self, offset: int, data: bytes) -> int:
+        self._changed()
+        growth = self._reserve_up_to(offset + len(data))
+        written = 0
+        try:
+            with memoryview(data) as view:
+                while written < len(view):
+                    written += os.pwrite(self.fd, view[written:], offset + written)
+        finally:
+            self._settle(max(self.size, offset + written), growth)
+        return written
+
+    def truncate(self, size: int):
+        self._changed()
+        growth = self._reserve_up_to(size)
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError:
+            self._settle(self.size, growth)
+            raise
+        self._settle(size, growth)
+
+    def set_mtime(self, mtime_ns: int):
+        self.changes += 1
+        self.mtime_ns = mtime_ns
+
+    def _changed(self):
+        self.changes += 1
+        self.mtime_ns = time.time_ns()
+        if self.state != OPEN:
+            self.area.set_state(self, OPEN)
+
+    def _reserve_up_to(self, size: int) -> int:
+        """Reserves the room growing to SIZE bytes takes (ENOSPC when the area has none); returns it."""
+        growth = max(0, size - self.size)
+        self.area.reserve(growth)
+        return growth
+
+    def _settle(self, size: int, reserved: int):
+        """The file is SIZE bytes now, RESERVED having been reserved for the change."""
+        self.area.used += size - self.size - reserved
+        self.size = size
+
+
+class StagingArea:
+    def __init__(self, directory: str, max_size: int):
+        self.directory = directory
+        self.max_size = max_size
+        self._files = os.path.join(directory, "files")
+        self._kept = os.path.join(directory, "kept")
+        os.makedirs(self._files, exist_ok=True)
+        self._db = sqlite3.connect(os.path.join(directory, "journal.sqlite"), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._remove_orphans()
+        self.used = sum(self._size(row) for (row,) in self._db.execute("SELECT id FROM staged"))
+
+    def close(self):
+        self._db.close()
+
+    def data_path(self, row: int) -> str:
+        return os.path.join(self._files, str(row))
+
+    def _size(self, row: int) -> int:
+        try:
+            return os.path.getsize(self.data_path(row))
+        except FileNotFoundError:
+            return 0
+
+    def _remove_orphans(self):
+        """Data files whose row went (uploaded, then the daemon stopped before they were removed)."""
+        rows = {str(row) for (row,) in self._db.execute("SELECT id FROM staged")}
+        for name in os.listdir(self._files):
+            if name not in rows:
+                os.unlink(os.path.join(self._files, name))
+
+    def reserve(self, size: int):
+        if self.used + size > self.max_size:
+            raise OSError(errno.ENOSPC, f"the staging area is full ({self.max_size} bytes)")
+        self.used += size
+
+    def create(self, store: str, key: str) -> StagedFile:
+        """A new, empty staged file for KEY of STORE, in the journal before anything is written to it."""
+        now = time.time_ns()
+        row = self._db.execute("INSERT INTO staged (store, key, state, mtime_ns, since) VALUES (?, ?, ?, ?, ?)",
+                               (store, key, OPEN, now, time.time())).lastrowid
+        try:
+            fd = os.open(self.data_path(row), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError:
+            self._db.execute("DELETE FROM staged WHERE id = ?", (row,))
+            raise
+        return StagedFile(self, row, store, key, fd, 0, now)
+
+    def set_state(self, staged: StagedFile, state: str):
+        self._db.execute("UPDATE staged SET state = ?, mtime_ns = ? WHERE id = ?", (state, staged.mtime_ns, staged.row))
+        staged.state = state
+
+    def rename(self, staged: StagedFile, key: str):
+        self._db.execute("UPDATE staged SET key = ? WHERE id = ?", (key, staged.row))
+        staged.key = key
+
+    def remove(self, staged: StagedFile):
+        """The file leaves the journal and the disk: uploaded and unused, or unlinked."""
+        self._db.execute("DELETE FROM staged WHERE id = ?", (staged.row,))
+        if staged.fd >= 0:
+            os.close(staged.fd)
+            staged.fd = -1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged.path)
+            self.used -= staged.size
+
+    def recover(self, store: str, prefix: str) -> list[StagedFile]:
+        """The files of STORE under PREFIX that a stopped daemon left: closed ones come back to be uploaded;
+        open ones are moved to `kept/`, with a log line saying where; uploaded ones are done with."""
+        recovered = []
+        for row, key, state, mtime_ns in self._db.execute(
+                "SELECT id, key, state, mtime_ns FROM staged WHERE store = ? AND substr(key, 1, ?) = ? ORDER BY id",
+                (store, len(prefix), prefix)).fetchall():
+            if state == CLOSED:
+                fd = os.open(self.data_path(row), os.O_RDWR | os.O_CLOEXEC)
+                staged = StagedFile(self, row, store, key, fd, os.fstat(fd).st_size, mtime_ns)
+                staged.state = CLOSED
+                recovered.append(staged)
+                log.info("%s %s was closed but not uploaded when fsmount stopped: uploading it now", store, key)
+                continue
+            if state == OPEN:
+                kept = self._keep(row, key)
+                log.warning("%s %s was still being written when fsmount stopped; it was never closed, so it is not "
+                            "uploaded: its bytes are kept in %s", store, key, kept)
+            self._db.execute("DELETE FROM staged WHERE id = ?", (row,))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.data_path(row))
+        return recovered
+
+    def _keep(self, row: int, key: str) -> str:
+        os.makedirs(self._kept, exist_ok=True)
+        kept = os.path.join(self._kept, f"{row}-{key.replace('/', '%2F')[-200:]}")
+        size = self._size(row)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.data_path(row), kept)
+        self.used -= size
+        return kept
+
+
+
+def read_journal(directory: str) -> tuple[list[Pending], list[str]]:
+    """The journal's rows and the files kept aside under DIRECTORY, read without changing anything
+    (a daemon may be using them): what `fsmount status` shows."""
+    journal = os.path.join(directory, "journal.sqlite")
+    rows = []
+    if os.path.exists(journal):
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT id, store, key, state, since FROM staged ORDER BY id").fetchall()
+        finally:
+            db.close()
+    files = os.path.join(directory, "files")
+    pending = []
+    for row, store, key, state, since in rows:
+        path = os.path.join(files, str(row))
+        pending.append(Pending(store, key, state, os.path.getsize(path) if os.path.exists(path) else 0, since, path))
+    kept = os.path.join(directory, "kept")
+    return pending, sorted(os.path.join(kept, name) for name in os.listdir(kept)) if os.path.isdir(kept) else []

@@ -1,0 +1,339 @@
+"""Writing to rw S3 volumes through a real mount, against moto: everyday tools, namespace calls, nothing lost."""
+import concurrent.futures
+import contextlib
+import errno
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FSMOUNT, wait_for
+from servers import Proxy, s3_admin
+from test_s3_volume import drop_page_cache, fill_bucket, s3_config
+
+PART = 5 * 2**20
+
+
+def stored(server, bucket, key) -> bytes:
+    return s3_admin(server).get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def keys(server, bucket) -> list[str]:
+    return [entry["Key"] for entry in s3_admin(server).list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+@pytest.fixture
+def rw(workspace, moto, mount):
+    """(volume root, bucket, daemon) of an rw volume on a bucket holding `old.txt` and `dir/inside.txt`."""
+    bucket = fill_bucket(moto, {"old.txt": b"old bytes\n", "dir/inside.txt": b"inside\n"})
+    config = s3_config(workspace, moto, bucket, extra="mode: rw",
+                       staging=f"part_size: 5MiB, multipart_threshold: 5MiB")
+    daemon = mount(config, workspace / "mnt")
+    return workspace / "mnt" / "bucket", bucket, daemon
+
+
+def test_a_new_file_is_on_the_server_after_close(rw, moto):
+    root, bucket, _ = rw
+    (root / "new.txt").write_bytes(b"fresh\n")
+    assert stored(moto, bucket, "new.txt") == b"fresh\n"
+    assert (root / "new.txt").read_bytes() == b"fresh\n"
+    assert os.stat(root / "new.txt").st_size == 6
+    assert "new.txt" in os.listdir(root)
+
+
+def test_a_large_file_goes_up_in_parts(rw, moto):
+    root, bucket, _ = rw
+    data = os.urandom(3 * PART + 4321)
+    (root / "big.bin").write_bytes(data)
+    assert stored(moto, bucket, "big.bin") == data
+    assert (root / "big.bin").read_bytes() == data
+
+
+def test_a_written_file_reads_back_without_a_get(rw, moto):
+    root, bucket, _ = rw
+    data = os.urandom(2 * PART)
+    (root / "back.bin").write_bytes(data)
+    gets = lambda: moto.requests("GET", f"/{bucket}/back.bin")
+    wait_for(lambda: not list((root.parent.parent / "cache" / "staging" / "files").iterdir()), 10,
+             "the staged copy to move into the cache")
+    drop_page_cache()
+    assert (root / "back.bin").read_bytes() == data
+    assert gets() == 0
+
+
+def test_random_writes_appends_and_truncates_are_staged_and_read_back(rw, moto):
+    root, bucket, _ = rw
+    path = root / "old.txt"
+    with open(path, "r+b") as stream:
+        stream.seek(4)
+        stream.write(b"BYTES")
+        stream.flush()
+        with open(path, "rb") as reader:  # a reader opened meanwhile sees the staged bytes
+            assert reader.read() == b"old BYTES\n"
+    with open(path, "ab") as stream:
+        stream.write(b"and more")
+    assert stored(moto, bucket, "old.txt") == b"old BYTES\nand more"
+    os.truncate(path, 3)
+    assert stored(moto, bucket, "old.txt") == b"old" == path.read_bytes()
+    with open(path, "r+b") as stream:
+        stream.truncate(10)
+    assert stored(moto, bucket, "old.txt") == b"old" + bytes(7)
+
+
+def test_an_open_for_writing_that_only_reads_uploads_nothing(rw, moto):
+    root, bucket, _ = rw
+    puts = lambda: moto.requests("PUT", f"/{bucket}/old.txt")
+    before = puts()
+    with open(root / "old.txt", "r+b") as stream:
+        assert stream.read() == b"old bytes\n"
+    assert puts() == before
+
+
+def test_two_handles_share_the_file_and_the_last_close_wins(rw, moto):
+    root, bucket, _ = rw
+    first, second = open(root / "shared", "wb"), open(root / "shared", "r+b")
+    first.write(b"first")
+    first.flush()
+    second.seek(5)
+    second.write(b"+second")
+    first.close()
+    second.close()
+    assert stored(moto, bucket, "shared") == b"first+second"
+
+
+def test_mkdir_rmdir_and_unlink(rw, moto):
+    root, bucket, _ = rw
+    os.mkdir(root / "made")
+    assert "made/" in keys(moto, bucket)
+    with pytest.raises(FileExistsError):
+        os.mkdir(root / "made")
+    (root / "made" / "file").write_bytes(b"x")
+    with pytest.raises(OSError) as error:
+        os.rmdir(root / "made")
+    assert error.value.errno == errno.ENOTEMPTY
+    os.unlink(root / "made" / "file")
+    assert os.listdir(root / "made") == []
+    os.rmdir(root / "made")
+    assert "made" not in os.listdir(root)
+    assert not any(key.startswith("made") for key in keys(moto, bucket))
+    with pytest.raises(FileNotFoundError):
+        os.unlink(root / "absent")
+    with pytest.raises(IsADirectoryError):
+        os.unlink(root / "dir")
+
+
+def test_rename_a_file_replaces_the_target(rw, moto):
+    root, bucket, _ = rw
+    (root / "target").write_bytes(b"to be replaced")
+    (root / "source").write_bytes(b"replacement")
+    os.rename(root / "source", root / "target")
+    assert stored(moto, bucket, "target") == b"replacement" == (root / "target").read_bytes()
+    assert "source" not in keys(moto, bucket) and not (root / "source").exists()
+
+
+def test_rename_a_directory_moves_every_object(rw, moto):
+    root, bucket, _ = rw
+    (root / "dir" / "sub").mkdir()
+    (root / "dir" / "sub" / "deep.txt").write_bytes(b"deep")
+    os.rename(root / "dir", root / "moved")
+    assert sorted(os.listdir(root / "moved")) == ["inside.txt", "sub"]
+    assert (root / "moved" / "sub" / "deep.txt").read_bytes() == b"deep"
+    assert sorted(key for key in keys(moto, bucket) if key.startswith(("dir", "moved"))) == [
+        "moved/inside.txt", "moved/sub/", "moved/sub/deep.txt"]
+    assert not (root / "dir").exists()
+
+
+def test_renaming_a_directory_of_too_many_objects_is_exdev_and_mv_copies(workspace, moto, mount):
+    bucket = fill_bucket(moto, {f"many/{index}": b"x" for index in range(5)})
+    mount(s3_config(workspace, moto, bucket, extra="mode: rw, rename_limit: 3"), workspace / "mnt")
+    root = workspace / "mnt" / "bucket"
+    with pytest.raises(OSError) as error:
+        os.rename(root / "many", root / "other")
+    assert error.value.errno == errno.EXDEV
+    subprocess.run(["mv", str(root / "many"), str(root / "other")], check=True)
+    assert sorted(os.listdir(root / "other")) == [str(index) for index in range(5)]
+    assert not (root / "many").exists()
+
+
+def test_times_set_are_kept_and_chmod_is_accepted(rw, moto):
+    root, bucket, _ = rw
+    os.utime(root / "old.txt", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    assert os.stat(root / "old.txt").st_mtime_ns == 1_600_000_000_123_456_789
+    assert s3_admin(moto).head_object(Bucket=bucket, Key="old.txt")["Metadata"]["mtime"] == "1600000000.123456789"
+    assert stored(moto, bucket, "old.txt") == b"old bytes\n"
+    os.chmod(root / "old.txt", 0o600)
+    os.chown(root / "old.txt", 0, 0)
+    listed = subprocess.run(["ls", "-l", "--time-style=+%s", str(root)], check=True, capture_output=True, text=True)
+    assert " 1600000000 old.txt" in listed.stdout
+
+
+def make_tree(root: Path) -> Path:
+    """A tree of the shapes users copy: nested directories, an empty file, a file in parts, set times."""
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "empty.txt").write_bytes(b"")
+    (root / "small.csv").write_bytes(b"a,b\n1,2\n")
+    (root / "sub" / "parts.bin").write_bytes(os.urandom(PART + 777))
+    (root / "sub" / "deeper" / "notes.md").write_text("# notes\n")
+    for index, path in enumerate(sorted(root.rglob("*"))):
+        os.utime(path, ns=(1_500_000_000_000_000_000 + index * 10**9,) * 2)
+    return root
+
+
+def differences(source: Path, copy: Path) -> str:
+    """What rsync would change to make COPY like SOURCE, by content and time: empty when they are alike."""
+    result = subprocess.run(["rsync", "-a", "-c", "-n", "-i", f"{source}/", f"{copy}/"],
+                            check=True, capture_output=True, text=True)
+    return "\n".join(line for line in result.stdout.splitlines() if not line.startswith(".d"))  # directory times
+
+
+def test_cp_r_rsync_and_tar_write_identical_trees(rw, tmp_path):
+    root, _, _ = rw
+    source = make_tree(tmp_path / "source")
+    subprocess.run(["cp", "-r", "--preserve=timestamps", str(source), str(root / "cp")], check=True)
+    assert differences(source, root / "cp") == ""
+    subprocess.run(["rsync", "-a", f"{source}/", f"{root}/rsync/"], check=True)
+    assert differences(source, root / "rsync") == "" == differences(root / "rsync", source)
+    again = subprocess.run(["rsync", "-a", "-n", "-i", f"{source}/", f"{root}/rsync/"], check=True,
+                           capture_output=True, text=True)
+    assert [line for line in again.stdout.splitlines() if not line.startswith(".d")] == []  # times were kept
+    subprocess.run(["tar", "cf", str(tmp_path / "tree.tar"), "-C", str(source), "."], check=True)
+    (root / "tar").mkdir()
+    subprocess.run(["tar", "xf", str(tmp_path / "tree.tar"), "-C", str(root / "tar")], check=True)
+    assert differences(source, root / "tar") == ""
+
+
+def test_an_editor_save_writes_a_temporary_file_and_renames_it(rw, moto):
+    root, bucket, _ = rw
+    with open(root / ".old.txt.swp", "wb") as temporary:
+        temporary.write(b"edited\n")
+        temporary.flush()
+        os.fsync(temporary.fileno())
+    os.rename(root / ".old.txt.swp", root / "old.txt")
+    assert (root / "old.txt").read_bytes() == b"edited\n" == stored(moto, bucket, "old.txt")
+    assert ".old.txt.swp" not in keys(moto, bucket) + os.listdir(root)
+
+
+def test_a_sqlite_database_copied_in_is_written_through_the_mount(rw, moto, tmp_path):
+    root, bucket, _ = rw
+    local = tmp_path / "local.db"
+    with contextlib.closing(sqlite3.connect(local)) as db:
+        db.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, loss REAL)")
+        db.executemany("INSERT INTO runs (loss) VALUES (?)", [(1.0 / n,) for n in range(1, 2001)])
+        db.commit()
+    shutil.copy(local, root / "runs.db")
+    with contextlib.closing(sqlite3.connect(root / "runs.db")) as db:
+        db.execute("INSERT INTO runs (loss) VALUES (0.0)")
+        db.execute("DELETE FROM runs WHERE id <= 10")
+        db.commit()
+    (tmp_path / "back.db").write_bytes(stored(moto, bucket, "runs.db"))
+    with contextlib.closing(sqlite3.connect(tmp_path / "back.db")) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert db.execute("SELECT count(*), min(loss) FROM runs").fetchone() == (1991, 0.0)
+    assert keys(moto, bucket) == sorted(["dir/inside.txt", "old.txt", "runs.db"])  # the journal is gone
+
+
+def test_links_and_special_files_cannot_be_made(rw):
+    root, _, _ = rw
+    for attempt in (lambda: os.symlink("old.txt", root / "link"), lambda: os.link(root / "old.txt", root / "hard"),
+                    lambda: os.mkfifo(root / "fifo")):
+        with pytest.raises(OSError) as error:
+            attempt()
+        assert error.value.errno == errno.EPERM
+    os.mknod(root / "node")
+    assert (root / "node").read_bytes() == b""
+
+
+def test_a_full_staging_area_gives_enospc_and_loses_nothing_else(workspace, moto, mount):
+    bucket = fill_bucket(moto, {})
+    mount(s3_config(workspace, moto, bucket, extra="mode: rw", staging="max_size: 1MiB"), workspace / "mnt")
+    root = workspace / "mnt" / "bucket"
+    (root / "fits").write_bytes(b"f" * 2**19)
+    with pytest.raises(OSError) as error:
+        with open(root / "too-big", "wb") as stream:
+            stream.write(b"x" * 2**21)
+    assert error.value.errno == errno.ENOSPC
+    assert stored(moto, bucket, "fits") == b"f" * 2**19
+    os.unlink(root / "too-big")
+    (root / "after").write_bytes(b"a" * 2**19)
+    assert stored(moto, bucket, "after") == b"a" * 2**19
+
+
+@pytest.fixture
+def behind_proxy(workspace, moto, mount):
+    """(config, volume root, bucket, proxy) of an rw volume whose server is reached through a Proxy."""
+    proxy = Proxy(moto.port)
+    bucket = fill_bucket(moto, {})
+    config = s3_config(workspace, proxy, bucket, extra="mode: rw", staging="part_size: 5MiB, multipart_threshold: 5MiB")
+    yield config, workspace / "mnt" / "bucket", bucket, proxy
+    proxy.close()
+
+
+def restart(daemon, mount, config):
+    daemon.process.kill()
+    daemon.stop()
+    return mount(config, daemon.mountpoint)
+
+
+def status(config) -> str:
+    return subprocess.run([FSMOUNT, "status", str(config)], check=True, capture_output=True, text=True).stdout
+
+
+def test_a_file_never_closed_when_the_daemon_is_killed_is_kept_aside(behind_proxy, moto, mount, workspace):
+    config, root, bucket, _ = behind_proxy
+    daemon = mount(config, workspace / "mnt")
+    writer = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "stream = open(sys.argv[1], 'wb'); stream.write(b'partial' * 1000); stream.flush()\n"
+                               "print('written', flush=True); time.sleep(60)", str(root / "unfinished")],
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "written\n"
+    daemon = restart(daemon, mount, config)
+    writer.kill()
+    writer.wait()
+    assert not (root / "unfinished").exists()
+    assert keys(moto, bucket) == []
+    (kept,) = (workspace / "cache" / "staging" / "kept").iterdir()
+    assert kept.read_bytes() == b"partial" * 1000
+    assert str(kept) in daemon.log() and str(kept) in status(config)
+
+
+def test_a_daemon_killed_mid_upload_uploads_again_on_its_next_start(behind_proxy, moto, mount, workspace, tmp_path):
+    config, root, bucket, proxy = behind_proxy
+    daemon = mount(config, workspace / "mnt")
+    data = os.urandom(4 * PART + 1234)
+    (tmp_path / "big.bin").write_bytes(data)
+    proxy.stall_after(2 * PART)
+    copier = subprocess.Popen(["cp", str(tmp_path / "big.bin"), str(root / "big.bin")])
+    wait_for(lambda: " waiting" in status(config).split("\n")[1] and proxy.sent >= 2 * PART, 30, "the upload to stall")
+    assert keys(moto, bucket) == []
+    daemon.process.kill()
+    proxy.up()
+    copier.wait(timeout=10)
+    daemon = restart(daemon, mount, config)
+    wait_for(lambda: "big.bin" in keys(moto, bucket), 30, "the upload after the restart")
+    assert stored(moto, bucket, "big.bin") == data == (root / "big.bin").read_bytes()
+    assert "was closed but not uploaded" in daemon.log()
+
+
+def test_a_server_gone_mid_upload_fails_close_and_the_upload_is_retried(behind_proxy, moto, mount, workspace):
+    config, root, bucket, proxy = behind_proxy
+    mount(config, workspace / "mnt")
+    data = os.urandom(3 * PART)
+    stream = open(root / "retried.bin", "wb")
+    stream.write(data)
+    proxy.stall_after(PART)
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        closing = pool.submit(stream.close)
+        wait_for(lambda: proxy.sent >= PART, 30, "the upload to begin")
+        proxy.down()
+        with pytest.raises(OSError) as error:
+            closing.result(timeout=60)
+    assert error.value.errno == errno.EIO
+    assert (root / "retried.bin").read_bytes() == data  # still staged, and readable
+    assert "1 waiting" in status(config)
+    proxy.up()
+    wait_for(lambda: "retried.bin" in keys(moto, bucket), 30, "the upload to be retried")
+    assert stored(moto, bucket, "retried.bin") == data
