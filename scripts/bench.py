@@ -3,7 +3,11 @@
 Each tool gets the same bucket and an empty cache. Rows: sequential read of a 1 GiB object cold
 (empty tool cache) and warm (tool cache full, page cache dropped), random 4 KiB reads cold and
 warm (fio), `ls -l` of a 10,000-object prefix the first and the second time, `cp -r` of 1,000
-objects of 16 KiB, and the daemon's peak RSS. Prints a Markdown table with fsmount/peer ratios.
+objects of 16 KiB, `cp` of a 512 MiB file into the mount and 500 files of 16 KiB written by a
+shell loop (each timed until the server holds every byte), and the daemon's peak RSS. rclone
+is measured twice: with its full cache (every row) and with no cache (the write rows, where it
+is at its fastest: its cache holds uploads back for 5 s). Prints a Markdown table with
+fsmount/peer ratios.
 """
 import argparse
 import concurrent.futures
@@ -28,6 +32,7 @@ BUCKET = "bench"
 KEY, SECRET = "bench", "bench"
 BIG_KEY = "big/1GiB.bin"
 MANY, SMALL = 10_000, 1_000
+WRITTEN, WRITES = 512 * 2**20, 500
 ROWS = [  # (row, unit, higher is better)
     ("sequential read 1 GiB, cold", "MB/s", True),
     ("sequential read 1 GiB, warm", "MB/s", True),
@@ -36,8 +41,11 @@ ROWS = [  # (row, unit, higher is better)
     ("ls -l 10,000 objects, first", "s", False),
     ("ls -l 10,000 objects, again", "s", False),
     ("cp -r 1,000 x 16 KiB", "s", False),
+    ("cp 512 MiB into the mount", "MB/s", True),
+    ("500 x 16 KiB written by a shell loop", "s", False),
     ("daemon peak RSS", "MiB", False),
 ]
+WRITE_ROWS = {"cp 512 MiB into the mount", "500 x 16 KiB written by a shell loop"}
 
 
 def s3_client(endpoint):
@@ -86,26 +94,31 @@ class Tool:
         """Where the bucket's keys appear: fsmount shows the bucket as one volume of its tree."""
         return self.mnt / "bench" if self.name == "fsmount" else self.mnt
 
+    @property
+    def writes_only(self) -> bool:
+        return self.name == "rclone-nocache"
+
     def command(self) -> tuple[list[str], dict]:
         if self.name == "fsmount":
             config = self.work / "fsmount.conf"
             config.write_text(f"""
                 cache {{ dir: "{self.cache}" }}
                 credentials {{ s3: [ {{ bucket: {BUCKET}, key: {KEY}, secret: {SECRET} }} ] }}
-                volumes {{ bench {{ source: "s3://{BUCKET}/", endpoint: "{self.endpoint}" }} }}
+                volumes {{ bench {{ source: "s3://{BUCKET}/", endpoint: "{self.endpoint}", mode: rw }} }}
             """)
             return [str(BIN / "fsmount"), "mount", str(config), str(self.mnt), "--foreground"], {}
-        if self.name == "rclone":
+        if self.name.startswith("rclone"):
             environment = {"RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
                            "RCLONE_CONFIG_BENCH_ENDPOINT": self.endpoint, "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": KEY,
                            "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": SECRET}
-            return [str(BIN / "rclone"), "mount", f"bench:{BUCKET}", str(self.mnt), "--vfs-cache-mode", "full",
-                    "--cache-dir", str(self.cache), "--read-only"], environment
+            mode = "off" if self.name == "rclone-nocache" else "full"
+            return [str(BIN / "rclone"), "mount", f"bench:{BUCKET}", str(self.mnt), "--vfs-cache-mode", mode,
+                    "--cache-dir", str(self.cache)], environment
         passwords = self.work / "s3fs.passwd"
         passwords.write_text(f"{KEY}:{SECRET}\n")
         passwords.chmod(0o600)
         return ["s3fs", BUCKET, str(self.mnt), "-f", "-o", f"url={self.endpoint}", "-o", "use_path_request_style",
-                "-o", f"use_cache={self.cache}", "-o", f"passwd_file={passwords}", "-o", "ro"], {}
+                "-o", f"use_cache={self.cache}", "-o", f"passwd_file={passwords}"], {}
 
     def start(self):
         shutil.rmtree(self.cache, ignore_errors=True)
@@ -160,6 +173,38 @@ def random_reads(path: Path, seconds: int) -> float:
     return json.loads(result.stdout)["jobs"][0]["read"]["iops"]
 
 
+def until_stored(client, prefix: str, count: int, size: int, start: float) -> float:
+    """Seconds from START until the server lists COUNT objects of SIZE bytes under PREFIX."""
+    while True:
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+        if len(listed) == count and all(entry["Size"] == size for entry in listed):
+            return time.perf_counter() - start
+        time.sleep(0.02)
+
+
+def measure_writes(tool: Tool, client, source: Path) -> dict:
+    """The write rows, each timed from the program's start until the server holds every byte. The
+    files written come from the page cache, so the local disk does not set the pace."""
+    results = {}
+    subprocess.run(["cat", str(source / "big"), str(source / "small")], check=True, stdout=subprocess.DEVNULL)
+    prefix = f"written-{tool.name}"
+    tool.start()
+    try:
+        (tool.root / prefix / "small").mkdir(parents=True)
+        start = time.perf_counter()
+        subprocess.run(["cp", str(source / "big"), str(tool.root / prefix / "big")], check=True)
+        results["cp 512 MiB into the mount"] = WRITTEN / 1e6 / until_stored(client, f"{prefix}/big", 1, WRITTEN, start)
+        start = time.perf_counter()
+        subprocess.run(["bash", "-c", f'for i in $(seq {WRITES}); do cat "$1" > "$2/file-$i"; done', "loop",
+                        str(source / "small"), str(tool.root / prefix / "small")], check=True)
+        results["500 x 16 KiB written by a shell loop"] = until_stored(client, f"{prefix}/small/", WRITES, 16 * 1024,
+                                                                       start)
+    finally:
+        tool.stop()
+    results["daemon peak RSS"] = tool.peak_rss
+    return results
+
+
 def measure(tool: Tool, size: int, fio_seconds: int) -> dict:
     results = {}
     big = tool.root / BIG_KEY
@@ -190,10 +235,11 @@ def table(results: dict[str, dict], peers: list[str]) -> str:
              "|---|---|---:|" + "---:|" * (2 * len(peers))]
     for row, unit, higher in ROWS:
         ours = results["fsmount"][row]
-        values = [results[peer][row] for peer in peers]
+        values = [results[peer].get(row) for peer in peers]
         ratios = [f"{ours / value:.2f}" if value else "n/a" for value in values]
         better = "higher is better" if higher else "lower is better"
-        cells = [f"{value:.0f}" if unit in ("IOPS", "MiB") else f"{value:.2f}" for value in [ours] + values]
+        cells = ["n/a" if value is None else f"{value:.0f}" if unit in ("IOPS", "MiB") else f"{value:.2f}"
+                 for value in [ours] + values]
         lines.append(f"| {row} | {unit} ({better}) | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines)
 
@@ -203,7 +249,7 @@ def main():
     parser.add_argument("--work", default=None, help="working directory (default: a new one under /tmp)")
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the big object")
     parser.add_argument("--fio-seconds", type=int, default=10)
-    parser.add_argument("--tools", default="fsmount,rclone,s3fs")
+    parser.add_argument("--tools", default="fsmount,rclone,s3fs,rclone-nocache")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="fsmount-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -221,10 +267,17 @@ def main():
         size = args.size_mib * 2**20
         print(f"loading data into SeaweedFS at {endpoint} ...", file=sys.stderr, flush=True)
         load_data(endpoint, size)
+        source = work / "source"
+        source.mkdir(exist_ok=True)
+        for name, length in (("big", WRITTEN), ("small", 16 * 1024)):
+            with open(source / name, "wb") as stream:
+                for _ in range(0, length, 2**20):
+                    stream.write(os.urandom(min(2**20, length)))
         results = {}
         for tool in tools:
             print(f"measuring {tool.name} ...", file=sys.stderr, flush=True)
-            results[tool.name] = measure(tool, size, args.fio_seconds)
+            results[tool.name] = {} if tool.writes_only else measure(tool, size, args.fio_seconds)
+            results[tool.name] |= measure_writes(tool, s3_client(endpoint), source)
         print(f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB, "
               f"SeaweedFS on loopback, {time.strftime('%Y-%m-%d')}\n")
         print(table(results, [tool.name for tool in tools if tool.name != "fsmount"]))
