@@ -173,13 +173,16 @@ def random_reads(path: Path, seconds: int) -> float:
     return json.loads(result.stdout)["jobs"][0]["read"]["iops"]
 
 
-def until_stored(client, prefix: str, count: int, size: int, start: float) -> float:
-    """Seconds from START until the server lists COUNT objects of SIZE bytes under PREFIX."""
-    while True:
-        listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+def until_stored(client, prefix: str, count: int, size: int, start: float, timeout: float = 600) -> float:
+    """Seconds from START until the server lists COUNT objects of SIZE bytes under PREFIX (directory
+    markers aside)."""
+    while time.perf_counter() - start < timeout:
+        listed = [entry for entry in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+                  if not entry["Key"].endswith("/")]
         if len(listed) == count and all(entry["Size"] == size for entry in listed):
             return time.perf_counter() - start
         time.sleep(0.02)
+    raise RuntimeError(f"the server did not get {count} objects of {size} bytes under {prefix} in {timeout} s")
 
 
 def measure_writes(tool: Tool, client, source: Path) -> dict:
@@ -234,7 +237,9 @@ def table(results: dict[str, dict], peers: list[str]) -> str:
     lines = ["| row | unit | fsmount | " + " | ".join(peers) + " | " + " | ".join(f"fsmount/{p}" for p in peers) + " |",
              "|---|---|---:|" + "---:|" * (2 * len(peers))]
     for row, unit, higher in ROWS:
-        ours = results["fsmount"][row]
+        ours = results["fsmount"].get(row)
+        if ours is None:
+            continue
         values = [results[peer].get(row) for peer in peers]
         ratios = [f"{ours / value:.2f}" if value else "n/a" for value in values]
         better = "higher is better" if higher else "lower is better"
@@ -250,6 +255,7 @@ def main():
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the big object")
     parser.add_argument("--fio-seconds", type=int, default=10)
     parser.add_argument("--tools", default="fsmount,rclone,s3fs,rclone-nocache")
+    parser.add_argument("--writes-only", action="store_true", help="only the write rows (and RSS)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="fsmount-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -266,7 +272,10 @@ def main():
             time.sleep(0.5)
         size = args.size_mib * 2**20
         print(f"loading data into SeaweedFS at {endpoint} ...", file=sys.stderr, flush=True)
-        load_data(endpoint, size)
+        if args.writes_only:
+            s3_client(endpoint).create_bucket(Bucket=BUCKET)
+        else:
+            load_data(endpoint, size)
         source = work / "source"
         source.mkdir(exist_ok=True)
         for name, length in (("big", WRITTEN), ("small", 16 * 1024)):
@@ -276,7 +285,8 @@ def main():
         results = {}
         for tool in tools:
             print(f"measuring {tool.name} ...", file=sys.stderr, flush=True)
-            results[tool.name] = {} if tool.writes_only else measure(tool, size, args.fio_seconds)
+            reads = not (tool.writes_only or args.writes_only)
+            results[tool.name] = measure(tool, size, args.fio_seconds) if reads else {}
             results[tool.name] |= measure_writes(tool, s3_client(endpoint), source)
         print(f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB, "
               f"SeaweedFS on loopback, {time.strftime('%Y-%m-%d')}\n")

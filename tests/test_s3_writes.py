@@ -337,3 +337,16 @@ def test_a_server_gone_mid_upload_fails_close_and_the_upload_is_retried(behind_p
     proxy.up()
     wait_for(lambda: "retried.bin" in keys(moto, bucket), 30, "the upload to be retried")
     assert stored(moto, bucket, "retried.bin") == data
+
+
+def test_names_made_in_a_directory_made_here_are_known_new_without_a_request(rw, moto):
+    root, bucket, _ = rw
+    os.mkdir(root / "fresh")
+    lookups = lambda: moto.requests("HEAD", f"/{bucket}/fresh/") + moto.requests("GET", f"/{bucket}?", "fresh")
+    before = lookups()
+    for index in range(5):
+        (root / "fresh" / f"file-{index}").write_bytes(b"x")
+    assert lookups() == before
+    assert sorted(os.listdir(root / "fresh")) == [f"file-{index}" for index in range(5)]
+    assert [key for key in keys(moto, bucket) if key.startswith("fresh")] == ["fresh/"] + [
+        f"fresh/file-{index}" for index in range(5)]

@@ -32,6 +32,12 @@ class ExpiringCache:
         if len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    def update(self, key, value):
+        """Replaces a fresh entry's value, keeping its expiry; no entry, no change."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > time.monotonic():
+            self._entries[key] = (entry[0], value)
+
     def pop(self, key):
         self._entries.pop(key, None)
 

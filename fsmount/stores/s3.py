@@ -4,7 +4,10 @@ Reads, the hot path, are GETs of URLs that botocore presigns (cached per key), s
 RangeFetcher: botocore's own request building and response parsing cost ~3 ms of CPU a GET,
 which capped small-object and streaming reads. The URLs come from a plain (synchronous) botocore
 client, so a worker thread signs and sends a GET in one go: presigning through aiobotocore and
-the seam took ~0.9 ms a key, a third of reading a small object.
+the seam took ~0.9 ms a key, a third of reading a small object. Uploads (PUTs and the parts of
+multipart uploads) go through that client from worker threads too: over http SigV4 hashes every
+payload, which held the event loop for tens of milliseconds an 8 MiB part, and a small PUT
+through aiobotocore cost ~2 ms more.
 """
 import asyncio
 import collections
@@ -82,7 +85,7 @@ class S3Store(Store):
         self._fetcher = RangeFetcher(max_connections, verify)
         self._client_context = None
         self._client = None
-        self._signer = None
+        self._sync = None
         self._urls_lock = threading.Lock()
         self._urls: collections.OrderedDict[tuple[str, str | None], tuple[float, str]] = collections.OrderedDict()
 
@@ -95,7 +98,7 @@ class S3Store(Store):
         session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
         self._client_context = session.create_client("s3", config=AioConfig(**self._config), **self._client_args)
         self._client = await self._client_context.__aenter__()
-        self._signer = botocore.session.get_session().create_client(
+        self._sync = botocore.session.get_session().create_client(
             "s3", config=botocore.config.Config(**self._config), **self._client_args)
 
     @property
@@ -106,8 +109,8 @@ class S3Store(Store):
         self._fetcher.close()
         if self._client_context is not None:
             await self._client_context.__aexit__(None, None, None)
-            self._signer.close()
-            self._client_context = self._client = self._signer = None
+            self._sync.close()
+            self._client_context = self._client = self._sync = None
 
     def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
         if version.startswith(_VERSION_ID):  # a version id names bytes that never change
@@ -122,7 +125,7 @@ class S3Store(Store):
                 return cached[1]
         params = {"Bucket": self.bucket, "Key": key} | ({"VersionId": version_id} if version_id else {})
         with _errors(f"SIGN {key}"):
-            url = self._signer.generate_presigned_url("get_object", Params=params, ExpiresIn=_URL_LIFETIME)
+            url = self._sync.generate_presigned_url("get_object", Params=params, ExpiresIn=_URL_LIFETIME)
         with self._urls_lock:
             self._urls[(key, version_id)] = (time.monotonic() + _URL_LIFETIME / 2, url)
             if len(self._urls) > _URLS_KEPT:
@@ -150,10 +153,13 @@ class S3Store(Store):
                         page.get("NextContinuationToken") if page.get("IsTruncated") else None)
 
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
-        with _errors(f"PUT {key}"):
-            response = await self._client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {},
-                                                      **self._extra_args)
-        return _uploaded(key, len(data), response["ETag"], metadata)
+        def send() -> ObjectInfo:
+            with _errors(f"PUT {key}"):
+                response = self._sync.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {},
+                                                 **self._extra_args)
+            return _uploaded(key, len(data), response["ETag"], metadata)
+
+        return await asyncio.to_thread(send)
 
     async def put_file(self, key: str, path: str, threshold: int, part_size: int, parallel: int,
                        metadata: dict[str, str] | None = None) -> ObjectInfo:
@@ -166,13 +172,16 @@ class S3Store(Store):
         upload_id = upload["UploadId"]
         slots = asyncio.Semaphore(parallel)
 
+        def send_part(number: int, offset: int) -> dict:
+            data = _read_part(path, offset, part_size)
+            with _errors(f"PUT PART {number} {key}"):
+                part = self._sync.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                              Body=data)
+            return {"PartNumber": number, "ETag": part["ETag"]}
+
         async def send(number: int, offset: int) -> dict:
             async with slots:
-                data = await asyncio.to_thread(_read_part, path, offset, part_size)
-                with _errors(f"PUT PART {number} {key}"):
-                    part = await self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                          PartNumber=number, Body=data)
-                return {"PartNumber": number, "ETag": part["ETag"]}
+                return await asyncio.to_thread(send_part, number, offset)
 
         try:
             parts = await asyncio.gather(*(send(number, offset) for number, offset

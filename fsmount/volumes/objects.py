@@ -6,6 +6,7 @@ object makes an empty directory exist. Attributes and listings are trusted for `
 misses for a shorter while. A file's time is its `mtime` metadata (rclone's, in seconds) where it
 has one, else the time the store last wrote it.
 """
+import bisect
 import contextlib
 import errno
 import logging
@@ -38,7 +39,12 @@ _WHOLE_OBJECT_MAX = 4 * 2**30
 _WHOLE_OBJECT_FILLS = 4
 _BATCH = 512
 _UNKNOWN = object()
+GONE = object()
 MTIME = "mtime"
+
+
+def _listing(entries: list[tuple[str, ObjectInfo | None]]) -> tuple[list, dict[str, int]]:
+    return entries, {name: position for position, (name, _) in enumerate(entries)}
 
 
 def valid_name(name: str) -> bool:
@@ -126,6 +132,9 @@ class ObjectVolume(Volume):
         if info is not _UNKNOWN:
             return info
         if path in self._missing:
+            raise NotFound(self._key(path))
+        listing = self._listings.get(path[:-1])
+        if listing is not None and path[-1] not in listing[1]:  # the whole directory is known
             raise NotFound(self._key(path))
         found = {}
 
@@ -248,7 +257,18 @@ class ObjectVolume(Volume):
 
     def remember_listing(self, path: Path, entries: list[tuple[str, ObjectInfo | None]]):
         if len(entries) <= _LISTING_CACHE_ENTRIES:
-            self._listings.put(path, (entries, {name: position for position, (name, _) in enumerate(entries)}))
+            self._listings.put(path, _listing(entries))
+
+    def relist(self, path: Path, info=GONE):
+        """Keeps the cached listing of PATH's directory true to a change this daemon made: PATH holds
+        INFO now (None: a directory), or nothing. Readers of the listing keep the one they had."""
+        listing = self._listings.get(path[:-1])
+        if listing is None:
+            return
+        entries = [entry for entry in listing[0] if entry[0] != path[-1]]
+        if info is not GONE:
+            bisect.insort(entries, (path[-1], info), key=lambda entry: entry[0])
+        self._listings.update(path[:-1], _listing(entries))
 
     def local_entries(self, path: Path) -> dict[str, ObjectInfo]:
         """Files of directory PATH that only this daemon knows yet, as they are now (staged ones)."""

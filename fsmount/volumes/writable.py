@@ -192,7 +192,7 @@ class WritableObjectVolume(ObjectVolume):
         """The store holds INFO at PATH, written by this daemon."""
         self._remember(path, info)
         self._mtime_ns(info)
-        self._listings.pop(path[:-1])
+        self.relist(path, info)
         self._opened_versions.put(path, info.version)
 
     async def handle_closed(self, staged: StagedFile):
@@ -251,7 +251,8 @@ class WritableObjectVolume(ObjectVolume):
             raise OSError(errno.EEXIST, "exists")
         await self.store.put(self._dir_prefix(path), b"")
         self._remember(path, None)
-        self._listings.pop(path[:-1])
+        self.relist(path, None)
+        self.remember_listing(path, [])  # so the names made in it next need no request to be found new
         return self._attrs(None)
 
     async def mknod(self, path: Path, mode: int, rdev: int, owner: Owner) -> Attrs:
@@ -304,7 +305,7 @@ class WritableObjectVolume(ObjectVolume):
     def _forget(self, path: Path):
         self._stats.pop(path)
         self._missing.put(path, True)
-        self._listings.pop(path[:-1])
+        self.relist(path)
         self._opened_versions.pop(path)
 
     async def rename(self, path: Path, new_path: Path, flags: int):
@@ -342,7 +343,6 @@ class WritableObjectVolume(ObjectVolume):
                 self._staged[new_path] = self._staged.pop(path)
         self._move_writers(path, new_path)
         self._forget(path)
-        self._listings.pop(new_path[:-1])
 
     async def _rename_directory(self, path: Path, new_path: Path, target_exists: bool):
         old_prefix, new_prefix = self._dir_prefix(path), self._dir_prefix(new_path)
@@ -382,8 +382,8 @@ class WritableObjectVolume(ObjectVolume):
         for cache in (self._stats, self._listings, self._opened_versions, self._missing):
             cache.pop_where(lambda cached: cached[:len(path)] == path or cached[:len(new_path)] == new_path)
         self._missing.put(path, True)
-        for parent in (path[:-1], new_path[:-1]):
-            self._listings.pop(parent)
+        self.relist(path)
+        self.relist(new_path, None)
 
     def _move_writers(self, path: Path, new_path: Path):
         for writer_path in [p for p in self._unstaged_writers if p[:len(path)] == path]:
