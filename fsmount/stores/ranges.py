@@ -1,4 +1,4 @@
-"""RangeFetcher: sends the ranged GETs that stores sign, from worker threads, through one urllib3 pool per store.
+"""RangeFetcher: sends the ranged GETs (and upload parts) that stores sign, from worker threads, through one urllib3 pool per store.
 
 Block data does not go through the event loop: urllib3 reads a body straight into one buffer with
 the GIL released, so fills run on the second core while the loop answers the kernel. aiohttp on
@@ -22,20 +22,33 @@ class RangeFetcher:
     def get(self, request: RangeRequest) -> bytes:
         """The bytes REQUEST asks for (blocking: call it in a worker thread), retried while the server
         is throttling or unreachable; fewer at the end of the object, b"" past it."""
-        what = f"GET {request.key} [{request.start}+{request.length}]"
+        def answer(response):
+            if response.status == 206:
+                return response.read()
+            if response.status == 200:  # a server that ignores Range sends it all
+                return response.read()[request.start:request.start + request.length]
+            return b"" if response.status == 416 else None
+
         headers = {**request.headers, "Range": f"bytes={request.start}-{request.start + request.length - 1}"}
+        return self._send("GET", request.url, headers, None, f"GET {request.key} [{request.start}+{request.length}]",
+                          answer)
+
+    def put(self, url: str, body: bytes, headers: dict[str, str], what: str) -> str:
+        """PUTs BODY to a signed URL (blocking), retried as GETs are; the ETag the server answers with."""
+        return self._send("PUT", url, headers, body, what,
+                          lambda response: response.headers.get("ETag") if response.status == 200 else None)
+
+    def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None, what: str, answer):
+        """ANSWER(response) gives the result, or None for a failure the status names."""
         attempt = 0
         while True:
             try:
-                response = self._pool.request("GET", request.url, headers=headers, preload_content=False,
+                response = self._pool.request(method, url, headers=headers, body=body, preload_content=False,
                                               decode_content=False)
                 try:
-                    if response.status == 206:
-                        return response.read()
-                    if response.status == 200:  # a server that ignores Range sends it all
-                        return response.read()[request.start:request.start + request.length]
-                    if response.status == 416:
-                        return b""
+                    result = answer(response)
+                    if result is not None:
+                        return result
                     error = status_error(response.status, f"{what}: {response.status}")
                 finally:
                     response.release_conn()
