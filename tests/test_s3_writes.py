@@ -322,9 +322,9 @@ def test_a_server_gone_mid_upload_fails_close_and_the_upload_is_retried(behind_p
     config, root, bucket, proxy = behind_proxy
     mount(config, workspace / "mnt")
     data = os.urandom(3 * PART)
+    proxy.stall_after(PART)  # the parts sent while it is written, or at close, get stuck
     stream = open(root / "retried.bin", "wb")
     stream.write(data)
-    proxy.stall_after(PART)
     with concurrent.futures.ThreadPoolExecutor() as pool:
         closing = pool.submit(stream.close)
         wait_for(lambda: proxy.sent >= PART, 30, "the upload to begin")
@@ -350,3 +350,28 @@ def test_names_made_in_a_directory_made_here_are_known_new_without_a_request(rw,
     assert sorted(os.listdir(root / "fresh")) == [f"file-{index}" for index in range(5)]
     assert [key for key in keys(moto, bucket) if key.startswith("fresh")] == ["fresh/"] + [
         f"fresh/file-{index}" for index in range(5)]
+
+
+def test_a_new_file_written_in_order_goes_up_in_parts_before_close(rw, moto):
+    root, bucket, _ = rw
+    data = os.urandom(3 * PART + 999)
+    with open(root / "streamed.bin", "wb", buffering=0) as stream:
+        for offset in range(0, len(data), 2**20):
+            stream.write(data[offset:offset + 2**20])
+        wait_for(lambda: moto.requests("PUT", f"/{bucket}/streamed.bin?", "partNumber=3") == 1, 30,
+                 "the third part to go up before close")
+    assert stored(moto, bucket, "streamed.bin") == data == (root / "streamed.bin").read_bytes()
+    assert moto.requests("PUT", f"/{bucket}/streamed.bin?", "partNumber=") == 4  # each part once
+
+
+def test_a_write_into_a_part_already_sent_still_stores_the_right_bytes(rw, moto):
+    root, bucket, _ = rw
+    data = bytearray(os.urandom(3 * PART))
+    with open(root / "rewritten.bin", "wb", buffering=0) as stream:
+        stream.write(data)
+        wait_for(lambda: moto.requests("PUT", f"/{bucket}/rewritten.bin?", "partNumber=1") == 1, 30,
+                 "the first part to go up")
+        stream.seek(10)
+        stream.write(b"rewritten")
+    data[10:19] = b"rewritten"
+    assert stored(moto, bucket, "rewritten.bin") == data

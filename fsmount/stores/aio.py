@@ -5,6 +5,8 @@ a store's asyncio methods awaitable from trio. Each call crosses the seam once, 
 here, so callers cross it per block or listing page, never per FUSE read. A read does not cross it:
 a worker thread signs its GET and sends it.
 """
+from __future__ import annotations  # `list` is also a method's name here
+
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -83,6 +85,20 @@ class TrioStore:
     async def put_file(self, key: str, path: str, threshold: int, part_size: int, parallel: int,
                        metadata: dict[str, str] | None = None) -> ObjectInfo:
         return await aio_as_trio(self.store.put_file)(key, path, threshold, part_size, parallel, metadata)
+
+    async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
+        return await aio_as_trio(self.store.start_upload)(key, metadata)
+
+    async def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
+        return await trio.to_thread.run_sync(self.store.upload_part, key, upload, number, path, offset, size,
+                                             abandon_on_cancel=True)
+
+    async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
+                              metadata: dict[str, str] | None = None) -> ObjectInfo:
+        return await aio_as_trio(self.store.complete_upload)(key, upload, parts, size, metadata)
+
+    async def abort_upload(self, key: str, upload: str):
+        await aio_as_trio(self.store.abort_upload)(key, upload)
 
     async def delete(self, key: str):
         await aio_as_trio(self.store.delete)(key)

@@ -4,7 +4,10 @@ Stores are asyncio code (their SDKs are); the rest of fsmount reaches them throu
 Their errors are OSErrors with a fitting errno, so no SDK exception ever leaves a store.
 """
 import abc
+import asyncio
+import contextlib
 import errno
+import os
 import typing
 from dataclasses import dataclass, field
 
@@ -115,11 +118,47 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo: ...
 
-    @abc.abstractmethod
     async def put_file(self, key: str, path: str, threshold: int, part_size: int, parallel: int,
                        metadata: dict[str, str] | None = None) -> ObjectInfo:
         """Uploads the file at PATH: in one request up to THRESHOLD bytes, else in parts of PART_SIZE,
         PARALLEL at once."""
+        size = os.path.getsize(path)
+        if size <= threshold:
+            return await self.put(key, await asyncio.to_thread(read_part, path, 0, size), metadata)
+        upload = await self.start_upload(key, metadata)
+        slots = asyncio.Semaphore(parallel)
+
+        async def send(number: int, offset: int) -> tuple[int, str]:
+            async with slots:
+                return number, await asyncio.to_thread(self.upload_part, key, upload, number, path, offset,
+                                                       min(part_size, size - offset))
+
+        try:
+            parts = await asyncio.gather(*(send(number, offset) for number, offset
+                                           in enumerate(range(0, size, part_size), start=1)))
+            return await self.complete_upload(key, upload, parts, size, metadata)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.abort_upload(key, upload)
+            raise
+
+    @abc.abstractmethod
+    async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
+        """Begins an upload of KEY in parts; returns the id its parts name."""
+
+    @abc.abstractmethod
+    def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
+        """Sends SIZE bytes from OFFSET of the file at PATH as part NUMBER (from 1; every part but the
+        last at least 5 MiB) of UPLOAD; returns the part's tag. Called from worker threads: thread-safe,
+        and it blocks."""
+
+    @abc.abstractmethod
+    async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
+                              metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """Makes the object of PARTS ((number, tag) in order), SIZE bytes in all."""
+
+    @abc.abstractmethod
+    async def abort_upload(self, key: str, upload: str): ...
 
     @abc.abstractmethod
     async def delete(self, key: str): ...
@@ -127,3 +166,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         """A server-side copy; METADATA replaces the source's, None keeps it."""
+
+
+def read_part(path: str, offset: int, size: int) -> bytes:
+    with open(path, "rb") as stream:
+        stream.seek(offset)
+        return stream.read(size)

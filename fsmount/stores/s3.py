@@ -18,7 +18,6 @@ import collections
 import contextlib
 import datetime
 import hashlib
-import os
 import threading
 import time
 
@@ -30,7 +29,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store,
-                                 Throttled, Unavailable, status_error)
+                                 Throttled, Unavailable, read_part, status_error)
 from fsmount.stores.ranges import RangeFetcher
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "NoSuchBucket"}
@@ -167,42 +166,31 @@ class S3Store(Store):
 
         return await asyncio.to_thread(send)
 
-    async def put_file(self, key: str, path: str, threshold: int, part_size: int, parallel: int,
-                       metadata: dict[str, str] | None = None) -> ObjectInfo:
-        size = os.path.getsize(path)
-        if size <= threshold:
-            return await self.put(key, await asyncio.to_thread(_read_part, path, 0, size), metadata)
+    async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         with _errors(f"CREATE MULTIPART {key}"):
             upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata or {},
                                                                 **self._extra_args)
-        upload_id = upload["UploadId"]
-        slots = asyncio.Semaphore(parallel)
+        return upload["UploadId"]
 
-        def send_part(number: int, offset: int) -> dict:
-            data = _read_part(path, offset, part_size)
-            digest = base64.b64encode(hashlib.md5(data).digest()).decode()  # the server checks the bytes with it
-            params = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number,
-                      "ContentMD5": digest}
-            with _errors(f"SIGN PART {number} {key}"):
-                url = self._sync.generate_presigned_url("upload_part", Params=params, ExpiresIn=_URL_LIFETIME)
-            return {"PartNumber": number, "ETag": self._fetcher.put(url, data, {"Content-MD5": digest},
-                                                                     f"PUT PART {number} {key}")}
+    def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
+        data = read_part(path, offset, size)
+        digest = base64.b64encode(hashlib.md5(data).digest()).decode()  # the server checks the bytes with it
+        params = {"Bucket": self.bucket, "Key": key, "UploadId": upload, "PartNumber": number, "ContentMD5": digest}
+        with _errors(f"SIGN PART {number} {key}"):
+            url = self._sync.generate_presigned_url("upload_part", Params=params, ExpiresIn=_URL_LIFETIME)
+        return self._fetcher.put(url, data, {"Content-MD5": digest}, f"PUT PART {number} {key}")
 
-        async def send(number: int, offset: int) -> dict:
-            async with slots:
-                return await asyncio.to_thread(send_part, number, offset)
-
-        try:
-            parts = await asyncio.gather(*(send(number, offset) for number, offset
-                                           in enumerate(range(0, size, part_size), start=1)))
-            with _errors(f"COMPLETE MULTIPART {key}"):
-                response = await self._client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            raise
+    async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
+                              metadata: dict[str, str] | None = None) -> ObjectInfo:
+        with _errors(f"COMPLETE MULTIPART {key}"):
+            response = await self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload,
+                MultipartUpload={"Parts": [{"PartNumber": number, "ETag": tag} for number, tag in parts]})
         return _uploaded(key, size, response["ETag"], metadata)
+
+    async def abort_upload(self, key: str, upload: str):
+        with _errors(f"ABORT MULTIPART {key}"):
+            await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
 
     async def delete(self, key: str):
         with _errors(f"DELETE {key}"):
@@ -219,9 +207,3 @@ class S3Store(Store):
 def _uploaded(key: str, size: int, etag: str, metadata: dict[str, str] | None) -> ObjectInfo:
     """What an upload made, from its response: the server's clock is not in it, so the time is ours."""
     return ObjectInfo(key, size, etag, time.time_ns(), dict(metadata or {}))
-
-
-def _read_part(path: str, offset: int, size: int) -> bytes:
-    with open(path, "rb") as stream:
-        stream.seek(offset)
-        return stream.read(size)

@@ -2,7 +2,8 @@
 
 Where POSIX and an object store part ways (README, "Writing", says the same to users):
 - close() (flush) and fsync upload the whole file; when the upload fails, close() fails with EIO
-  and the file stays staged, uploaded again in the background until the store takes it.
+  and the file stays staged, uploaded again in the background until the store takes it. A new
+  file written in order goes up in parts while it is written (volumes/streaming.py).
 - Handles of one file share its staged copy, so each sees the others' writes; every close uploads
   what the copy holds then, and the last close wins.
 - A file opened for writing is copied in from the cache or the store at its first write, not at
@@ -27,6 +28,7 @@ from fsmount.staging.area import CLOSED, UPLOADED, StagedFile, StagingArea
 from fsmount.stores.base import NotFound, ObjectInfo
 from fsmount.volumes.base import AttrChanges, Attrs, FileHandle, Owner, Path
 from fsmount.volumes.objects import MTIME, ObjectVolume, format_mtime
+from fsmount.volumes.streaming import PartStream
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class WritableObjectVolume(ObjectVolume):
         self._staged: dict[Path, StagedFile] = {}
         self._unstaged_writers: dict[Path, set[_WritableFile]] = {}  # handles open for writing, none written yet
         self._failed: set[StagedFile] = set()  # uploads the background task tries again
+        self._streams: dict[StagedFile, PartStream] = {}
         self._retry = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -161,6 +164,21 @@ class WritableObjectVolume(ObjectVolume):
 
     # Uploads
 
+    def wrote(self, staged: StagedFile, offset: int):
+        """A new file (never in the store) that grows past the multipart threshold starts going up in parts."""
+        stream = self._streams.get(staged)
+        if stream is None:
+            if staged.stored is not None or staged.size <= self.uploads.threshold or self._nursery is None:
+                return
+            stream = self._streams[staged] = PartStream(self.store, staged, self.uploads.part_size,
+                                                        self.uploads.parallel, self._nursery)
+        stream.wrote(offset)
+
+    def break_stream(self, staged: StagedFile):
+        stream = self._streams.pop(staged, None)
+        if stream is not None:
+            stream.abandon()
+
     async def upload(self, staged: StagedFile):
         """Uploads the staged file if it changed since its last upload; OSError(EIO) when that fails."""
         async with staged.lock:
@@ -172,9 +190,13 @@ class WritableObjectVolume(ObjectVolume):
             return
         changes = staged.changes
         self.staging.set_state(staged, CLOSED)
+        stream = self._streams.pop(staged, None)
         try:
-            info = await self.store.put_file(staged.key, staged.path, self.uploads.threshold, self.uploads.part_size,
-                                             self.uploads.parallel, {MTIME: format_mtime(staged.mtime_ns)})
+            info = await stream.finish() if stream is not None else None
+            if info is None:
+                info = await self.store.put_file(staged.key, staged.path, self.uploads.threshold,
+                                                 self.uploads.part_size, self.uploads.parallel,
+                                                 {MTIME: format_mtime(staged.mtime_ns)})
         except OSError as error:
             log.warning("uploading %s failed (%s); it stays staged in %s and is tried again", staged.key,
                         error.strerror or error, staged.path)
@@ -279,6 +301,7 @@ class WritableObjectVolume(ObjectVolume):
             async with staged.lock:  # an upload under way ends first
                 staged.discarded = True
                 self._failed.discard(staged)
+                self.break_stream(staged)
             self._finish_if_idle(staged)
         for handle in self._unstaged_writers.pop(path, ()):
             handle.unlinked = True
@@ -329,6 +352,7 @@ class WritableObjectVolume(ObjectVolume):
         if replaced is not None:  # its handles keep the bytes they had; they are never uploaded
             replaced.discarded = True
             self._failed.discard(replaced)
+            self.break_stream(replaced)
             self._finish_if_idle(replaced)
         staged = self._staged.get(path)
         async with staged.lock if staged is not None else contextlib.nullcontext():
@@ -339,6 +363,7 @@ class WritableObjectVolume(ObjectVolume):
                     staged.stored = copied
             await self._delete(self._key(path))
             if staged is not None:
+                self.break_stream(staged)
                 self.staging.rename(staged, self._key(new_path))
                 self._staged[new_path] = self._staged.pop(path)
         self._move_writers(path, new_path)
@@ -376,6 +401,7 @@ class WritableObjectVolume(ObjectVolume):
                         nursery.start_soon(step, key)
             for staged_path, staged in moving:
                 moved = new_path + staged_path[len(path):]
+                self.break_stream(staged)
                 self.staging.rename(staged, self._key(moved))
                 self._staged[moved] = self._staged.pop(staged_path)
         self._move_writers(path, new_path)
@@ -404,6 +430,7 @@ class WritableObjectVolume(ObjectVolume):
                     raise OSError(errno.EISDIR, "is a directory")
                 staged = await self.stage(path, info)
                 staged.truncate(changes.size)
+                self.break_stream(staged)
                 if not staged.handles:
                     await self.upload(staged)
         if changes.mtime_ns is not None:
@@ -416,6 +443,7 @@ class WritableObjectVolume(ObjectVolume):
         staged = self._staged.get(path)
         if staged is not None and staged.dirty:
             staged.set_mtime(mtime_ns)
+            self.break_stream(staged)  # its parts carry no time
             return
         if await self._lookup(path) is None:
             return
@@ -458,10 +486,15 @@ class _WritableFile(FileHandle):
         return self.staged.read(offset, size)
 
     async def write(self, offset: int, data: bytes) -> int:
-        return (await self._staged()).write(offset, data)
+        staged = await self._staged()
+        written = staged.write(offset, data)
+        self.volume.wrote(staged, offset)
+        return written
 
     async def truncate(self, size: int):
-        (await self._staged()).truncate(size)
+        staged = await self._staged()
+        staged.truncate(size)
+        self.volume.break_stream(staged)
 
     async def flush(self):
         if self.writing and self.staged is not None:
