@@ -20,5 +20,5 @@ def test_demo_mounts_the_sample_tree(tmp_path):
                  "s3/models/weights.bin", "s3/models/checkpoints", "s3-scratch"):
         assert f"  {path}\n" in listing
     assert "730 readings" in result.stdout
-    assert re.search(r"written through the rw S3 volume: \w", result.stdout)  # read back through the ro volume
+    assert re.search(r"written through the rw S3 volume: \w", result.stdout)
     assert str(tmp_path / "mnt") not in mounted_paths()
