@@ -1,16 +1,14 @@
 """S3Store: S3 and S3-compatible servers (MinIO, SeaweedFS, Ceph) through aiobotocore.
 
-Reads, the hot path, are GETs of URLs that botocore presigns (cached per key), sent by the
-RangeFetcher: botocore's own request building and response parsing cost ~3 ms of CPU a GET,
-which capped small-object and streaming reads. The URLs come from a plain (synchronous) botocore
-client, so a worker thread signs and sends a GET in one go: presigning through aiobotocore and
-the seam took ~0.9 ms a key, a third of reading a small object. Uploads (PUTs and the parts of
-multipart uploads) go through that client from worker threads too: over http SigV4 hashes every
-payload, which held the event loop for tens of milliseconds an 8 MiB part, and a small PUT
-through aiobotocore cost ~2 ms more. Parts are presigned and sent like reads, with a Content-MD5
-the server checks: botocore's SHA-256 and CRC32 of every part capped uploads at ~100 MB/s
-here; presigned parts reached ~140. Signatures are SigV4 (botocore presigned with SigV2 for a
-custom endpoint, which AWS refuses for buckets made since 2020).
+Data does not go through aiobotocore. Reads, the hot path, are GETs of URLs that botocore
+presigns (cached per key), sent by the RangeFetcher from worker threads: botocore's own request
+building and response parsing cost ~3 ms of CPU a GET, and presigning through aiobotocore and
+the seam ~0.9 ms a key. Uploads (PUTs and the parts of multipart uploads) are presigned and sent
+the same way, with a Content-MD5 the server checks: over http botocore hashes every payload
+(SHA-256, and CRC32), which held the event loop for tens of milliseconds an 8 MiB part and
+capped uploads near 100 MB/s here (presigned parts reached ~140), and a small PUT cost ~4 ms
+of its CPU. The URLs come from a plain (synchronous) botocore client, signed with SigV4
+(botocore chose SigV2 for a custom endpoint, which AWS refuses for buckets made since 2020).
 """
 import asyncio
 import base64
@@ -158,13 +156,30 @@ class S3Store(Store):
                         page.get("NextContinuationToken") if page.get("IsTruncated") else None)
 
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
-        def send() -> ObjectInfo:
-            with _errors(f"PUT {key}"):
-                response = self._sync.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {},
-                                                 **self._extra_args)
-            return _uploaded(key, len(data), response["ETag"], metadata)
+        params = {"Bucket": self.bucket, "Key": key, "Metadata": metadata or {}, **self._extra_args}
+        etag = await asyncio.to_thread(self._signed_put, "put_object", params, data, f"PUT {key}")
+        return _uploaded(key, len(data), etag, metadata)
 
-        return await asyncio.to_thread(send)
+    def _signed_put(self, operation: str, params: dict, body: bytes, what: str) -> str:
+        """Presigns OPERATION with PARAMS and the Content-MD5 of BODY, which the server checks, and sends
+        it from this (worker) thread; returns the ETag."""
+        params = {**params, "ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
+        with _errors(f"SIGN {what}"):
+            url = self._sync.generate_presigned_url(operation, Params=params, ExpiresIn=_URL_LIFETIME)
+        return self._fetcher.put(url, body, self._signed_headers(operation, params), what)
+
+    def _signed_headers(self, operation: str, params: dict) -> dict[str, str]:
+        """The headers of PARAMS, which a presigned request must carry as the signature covers them."""
+        members = self._sync.meta.service_model.operation_model(self._sync.meta.method_to_api_mapping[operation]) \
+            .input_shape.members
+        headers = {}
+        for name, value in params.items():
+            serialization = members[name].serialization
+            if serialization.get("location") == "header":
+                headers[serialization["name"]] = str(value)
+            elif serialization.get("location") == "headers":  # Metadata: x-amz-meta-NAME
+                headers.update({serialization["name"] + key: text for key, text in value.items()})
+        return headers
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         with _errors(f"CREATE MULTIPART {key}"):
@@ -173,12 +188,8 @@ class S3Store(Store):
         return upload["UploadId"]
 
     def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
-        data = read_part(path, offset, size)
-        digest = base64.b64encode(hashlib.md5(data).digest()).decode()  # the server checks the bytes with it
-        params = {"Bucket": self.bucket, "Key": key, "UploadId": upload, "PartNumber": number, "ContentMD5": digest}
-        with _errors(f"SIGN PART {number} {key}"):
-            url = self._sync.generate_presigned_url("upload_part", Params=params, ExpiresIn=_URL_LIFETIME)
-        return self._fetcher.put(url, data, {"Content-MD5": digest}, f"PUT PART {number} {key}")
+        params = {"Bucket": self.bucket, "Key": key, "UploadId": upload, "PartNumber": number}
+        return self._signed_put("upload_part", params, read_part(path, offset, size), f"PUT PART {number} {key}")
 
     async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
                               metadata: dict[str, str] | None = None) -> ObjectInfo:
