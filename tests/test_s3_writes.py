@@ -375,3 +375,14 @@ def test_a_write_into_a_part_already_sent_still_stores_the_right_bytes(rw, moto)
         stream.write(b"rewritten")
     data[10:19] = b"rewritten"
     assert stored(moto, bucket, "rewritten.bin") == data
+
+
+def test_a_shell_redirect_uploads_once_and_touch_makes_an_empty_object(rw, moto, tmp_path):
+    root, bucket, _ = rw
+    (tmp_path / "source").write_bytes(b"redirected\n")
+    subprocess.run(["bash", "-c", f'cat "{tmp_path}/source" > "{root}/redirected"'], check=True)
+    assert stored(moto, bucket, "redirected") == b"redirected\n"
+    assert moto.requests("PUT", f"/{bucket}/redirected?") == 1
+    subprocess.run(["touch", str(root / "touched")], check=True)
+    wait_for(lambda: "touched" in keys(moto, bucket), 10, "the empty file to go up on release")
+    assert stored(moto, bucket, "touched") == b""

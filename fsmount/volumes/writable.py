@@ -466,6 +466,7 @@ class _WritableFile(FileHandle):
         self.reader = reader
         self.staged = staged
         self.writing = writing
+        self.changed = False  # written or truncated through this handle since its last upload
         self.unlinked = False
         self.keep_cache = reader.keep_cache if reader is not None else False
         if staged is not None:
@@ -488,20 +489,27 @@ class _WritableFile(FileHandle):
     async def write(self, offset: int, data: bytes) -> int:
         staged = await self._staged()
         written = staged.write(offset, data)
+        self.changed = True
         self.volume.wrote(staged, offset)
         return written
 
     async def truncate(self, size: int):
         staged = await self._staged()
         staged.truncate(size)
+        self.changed = True
         self.volume.break_stream(staged)
 
     async def flush(self):
-        if self.writing and self.staged is not None:
-            await self.volume.upload(self.staged)
+        """Uploads what this handle changed. A shell's `> file` closes a duplicate of the descriptor
+        before anything is written: that close uploads nothing, and the file goes up at the next close
+        (or, only created or truncated, when its last handle is released)."""
+        if self.changed:
+            await self.fsync(datasync=False)
 
     async def fsync(self, datasync: bool):
-        await self.flush()
+        if self.writing and self.staged is not None:
+            await self.volume.upload(self.staged)
+            self.changed = False
 
     async def getattr(self) -> Attrs:
         if self.staged is None:
