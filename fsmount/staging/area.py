@@ -190,28 +190,33 @@ class StagingArea:
                 "SELECT id, key, state, mtime_ns FROM staged WHERE store = ? AND substr(key, 1, ?) = ? ORDER BY id",
                 (store, len(prefix), prefix)).fetchall():
             if state == CLOSED:
-                fd = os.open(self.data_path(row), os.O_RDWR | os.O_CLOEXEC)
-                staged = StagedFile(self, row, store, key, fd, os.fstat(fd).st_size, mtime_ns)
-                staged.state = CLOSED
-                recovered.append(staged)
-                log.info("%s %s was closed but not uploaded when fsmount stopped: uploading it now", store, key)
-                continue
-            if state == OPEN:
+                try:
+                    fd = os.open(self.data_path(row), os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    log.error("%s %s was closed but not uploaded when fsmount stopped, and its staged bytes "
+                              "(%s) are gone: it cannot be uploaded", store, key, self.data_path(row))
+                else:
+                    staged = StagedFile(self, row, store, key, fd, os.fstat(fd).st_size, mtime_ns)
+                    staged.state = CLOSED
+                    recovered.append(staged)
+                    log.info("%s %s was closed but not uploaded when fsmount stopped: uploading it now", store, key)
+                    continue
+            elif state == OPEN:
                 kept = self._keep(row, key)
                 log.warning("%s %s was still being written when fsmount stopped; it was never closed, so it is not "
                             "uploaded: its bytes are kept in %s", store, key, kept)
+            self.used -= self._size(row)
             self._db.execute("DELETE FROM staged WHERE id = ?", (row,))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.data_path(row))
         return recovered
 
     def _keep(self, row: int, key: str) -> str:
+        """Moves the bytes of ROW to `kept/`, where they no longer count as staged."""
         os.makedirs(self._kept, exist_ok=True)
         kept = os.path.join(self._kept, f"{row}-{key.replace('/', '%2F')[-200:]}")
-        size = self._size(row)
         with contextlib.suppress(FileNotFoundError):
-            os.rename(self.data_path(row), kept)
-        self.used -= size
+            os.link(self.data_path(row), kept)
         return kept
 
 
