@@ -86,6 +86,8 @@ def describe(config: Config) -> str:
         f"access       uid {config.uid}, gid {config.gid}, allow_other {'yes' if config.allow_other else 'no'}",
         f"cache        {cache.dir}: at most {format_size(cache.max_size)}, blocks of {format_size(cache.block_size)}, "
         f"read-ahead {format_size(cache.read_ahead)}, metadata ttl {cache.metadata_ttl:g}s",
+        f"staging      {config.staging.dir}: at most {format_size(config.staging.max_size)}, parts of "
+        f"{format_size(config.staging.part_size)} above {format_size(config.staging.multipart_threshold)}",
         f"link mounts  {links}",
         "",
     ]
