@@ -124,7 +124,7 @@ class Store(abc.ABC):
         PARALLEL at once."""
         size = os.path.getsize(path)
         if size <= threshold:
-            return await self.put(key, await asyncio.to_thread(read_part, path, 0, size), metadata)
+            return await asyncio.to_thread(self.upload_file, key, path, metadata)
         upload = await self.start_upload(key, metadata)
         slots = asyncio.Semaphore(parallel)
 
@@ -141,6 +141,11 @@ class Store(abc.ABC):
             with contextlib.suppress(Exception):
                 await self.abort_upload(key, upload)
             raise
+
+    @abc.abstractmethod
+    def upload_file(self, key: str, path: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """Sends the whole file at PATH in one request. Called from worker threads: thread-safe, and it
+        blocks."""
 
     @abc.abstractmethod
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:

@@ -7,7 +7,7 @@ the seam ~0.9 ms a key. Uploads (PUTs and the parts of multipart uploads) are pr
 the same way, with a Content-MD5 the server checks: over http botocore hashes every payload
 (SHA-256, and CRC32), which held the event loop for tens of milliseconds an 8 MiB part and
 capped uploads near 100 MB/s here (presigned parts reached ~140), and a small PUT cost ~4 ms
-of its CPU. The URLs come from a plain (synchronous) botocore client, signed with SigV4
+of its CPU (one-request uploads skip the seam too: fsmount.stores.aio). The URLs come from a plain (synchronous) botocore client, signed with SigV4
 (botocore chose SigV2 for a custom endpoint, which AWS refuses for buckets made since 2020).
 """
 import asyncio
@@ -156,9 +156,15 @@ class S3Store(Store):
                         page.get("NextContinuationToken") if page.get("IsTruncated") else None)
 
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        return await asyncio.to_thread(self._put_object, key, data, metadata)
+
+    def upload_file(self, key: str, path: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        with open(path, "rb") as stream:
+            return self._put_object(key, stream.read(), metadata)
+
+    def _put_object(self, key: str, data: bytes, metadata: dict[str, str] | None) -> ObjectInfo:
         params = {"Bucket": self.bucket, "Key": key, "Metadata": metadata or {}, **self._extra_args}
-        etag = await asyncio.to_thread(self._signed_put, "put_object", params, data, f"PUT {key}")
-        return _uploaded(key, len(data), etag, metadata)
+        return _uploaded(key, len(data), self._signed_put("put_object", params, data, f"PUT {key}"), metadata)
 
     def _signed_put(self, operation: str, params: dict, body: bytes, what: str) -> str:
         """Presigns OPERATION with PARAMS and the Content-MD5 of BODY, which the server checks, and sends
