@@ -7,7 +7,7 @@ the seam ~0.9 ms a key. Uploads (PUTs and the parts of multipart uploads) are pr
 the same way, with a Content-MD5 the server checks: over http botocore hashes every payload
 (SHA-256, and CRC32), which held the event loop for tens of milliseconds an 8 MiB part and
 capped uploads near 100 MB/s here (presigned parts reached ~140), and a small PUT cost ~4 ms
-of its CPU (one-request uploads skip the seam too: fsmount.stores.aio). The URLs come from a plain (synchronous) botocore client, signed with SigV4
+of its CPU. The URLs come from a plain (synchronous) botocore client, signed with SigV4
 (botocore chose SigV2 for a custom endpoint, which AWS refuses for buckets made since 2020).
 """
 import asyncio
