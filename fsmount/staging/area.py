@@ -135,10 +135,7 @@ class StagingArea:
         return os.path.join(self._files, str(row))
 
     def _size(self, row: int) -> int:
-        try:
-            return os.path.getsize(self.data_path(row))
-        except FileNotFoundError:
-            return 0
+        return _size_of(self.data_path(row))
 
     def _remove_orphans(self):
         """Data files whose row went (uploaded, then the daemon stopped before they were removed)."""
@@ -236,6 +233,14 @@ def read_journal(directory: str) -> tuple[list[Pending], list[str]]:
     pending = []
     for row, store, key, state, since in rows:
         path = os.path.join(files, str(row))
-        pending.append(Pending(store, key, state, os.path.getsize(path) if os.path.exists(path) else 0, since, path))
+        pending.append(Pending(store, key, state, _size_of(path), since, path))
     kept = os.path.join(directory, "kept")
     return pending, sorted(os.path.join(kept, name) for name in os.listdir(kept)) if os.path.isdir(kept) else []
+
+
+def _size_of(path: str) -> int:
+    """The size of a staged file, 0 once it is gone."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
