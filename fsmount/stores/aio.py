@@ -85,10 +85,12 @@ class TrioStore:
 
     async def put_file(self, key: str, path: str, threshold: int, part_size: int, parallel: int,
                        metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """Uploads the file at PATH: in one request up to THRESHOLD bytes, else in parts of PART_SIZE,
+        PARALLEL at once."""
         if os.path.getsize(path) <= threshold:
             # One request, sent from a trio worker thread: the seam and asyncio's thread cost ~1 ms of ~8.
             return await trio.to_thread.run_sync(self.store.upload_file, key, path, metadata, abandon_on_cancel=True)
-        return await aio_as_trio(self.store.put_file)(key, path, threshold, part_size, parallel, metadata)
+        return await aio_as_trio(self.store.put_in_parts)(key, path, part_size, parallel, metadata)
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         return await aio_as_trio(self.store.start_upload)(key, metadata)

@@ -118,13 +118,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo: ...
 
-    async def put_file(self, key: str, path: str, threshold: int, part_size: int, parallel: int,
-                       metadata: dict[str, str] | None = None) -> ObjectInfo:
-        """Uploads the file at PATH: in one request up to THRESHOLD bytes, else in parts of PART_SIZE,
-        PARALLEL at once."""
+    async def put_in_parts(self, key: str, path: str, part_size: int, parallel: int,
+                           metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """Uploads the file at PATH in parts of PART_SIZE, PARALLEL at once (a smaller file goes whole
+        through `upload_file`: fsmount.stores.aio chooses)."""
         size = os.path.getsize(path)
-        if size <= threshold:
-            return await asyncio.to_thread(self.upload_file, key, path, metadata)
         upload = await self.start_upload(key, metadata)
         slots = asyncio.Semaphore(parallel)
 
