@@ -1,6 +1,8 @@
 """The configuration file: HOCON read by pyhocon, every key checked, turned into the mount table."""
 import base64
 import binascii
+import dataclasses
+import json
 import os
 import re
 import urllib.parse
@@ -10,7 +12,9 @@ import pyparsing
 from pyhocon import ConfigFactory, ConfigTree
 from pyhocon.exceptions import ConfigException
 
-from fsmount.credentials import S3Credentials, choose_s3_credentials
+from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials, azure_environment_credentials,
+                                 choose_azure_credentials, choose_gcs_credentials, choose_s3_credentials,
+                                 parse_connection_string)
 from fsmount.units import parse_duration, parse_size
 
 LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
@@ -34,16 +38,25 @@ class LinkMount:
     read_only: bool
 
 
-@dataclass(frozen=True)
-class S3Source:
+@dataclass(frozen=True, kw_only=True)
+class ObjectSource:
+    """What every object store volume has: a bucket (or container), a prefix in it, and how it is reached."""
     bucket: str
     prefix: str
-    endpoint: str | None  # None: AWS
-    credentials: S3Credentials
+    endpoint: str | None  # None: the cloud's own
     max_connections: int
     rename_limit: int  # objects a directory rename may copy; EXDEV above
-    extra_args: dict[str, str] = field(default_factory=dict)  # for every upload: ServerSideEncryption, StorageClass, ...
     filter: re.Pattern | None = None  # only objects whose full key it matches (re.search) are shown
+
+    @property
+    def single_object(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class S3Source(ObjectSource):
+    credentials: S3Credentials
+    extra_args: dict[str, str] = field(default_factory=dict)  # for every upload: ServerSideEncryption, StorageClass, ...
     version_id: str | None = None  # the source is one object, read at this version
     checksum_sha256: bytes | None = None  # the source is one object, which must have this digest
 
@@ -52,13 +65,24 @@ class S3Source:
         return self.version_id is not None or self.checksum_sha256 is not None
 
 
+@dataclass(frozen=True, kw_only=True)
+class AzureSource(ObjectSource):
+    account: str
+    credentials: AzureCredentials  # no key and no SAS: a public container
+
+
+@dataclass(frozen=True, kw_only=True)
+class GcsSource(ObjectSource):
+    credentials: GcsCredentials
+
+
 @dataclass(frozen=True)
 class VolumeConfig:
     path: tuple[str, ...]
     source: str
     read_only: bool
     host_path: str | None = None  # file:// volumes
-    s3: S3Source | None = None
+    objects: ObjectSource | None = None  # object store volumes
 
     @property
     def name(self) -> str:
@@ -105,11 +129,16 @@ _LOG_KEYS = {"file", "level"}
 _CACHE_KEYS = {"dir", "max_size", "block_size", "read_ahead", "metadata_ttl"}
 _STAGING_KEYS = {"dir", "max_size", "multipart_threshold", "part_size", "parallel_parts"}
 _SMALLEST_PART = 5 * 2**20  # S3's least part size but for the last
+_PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of it
 _VOLUME_KEYS = {"source", "mode", "path"}
-_S3_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "extra_args", "filter", "version_id",
-                                  "checksum_sha256"}
-_CREDENTIAL_KINDS = {"s3"}
+_OBJECT_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "filter"}
+_VOLUME_KEYS_OF = {"s3": _OBJECT_VOLUME_KEYS | {"extra_args", "version_id", "checksum_sha256"},
+                   "azure": _OBJECT_VOLUME_KEYS, "gs": _OBJECT_VOLUME_KEYS}
+_CREDENTIAL_KINDS = {"s3", "azure", "gcs"}
 _S3_CREDENTIAL_KEYS = {"bucket", "host", "key", "secret", "region", "secure", "verify", "use_credentials_chain"}
+_AZURE_CREDENTIAL_KEYS = {"account_name", "account_key", "sas_token", "connection_string", "container_name"}
+_GCS_CREDENTIAL_KEYS = {"bucket", "subdir", "project", "credentials_json"}
+_GCS_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -211,8 +240,9 @@ class _Reader:
             return self.value(section, ("staging", key), parse_size, default)
 
         part_size = size("part_size", 8 * 2**20)
-        if part_size < _SMALLEST_PART:
-            raise self.error(("staging", "part_size"), "at least 5MiB: S3 refuses smaller parts")
+        if part_size < _SMALLEST_PART or part_size % _PART_GRAIN:
+            raise self.error(("staging", "part_size"), "expected at least 5MiB (S3 refuses smaller parts) and a "
+                                                       "multiple of 256KiB (GCS does), such as 8MiB")
         return StagingConfig(
             dir=os.path.expanduser(self.value(section, ("staging", "dir"), str, os.path.join(cache.dir, "staging"))),
             max_size=size("max_size", 10 * 2**30),
@@ -240,26 +270,59 @@ class _Reader:
 
     def credentials(self, tree: ConfigTree) -> dict[str, list]:
         section = self.section(tree, ("credentials",), _CREDENTIAL_KINDS)
-        entries = section.get("s3", [])
+        return {"s3": self.entries(section, "s3", _S3_CREDENTIAL_KEYS, "{ bucket: data, key: ..., secret: ... }",
+                                   self.s3_entry),
+                "azure": self.entries(section, "azure", _AZURE_CREDENTIAL_KEYS,
+                                      "{ account_name: ..., account_key: ... }", self.azure_entry),
+                "gcs": self.entries(section, "gcs", _GCS_CREDENTIAL_KEYS, "{ bucket: ..., credentials_json: ... }",
+                                    self.gcs_entry)}
+
+    def entries(self, section: ConfigTree, kind: str, allowed: set[str], example: str, read) -> list:
+        """The list `credentials.KIND`, each entry checked and READ(entry, keys)."""
+        entries = section.get(kind, [])
         if not isinstance(entries, list):
-            raise self.error(("credentials", "s3"), f"expected a list of {{ bucket: ..., key: ..., secret: ... }}, got {entries!r}")
-        s3 = []
+            raise self.error(("credentials", kind), f"expected a list of {example}, got {entries!r}")
+        read_entries = []
         for index, entry in enumerate(entries):
-            keys = ("credentials", "s3", f"[{index}]")
+            keys = ("credentials", kind, f"[{index}]")
             if not isinstance(entry, ConfigTree):
-                raise self.error(keys, "expected an object such as { bucket: data, key: ..., secret: ... }")
-            self.only(entry, keys, _S3_CREDENTIAL_KEYS)
-            s3.append(S3Credentials(
-                bucket=self.value(entry, keys + ("bucket",), str, None),
-                host=self.value(entry, keys + ("host",), str, None),
-                key=self.value(entry, keys + ("key",), str, None),
-                secret=self.value(entry, keys + ("secret",), str, None),
-                region=self.value(entry, keys + ("region",), str, None),
-                secure=self.value(entry, keys + ("secure",), _boolean, True),
-                verify=self.value(entry, keys + ("verify",), _verify, True),
-                use_credentials_chain=self.value(entry, keys + ("use_credentials_chain",), _boolean, False),
-            ))
-        return {"s3": s3}
+                raise self.error(keys, f"expected an object such as {example}")
+            self.only(entry, keys, allowed)
+            read_entries.append(read(entry, keys))
+        return read_entries
+
+    def s3_entry(self, entry: ConfigTree, keys) -> S3Credentials:
+        return S3Credentials(
+            bucket=self.value(entry, keys + ("bucket",), str, None),
+            host=self.value(entry, keys + ("host",), str, None),
+            key=self.value(entry, keys + ("key",), str, None),
+            secret=self.value(entry, keys + ("secret",), str, None),
+            region=self.value(entry, keys + ("region",), str, None),
+            secure=self.value(entry, keys + ("secure",), _boolean, True),
+            verify=self.value(entry, keys + ("verify",), _verify, True),
+            use_credentials_chain=self.value(entry, keys + ("use_credentials_chain",), _boolean, False),
+        )
+
+    def azure_entry(self, entry: ConfigTree, keys) -> AzureCredentials:
+        def text(key):
+            return self.value(entry, keys + (key,), str, None)
+
+        container = text("container_name")
+        if text("connection_string") is not None:
+            parsed = self.value(entry, keys + ("connection_string",), parse_connection_string, None)
+            return dataclasses.replace(parsed, container=container)
+        if text("account_name") is None:
+            raise self.error(keys, "expected account_name (with account_key or sas_token) or connection_string")
+        return AzureCredentials(account_name=text("account_name"), container=container,
+                                account_key=text("account_key"), sas_token=text("sas_token"))
+
+    def gcs_entry(self, entry: ConfigTree, keys) -> GcsCredentials:
+        return GcsCredentials(
+            bucket=self.value(entry, keys + ("bucket",), str, None),
+            subdir=self.value(entry, keys + ("subdir",), str, None),
+            project=self.value(entry, keys + ("project",), str, None),
+            info=self.value(entry, keys + ("credentials_json",), _json_key, None),
+        )
 
     def volumes(self, tree: ConfigTree, link_mounts: tuple[LinkMount, ...], credentials) -> tuple[VolumeConfig, ...]:
         section = tree.get("volumes", None)
@@ -283,20 +346,21 @@ class _Reader:
     def volume(self, spec: ConfigTree, keys, path, link_mounts, credentials) -> VolumeConfig:
         source = self.value(spec, keys + ("source",), str, None)
         url = urllib.parse.urlsplit(source or "")
-        self.only(spec, keys, _S3_VOLUME_KEYS if url.scheme == "s3" else _VOLUME_KEYS)
+        self.only(spec, keys, _VOLUME_KEYS_OF.get(url.scheme, _VOLUME_KEYS))
         if source is None:
             raise self.error(keys, "missing key 'source', such as source: \"file:///srv/data\"")
         mode = self.value(spec, keys + ("mode",), str, "ro")
         if mode not in ("ro", "rw"):
             raise self.error(keys + ("mode",), f"expected ro or rw, got {mode!r}")
-        if url.scheme == "s3":
-            s3 = self.s3_source(spec, keys, url, credentials["s3"])
-            if s3.single_object and mode == "rw":
+        if url.scheme in _VOLUME_KEYS_OF:
+            read = {"s3": self.s3_source, "azure": self.azure_source, "gs": self.gcs_source}[url.scheme]
+            objects = read(spec, keys, url, credentials)
+            if objects.single_object and mode == "rw":
                 raise self.error(keys + ("mode",), "rw, but a volume of one pinned or checksummed object is read-only")
-            return VolumeConfig(path=path, source=source, read_only=mode == "ro", s3=s3)
+            return VolumeConfig(path=path, source=source, read_only=mode == "ro", objects=objects)
         if url.scheme != "file":
-            raise self.error(keys + ("source",), f"unsupported source {redact_url(source)!r}; "
-                                                 "expected file:///absolute/path or s3://bucket/prefix")
+            raise self.error(keys + ("source",), f"unsupported source {redact_url(source)!r}; expected file:///absolute/path, "
+                                                 "s3://bucket/prefix, azure://container/prefix or gs://bucket/prefix")
         if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
             raise self.error(keys + ("source",), f"expected file:///absolute/path, got {source!r}")
         host_path = os.path.realpath(urllib.parse.unquote(url.path))
@@ -310,7 +374,13 @@ class _Reader:
             raise self.error(keys + ("mode",), f"rw, but link mount {link.path} is read-only (:ro)")
         return VolumeConfig(path=path, source=source, read_only=mode == "ro", host_path=host_path)
 
-    def s3_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, entries) -> S3Source:
+    def object_options(self, spec: ConfigTree, keys) -> dict:
+        """The keys every object store volume has."""
+        return dict(max_connections=self.value(spec, keys + ("max_connections",), _positive, 32),
+                    rename_limit=self.value(spec, keys + ("rename_limit",), _positive, 1000),
+                    filter=self.value(spec, keys + ("filter",), _regex, None))
+
+    def s3_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> S3Source:
         """`s3://bucket/prefix`, or ClearML's `s3://host:port/bucket/prefix` for a non-AWS endpoint."""
         host, parts = None, url.path.lstrip("/")
         if url.port is not None:
@@ -326,21 +396,67 @@ class _Reader:
             if parsed.scheme not in ("", "http", "https") or not parsed.netloc:
                 raise self.error(keys + ("endpoint",), f"expected http(s)://host:port or host:port, got {endpoint!r}")
             host = parsed.netloc
-        chosen = choose_s3_credentials(entries, bucket, host)
+        chosen = choose_s3_credentials(credentials["s3"], bucket, host)
         if host is not None and (endpoint is None or "://" not in endpoint):
             endpoint = f"{'https' if chosen.secure else 'http'}://{host}"
         source = S3Source(
-            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
-            max_connections=self.value(spec, keys + ("max_connections",), _positive, 32),
-            rename_limit=self.value(spec, keys + ("rename_limit",), _positive, 1000),
+            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen, **self.object_options(spec, keys),
             extra_args=self.value(spec, keys + ("extra_args",), _string_map, {}),
-            filter=self.value(spec, keys + ("filter",), _regex, None),
             version_id=self.value(spec, keys + ("version_id",), str, None),
             checksum_sha256=self.value(spec, keys + ("checksum_sha256",), _sha256, None))
         if source.single_object and (not prefix or prefix.endswith("/")):
             key = "version_id" if source.version_id is not None else "checksum_sha256"
             raise self.error(keys + (key,), f"needs a source that names one object, such as s3://{bucket}/data.csv")
         return source
+
+    def azure_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> AzureSource:
+        """`azure://container/prefix` (the account is the credentials'), `azure://account/container/prefix`,
+        or `azure://account.blob.core.windows.net/container/prefix`. The first name is an account when it
+        is a host name or an account the credentials or AZURE_STORAGE_ACCOUNT name."""
+        entries = credentials["azure"]
+        try:
+            environment = azure_environment_credentials(os.environ)
+        except ValueError as error:
+            raise ConfigError(self.file, "$AZURE_STORAGE_CONNECTION_STRING", str(error)) from None
+        known = {entry.account_name for entry in entries} | ({environment.account_name} if environment else set())
+        first, rest = url.netloc, url.path.lstrip("/")
+        endpoint = self.value(spec, keys + ("endpoint",), _http_url, None)
+        if "." in first or first in known:
+            account = first.split(".")[0]
+            container, _, prefix = rest.partition("/")
+            if "." in first and endpoint is None:
+                endpoint = f"https://{first}"
+        else:
+            account, container, prefix = None, first, rest
+        if not re.fullmatch(r"\$root|[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", container):
+            raise self.error(keys + ("source",), f"{container!r} is not a container name (3-63 of a-z, 0-9 and '-'); "
+                                                 "expected azure://container/prefix or azure://account/container/prefix")
+        chosen = choose_azure_credentials(entries, account, container)
+        if chosen is None and environment is not None and account in (None, environment.account_name):
+            chosen = environment
+        chosen = chosen or AzureCredentials(account_name=account)
+        account = account or chosen.account_name
+        if account is None:
+            raise self.error(keys + ("source",), "names no account, and no credentials give one: write "
+                                                 "azure://account/container/prefix, or add a credentials.azure entry")
+        return AzureSource(bucket=container, prefix=prefix, account=account, credentials=chosen,
+                           endpoint=endpoint or chosen.endpoint, **self.object_options(spec, keys))
+
+    def gcs_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> GcsSource:
+        """`gs://bucket/prefix`. With an emulator's endpoint (the key, or STORAGE_EMULATOR_HOST) and no
+        entry for the bucket, access is anonymous."""
+        bucket, prefix = url.netloc, url.path.lstrip("/")
+        if not bucket:
+            raise self.error(keys + ("source",), f"expected gs://bucket/prefix, got {url.geturl()!r}")
+        endpoint = self.value(spec, keys + ("endpoint",), _http_url, None)
+        if endpoint is None and os.environ.get(_GCS_EMULATOR_ENV):
+            emulator = os.environ[_GCS_EMULATOR_ENV]
+            endpoint = emulator if "://" in emulator else f"http://{emulator}"
+        chosen = choose_gcs_credentials(credentials["gcs"], bucket, prefix)
+        if chosen.use_default_chain and endpoint is not None:
+            chosen = GcsCredentials(bucket=bucket)
+        return GcsSource(bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
+                         **self.object_options(spec, keys))
 
     def check_place(self, keys, volume: VolumeConfig, placed: dict[tuple[str, ...], VolumeConfig]):
         if volume.path in placed:
@@ -372,6 +488,34 @@ def redact_url(url: str) -> str:
 def _enclosing_link_mount(path: str, link_mounts) -> LinkMount | None:
     inside = [m for m in link_mounts if os.path.commonpath([m.path, path]) == m.path]
     return max(inside, key=lambda m: len(m.path), default=None)
+
+
+def _http_url(value) -> str:
+    text = str(value).rstrip("/")
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"expected an http(s)://host[:port][/path] URL, got {value!r}")
+    return text
+
+
+def _json_key(value) -> dict:
+    """A JSON key: the path of its file, else the JSON text itself. Errors never echo it: it is a secret."""
+    text = str(value)
+    path = os.path.expanduser(text.strip())
+    if len(text) < 4096 and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as stream:
+                text = stream.read()
+        except OSError as error:
+            raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise ValueError("expected the path of a JSON key file, or the JSON text itself; "
+                         "it is neither an existing file nor valid JSON") from None
+    if not isinstance(info, dict) or "type" not in info:
+        raise ValueError("expected a Google JSON key, with a \"type\" such as service_account")
+    return info
 
 
 def _volume_path_or_none(text: str) -> tuple[str, ...] | None:

@@ -1,4 +1,4 @@
-"""Which credentials a bucket gets: the `credentials` lists of the config, ClearML-style."""
+"""Which credentials a bucket or container gets: the `credentials` lists of the config, ClearML-style, and the environment."""
 from dataclasses import dataclass, field
 
 
@@ -27,3 +27,82 @@ def choose_s3_credentials(entries: list[S3Credentials], bucket: str, host: str |
             if wanted(entry):
                 return entry
     return S3Credentials(use_credentials_chain=True)
+
+
+@dataclass(frozen=True)
+class AzureCredentials:
+    account_name: str | None = None
+    container: str | None = None
+    account_key: str | None = field(default=None, repr=False)
+    sas_token: str | None = field(default=None, repr=False)
+    endpoint: str | None = None  # the account's blob service URL, when a connection string names one
+
+
+def parse_connection_string(text: str) -> AzureCredentials:
+    """Azure's `Name=value;...` connection string: the account, its key or SAS, and its blob endpoint."""
+    fields = {}
+    for part in filter(None, (part.strip() for part in text.split(";"))):
+        name, equals, value = part.partition("=")
+        if not equals:
+            raise ValueError("expected Name=value pairs separated by ';', such as AccountName=...;AccountKey=...")
+        fields[name.lower()] = value
+    account = fields.get("accountname")
+    endpoint = fields.get("blobendpoint")
+    if endpoint is None and account and "endpointsuffix" in fields:
+        endpoint = f"{fields.get('defaultendpointsprotocol', 'https')}://{account}.blob.{fields['endpointsuffix']}"
+    if account is None and endpoint is None:
+        raise ValueError("names no account: expected AccountName=... or BlobEndpoint=...")
+    return AzureCredentials(account_name=account or endpoint.rstrip("/").rsplit("/", 1)[-1].split(".")[0],
+                            account_key=fields.get("accountkey"), sas_token=fields.get("sharedaccesssignature"),
+                            endpoint=endpoint)
+
+
+def azure_environment_credentials(environ) -> AzureCredentials | None:
+    """AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN."""
+    if environ.get("AZURE_STORAGE_CONNECTION_STRING"):
+        return parse_connection_string(environ["AZURE_STORAGE_CONNECTION_STRING"])
+    if environ.get("AZURE_STORAGE_ACCOUNT"):
+        return AzureCredentials(account_name=environ["AZURE_STORAGE_ACCOUNT"], account_key=environ.get("AZURE_STORAGE_KEY"),
+                                sas_token=environ.get("AZURE_STORAGE_SAS_TOKEN"))
+    return None
+
+
+def choose_azure_credentials(entries: list[AzureCredentials], account: str | None, container: str) -> AzureCredentials | None:
+    """The most specific entry: for this container (in this account, if the source names one), then
+    for this account, then one that names neither; None when nothing fits."""
+    def fits(entry: AzureCredentials) -> bool:
+        return account is None or entry.account_name in (None, account)
+
+    for wanted in (lambda e: e.container == container and fits(e),
+                   lambda e: e.container is None and account is not None and e.account_name == account,
+                   lambda e: e.container is None and (account is None or e.account_name is None)):
+        for entry in entries:
+            if wanted(entry):
+                return entry
+    return None
+
+
+@dataclass(frozen=True)
+class GcsCredentials:
+    bucket: str | None = None
+    subdir: str | None = None  # the entry is for keys under this prefix of the bucket
+    project: str | None = None
+    info: dict | None = field(default=None, repr=False)  # the service account's (or user's) JSON key, decoded
+    use_default_chain: bool = False  # GOOGLE_APPLICATION_CREDENTIALS, gcloud's login, the metadata server
+
+
+def choose_gcs_credentials(entries: list[GcsCredentials], bucket: str, prefix: str) -> GcsCredentials:
+    """The entry for this bucket whose subdir holds PREFIX (the longest), then the bucket's entry without
+    a subdir, then one that names no bucket; with none, Google's default chain decides."""
+    def holds(entry: GcsCredentials) -> bool:
+        subdir = entry.subdir.strip("/")
+        return prefix == subdir or prefix.startswith(subdir + "/")
+
+    in_subdirs = [entry for entry in entries if entry.bucket == bucket and entry.subdir and holds(entry)]
+    if in_subdirs:
+        return max(in_subdirs, key=lambda entry: len(entry.subdir.strip("/")))
+    for wanted in (lambda e: e.bucket == bucket and not e.subdir, lambda e: e.bucket is None):
+        for entry in entries:
+            if wanted(entry):
+                return entry
+    return GcsCredentials(bucket=bucket, use_default_chain=True)

@@ -20,7 +20,7 @@ from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
 from fsmount.staging.area import StagingArea
 from fsmount.stores.aio import TrioStore, asyncio_loop
-from fsmount.stores.s3 import S3Store
+from fsmount.stores.sources import store_for
 from fsmount.volumes.base import Volume
 from fsmount.volumes.host import HostVolume
 from fsmount.volumes.objects import ObjectVolume
@@ -109,25 +109,20 @@ class Daemon:
         cache = self.config.cache
         if self.cache is None:
             self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY)
-        s3 = volume.s3
-        credentials = s3.credentials
-        chain = credentials.use_credentials_chain
-        store = TrioStore(S3Store(s3.bucket, endpoint=s3.endpoint, region=credentials.region,
-                                  key=None if chain else credentials.key, secret=None if chain else credentials.secret,
-                                  verify=credentials.verify, max_connections=s3.max_connections,
-                                  extra_args=s3.extra_args))
+        source = volume.objects
+        store = TrioStore(store_for(source))
         shared = dict(cache=self.cache, prefetcher=self.prefetcher, metadata_ttl=cache.metadata_ttl,
                       read_ahead=cache.read_ahead, uid=self.uid, gid=self.gid)
-        if s3.single_object:
-            return SingleObjectVolume(store, s3.prefix, s3.version_id, s3.checksum_sha256, **shared)
+        if source.single_object:
+            return SingleObjectVolume(store, source.prefix, source.version_id, source.checksum_sha256, **shared)
         if read_only:
-            return ObjectVolume(store, s3.prefix, read_only=True, key_filter=s3.filter, **shared)
+            return ObjectVolume(store, source.prefix, read_only=True, key_filter=source.filter, **shared)
         staging = self.config.staging
         if self.staging is None:
             self.staging = StagingArea(staging.dir, staging.max_size)
         uploads = Uploads(staging.multipart_threshold, staging.part_size, staging.parallel_parts)
-        return WritableObjectVolume(store, s3.prefix, self.staging, uploads, s3.rename_limit, key_filter=s3.filter,
-                                    **shared)
+        return WritableObjectVolume(store, source.prefix, self.staging, uploads, source.rename_limit,
+                                    key_filter=source.filter, **shared)
 
     @property
     def volumes(self) -> list[Volume]:

@@ -1,12 +1,21 @@
 """Writes the demo's sample data: under DEMO_ROOT a small dataset, a SQLite database, papers and empty work
-areas; with an S3 endpoint, the same dataset and a larger binary object into its bucket `demo`."""
+areas; with the endpoints of the local S3, Azure and GCS servers, the same dataset into a bucket (container)
+`demo` of each, and into S3 a larger binary object too."""
 import csv
 import random
 import sqlite3
 import sys
+import urllib.parse
 from pathlib import Path
 
 import botocore.session
+import urllib3
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient
+
+# Azurite's one account, with the key Azure's documentation publishes for it (conf/demo.conf has it too).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def main(root: Path):
@@ -32,22 +41,48 @@ def main(root: Path):
     (links / "shared" / "notes.md").write_text("# Team notes\n\nWritable by the team, through the mount.\n")
 
 
-def upload(root: Path, endpoint: str):
+def dataset(root: Path) -> dict[str, bytes]:
+    datasets = root / "links" / "datasets"
+    return {f"datasets/{path.relative_to(datasets)}": path.read_bytes()
+            for path in sorted(datasets.rglob("*")) if path.is_file()}
+
+
+def upload_s3(root: Path, endpoint: str):
     client = botocore.session.get_session().create_client(
         "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="demo", aws_secret_access_key="demo")
     try:
         client.create_bucket(Bucket="demo")
     except client.exceptions.BucketAlreadyOwnedByYou:  # a demo run before this one; its listing may lag
         pass
-    datasets = root / "links" / "datasets"
-    for path in sorted(datasets.rglob("*")):
-        if path.is_file():
-            client.put_object(Bucket="demo", Key=f"datasets/{path.relative_to(datasets)}", Body=path.read_bytes())
+    for key, data in dataset(root).items():
+        client.put_object(Bucket="demo", Key=key, Body=data)
     client.put_object(Bucket="demo", Key="models/weights.bin", Body=random.Random(11).randbytes(24 * 2**20))
     client.put_object(Bucket="demo", Key="models/checkpoints/", Body=b"")
 
 
+def upload_azure(root: Path, endpoint: str):
+    container = BlobServiceClient(endpoint, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY}) \
+        .get_container_client("demo")
+    try:
+        container.create_container()
+    except ResourceExistsError:
+        pass
+    for key, data in dataset(root).items():
+        container.upload_blob(key, data, overwrite=True)
+
+
+def upload_gcs(root: Path, endpoint: str):
+    urllib3.request("POST", f"{endpoint}/storage/v1/b", json={"name": "demo"})  # 409 when it is there
+    for key, data in dataset(root).items():
+        url = f"{endpoint}/upload/storage/v1/b/demo/o?uploadType=media&name={urllib.parse.quote(key, safe='')}"
+        response = urllib3.request("POST", url, body=data)
+        if response.status != 200:
+            sys.exit(f"make_demo_data: GCS upload of {key}: {response.status}")
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
-    if len(sys.argv) > 2:
-        upload(Path(sys.argv[1]), sys.argv[2])
+    if len(sys.argv) > 4:
+        upload_s3(Path(sys.argv[1]), sys.argv[2])
+        upload_azure(Path(sys.argv[1]), sys.argv[3])
+        upload_gcs(Path(sys.argv[1]), sys.argv[4])

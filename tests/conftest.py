@@ -1,7 +1,6 @@
 """Test harness: sample trees, config files, and fsmount daemons that never outlive a test."""
 import contextlib
 import itertools
-import os
 import subprocess
 import sys
 import time
@@ -122,33 +121,69 @@ def pytest_sessionfinish(session, exitstatus):
                 force_unmount(path)
 
 
+def _server(name: str, tmp_path_factory):
+    from servers import Server
+    server = Server(name, tmp_path_factory.mktemp(name))
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory):
     """A moto S3 server for the whole session."""
-    from servers import Server
-    server = Server("moto", tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
+    yield from _server("moto", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """An Azurite (Azure Blob) server for the whole session."""
+    yield from _server("azurite", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory):
+    """A fake-gcs-server (GCS) for the whole session."""
+    yield from _server("fake-gcs", tmp_path_factory)
 
 
 _bucket_numbers = itertools.count()
 
 
-@contextlib.asynccontextmanager
-async def open_s3_bucket(moto):
-    """(a TrioStore on a fresh bucket of the moto server, the bucket's name), inside a trio-asyncio loop."""
-    from servers import s3_admin
-    from fsmount.stores.aio import TrioStore
+def new_bucket(kind: str, server) -> tuple[object, str]:
+    """(the Store of a fresh bucket or container on SERVER, its name); KIND: s3, azure or gcs."""
+    from servers import AZURITE_ACCOUNT, AZURITE_KEY, azure_admin, azurite_endpoint, gcs_create_bucket, s3_admin
+    from fsmount.credentials import AzureCredentials, GcsCredentials
+    from fsmount.stores.azure import AzureStore
+    from fsmount.stores.gcs import GcsStore
     from fsmount.stores.s3 import S3Store
     bucket = f"bucket-{next(_bucket_numbers)}"
-    s3_admin(moto).create_bucket(Bucket=bucket)
+    if kind == "s3":
+        s3_admin(server).create_bucket(Bucket=bucket)
+        return S3Store(bucket, endpoint=server.url, key="test", secret="test"), bucket
+    if kind == "azure":
+        azure_admin(server).create_container(bucket)
+        credentials = AzureCredentials(account_name=AZURITE_ACCOUNT, account_key=AZURITE_KEY)
+        return AzureStore(AZURITE_ACCOUNT, bucket, credentials, endpoint=azurite_endpoint(server)), bucket
+    gcs_create_bucket(server, bucket)
+    return GcsStore(bucket, GcsCredentials(), endpoint=server.url), bucket
+
+
+@contextlib.asynccontextmanager
+async def open_bucket(kind: str, server):
+    """(a TrioStore on a fresh bucket of KIND on SERVER, the bucket's name), inside a trio-asyncio loop."""
+    from fsmount.stores.aio import TrioStore
+    store, bucket = new_bucket(kind, server)
     async with trio_asyncio.open_loop():
-        store = TrioStore(S3Store(bucket, endpoint=moto.url, key="test", secret="test"))
-        await store.open()
+        opened = TrioStore(store)
+        await opened.open()
         try:
-            yield store, bucket
+            yield opened, bucket
         finally:
-            await store.close()
+            await opened.close()
+
+
+def open_s3_bucket(moto):
+    return open_bucket("s3", moto)
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import botocore.session
+import urllib3
+from azure.storage.blob import BlobServiceClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +59,26 @@ def s3_admin(server: Server):
     return botocore.session.get_session().create_client(
         "s3", endpoint_url=server.url, region_name="us-east-1",
         aws_access_key_id="test", aws_secret_access_key="test")
+
+
+# Azurite's one account, with the key Azure's documentation publishes for it.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def azurite_endpoint(server: Server) -> str:
+    return f"{server.url}/{AZURITE_ACCOUNT}"
+
+
+def azure_admin(server: Server) -> BlobServiceClient:
+    """The SDK's plain (synchronous) client, for setting up and checking containers from outside fsmount."""
+    return BlobServiceClient(azurite_endpoint(server), credential={"account_name": AZURITE_ACCOUNT,
+                                                                   "account_key": AZURITE_KEY})
+
+
+def gcs_create_bucket(server: Server, bucket: str):
+    response = urllib3.request("POST", f"{server.url}/storage/v1/b", json={"name": bucket})
+    assert response.status == 200, response.data
 
 
 class Proxy:

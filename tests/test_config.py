@@ -162,7 +162,7 @@ def test_bad_mode(tmp_path, links):
 def test_unsupported_source_is_shown_without_its_secret(tmp_path):
     message = config_error(tmp_path, 'volumes { web { source: "https://user:hunter2@example.org/a?sig=TOKEN" } }')
     assert message == (":1: volumes.web.source: unsupported source 'https://user:***@example.org/a?***'; "
-                       "expected file:///absolute/path or s3://bucket/prefix")
+                       "expected file:///absolute/path, s3://bucket/prefix, azure://container/prefix or gs://bucket/prefix")
 
 
 def test_file_source_with_a_host(tmp_path):
@@ -245,7 +245,7 @@ def test_s3_volume_options(tmp_path):
                   checksum_sha256: "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=" }
         }
     """)))
-    volumes = {volume.name: volume.s3 for volume in config.volumes}
+    volumes = {volume.name: volume.objects for volume in config.volumes}
     assert volumes["logs"].filter.search("logs/a.csv") and not volumes["logs"].filter.search("logs/a.json")
     assert volumes["logs"].extra_args == {"ServerSideEncryption": "AES256"} and not volumes["logs"].single_object
     model = volumes["model"]
@@ -288,9 +288,11 @@ def test_staging_and_upload_options(tmp_path):
     assert staging.dir == "/var/cache/fsmount/staging"
     assert (staging.max_size, staging.multipart_threshold, staging.part_size, staging.parallel_parts) == (
         2 * 2**30, 64 * 2**20, 16 * 2**20, 8)
-    assert config.volumes[0].s3.rename_limit == 50
+    assert config.volumes[0].objects.rename_limit == 50
 
 
-def test_a_part_too_small_for_s3(tmp_path):
-    assert config_error(tmp_path, 'staging {\n  part_size: 1MiB\n}\nvolumes { v { source: "s3://b/" } }') == \
-        ":2: staging.part_size: at least 5MiB: S3 refuses smaller parts"
+@pytest.mark.parametrize("size", ["1MiB", "6000000"])  # too small for S3; no multiple of 256 KiB for GCS
+def test_a_part_size_every_store_takes(tmp_path, size):
+    assert config_error(tmp_path, f'staging {{\n  part_size: {size}\n}}\nvolumes {{ v {{ source: "s3://b/" }} }}') == \
+        (":2: staging.part_size: expected at least 5MiB (S3 refuses smaller parts) and a multiple of 256KiB "
+         "(GCS does), such as 8MiB")

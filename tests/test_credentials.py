@@ -1,11 +1,14 @@
-"""Which credentials a bucket gets, and how s3:// sources and endpoints are read (no server needed)."""
+"""Which credentials a bucket or container gets, and how s3://, azure:// and gs:// sources and endpoints are read
+(no server needed)."""
+import json
 import subprocess
 
 import pytest
 
 from conftest import FSMOUNT, write_config
 from fsmount.config import ConfigError, load_config
-from fsmount.credentials import S3Credentials, choose_s3_credentials
+from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials, choose_azure_credentials,
+                                 choose_gcs_credentials, choose_s3_credentials, parse_connection_string)
 
 ENTRIES = [
     S3Credentials(host="127.0.0.1:9000", key="minio-key", secure=False),
@@ -36,7 +39,7 @@ def test_secrets_never_show_in_a_repr():
 
 
 def s3_volume(tmp_path, text):
-    return load_config(str(write_config(tmp_path, text))).volumes[0].s3
+    return load_config(str(write_config(tmp_path, text))).volumes[0].objects
 
 
 def test_clearml_style_host_port_source(tmp_path, monkeypatch):
@@ -78,3 +81,139 @@ def test_s3_config_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         load_config(str(write_config(tmp_path, text)))
     assert message in str(error.value)
+
+
+AZURE = [
+    AzureCredentials(account_name="lab", container="secret-data", sas_token="sv=container-sas"),
+    AzureCredentials(account_name="lab", account_key="lab-key"),
+    AzureCredentials(account_name="archive", account_key="archive-key"),
+]
+
+
+@pytest.mark.parametrize("account, container, chosen", [
+    ("lab", "secret-data", "sv=container-sas"),
+    (None, "secret-data", "sv=container-sas"),  # azure://CONTAINER/prefix: the container's entry names the account
+    ("lab", "other", "lab-key"),
+    ("archive", "secret-data", "archive-key"),  # the container's entry is for another account
+    (None, "other", "lab-key"),  # no account named: the first entry for a whole account
+])
+def test_the_most_specific_azure_entry_wins(account, container, chosen):
+    entry = choose_azure_credentials(AZURE, account, container)
+    assert chosen in (entry.account_key, entry.sas_token)
+
+
+def test_no_azure_entry_fits_an_unknown_account():
+    assert choose_azure_credentials(AZURE, "elsewhere", "c") is None
+
+
+def test_connection_strings():
+    parsed = parse_connection_string("DefaultEndpointsProtocol=https;AccountName=lab;AccountKey=a2V5;"
+                                     "EndpointSuffix=core.windows.net")
+    assert (parsed.account_name, parsed.account_key, parsed.endpoint) == ("lab", "a2V5", "https://lab.blob.core.windows.net")
+    azurite = parse_connection_string("BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;SharedAccessSignature=sv=x&sig=y")
+    assert (azurite.account_name, azurite.sas_token) == ("devstoreaccount1", "sv=x&sig=y")
+    assert "a2V5" not in repr(parsed) and "sig=y" not in repr(azurite)
+    with pytest.raises(ValueError):
+        parse_connection_string("AccountKey=a2V5")
+
+
+def azure_volume(tmp_path, text):
+    return load_config(str(write_config(tmp_path, text))).volumes[0].objects
+
+
+def test_azure_sources_name_the_account_or_take_it_from_the_credentials(tmp_path, monkeypatch):
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT", raising=False)
+    entries = 'credentials { azure: [ { account_name: lab, account_key: k, container_name: runs }, { account_name: lab, account_key: k } ] }'
+    by_container = azure_volume(tmp_path, f'{entries}\nvolumes {{ d {{ source: "azure://runs/exp/1" }} }}')
+    assert (by_container.account, by_container.bucket, by_container.prefix) == ("lab", "runs", "exp/1")
+    by_account = azure_volume(tmp_path, f'{entries}\nvolumes {{ d {{ source: "azure://lab/other/p" }} }}')
+    assert (by_account.account, by_account.bucket, by_account.prefix) == ("lab", "other", "p")
+    by_host = azure_volume(tmp_path, 'volumes { d { source: "azure://pub.blob.core.windows.net/open/x" } }')
+    assert (by_host.account, by_host.bucket, by_host.endpoint) == ("pub", "open", "https://pub.blob.core.windows.net")
+    assert by_host.credentials.account_key is None and by_host.credentials.sas_token is None  # public: anonymous
+
+
+def test_azure_credentials_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", "envacct")
+    monkeypatch.setenv("AZURE_STORAGE_KEY", "env-key")
+    source = azure_volume(tmp_path, 'volumes { d { source: "azure://data/p" } }')
+    assert (source.account, source.bucket, source.credentials.account_key) == ("envacct", "data", "env-key")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=cs;SharedAccessSignature=sv=1&sig=2;"
+                                                          "BlobEndpoint=http://127.0.0.1:10000/cs")
+    source = azure_volume(tmp_path, 'volumes { d { source: "azure://data/p" } }')
+    assert (source.account, source.endpoint, source.credentials.sas_token) == ("cs", "http://127.0.0.1:10000/cs", "sv=1&sig=2")
+
+
+GCS = [
+    GcsCredentials(bucket="lab", subdir="team/a", project="a"),
+    GcsCredentials(bucket="lab", subdir="team", project="team"),
+    GcsCredentials(bucket="lab", project="lab"),
+    GcsCredentials(project="default"),
+]
+
+
+@pytest.mark.parametrize("bucket, prefix, project", [
+    ("lab", "team/a/runs", "a"),
+    ("lab", "team/a", "a"),
+    ("lab", "team/ab", "team"),  # a subdir holds whole names only
+    ("lab", "other", "lab"),
+    ("elsewhere", "", "default"),
+])
+def test_the_most_specific_gcs_entry_wins(bucket, prefix, project):
+    assert choose_gcs_credentials(GCS, bucket, prefix).project == project
+
+
+def test_no_gcs_entry_means_the_default_chain():
+    assert choose_gcs_credentials(GCS[:3], "elsewhere", "").use_default_chain
+
+
+KEY = {"type": "service_account", "project_id": "p", "private_key": "-----BEGIN PRIVATE KEY-----", "client_email": "x@p"}
+
+
+def gcs_volume(tmp_path, text):
+    return load_config(str(write_config(tmp_path, text))).volumes[0].objects
+
+
+def test_credentials_json_is_a_file_or_the_json_itself(tmp_path, monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    (tmp_path / "key.json").write_text(json.dumps(KEY))
+    from_file = gcs_volume(tmp_path, f'credentials {{ gcs: [ {{ bucket: b, credentials_json: "{tmp_path}/key.json" }} ] }}\n'
+                                     'volumes { d { source: "gs://b/p" } }')
+    monkeypatch.setenv("GCS_KEY", json.dumps(KEY))
+    inline = gcs_volume(tmp_path, 'credentials { gcs: [ { bucket: b, credentials_json: ${GCS_KEY} } ] }\n'
+                                  'volumes { d { source: "gs://b/p" } }')
+    assert from_file.credentials.info == KEY == inline.credentials.info
+    assert "PRIVATE" not in repr(from_file)
+
+
+def test_gcs_emulators_and_the_default_chain(tmp_path, monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    google = gcs_volume(tmp_path, 'volumes { d { source: "gs://b/p" } }')
+    assert google.endpoint is None and google.credentials.use_default_chain
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:4443")
+    emulated = gcs_volume(tmp_path, 'volumes { d { source: "gs://b/p" } }')
+    assert emulated.endpoint == "http://127.0.0.1:4443" and not emulated.credentials.use_default_chain
+
+
+@pytest.mark.parametrize("text, message", [
+    ('volumes { d { source: "azure://" } }', "volumes.d.source: '' is not a container name"),
+    ('volumes { d { source: "azure://Bad_Name/p" } }', "volumes.d.source: 'Bad_Name' is not a container name"),
+    ('volumes { d { source: "azure://data/p" } }', "volumes.d.source: names no account"),
+    ('volumes { d { source: "azure://a/b", endpoint: "127.0.0.1:10000" } }', "volumes.d.endpoint: expected an http(s)://"),
+    ('volumes { d { source: "azure://a/b", extra_args: { x: y } } }', "volumes.d.extra_args: unknown key"),
+    ('credentials { azure: [ { account_key: k } ] }\nvolumes { d { source: "azure://a/b" } }',
+     "credentials.azure.[0]: expected account_name (with account_key or sas_token) or connection_string"),
+    ('credentials { azure: [ { connection_string: "AccountKey=s3cr3t" } ] }\nvolumes { d { source: "azure://a/b" } }',
+     "credentials.azure.[0].connection_string: names no account"),
+    ('volumes { d { source: "gs://" } }', "volumes.d.source: expected gs://bucket/prefix"),
+    ('credentials { gcs: [ { bucket: b, credentials_json: "{not json" } ] }\nvolumes { d { source: "gs://b" } }',
+     "credentials.gcs.[0].credentials_json: expected the path of a JSON key file, or the JSON text itself"),
+])
+def test_azure_and_gcs_config_errors(tmp_path, monkeypatch, text, message):
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT", raising=False)
+    with pytest.raises(ConfigError) as error:
+        load_config(str(write_config(tmp_path, text)))
+    assert message in str(error.value) and "s3cr3t" not in str(error.value)

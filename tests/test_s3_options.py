@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_config
 from servers import s3_admin
-from test_s3_volume import fill_bucket, s3_config
+from test_object_volume import fill_bucket, s3_config
 
 DATA = os.urandom(3 * 2**20 + 777)
 

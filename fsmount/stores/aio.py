@@ -44,6 +44,10 @@ class TrioStore:
     def identity(self) -> str:
         return self.store.identity
 
+    @property
+    def parts_in_order(self) -> bool:
+        return self.store.parts_in_order
+
     async def open(self):
         await aio_as_trio(self.store.open)()
 
@@ -70,12 +74,10 @@ class TrioStore:
 
     async def read(self, key: str, start: int, length: int, version: str) -> bytes:
         """LENGTH bytes (fewer at the end) from START of KEY at VERSION; PreconditionFailed if it changed."""
-        def signed_get(fresh: bool) -> bytes:
-            return self.store.fetcher.get(self.store.range_request(key, start, length, version, fresh))
-
         for fresh in (False, True):
             try:
-                return await trio.to_thread.run_sync(signed_get, fresh, abandon_on_cancel=True)
+                return await trio.to_thread.run_sync(self.store.read_range, key, start, length, version, fresh,
+                                                     abandon_on_cancel=True)
             except AccessDenied:  # perhaps a signature that expired early, with the credentials it was made with
                 if fresh:
                     raise

@@ -5,9 +5,12 @@ Their errors are OSErrors with a fitting errno, so no SDK exception ever leaves 
 """
 import abc
 import asyncio
+import base64
 import contextlib
 import errno
+import hashlib
 import os
+import time
 import typing
 from dataclasses import dataclass, field
 
@@ -81,6 +84,8 @@ def status_error(status: int, message: str) -> StoreError:
 class Store(abc.ABC):
     """An asyncio client of one bucket or container; keys are relative to it."""
 
+    parts_in_order = False  # True: an upload's parts must be sent one at a time, in order (GCS's resumable uploads)
+
     @property
     @abc.abstractmethod
     def identity(self) -> str:
@@ -115,8 +120,21 @@ class Store(abc.ABC):
         changed. FRESH: the last one was refused; sign it anew rather than from a cache. Called from
         worker threads, right before the GET is sent: thread-safe, and it may block."""
 
+    def read_range(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> bytes:
+        """The bytes of `range_request`, sent from this (worker) thread; fewer at the end, b"" past it."""
+        return self.fetcher.get(self.range_request(key, start, length, version, fresh))
+
+    async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        return await asyncio.to_thread(self.upload_bytes, key, data, metadata)
+
+    def upload_file(self, key: str, path: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """Sends the whole file at PATH in one request. Called from worker threads, and it blocks."""
+        with open(path, "rb") as stream:
+            return self.upload_bytes(key, stream.read(), metadata)
+
     @abc.abstractmethod
-    async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo: ...
+    def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """Makes KEY of DATA in one request. Called from worker threads: thread-safe, and it blocks."""
 
     async def put_in_parts(self, key: str, path: str, part_size: int, parallel: int,
                            metadata: dict[str, str] | None = None) -> ObjectInfo:
@@ -131,19 +149,17 @@ class Store(abc.ABC):
                 return number, await asyncio.to_thread(self.upload_part, key, upload, number, path, offset,
                                                        min(part_size, size - offset))
 
+        parts = list(enumerate(range(0, size, part_size), start=1))
         try:
-            parts = await asyncio.gather(*(send(number, offset) for number, offset
-                                           in enumerate(range(0, size, part_size), start=1)))
-            return await self.complete_upload(key, upload, parts, size, metadata)
+            if self.parts_in_order:
+                sent = [await send(number, offset) for number, offset in parts]
+            else:
+                sent = await asyncio.gather(*(send(number, offset) for number, offset in parts))
+            return await self.complete_upload(key, upload, sent, size, metadata)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.abort_upload(key, upload)
             raise
-
-    @abc.abstractmethod
-    def upload_file(self, key: str, path: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
-        """Sends the whole file at PATH in one request. Called from worker threads: thread-safe, and it
-        blocks."""
 
     @abc.abstractmethod
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
@@ -151,9 +167,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
-        """Sends SIZE bytes from OFFSET of the file at PATH as part NUMBER (from 1; every part but the
-        last at least 5 MiB) of UPLOAD; returns the part's tag. Called from worker threads: thread-safe,
-        and it blocks."""
+        """Sends SIZE bytes from OFFSET of the file at PATH as part NUMBER (from 1) of UPLOAD; returns the
+        part's tag. Every part but the last is at least 5 MiB and a multiple of 256 KiB, so a part that
+        is not is the last. Called from worker threads: thread-safe, and it blocks."""
 
     @abc.abstractmethod
     async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
@@ -169,6 +185,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         """A server-side copy; METADATA replaces the source's, None keeps it."""
+
+
+def uploaded(key: str, size: int, version: str, metadata: dict[str, str] | None) -> ObjectInfo:
+    """What an upload made, from its response: the time is ours, as not every server's answer has one."""
+    return ObjectInfo(key, size, version, time.time_ns(), dict(metadata or {}))
+
+
+def content_md5(body: bytes) -> str:
+    """The base64 MD5 digest that S3, Azure and GCS check an upload's bytes against."""
+    return base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
 def read_part(path: str, offset: int, size: int) -> bytes:

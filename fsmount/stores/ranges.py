@@ -1,16 +1,24 @@
-"""RangeFetcher: sends the ranged GETs (and upload parts) that stores sign, from worker threads, through one urllib3 pool per store.
+"""RangeFetcher: sends the ranged GETs (and uploads) that stores sign, from worker threads, through one urllib3 pool per store.
 
 Block data does not go through the event loop: urllib3 reads a body straight into one buffer with
 the GIL released, so fills run on the second core while the loop answers the kernel. aiohttp on
 the loop spent ~40% of the daemon's only busy thread on a cold sequential read.
 """
 import time
+from typing import NamedTuple
 
 import urllib3
 
 from fsmount.stores.base import RangeRequest, Throttled, Unavailable, status_error
 
 _ATTEMPTS = 3
+_UPLOAD_ANSWERS = {200, 201, 308}  # 308: a resumable upload (GCS) took a chunk and wants the next
+
+
+class Reply(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
 
 class RangeFetcher:
@@ -33,10 +41,15 @@ class RangeFetcher:
         return self._send("GET", request.url, headers, None, f"GET {request.key} [{request.start}+{request.length}]",
                           answer)
 
-    def put(self, url: str, body: bytes, headers: dict[str, str], what: str) -> str:
-        """PUTs BODY to a signed URL (blocking), retried as GETs are; the ETag the server answers with."""
-        return self._send("PUT", url, headers, body, what,
-                          lambda response: response.headers.get("ETag") if response.status == 200 else None)
+    def upload(self, method: str, url: str, body: bytes, headers: dict[str, str], what: str) -> Reply:
+        """Sends BODY to a signed URL (blocking), retried as GETs are; the server's answer."""
+        def answer(response):
+            if response.status in _UPLOAD_ANSWERS:
+                return Reply(response.status, {name.lower(): value for name, value in response.headers.items()},
+                             response.read())
+            return None
+
+        return self._send(method, url, headers, body, what, answer)
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None, what: str, answer):
         """ANSWER(response) gives the result, or None for a failure the status names."""

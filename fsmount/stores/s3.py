@@ -11,11 +11,9 @@ of its CPU. The URLs come from a plain (synchronous) botocore client, signed wit
 (botocore chose SigV2 for a custom endpoint, which AWS refuses for buckets made since 2020).
 """
 import asyncio
-import base64
 import collections
 import contextlib
 import datetime
-import hashlib
 import threading
 import time
 
@@ -27,7 +25,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store,
-                                 Throttled, Unavailable, read_part, status_error)
+                                 Throttled, Unavailable, content_md5, read_part, status_error, uploaded)
 from fsmount.stores.ranges import RangeFetcher
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "NoSuchBucket"}
@@ -155,24 +153,17 @@ class S3Store(Store):
         return ListPage(objects, [entry["Prefix"] for entry in page.get("CommonPrefixes", [])],
                         page.get("NextContinuationToken") if page.get("IsTruncated") else None)
 
-    async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
-        return await asyncio.to_thread(self._put_object, key, data, metadata)
-
-    def upload_file(self, key: str, path: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
-        with open(path, "rb") as stream:
-            return self._put_object(key, stream.read(), metadata)
-
-    def _put_object(self, key: str, data: bytes, metadata: dict[str, str] | None) -> ObjectInfo:
+    def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         params = {"Bucket": self.bucket, "Key": key, "Metadata": metadata or {}, **self._extra_args}
-        return _uploaded(key, len(data), self._signed_put("put_object", params, data, f"PUT {key}"), metadata)
+        return uploaded(key, len(data), self._signed_put("put_object", params, data, f"PUT {key}"), metadata)
 
     def _signed_put(self, operation: str, params: dict, body: bytes, what: str) -> str:
         """Presigns OPERATION with PARAMS and the Content-MD5 of BODY, which the server checks, and sends
         it from this (worker) thread; returns the ETag."""
-        params = {**params, "ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
+        params = {**params, "ContentMD5": content_md5(body)}
         with _errors(f"SIGN {what}"):
             url = self._sync.generate_presigned_url(operation, Params=params, ExpiresIn=_URL_LIFETIME)
-        return self._fetcher.put(url, body, self._signed_headers(operation, params), what)
+        return self._fetcher.upload("PUT", url, body, self._signed_headers(operation, params), what).headers["etag"]
 
     def _signed_headers(self, operation: str, params: dict) -> dict[str, str]:
         """The headers of PARAMS, which a presigned request must carry as the signature covers them."""
@@ -203,7 +194,7 @@ class S3Store(Store):
             response = await self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload,
                 MultipartUpload={"Parts": [{"PartNumber": number, "ETag": tag} for number, tag in parts]})
-        return _uploaded(key, size, response["ETag"], metadata)
+        return uploaded(key, size, response["ETag"], metadata)
 
     async def abort_upload(self, key: str, upload: str):
         with _errors(f"ABORT MULTIPART {key}"):
@@ -220,7 +211,3 @@ class S3Store(Store):
                                            CopySource={"Bucket": self.bucket, "Key": source_key})
         return await self.stat(key)
 
-
-def _uploaded(key: str, size: int, etag: str, metadata: dict[str, str] | None) -> ObjectInfo:
-    """What an upload made, from its response: the server's clock is not in it, so the time is ours."""
-    return ObjectInfo(key, size, etag, time.time_ns(), dict(metadata or {}))

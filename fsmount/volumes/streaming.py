@@ -2,7 +2,8 @@
 
 Each part is sent once the file has grown past it, read from the staged copy by a worker thread.
 A write into a part already sent (or being sent), a truncate, a time set by hand or a rename
-breaks the stream: its upload is aborted and close uploads the whole file as usual. The parts
+breaks the stream: its upload is aborted and close uploads the whole file as usual. A store whose
+parts go in order (GCS) gets them one at a time, each after the one before. The parts
 carry no `mtime` metadata (the upload begins before the last write), so such a file shows the
 time the store finished it, which is when it was closed.
 """
@@ -27,6 +28,7 @@ class PartStream:
         self.broken = False
         self._nursery = nursery
         self._slots = trio.CapacityLimiter(parallel)
+        self._last_part_done: trio.Event | None = None  # stores whose parts go in order wait for it
         self._upload: str | None = None
         self._starting = trio.Lock()
         self._parts: dict[int, str] = {}
@@ -50,10 +52,15 @@ class PartStream:
         if not self._sending:
             self._idle = trio.Event()
         self._sending += 1
-        self._nursery.start_soon(self._send, offset // self.part_size + 1, offset, size)
+        after, done = None, trio.Event()
+        if self.store.parts_in_order:
+            after, self._last_part_done = self._last_part_done, done
+        self._nursery.start_soon(self._send, offset // self.part_size + 1, offset, size, after, done)
 
-    async def _send(self, number: int, offset: int, size: int):
+    async def _send(self, number: int, offset: int, size: int, after: trio.Event | None, done: trio.Event):
         try:
+            if after is not None:
+                await after.wait()
             async with self._slots:
                 async with self._starting:
                     if self._upload is None and not self.broken:
@@ -65,6 +72,7 @@ class PartStream:
             log.info("sending part %d of %s early failed (%s); it goes up whole at close", number, self.key, error)
             self.broken = True
         finally:
+            done.set()
             self._sending -= 1
             if not self._sending:
                 self._idle.set()

@@ -1,7 +1,9 @@
-"""Writing to rw S3 volumes through a real mount, against moto: everyday tools, namespace calls, nothing lost."""
+"""Writing to rw object store volumes through a real mount: everyday tools, namespace calls, nothing lost, on every
+kind of store (moto, Azurite, fake-gcs-server), and what only S3's request log shows, on moto."""
 import concurrent.futures
 import contextlib
 import errno
+import itertools
 import os
 import shutil
 import sqlite3
@@ -11,50 +13,55 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FSMOUNT, wait_for
-from servers import Proxy, s3_admin
-from test_s3_volume import drop_page_cache, fill_bucket, s3_config
+from conftest import FSMOUNT, wait_for, write_config
+from buckets import KINDS, S3Bucket, new_bucket
+from servers import Proxy
+from test_object_volume import drop_page_cache, volume_config
 
 PART = 5 * 2**20
 
 
-def stored(server, bucket, key) -> bytes:
-    return s3_admin(server).get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def keys(server, bucket) -> list[str]:
-    return [entry["Key"] for entry in s3_admin(server).list_objects_v2(Bucket=bucket).get("Contents", [])]
-
-
-@pytest.fixture
-def rw(workspace, moto, mount):
-    """(volume root, bucket, daemon) of an rw volume on a bucket holding `old.txt` and `dir/inside.txt`."""
-    bucket = fill_bucket(moto, {"old.txt": b"old bytes\n", "dir/inside.txt": b"inside\n"})
-    config = s3_config(workspace, moto, bucket, extra="mode: rw",
-                       staging=f"part_size: 5MiB, multipart_threshold: 5MiB")
-    daemon = mount(config, workspace / "mnt")
+def mount_rw(workspace, mount, bucket):
+    """(volume root, bucket, daemon) of an rw volume of BUCKET, whose files of over 5 MiB go up in parts."""
+    daemon = mount(volume_config(workspace, bucket, extra="mode: rw", staging="part_size: 5MiB, multipart_threshold: 5MiB"),
+                   workspace / "mnt")
     return workspace / "mnt" / "bucket", bucket, daemon
 
 
-def test_a_new_file_is_on_the_server_after_close(rw, moto):
+OLD = {"old.txt": b"old bytes\n", "dir/inside.txt": b"inside\n"}
+
+
+@pytest.fixture(params=KINDS)
+def rw(request, workspace, mount):
+    """An rw volume on a bucket holding `old.txt` and `dir/inside.txt`, on each kind of store."""
+    return mount_rw(workspace, mount, new_bucket(request, request.param, OLD))
+
+
+@pytest.fixture
+def s3_rw(workspace, moto, mount):
+    """The same on moto, whose request log the test reads."""
+    return mount_rw(workspace, mount, S3Bucket(moto, OLD))
+
+
+def test_a_new_file_is_on_the_server_after_close(rw):
     root, bucket, _ = rw
     (root / "new.txt").write_bytes(b"fresh\n")
-    assert stored(moto, bucket, "new.txt") == b"fresh\n"
+    assert bucket.get("new.txt") == b"fresh\n"
     assert (root / "new.txt").read_bytes() == b"fresh\n"
     assert os.stat(root / "new.txt").st_size == 6
     assert "new.txt" in os.listdir(root)
 
 
-def test_a_large_file_goes_up_in_parts(rw, moto):
+def test_a_large_file_goes_up_in_parts(rw):
     root, bucket, _ = rw
     data = os.urandom(3 * PART + 4321)
     (root / "big.bin").write_bytes(data)
-    assert stored(moto, bucket, "big.bin") == data
+    assert bucket.get("big.bin") == data
     assert (root / "big.bin").read_bytes() == data
 
 
-def test_a_written_file_reads_back_without_a_get(rw, moto):
-    root, bucket, _ = rw
+def test_a_written_file_reads_back_without_a_get(s3_rw, moto):
+    root, bucket, _ = s3_rw
     data = os.urandom(2 * PART)
     (root / "back.bin").write_bytes(data)
     gets = lambda: moto.requests("GET", f"/{bucket}/back.bin")
@@ -65,7 +72,7 @@ def test_a_written_file_reads_back_without_a_get(rw, moto):
     assert gets() == 0
 
 
-def test_random_writes_appends_and_truncates_are_staged_and_read_back(rw, moto):
+def test_random_writes_appends_and_truncates_are_staged_and_read_back(rw):
     root, bucket, _ = rw
     path = root / "old.txt"
     with open(path, "r+b") as stream:
@@ -76,16 +83,16 @@ def test_random_writes_appends_and_truncates_are_staged_and_read_back(rw, moto):
             assert reader.read() == b"old BYTES\n"
     with open(path, "ab") as stream:
         stream.write(b"and more")
-    assert stored(moto, bucket, "old.txt") == b"old BYTES\nand more"
+    assert bucket.get("old.txt") == b"old BYTES\nand more"
     os.truncate(path, 3)
-    assert stored(moto, bucket, "old.txt") == b"old" == path.read_bytes()
+    assert bucket.get("old.txt") == b"old" == path.read_bytes()
     with open(path, "r+b") as stream:
         stream.truncate(10)
-    assert stored(moto, bucket, "old.txt") == b"old" + bytes(7)
+    assert bucket.get("old.txt") == b"old" + bytes(7)
 
 
-def test_an_open_for_writing_that_only_reads_uploads_nothing(rw, moto):
-    root, bucket, _ = rw
+def test_an_open_for_writing_that_only_reads_uploads_nothing(s3_rw, moto):
+    root, bucket, _ = s3_rw
     puts = lambda: moto.requests("PUT", f"/{bucket}/old.txt")
     before = puts()
     with open(root / "old.txt", "r+b") as stream:
@@ -93,7 +100,7 @@ def test_an_open_for_writing_that_only_reads_uploads_nothing(rw, moto):
     assert puts() == before
 
 
-def test_two_handles_share_the_file_and_the_last_close_wins(rw, moto):
+def test_two_handles_share_the_file_and_the_last_close_wins(rw):
     root, bucket, _ = rw
     first, second = open(root / "shared", "wb"), open(root / "shared", "r+b")
     first.write(b"first")
@@ -102,13 +109,13 @@ def test_two_handles_share_the_file_and_the_last_close_wins(rw, moto):
     second.write(b"+second")
     first.close()
     second.close()
-    assert stored(moto, bucket, "shared") == b"first+second"
+    assert bucket.get("shared") == b"first+second"
 
 
-def test_mkdir_rmdir_and_unlink(rw, moto):
+def test_mkdir_rmdir_and_unlink(rw):
     root, bucket, _ = rw
     os.mkdir(root / "made")
-    assert "made/" in keys(moto, bucket)
+    assert "made/" in bucket.keys()
     with pytest.raises(FileExistsError):
         os.mkdir(root / "made")
     (root / "made" / "file").write_bytes(b"x")
@@ -119,37 +126,37 @@ def test_mkdir_rmdir_and_unlink(rw, moto):
     assert os.listdir(root / "made") == []
     os.rmdir(root / "made")
     assert "made" not in os.listdir(root)
-    assert not any(key.startswith("made") for key in keys(moto, bucket))
+    assert not any(key.startswith("made") for key in bucket.keys())
     with pytest.raises(FileNotFoundError):
         os.unlink(root / "absent")
     with pytest.raises(IsADirectoryError):
         os.unlink(root / "dir")
 
 
-def test_rename_a_file_replaces_the_target(rw, moto):
+def test_rename_a_file_replaces_the_target(rw):
     root, bucket, _ = rw
     (root / "target").write_bytes(b"to be replaced")
     (root / "source").write_bytes(b"replacement")
     os.rename(root / "source", root / "target")
-    assert stored(moto, bucket, "target") == b"replacement" == (root / "target").read_bytes()
-    assert "source" not in keys(moto, bucket) and not (root / "source").exists()
+    assert bucket.get("target") == b"replacement" == (root / "target").read_bytes()
+    assert "source" not in bucket.keys() and not (root / "source").exists()
 
 
-def test_rename_a_directory_moves_every_object(rw, moto):
+def test_rename_a_directory_moves_every_object(rw):
     root, bucket, _ = rw
     (root / "dir" / "sub").mkdir()
     (root / "dir" / "sub" / "deep.txt").write_bytes(b"deep")
     os.rename(root / "dir", root / "moved")
     assert sorted(os.listdir(root / "moved")) == ["inside.txt", "sub"]
     assert (root / "moved" / "sub" / "deep.txt").read_bytes() == b"deep"
-    assert sorted(key for key in keys(moto, bucket) if key.startswith(("dir", "moved"))) == [
+    assert sorted(key for key in bucket.keys() if key.startswith(("dir", "moved"))) == [
         "moved/inside.txt", "moved/sub/", "moved/sub/deep.txt"]
     assert not (root / "dir").exists()
 
 
 def test_renaming_a_directory_of_too_many_objects_is_exdev_and_mv_copies(workspace, moto, mount):
-    bucket = fill_bucket(moto, {f"many/{index}": b"x" for index in range(5)})
-    mount(s3_config(workspace, moto, bucket, extra="mode: rw, rename_limit: 3"), workspace / "mnt")
+    bucket = S3Bucket(moto, {f"many/{index}": b"x" for index in range(5)})
+    mount(volume_config(workspace, bucket, extra="mode: rw, rename_limit: 3"), workspace / "mnt")
     root = workspace / "mnt" / "bucket"
     with pytest.raises(OSError) as error:
         os.rename(root / "many", root / "other")
@@ -159,12 +166,12 @@ def test_renaming_a_directory_of_too_many_objects_is_exdev_and_mv_copies(workspa
     assert not (root / "many").exists()
 
 
-def test_times_set_are_kept_and_chmod_is_accepted(rw, moto):
+def test_times_set_are_kept_and_chmod_is_accepted(rw):
     root, bucket, _ = rw
     os.utime(root / "old.txt", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
     assert os.stat(root / "old.txt").st_mtime_ns == 1_600_000_000_123_456_789
-    assert s3_admin(moto).head_object(Bucket=bucket, Key="old.txt")["Metadata"]["mtime"] == "1600000000.123456789"
-    assert stored(moto, bucket, "old.txt") == b"old bytes\n"
+    assert bucket.metadata("old.txt")["mtime"] == "1600000000.123456789"
+    assert bucket.get("old.txt") == b"old bytes\n"
     os.chmod(root / "old.txt", 0o600)
     os.chown(root / "old.txt", 0, 0)
     listed = subprocess.run(["ls", "-l", "--time-style=+%s", str(root)], check=True, capture_output=True, text=True)
@@ -206,18 +213,38 @@ def test_cp_r_rsync_and_tar_write_identical_trees(rw, tmp_path):
     assert differences(source, root / "tar") == ""
 
 
-def test_an_editor_save_writes_a_temporary_file_and_renames_it(rw, moto):
+def test_cp_r_between_every_two_stores_gives_identical_bytes(request, workspace, mount, tmp_path):
+    """One config mounts S3, Azure, GCS and a host directory side by side."""
+    buckets = {kind: new_bucket(request, kind) for kind in KINDS}
+    (workspace / "links" / "host").mkdir()
+    mount(write_config(workspace, f"""
+        cache {{ dir: "{workspace}/cache" }}
+        link_mounts: ["{workspace}/links"]
+        {"".join(bucket.config("mode: rw", volume=kind) for kind, bucket in buckets.items())}
+        volumes {{ host {{ source: "file://{workspace}/links/host", mode: rw }} }}
+    """), workspace / "mnt")
+    root, tree = workspace / "mnt", make_tree(tmp_path / "tree")
+    names = [*KINDS, "host"]
+    for name in names:
+        subprocess.run(["cp", "-r", "--preserve=timestamps", str(tree), str(root / name / "tree")], check=True)
+    for source, target in itertools.permutations(names, 2):
+        copy = root / target / f"from-{source}"
+        subprocess.run(["cp", "-r", "--preserve=timestamps", str(root / source / "tree"), str(copy)], check=True)
+        assert differences(tree, copy) == "", f"{source} -> {target}"
+
+
+def test_an_editor_save_writes_a_temporary_file_and_renames_it(rw):
     root, bucket, _ = rw
     with open(root / ".old.txt.swp", "wb") as temporary:
         temporary.write(b"edited\n")
         temporary.flush()
         os.fsync(temporary.fileno())
     os.rename(root / ".old.txt.swp", root / "old.txt")
-    assert (root / "old.txt").read_bytes() == b"edited\n" == stored(moto, bucket, "old.txt")
-    assert ".old.txt.swp" not in keys(moto, bucket) + os.listdir(root)
+    assert (root / "old.txt").read_bytes() == b"edited\n" == bucket.get("old.txt")
+    assert ".old.txt.swp" not in bucket.keys() + os.listdir(root)
 
 
-def test_a_sqlite_database_copied_in_is_written_through_the_mount(rw, moto, tmp_path):
+def test_a_sqlite_database_copied_in_is_written_through_the_mount(rw, tmp_path):
     root, bucket, _ = rw
     local = tmp_path / "local.db"
     with contextlib.closing(sqlite3.connect(local)) as db:
@@ -229,11 +256,11 @@ def test_a_sqlite_database_copied_in_is_written_through_the_mount(rw, moto, tmp_
         db.execute("INSERT INTO runs (loss) VALUES (0.0)")
         db.execute("DELETE FROM runs WHERE id <= 10")
         db.commit()
-    (tmp_path / "back.db").write_bytes(stored(moto, bucket, "runs.db"))
+    (tmp_path / "back.db").write_bytes(bucket.get("runs.db"))
     with contextlib.closing(sqlite3.connect(tmp_path / "back.db")) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert db.execute("SELECT count(*), min(loss) FROM runs").fetchone() == (1991, 0.0)
-    assert keys(moto, bucket) == sorted(["dir/inside.txt", "old.txt", "runs.db"])  # the journal is gone
+    assert bucket.keys() == sorted(["dir/inside.txt", "old.txt", "runs.db"])  # the journal is gone
 
 
 def test_links_and_special_files_cannot_be_made(rw):
@@ -248,26 +275,28 @@ def test_links_and_special_files_cannot_be_made(rw):
 
 
 def test_a_full_staging_area_gives_enospc_and_loses_nothing_else(workspace, moto, mount):
-    bucket = fill_bucket(moto, {})
-    mount(s3_config(workspace, moto, bucket, extra="mode: rw", staging="max_size: 1MiB"), workspace / "mnt")
+    bucket = S3Bucket(moto)
+    mount(volume_config(workspace, bucket, extra="mode: rw", staging="max_size: 1MiB"), workspace / "mnt")
     root = workspace / "mnt" / "bucket"
     (root / "fits").write_bytes(b"f" * 2**19)
     with pytest.raises(OSError) as error:
         with open(root / "too-big", "wb") as stream:
             stream.write(b"x" * 2**21)
     assert error.value.errno == errno.ENOSPC
-    assert stored(moto, bucket, "fits") == b"f" * 2**19
+    assert bucket.get("fits") == b"f" * 2**19
     os.unlink(root / "too-big")
     (root / "after").write_bytes(b"a" * 2**19)
-    assert stored(moto, bucket, "after") == b"a" * 2**19
+    assert bucket.get("after") == b"a" * 2**19
 
 
-@pytest.fixture
-def behind_proxy(workspace, moto, mount):
-    """(config, volume root, bucket, proxy) of an rw volume whose server is reached through a Proxy."""
-    proxy = Proxy(moto.port)
-    bucket = fill_bucket(moto, {})
-    config = s3_config(workspace, proxy, bucket, extra="mode: rw", staging="part_size: 5MiB, multipart_threshold: 5MiB")
+@pytest.fixture(params=KINDS)
+def behind_proxy(request, workspace, mount):
+    """(config, volume root, bucket, proxy) of an rw volume whose server is reached through a Proxy, on each kind
+    of store."""
+    bucket = new_bucket(request, request.param)
+    proxy = Proxy(bucket.server.port)
+    config = volume_config(workspace, bucket, extra="mode: rw", staging="part_size: 5MiB, multipart_threshold: 5MiB",
+                           url=proxy.url)
     yield config, workspace / "mnt" / "bucket", bucket, proxy
     proxy.close()
 
@@ -282,7 +311,7 @@ def status(config) -> str:
     return subprocess.run([FSMOUNT, "status", str(config)], check=True, capture_output=True, text=True).stdout
 
 
-def test_a_file_never_closed_when_the_daemon_is_killed_is_kept_aside(behind_proxy, moto, mount, workspace):
+def test_a_file_never_closed_when_the_daemon_is_killed_is_kept_aside(behind_proxy, mount, workspace):
     config, root, bucket, _ = behind_proxy
     daemon = mount(config, workspace / "mnt")
     writer = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
@@ -294,13 +323,13 @@ def test_a_file_never_closed_when_the_daemon_is_killed_is_kept_aside(behind_prox
     writer.kill()
     writer.wait()
     assert not (root / "unfinished").exists()
-    assert keys(moto, bucket) == []
+    assert bucket.keys() == []
     (kept,) = (workspace / "cache" / "staging" / "kept").iterdir()
     assert kept.read_bytes() == b"partial" * 1000
     assert str(kept) in daemon.log() and str(kept) in status(config)
 
 
-def test_a_daemon_killed_mid_upload_uploads_again_on_its_next_start(behind_proxy, moto, mount, workspace, tmp_path):
+def test_a_daemon_killed_mid_upload_uploads_again_on_its_next_start(behind_proxy, mount, workspace, tmp_path):
     config, root, bucket, proxy = behind_proxy
     daemon = mount(config, workspace / "mnt")
     data = os.urandom(4 * PART + 1234)
@@ -308,17 +337,17 @@ def test_a_daemon_killed_mid_upload_uploads_again_on_its_next_start(behind_proxy
     proxy.stall_after(2 * PART)
     copier = subprocess.Popen(["cp", str(tmp_path / "big.bin"), str(root / "big.bin")])
     wait_for(lambda: " waiting" in status(config).split("\n")[1] and proxy.sent >= 2 * PART, 30, "the upload to stall")
-    assert keys(moto, bucket) == []
+    assert bucket.keys() == []
     daemon.process.kill()
     proxy.up()
     copier.wait(timeout=10)
     daemon = restart(daemon, mount, config)
-    wait_for(lambda: "big.bin" in keys(moto, bucket), 30, "the upload after the restart")
-    assert stored(moto, bucket, "big.bin") == data == (root / "big.bin").read_bytes()
+    wait_for(lambda: "big.bin" in bucket.keys(), 30, "the upload after the restart")
+    assert bucket.get("big.bin") == data == (root / "big.bin").read_bytes()
     assert "was closed but not uploaded" in daemon.log()
 
 
-def test_a_server_gone_mid_upload_fails_close_and_the_upload_is_retried(behind_proxy, moto, mount, workspace):
+def test_a_server_gone_mid_upload_fails_close_and_the_upload_is_retried(behind_proxy, mount, workspace):
     config, root, bucket, proxy = behind_proxy
     mount(config, workspace / "mnt")
     data = os.urandom(3 * PART)
@@ -335,12 +364,12 @@ def test_a_server_gone_mid_upload_fails_close_and_the_upload_is_retried(behind_p
     assert (root / "retried.bin").read_bytes() == data  # still staged, and readable
     assert "1 waiting" in status(config)
     proxy.up()
-    wait_for(lambda: "retried.bin" in keys(moto, bucket), 30, "the upload to be retried")
-    assert stored(moto, bucket, "retried.bin") == data
+    wait_for(lambda: "retried.bin" in bucket.keys(), 30, "the upload to be retried")
+    assert bucket.get("retried.bin") == data
 
 
-def test_names_made_in_a_directory_made_here_are_known_new_without_a_request(rw, moto):
-    root, bucket, _ = rw
+def test_names_made_in_a_directory_made_here_are_known_new_without_a_request(s3_rw, moto):
+    root, bucket, _ = s3_rw
     os.mkdir(root / "fresh")
     lookups = lambda: moto.requests("HEAD", f"/{bucket}/fresh/") + moto.requests("GET", f"/{bucket}?", "fresh")
     before = lookups()
@@ -348,24 +377,24 @@ def test_names_made_in_a_directory_made_here_are_known_new_without_a_request(rw,
         (root / "fresh" / f"file-{index}").write_bytes(b"x")
     assert lookups() == before
     assert sorted(os.listdir(root / "fresh")) == [f"file-{index}" for index in range(5)]
-    assert [key for key in keys(moto, bucket) if key.startswith("fresh")] == ["fresh/"] + [
+    assert [key for key in bucket.keys() if key.startswith("fresh")] == ["fresh/"] + [
         f"fresh/file-{index}" for index in range(5)]
 
 
-def test_a_new_file_written_in_order_goes_up_in_parts_before_close(rw, moto):
-    root, bucket, _ = rw
+def test_a_new_file_written_in_order_goes_up_in_parts_before_close(s3_rw, moto):
+    root, bucket, _ = s3_rw
     data = os.urandom(3 * PART + 999)
     with open(root / "streamed.bin", "wb", buffering=0) as stream:
         for offset in range(0, len(data), 2**20):
             stream.write(data[offset:offset + 2**20])
         wait_for(lambda: moto.requests("PUT", f"/{bucket}/streamed.bin?", "partNumber=3") == 1, 30,
                  "the third part to go up before close")
-    assert stored(moto, bucket, "streamed.bin") == data == (root / "streamed.bin").read_bytes()
+    assert bucket.get("streamed.bin") == data == (root / "streamed.bin").read_bytes()
     assert moto.requests("PUT", f"/{bucket}/streamed.bin?", "partNumber=") == 4  # each part once
 
 
-def test_a_write_into_a_part_already_sent_still_stores_the_right_bytes(rw, moto):
-    root, bucket, _ = rw
+def test_a_write_into_a_part_already_sent_still_stores_the_right_bytes(s3_rw, moto):
+    root, bucket, _ = s3_rw
     data = bytearray(os.urandom(3 * PART))
     with open(root / "rewritten.bin", "wb", buffering=0) as stream:
         stream.write(data)
@@ -374,15 +403,15 @@ def test_a_write_into_a_part_already_sent_still_stores_the_right_bytes(rw, moto)
         stream.seek(10)
         stream.write(b"rewritten")
     data[10:19] = b"rewritten"
-    assert stored(moto, bucket, "rewritten.bin") == data
+    assert bucket.get("rewritten.bin") == data
 
 
-def test_a_shell_redirect_uploads_once_and_touch_makes_an_empty_object(rw, moto, tmp_path):
-    root, bucket, _ = rw
+def test_a_shell_redirect_uploads_once_and_touch_makes_an_empty_object(s3_rw, moto, tmp_path):
+    root, bucket, _ = s3_rw
     (tmp_path / "source").write_bytes(b"redirected\n")
     subprocess.run(["bash", "-c", f'cat "{tmp_path}/source" > "{root}/redirected"'], check=True)
-    assert stored(moto, bucket, "redirected") == b"redirected\n"
+    assert bucket.get("redirected") == b"redirected\n"
     assert moto.requests("PUT", f"/{bucket}/redirected?") == 1
     subprocess.run(["touch", str(root / "touched")], check=True)
-    wait_for(lambda: "touched" in keys(moto, bucket), 10, "the empty file to go up on release")
-    assert stored(moto, bucket, "touched") == b""
+    wait_for(lambda: "touched" in bucket.keys(), 10, "the empty file to go up on release")
+    assert bucket.get("touched") == b""

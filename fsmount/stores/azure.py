@@ -1,0 +1,184 @@
+"""AzureStore: Azure Blob Storage containers (and Azurite) through azure-storage-blob's aio client.
+
+As for S3, data does not go through the SDK: reads, uploads and the blocks of large uploads are
+requests to blob URLs carrying a SAS, sent by the RangeFetcher from worker threads. With an
+account key the store makes a container SAS itself (renewed at half its life); with a SAS
+token it uses that; with neither (a public container) the URLs go bare. Large files go up as
+staged blocks, sent in parallel and committed with a block list; blocks of an upload that never
+completes are not deleted by hand: Azure drops uncommitted blocks after a week.
+"""
+import asyncio
+import base64
+import contextlib
+import datetime
+import threading
+import time
+import urllib.parse
+import uuid
+
+import aiohttp
+from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError, ResourceModifiedError,
+                                   ResourceNotFoundError, ServiceRequestError, ServiceResponseError)
+from azure.storage.blob import BlobBlock, ContainerSasPermissions, generate_container_sas
+from azure.storage.blob.aio import BlobServiceClient
+
+from fsmount.credentials import AzureCredentials
+from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store,
+                                 Unavailable, content_md5, read_part, status_error, uploaded)
+from fsmount.stores.ranges import RangeFetcher
+
+_SAS_LIFETIME = datetime.timedelta(hours=2)
+_SAS_PERMISSIONS = ContainerSasPermissions(read=True, add=True, create=True, write=True, delete=True, list=True)
+_COPY_POLL = 0.2  # seconds between looks at a copy the server finishes in the background
+
+
+@contextlib.contextmanager
+def _errors(what: str):
+    """Turns whatever the SDK raises into the store's own errors, naming the request."""
+    try:
+        yield
+    except ResourceNotFoundError:
+        raise NotFound(what) from None
+    except ResourceModifiedError:
+        raise PreconditionFailed(what) from None
+    except ClientAuthenticationError as error:
+        raise AccessDenied(f"{what}: {error.error_code or error.status_code}") from None
+    except (ServiceRequestError, ServiceResponseError, aiohttp.ClientError, asyncio.TimeoutError) as error:
+        raise Unavailable(f"{what}: {type(error).__name__}") from None
+    except HttpResponseError as error:
+        raise status_error(error.status_code or 0, f"{what}: {error.error_code or error.status_code}") from None
+    except AzureError as error:
+        raise Unavailable(f"{what}: {type(error).__name__}") from None
+
+
+def _etag(text: str) -> str:
+    """ETags quoted, as the server sends them in headers (its listings leave the quotes off)."""
+    return text if text.startswith('"') else f'"{text}"'
+
+
+def _info(key: str, size: int, etag: str, modified: datetime.datetime, metadata=None) -> ObjectInfo:
+    return ObjectInfo(key, size, _etag(etag), int(modified.timestamp() * 1e9), dict(metadata or {}))
+
+
+class AzureStore(Store):
+    def __init__(self, account: str, container: str, credentials: AzureCredentials, endpoint: str | None = None,
+                 verify: bool | str = True, max_connections: int = 32):
+        """ENDPOINT: the account's blob service URL (Azurite: http://127.0.0.1:10000/ACCOUNT)."""
+        self.account = account
+        self.container = container
+        self.account_url = (endpoint or f"https://{account}.blob.core.windows.net").rstrip("/")
+        self._credentials = credentials
+        self._fetcher = RangeFetcher(max_connections, verify)
+        self._connection_verify = verify
+        self._service: BlobServiceClient | None = None
+        self._client = None
+        self._sas_lock = threading.Lock()
+        self._sas: tuple[float, str] | None = None  # (renew after, query string)
+
+    @property
+    def identity(self) -> str:
+        return f"azure:{self.account_url}/{self.container}"
+
+    @property
+    def fetcher(self) -> RangeFetcher:
+        return self._fetcher
+
+    async def open(self):
+        key, sas = self._credentials.account_key, self._credentials.sas_token
+        credential = {"account_name": self.account, "account_key": key} if key else sas
+        self._service = BlobServiceClient(self.account_url, credential=credential, retry_total=2, connection_timeout=5,
+                                          read_timeout=60, connection_verify=self._connection_verify)
+        self._client = self._service.get_container_client(self.container)
+
+    async def close(self):
+        self._fetcher.close()
+        if self._service is not None:
+            await self._service.close()
+            self._service = self._client = None
+
+    def _url(self, key: str, query: str = "", fresh: bool = False) -> str:
+        """The blob's URL, with QUERY and the SAS that authorizes it."""
+        sas = self._sas_query(fresh)
+        return f"{self.account_url}/{self.container}/{urllib.parse.quote(key)}?{'&'.join(filter(None, (query, sas)))}"
+
+    def _sas_query(self, fresh: bool) -> str:
+        if self._credentials.account_key is None:
+            return (self._credentials.sas_token or "").lstrip("?")
+        with self._sas_lock:
+            if self._sas is None or self._sas[0] < time.monotonic() or fresh:
+                expiry = datetime.datetime.now(datetime.timezone.utc) + _SAS_LIFETIME
+                token = generate_container_sas(self.account, self.container, account_key=self._credentials.account_key,
+                                               permission=_SAS_PERMISSIONS, expiry=expiry)
+                self._sas = (time.monotonic() + _SAS_LIFETIME.total_seconds() / 2, token)
+            return self._sas[1]
+
+    def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
+        return RangeRequest(key, start, length, self._url(key, fresh=fresh), {"If-Match": version})
+
+    async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
+        with _errors(f"HEAD {key}"):
+            properties = await self._client.get_blob_client(key).get_blob_properties()
+        return _info(key, properties.size, properties.etag, properties.last_modified, properties.metadata)
+
+    async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                        page_size: int | None = None) -> ListPage:
+        if delimiter:
+            items = self._client.walk_blobs(name_starts_with=prefix, delimiter=delimiter, results_per_page=page_size)
+        else:
+            items = self._client.list_blobs(name_starts_with=prefix, results_per_page=page_size)
+        pages = items.by_page(continuation_token=token)
+        objects, prefixes = [], []
+        with _errors(f"LIST {prefix}"):
+            page = await anext(pages, None)
+            async for item in page or ():
+                if hasattr(item, "size"):
+                    objects.append(_info(item.name, item.size, item.etag, item.last_modified))
+                else:
+                    prefixes.append(item.name)
+        return ListPage(objects, prefixes, pages.continuation_token or None)
+
+    def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        headers = {"x-ms-blob-type": "BlockBlob", "Content-MD5": content_md5(data),
+                   **{f"x-ms-meta-{name}": value for name, value in (metadata or {}).items()}}
+        reply = self._fetcher.upload("PUT", self._url(key), data, headers, f"PUT {key}")
+        return uploaded(key, len(data), _etag(reply.headers["etag"]), metadata)
+
+    async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
+        return uuid.uuid4().hex  # the blocks' ids begin with it; nothing is asked of the server until then
+
+    def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
+        block = f"{upload}-{number:06d}"  # a blob's block ids must all be of one length
+        body = read_part(path, offset, size)
+        query = f"comp=block&blockid={urllib.parse.quote(base64.b64encode(block.encode()).decode(), safe='')}"
+        self._fetcher.upload("PUT", self._url(key, query), body, {"Content-MD5": content_md5(body)},
+                             f"PUT BLOCK {number} {key}")
+        return block
+
+    async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
+                              metadata: dict[str, str] | None = None) -> ObjectInfo:
+        with _errors(f"COMMIT BLOCKS {key}"):
+            response = await self._client.get_blob_client(key).commit_block_list(
+                [BlobBlock(block) for _, block in parts], metadata=metadata or {})
+        return uploaded(key, size, _etag(response["etag"]), metadata)
+
+    async def abort_upload(self, key: str, upload: str):
+        pass  # uncommitted blocks are dropped by the server
+
+    async def delete(self, key: str):
+        with contextlib.suppress(NotFound), _errors(f"DELETE {key}"):
+            await self._client.get_blob_client(key).delete_blob()
+
+    async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        blob = self._client.get_blob_client(key)
+        with _errors(f"COPY {source_key} {key}"):
+            if source_key == key and metadata is not None:
+                await blob.set_blob_metadata(metadata)
+            else:
+                copying = await blob.start_copy_from_url(self._url(source_key), metadata=metadata)
+                while copying.get("copy_status") == "pending":  # a large copy between accounts' servers
+                    await asyncio.sleep(_COPY_POLL)
+                    copying = {"copy_status": (await blob.get_blob_properties()).copy.status}
+                if copying.get("copy_status") not in ("success", None):
+                    raise Unavailable(f"COPY {source_key} {key}: {copying.get('copy_status')}")
+        return await self.stat(key)
+

@@ -1,0 +1,22 @@
+"""The store client a volume's source names: S3, Azure Blob or GCS, with the credentials chosen for it."""
+from fsmount.config import AzureSource, GcsSource, ObjectSource, S3Source
+from fsmount.stores.azure import AzureStore
+from fsmount.stores.base import Store
+from fsmount.stores.gcs import GcsStore
+from fsmount.stores.s3 import S3Store
+
+
+def store_for(source: ObjectSource) -> Store:
+    if isinstance(source, S3Source):
+        credentials = source.credentials
+        chain = credentials.use_credentials_chain
+        return S3Store(source.bucket, endpoint=source.endpoint, region=credentials.region,
+                       key=None if chain else credentials.key, secret=None if chain else credentials.secret,
+                       verify=credentials.verify, max_connections=source.max_connections, extra_args=source.extra_args)
+    if isinstance(source, AzureSource):
+        return AzureStore(source.account, source.bucket, source.credentials, endpoint=source.endpoint,
+                          max_connections=source.max_connections)
+    if isinstance(source, GcsSource):
+        return GcsStore(source.bucket, source.credentials, endpoint=source.endpoint,
+                        max_connections=source.max_connections)
+    raise TypeError(f"no store for {type(source).__name__}")
