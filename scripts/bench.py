@@ -1,16 +1,19 @@
-"""The benchmark: fsmount, rclone mount and s3fs-fuse side by side on one local SeaweedFS, in one run.
+"""The benchmark: fsmount, rclone mount and s3fs-fuse side by side on one local store server, in one run.
 
-Each tool gets the same bucket and an empty cache. Rows: sequential read of a 1 GiB object cold
-(empty tool cache) and warm (tool cache full, page cache dropped), random 4 KiB reads cold and
-warm (fio), `ls -l` of a 10,000-object prefix the first and the second time, `cp -r` of 1,000
-objects of 16 KiB, `cp` of a 512 MiB file into the mount and 500 files of 16 KiB written by a
-shell loop (each timed until the server holds every byte), and the daemon's peak RSS. rclone
-is measured twice: with its full cache (every row) and with no cache (the write rows, where it
-is at its fastest: its cache holds uploads back for 5 s). Prints a Markdown table with
-fsmount/peer ratios.
+The server is SeaweedFS (S3), or with `--store azure` Azurite and with `--store gcs` fake-gcs-server,
+where the peer is rclone mount alone (s3fs speaks S3 only). Data is loaded, and the written files
+listed, through fsmount's own store clients. Each tool gets the same bucket and an empty cache.
+
+Rows: sequential read of a 1 GiB object cold (empty tool cache) and warm (tool cache full, page
+cache dropped), random 4 KiB reads cold and warm (fio), `ls -l` of a 10,000-object prefix the
+first and the second time, `cp -r` of 1,000 objects of 16 KiB, `cp` of a 512 MiB file into the
+mount and 500 files of 16 KiB written by a shell loop (each timed until the server holds every
+byte), and the daemon's peak RSS. rclone is measured twice: with its full cache (every row) and
+with no cache (the write rows, where it is at its fastest: its cache holds uploads back for 5 s).
+Prints a Markdown table with fsmount/peer ratios.
 """
 import argparse
-import concurrent.futures
+import asyncio
 import json
 import os
 import shutil
@@ -22,11 +25,19 @@ import time
 from pathlib import Path
 
 import botocore.session
+import urllib3
+from azure.storage.blob import BlobServiceClient
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
 sys.path.insert(0, str(ROOT / "scripts"))
 from free_port import free_base  # noqa: E402
+from make_demo_data import AZURITE_ACCOUNT, AZURITE_KEY  # noqa: E402
+
+from fsmount.credentials import AzureCredentials, GcsCredentials  # noqa: E402
+from fsmount.stores.azure import AzureStore  # noqa: E402
+from fsmount.stores.gcs import GcsStore  # noqa: E402
+from fsmount.stores.s3 import S3Store  # noqa: E402
 
 BUCKET = "bench"
 KEY, SECRET = "bench", "bench"
@@ -48,26 +59,137 @@ ROWS = [  # (row, unit, higher is better)
 WRITE_ROWS = {"cp 512 MiB into the mount", "500 x 16 KiB written by a shell loop"}
 
 
-def s3_client(endpoint):
-    return botocore.session.get_session().create_client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=KEY, aws_secret_access_key=SECRET)
+class Server:
+    """One local store server with the bucket `bench`: how it starts, and how each tool reaches it."""
+    name = ""  # scripts/serve's
+    ports = ()  # the ports it takes beside its own, as offsets
+    peers = ("rclone", "rclone-nocache")
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.port = free_base(list(self.ports))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+        self.loop = asyncio.new_event_loop()
+        self.store = None
+
+    def start(self):
+        self.process = subprocess.Popen([str(ROOT / "scripts" / "serve"), self.name, str(self.port), str(self.work / self.name)],
+                                        stdout=open(self.work / f"{self.name}.log", "wb"), stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 120
+        while subprocess.run(["bash", "-c", f"echo > /dev/tcp/127.0.0.1/{self.port}"], capture_output=True).returncode:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start; see {self.work / self.name}.log")
+            time.sleep(0.5)
+        self.create_bucket()
+        self.store = self.make_store()
+        self.loop.run_until_complete(self.store.open())
+
+    def stop(self):
+        if self.store is not None:
+            self.loop.run_until_complete(self.store.close())
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # SeaweedFS can hang after SIGTERM, retrying the filer it stopped
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def load(self, big: Path, size: int):
+        """The 1 GiB object (from the file BIG), 10,000 empty objects and 1,000 of 16 KiB."""
+        self.loop.run_until_complete(self.store.put_in_parts(BIG_KEY, str(big), 64 * 2**20, 4))
+        small = os.urandom(16 * 1024)
+        jobs = [(f"many/object-{index:05d}", b"") for index in range(MANY)]
+        jobs += [(f"small/file-{index:04d}", small) for index in range(SMALL)]
+        slots = asyncio.Semaphore(16)
+
+        async def put(key, data):
+            async with slots:
+                await self.store.put(key, data)
+
+        async def put_all():
+            await asyncio.gather(*(put(key, data) for key, data in jobs))
+
+        self.loop.run_until_complete(put_all())
+
+    def listed(self, prefix: str) -> list[tuple[str, int]]:
+        """(key, size) of every object under PREFIX."""
+        async def every_page():
+            found, token = [], None
+            while True:
+                page = await self.store.list_page(prefix, "", token)
+                found += [(info.key, info.size) for info in page.objects]
+                token = page.next_token
+                if token is None:
+                    return found
+
+        return self.loop.run_until_complete(every_page())
 
 
-def load_data(endpoint, size):
-    client = s3_client(endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    upload = client.create_multipart_upload(Bucket=BUCKET, Key=BIG_KEY)["UploadId"]
-    part, parts = 64 * 2**20, []
-    for number, offset in enumerate(range(0, size, part), start=1):
-        etag = client.upload_part(Bucket=BUCKET, Key=BIG_KEY, UploadId=upload, PartNumber=number,
-                                  Body=os.urandom(min(part, size - offset)))["ETag"]
-        parts.append({"PartNumber": number, "ETag": etag})
-    client.complete_multipart_upload(Bucket=BUCKET, Key=BIG_KEY, UploadId=upload, MultipartUpload={"Parts": parts})
-    small = os.urandom(16 * 1024)
-    jobs = [(f"many/object-{index:05d}", b"") for index in range(MANY)]
-    jobs += [(f"small/file-{index:04d}", small) for index in range(SMALL)]
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda job: client.put_object(Bucket=BUCKET, Key=job[0], Body=job[1]), jobs))
+class SeaweedFS(Server):
+    name = "seaweedfs"
+    ports = (1, 2, 3, 10000, 10001, 10002, 10003)
+    peers = ("rclone", "s3fs", "rclone-nocache")
+
+    def create_bucket(self):
+        botocore.session.get_session().create_client(
+            "s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET).create_bucket(Bucket=BUCKET)
+
+    def make_store(self):
+        return S3Store(BUCKET, endpoint=self.url, key=KEY, secret=SECRET)
+
+    def fsmount_volume(self) -> str:
+        return f"""credentials {{ s3: [ {{ bucket: {BUCKET}, key: {KEY}, secret: {SECRET} }} ] }}
+                   volumes {{ bench {{ source: "s3://{BUCKET}/", endpoint: "{self.url}", mode: rw }} }}"""
+
+    def rclone_remote(self) -> dict:
+        return {"TYPE": "s3", "PROVIDER": "SeaweedFS", "ENDPOINT": self.url, "ACCESS_KEY_ID": KEY,
+                "SECRET_ACCESS_KEY": SECRET}
+
+
+class Azurite(Server):
+    name = "azurite"
+
+    @property
+    def account_url(self) -> str:
+        return f"{self.url}/{AZURITE_ACCOUNT}"
+
+    def create_bucket(self):
+        BlobServiceClient(self.account_url, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY}) \
+            .create_container(BUCKET)
+
+    def make_store(self):
+        return AzureStore(AZURITE_ACCOUNT, BUCKET, AzureCredentials(AZURITE_ACCOUNT, account_key=AZURITE_KEY),
+                          endpoint=self.account_url)
+
+    def fsmount_volume(self) -> str:
+        return f"""credentials {{ azure: [ {{ account_name: {AZURITE_ACCOUNT}, account_key: "{AZURITE_KEY}" }} ] }}
+                   volumes {{ bench {{ source: "azure://{BUCKET}/", endpoint: "{self.account_url}", mode: rw }} }}"""
+
+    def rclone_remote(self) -> dict:
+        return {"TYPE": "azureblob", "ACCOUNT": AZURITE_ACCOUNT, "KEY": AZURITE_KEY, "ENDPOINT": self.account_url}
+
+
+class FakeGcs(Server):
+    name = "fake-gcs"
+
+    def create_bucket(self):
+        urllib3.request("POST", f"{self.url}/storage/v1/b", json={"name": BUCKET})
+
+    def make_store(self):
+        return GcsStore(BUCKET, GcsCredentials(), endpoint=self.url)
+
+    def fsmount_volume(self) -> str:
+        return f"""volumes {{ bench {{ source: "gs://{BUCKET}/", endpoint: "{self.url}", mode: rw }} }}"""
+
+    def rclone_remote(self) -> dict:
+        return {"TYPE": "google cloud storage", "ANONYMOUS": "true", "ENDPOINT": f"{self.url}/storage/v1/"}
+
+
+SERVERS = {"s3": SeaweedFS, "azure": Azurite, "gcs": FakeGcs}
 
 
 def drop_page_cache():
@@ -82,8 +204,8 @@ def mounted(path) -> bool:
 class Tool:
     """One mount of one tool, started in the foreground as a child, with its own cache dir."""
 
-    def __init__(self, name, work: Path, endpoint):
-        self.name, self.work, self.endpoint = name, work, endpoint
+    def __init__(self, name, work: Path, server: Server):
+        self.name, self.work, self.server = name, work, server
         self.mnt = work / f"mnt-{name}"
         self.cache = work / f"cache-{name}"
         self.peak_rss = 0
@@ -103,21 +225,18 @@ class Tool:
             config = self.work / "fsmount.conf"
             config.write_text(f"""
                 cache {{ dir: "{self.cache}" }}
-                credentials {{ s3: [ {{ bucket: {BUCKET}, key: {KEY}, secret: {SECRET} }} ] }}
-                volumes {{ bench {{ source: "s3://{BUCKET}/", endpoint: "{self.endpoint}", mode: rw }} }}
+                {self.server.fsmount_volume()}
             """)
             return [str(BIN / "fsmount"), "mount", str(config), str(self.mnt), "--foreground"], {}
         if self.name.startswith("rclone"):
-            environment = {"RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
-                           "RCLONE_CONFIG_BENCH_ENDPOINT": self.endpoint, "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": KEY,
-                           "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": SECRET}
+            environment = {f"RCLONE_CONFIG_BENCH_{name}": value for name, value in self.server.rclone_remote().items()}
             mode = "off" if self.name == "rclone-nocache" else "full"
             return [str(BIN / "rclone"), "mount", f"bench:{BUCKET}", str(self.mnt), "--vfs-cache-mode", mode,
                     "--cache-dir", str(self.cache)], environment
         passwords = self.work / "s3fs.passwd"
         passwords.write_text(f"{KEY}:{SECRET}\n")
         passwords.chmod(0o600)
-        return ["s3fs", BUCKET, str(self.mnt), "-f", "-o", f"url={self.endpoint}", "-o", "use_path_request_style",
+        return ["s3fs", BUCKET, str(self.mnt), "-f", "-o", f"url={self.server.url}", "-o", "use_path_request_style",
                 "-o", f"use_cache={self.cache}", "-o", f"passwd_file={passwords}"], {}
 
     def start(self):
@@ -173,19 +292,18 @@ def random_reads(path: Path, seconds: int) -> float:
     return json.loads(result.stdout)["jobs"][0]["read"]["iops"]
 
 
-def until_stored(client, prefix: str, count: int, size: int, start: float, timeout: float = 600) -> float:
+def until_stored(server: Server, prefix: str, count: int, size: int, start: float, timeout: float = 600) -> float:
     """Seconds from START until the server lists COUNT objects of SIZE bytes under PREFIX (directory
     markers aside)."""
     while time.perf_counter() - start < timeout:
-        listed = [entry for entry in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
-                  if not entry["Key"].endswith("/")]
-        if len(listed) == count and all(entry["Size"] == size for entry in listed):
+        listed = [(key, length) for key, length in server.listed(prefix) if not key.endswith("/")]
+        if len(listed) == count and all(length == size for _, length in listed):
             return time.perf_counter() - start
         time.sleep(0.02)
     raise RuntimeError(f"the server did not get {count} objects of {size} bytes under {prefix} in {timeout} s")
 
 
-def measure_writes(tool: Tool, client, source: Path) -> dict:
+def measure_writes(tool: Tool, source: Path) -> dict:
     """The write rows, each timed from the program's start until the server holds every byte. The
     files written come from the page cache, so the local disk does not set the pace."""
     results = {}
@@ -196,12 +314,12 @@ def measure_writes(tool: Tool, client, source: Path) -> dict:
         (tool.root / prefix / "small").mkdir(parents=True)
         start = time.perf_counter()
         subprocess.run(["cp", str(source / "big"), str(tool.root / prefix / "big")], check=True)
-        results["cp 512 MiB into the mount"] = WRITTEN / 1e6 / until_stored(client, f"{prefix}/big", 1, WRITTEN, start)
+        results["cp 512 MiB into the mount"] = WRITTEN / 1e6 / until_stored(tool.server, f"{prefix}/big", 1, WRITTEN, start)
         start = time.perf_counter()
         subprocess.run(["bash", "-c", f'for i in $(seq {WRITES}); do cat "$1" > "$2/file-$i"; done', "loop",
                         str(source / "small"), str(tool.root / prefix / "small")], check=True)
-        results["500 x 16 KiB written by a shell loop"] = until_stored(client, f"{prefix}/small/", WRITES, 16 * 1024,
-                                                                       start)
+        results["500 x 16 KiB written by a shell loop"] = until_stored(tool.server, f"{prefix}/small/", WRITES,
+                                                                       16 * 1024, start)
     finally:
         tool.stop()
     results["daemon peak RSS"] = tool.peak_rss
@@ -252,54 +370,43 @@ def table(results: dict[str, dict], peers: list[str]) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=None, help="working directory (default: a new one under /tmp)")
+    parser.add_argument("--store", choices=list(SERVERS), default="s3", help="the kind of server (default: s3)")
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the big object")
     parser.add_argument("--fio-seconds", type=int, default=10)
-    parser.add_argument("--tools", default="fsmount,rclone,s3fs,rclone-nocache")
+    parser.add_argument("--tools", default=None, help="default: fsmount and every peer the store has")
     parser.add_argument("--writes-only", action="store_true", help="only the write rows (and RSS)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="fsmount-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    port = free_base([1, 2, 3, 10000, 10001, 10002, 10003])
-    endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([str(ROOT / "scripts" / "serve"), "seaweedfs", str(port), str(work / "seaweedfs")],
-                              stdout=open(work / "seaweedfs.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    tools = [Tool(name, work, endpoint) for name in args.tools.split(",")]
+    server = SERVERS[args.store](work)
+    names = args.tools.split(",") if args.tools else ["fsmount", *server.peers]
+    tools = [Tool(name, work, server) for name in names]
     try:
-        deadline = time.monotonic() + 120
-        while subprocess.run(["bash", "-c", f"echo > /dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS did not start; see {work / 'seaweedfs.log'}")
-            time.sleep(0.5)
+        server.start()
         size = args.size_mib * 2**20
-        print(f"loading data into SeaweedFS at {endpoint} ...", file=sys.stderr, flush=True)
-        if args.writes_only:
-            s3_client(endpoint).create_bucket(Bucket=BUCKET)
-        else:
-            load_data(endpoint, size)
         source = work / "source"
         source.mkdir(exist_ok=True)
-        for name, length in (("big", WRITTEN), ("small", 16 * 1024)):
+        for name, length in (("big", WRITTEN), ("small", 16 * 1024), ("load", size)):
             with open(source / name, "wb") as stream:
                 for _ in range(0, length, 2**20):
                     stream.write(os.urandom(min(2**20, length)))
+        if not args.writes_only:
+            print(f"loading data into {server.name} at {server.url} ...", file=sys.stderr, flush=True)
+            server.load(source / "load", size)
+        (source / "load").unlink()
         results = {}
         for tool in tools:
             print(f"measuring {tool.name} ...", file=sys.stderr, flush=True)
             reads = not (tool.writes_only or args.writes_only)
             results[tool.name] = measure(tool, size, args.fio_seconds) if reads else {}
-            results[tool.name] |= measure_writes(tool, s3_client(endpoint), source)
+            results[tool.name] |= measure_writes(tool, source)
         print(f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB, "
-              f"SeaweedFS on loopback, {time.strftime('%Y-%m-%d')}\n")
+              f"{server.name} on loopback, {time.strftime('%Y-%m-%d')}\n")
         print(table(results, [tool.name for tool in tools if tool.name != "fsmount"]))
     finally:
         for tool in tools:
             tool.stop()
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # SeaweedFS can hang after SIGTERM, retrying the filer it stopped
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        server.stop()
 
 
 if __name__ == "__main__":

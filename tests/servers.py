@@ -81,6 +81,9 @@ def gcs_create_bucket(server: Server, bucket: str):
     assert response.status == 200, response.data
 
 
+_REQUESTS_KEPT = 4 * 2**20
+
+
 class Proxy:
     """A TCP relay on 127.0.0.1 in front of a server, to take the server away and give it back: `down()`
     drops every connection and refuses new ones; `stall_after(n)` stops passing requests on once N more
@@ -97,6 +100,7 @@ class Proxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self.sent = 0  # bytes of requests passed on
+        self.requests = bytearray()  # the first MiBs of them, as sent
         self._stall_at: int | None = None
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -123,6 +127,8 @@ class Proxy:
                 if requests:
                     with self._lock:
                         self.sent += len(data)
+                        if len(self.requests) < _REQUESTS_KEPT:
+                            self.requests += data
                         if self._stall_at is not None and self.sent >= self._stall_at:
                             self._flowing.clear()
         except OSError:

@@ -11,10 +11,12 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import email.utils
 import threading
 import time
 import urllib.parse
 import uuid
+from xml.etree import ElementTree
 
 import aiohttp
 from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError, ResourceModifiedError,
@@ -29,6 +31,7 @@ from fsmount.stores.ranges import RangeFetcher
 
 _SAS_LIFETIME = datetime.timedelta(hours=2)
 _SAS_PERMISSIONS = ContainerSasPermissions(read=True, add=True, create=True, write=True, delete=True, list=True)
+_VERSION = {"x-ms-version": "2023-11-03"}  # of the REST API, for requests the SDK does not make
 _COPY_POLL = 0.2  # seconds between looks at a copy the server finishes in the background
 
 
@@ -54,6 +57,12 @@ def _errors(what: str):
 def _etag(text: str) -> str:
     """ETags quoted, as the server sends them in headers (its listings leave the quotes off)."""
     return text if text.startswith('"') else f'"{text}"'
+
+
+def _name(entry: ElementTree.Element) -> str:
+    """A listed name; one with characters XML cannot carry comes percent-encoded."""
+    name = entry.find("Name")
+    return urllib.parse.unquote(name.text) if name.get("Encoded") == "true" else name.text
 
 
 def _info(key: str, size: int, etag: str, modified: datetime.datetime, metadata=None) -> ObjectInfo:
@@ -96,10 +105,10 @@ class AzureStore(Store):
             await self._service.close()
             self._service = self._client = None
 
-    def _url(self, key: str, query: str = "", fresh: bool = False) -> str:
-        """The blob's URL, with QUERY and the SAS that authorizes it."""
-        sas = self._sas_query(fresh)
-        return f"{self.account_url}/{self.container}/{urllib.parse.quote(key)}?{'&'.join(filter(None, (query, sas)))}"
+    def _url(self, key: str | None, query: str = "", fresh: bool = False) -> str:
+        """The blob's URL (KEY None: the container's), with QUERY and the SAS that authorizes it."""
+        path = f"{self.account_url}/{self.container}" + ("" if key is None else f"/{urllib.parse.quote(key)}")
+        return f"{path}?{'&'.join(filter(None, (query, self._sas_query(fresh))))}"
 
     def _sas_query(self, fresh: bool) -> str:
         if self._credentials.account_key is None:
@@ -122,25 +131,25 @@ class AzureStore(Store):
 
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:
-        if delimiter:
-            items = self._client.walk_blobs(name_starts_with=prefix, delimiter=delimiter, results_per_page=page_size)
-        else:
-            items = self._client.list_blobs(name_starts_with=prefix, results_per_page=page_size)
-        pages = items.by_page(continuation_token=token)
-        objects, prefixes = [], []
-        with _errors(f"LIST {prefix}"):
-            page = await anext(pages, None)
-            async for item in page or ():
-                if hasattr(item, "size"):
-                    objects.append(_info(item.name, item.size, item.etag, item.last_modified))
-                else:
-                    prefixes.append(item.name)
-        return ListPage(objects, prefixes, pages.continuation_token or None)
+        """One List Blobs request, signed and sent from a worker thread and read with ElementTree: the SDK's
+        deserializer took ~0.4 ms a blob on the event loop, stalling the whole mount 2 s a page of 5,000."""
+        return await asyncio.to_thread(self._list_page, prefix, delimiter, token, page_size)
+
+    def _list_page(self, prefix: str, delimiter: str, token: str | None, page_size: int | None) -> ListPage:
+        query = {"restype": "container", "comp": "list", "prefix": prefix, "delimiter": delimiter, "marker": token,
+                 "maxresults": page_size}
+        url = self._url(None, urllib.parse.urlencode({name: value for name, value in query.items() if value}))
+        answer = ElementTree.fromstring(self._fetcher.send("GET", url, None, _VERSION, f"LIST {prefix}").body)
+        objects = [_info(_name(blob), int(blob.findtext("Properties/Content-Length")), blob.findtext("Properties/Etag"),
+                         email.utils.parsedate_to_datetime(blob.findtext("Properties/Last-Modified")))
+                   for blob in answer.iterfind("Blobs/Blob")]
+        prefixes = [_name(entry) for entry in answer.iterfind("Blobs/BlobPrefix")]
+        return ListPage(objects, prefixes, answer.findtext("NextMarker") or None)
 
     def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         headers = {"x-ms-blob-type": "BlockBlob", "Content-MD5": content_md5(data),
                    **{f"x-ms-meta-{name}": value for name, value in (metadata or {}).items()}}
-        reply = self._fetcher.upload("PUT", self._url(key), data, headers, f"PUT {key}")
+        reply = self._fetcher.send("PUT", self._url(key), data, headers, f"PUT {key}")
         return uploaded(key, len(data), _etag(reply.headers["etag"]), metadata)
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
@@ -150,7 +159,7 @@ class AzureStore(Store):
         block = f"{upload}-{number:06d}"  # a blob's block ids must all be of one length
         body = read_part(path, offset, size)
         query = f"comp=block&blockid={urllib.parse.quote(base64.b64encode(block.encode()).decode(), safe='')}"
-        self._fetcher.upload("PUT", self._url(key, query), body, {"Content-MD5": content_md5(body)},
+        self._fetcher.send("PUT", self._url(key, query), body, {"Content-MD5": content_md5(body)},
                              f"PUT BLOCK {number} {key}")
         return block
 

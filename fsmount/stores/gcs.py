@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import threading
 import urllib.parse
 
@@ -28,6 +29,8 @@ from fsmount.credentials import GcsCredentials
 from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store,
                                  Unavailable, content_md5, read_part, status_error)
 from fsmount.stores.ranges import RangeFetcher
+
+log = logging.getLogger(__name__)
 
 GOOGLE_API = "https://storage.googleapis.com"
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
@@ -80,9 +83,10 @@ class GcsStore(Store):
                                                               quota_project_id=chosen.project)[0]
             if chosen.use_default_chain:
                 return google.auth.default(scopes=_SCOPES, quota_project_id=chosen.project)[0]
-        except google.auth.exceptions.DefaultCredentialsError as error:
+        except (google.auth.exceptions.DefaultCredentialsError, ValueError) as error:
             if chosen.info is not None:
-                raise AccessDenied(f"bucket {self.bucket}: unusable credentials_json: {error}") from None
+                raise AccessDenied(f"bucket {self.bucket}: unusable credentials_json: {type(error).__name__}") from None
+            log.info("no Google credentials found (%s); gs://%s is read anonymously", error, self.bucket)
         return None  # anonymous: nothing fits, or nothing is wanted
 
     async def close(self):
@@ -155,7 +159,7 @@ class GcsStore(Store):
                          f"\r\n--{_BOUNDARY}--\r\n".encode()))
         url = f"{self.api}/upload/storage/v1/b/{self.bucket}/o?uploadType=multipart"
         headers = {**self._authorization(), "Content-Type": f"multipart/related; boundary={_BOUNDARY}"}
-        return _info(json.loads(self._fetcher.upload("POST", url, body, headers, f"PUT {key}").body))
+        return _info(json.loads(self._fetcher.send("POST", url, body, headers, f"PUT {key}").body))
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         """The resumable upload's session URL."""
@@ -170,14 +174,14 @@ class GcsStore(Store):
         last = size % _CHUNK != 0
         total = str(offset + size) if last else "*"
         headers = {**self._authorization(), "Content-Range": f"bytes {offset}-{offset + size - 1}/{total}"}
-        reply = self._fetcher.upload("PUT", upload, read_part(path, offset, size), headers, f"PUT PART {number} {key}")
+        reply = self._fetcher.send("PUT", upload, read_part(path, offset, size), headers, f"PUT PART {number} {key}")
         return reply.body.decode() if last else ""
 
     async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
                               metadata: dict[str, str] | None = None) -> ObjectInfo:
         if parts and parts[-1][1]:
             return _info(json.loads(parts[-1][1]))
-        reply = await asyncio.to_thread(self._fetcher.upload, "PUT", upload, b"",
+        reply = await asyncio.to_thread(self._fetcher.send, "PUT", upload, b"",
                                         {**await self._headers(), "Content-Range": f"bytes */{size}"},
                                         f"COMPLETE UPLOAD {key}")
         if reply.status == 308:

@@ -12,7 +12,7 @@ import urllib3
 from fsmount.stores.base import RangeRequest, Throttled, Unavailable, status_error
 
 _ATTEMPTS = 3
-_UPLOAD_ANSWERS = {200, 201, 308}  # 308: a resumable upload (GCS) took a chunk and wants the next
+_ANSWERS = {200, 201, 308}  # 308: a resumable upload (GCS) took a chunk and wants the next
 
 
 class Reply(NamedTuple):
@@ -41,10 +41,11 @@ class RangeFetcher:
         return self._send("GET", request.url, headers, None, f"GET {request.key} [{request.start}+{request.length}]",
                           answer)
 
-    def upload(self, method: str, url: str, body: bytes, headers: dict[str, str], what: str) -> Reply:
-        """Sends BODY to a signed URL (blocking), retried as GETs are; the server's answer."""
+    def send(self, method: str, url: str, body: bytes | None, headers: dict[str, str], what: str) -> Reply:
+        """A signed request other than a ranged GET (an upload, a listing), sent (blocking) and retried as
+        GETs are; the server's answer."""
         def answer(response):
-            if response.status in _UPLOAD_ANSWERS:
+            if response.status in _ANSWERS:
                 return Reply(response.status, {name.lower(): value for name, value in response.headers.items()},
                              response.read())
             return None

@@ -163,7 +163,7 @@ class S3Store(Store):
         params = {**params, "ContentMD5": content_md5(body)}
         with _errors(f"SIGN {what}"):
             url = self._sync.generate_presigned_url(operation, Params=params, ExpiresIn=_URL_LIFETIME)
-        return self._fetcher.upload("PUT", url, body, self._signed_headers(operation, params), what).headers["etag"]
+        return self._fetcher.send("PUT", url, body, self._signed_headers(operation, params), what).headers["etag"]
 
     def _signed_headers(self, operation: str, params: dict) -> dict[str, str]:
         """The headers of PARAMS, which a presigned request must carry as the signature covers them."""
