@@ -311,8 +311,8 @@ class _Reader:
         if text("connection_string") is not None:
             parsed = self.value(entry, keys + ("connection_string",), parse_connection_string, None)
             return dataclasses.replace(parsed, container=container)
-        if text("account_name") is None:
-            raise self.error(keys, "expected account_name (with account_key or sas_token) or connection_string")
+        if text("account_key") is not None and text("account_name") is None:
+            raise self.error(keys, "an account_key needs its account_name (or give a connection_string)")
         return AzureCredentials(account_name=text("account_name"), container=container,
                                 account_key=text("account_key"), sas_token=text("sas_token"))
 

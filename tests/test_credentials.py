@@ -134,6 +134,14 @@ def test_azure_sources_name_the_account_or_take_it_from_the_credentials(tmp_path
     assert by_host.credentials.account_key is None and by_host.credentials.sas_token is None  # public: anonymous
 
 
+def test_a_sas_token_for_a_container_of_the_account_the_source_names(tmp_path, monkeypatch):
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT", raising=False)
+    source = azure_volume(tmp_path, 'credentials { azure: [ { container_name: runs, sas_token: "sv=1&sig=2" } ] }\n'
+                                    'volumes { d { source: "azure://lab.blob.core.windows.net/runs/p" } }')
+    assert (source.account, source.bucket, source.credentials.sas_token) == ("lab", "runs", "sv=1&sig=2")
+
+
 def test_azure_credentials_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", "envacct")
@@ -204,7 +212,7 @@ def test_gcs_emulators_and_the_default_chain(tmp_path, monkeypatch):
     ('volumes { d { source: "azure://a/b", endpoint: "127.0.0.1:10000" } }', "volumes.d.endpoint: expected an http(s)://"),
     ('volumes { d { source: "azure://a/b", extra_args: { x: y } } }', "volumes.d.extra_args: unknown key"),
     ('credentials { azure: [ { account_key: k } ] }\nvolumes { d { source: "azure://a/b" } }',
-     "credentials.azure.[0]: expected account_name (with account_key or sas_token) or connection_string"),
+     "credentials.azure.[0]: an account_key needs its account_name (or give a connection_string)"),
     ('credentials { azure: [ { connection_string: "AccountKey=s3cr3t" } ] }\nvolumes { d { source: "azure://a/b" } }',
      "credentials.azure.[0].connection_string: names no account"),
     ('volumes { d { source: "gs://" } }', "volumes.d.source: expected gs://bucket/prefix"),

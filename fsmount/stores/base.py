@@ -76,6 +76,14 @@ _STATUS_ERRORS = {404: NotFound, 412: PreconditionFailed, 401: AccessDenied, 403
                   429: Throttled, 503: Throttled}
 
 
+ATTEMPTS = 3  # of a request the server throttled or could not answer
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after failed attempt ATTEMPT (from 1) before the next."""
+    return 0.2 * 2**attempt
+
+
 def status_error(status: int, message: str) -> StoreError:
     """The error an HTTP status means, whichever store's server sent it."""
     return (_STATUS_ERRORS.get(status) or (Unavailable if status >= 500 else StoreError))(message)

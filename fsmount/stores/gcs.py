@@ -26,8 +26,8 @@ import google.auth.transport.urllib3
 import urllib3
 
 from fsmount.credentials import GcsCredentials
-from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store,
-                                 Unavailable, content_md5, read_part, status_error)
+from fsmount.stores.base import (ATTEMPTS, AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest,
+                                 Store, Throttled, Unavailable, backoff, content_md5, read_part, status_error)
 from fsmount.stores.ranges import RangeFetcher
 
 log = logging.getLogger(__name__)
@@ -112,12 +112,23 @@ class GcsStore(Store):
             return self._authorization()
         return await asyncio.to_thread(self._authorization)
 
-    def _object_url(self, key: str, api: str = "storage") -> str:
-        return f"{self.api}/{api}/v1/b/{self.bucket}/o/{urllib.parse.quote(key, safe='')}"
+    def _object_url(self, key: str) -> str:
+        return f"{self.api}/storage/v1/b/{self.bucket}/o/{urllib.parse.quote(key, safe='')}"
 
     async def _call(self, method: str, url: str, what: str, body: dict | None = None,
                     params: dict | None = None) -> tuple[dict, dict]:
-        """(the JSON answer, the headers) of a JSON API call."""
+        """(the JSON answer, the headers) of a JSON API call, retried while the server is throttling or
+        unreachable."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await self._call_once(method, url, what, body, params)
+            except (Throttled, Unavailable):
+                if attempt == ATTEMPTS:
+                    raise
+                await asyncio.sleep(backoff(attempt))
+
+    async def _call_once(self, method: str, url: str, what: str, body: dict | None,
+                         params: dict | None) -> tuple[dict, dict]:
         try:
             async with self._session.request(method, url, params=params, headers=await self._headers(),
                                              json=body) as response:

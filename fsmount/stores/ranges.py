@@ -9,9 +9,8 @@ from typing import NamedTuple
 
 import urllib3
 
-from fsmount.stores.base import RangeRequest, Throttled, Unavailable, status_error
+from fsmount.stores.base import ATTEMPTS, RangeRequest, Throttled, Unavailable, backoff, status_error
 
-_ATTEMPTS = 3
 _ANSWERS = {200, 201, 308}  # 308: a resumable upload (GCS) took a chunk and wants the next
 
 
@@ -69,9 +68,9 @@ class RangeFetcher:
             except urllib3.exceptions.HTTPError as failure:
                 error = Unavailable(f"{what}: {type(failure).__name__}")
             attempt += 1
-            if attempt == _ATTEMPTS or not isinstance(error, (Throttled, Unavailable)):
+            if attempt == ATTEMPTS or not isinstance(error, (Throttled, Unavailable)):
                 raise error
-            time.sleep(0.2 * 2**attempt)
+            time.sleep(backoff(attempt))
 
     def close(self):
         self._pool.clear()
