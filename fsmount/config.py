@@ -76,6 +76,12 @@ class GcsSource(ObjectSource):
     credentials: GcsCredentials
 
 
+@dataclass(frozen=True, kw_only=True)
+class UrlSource(ObjectSource):
+    files: dict[str, str]  # file name -> URL
+    verify: bool | str = True  # TLS: verify, don't, or with this CA bundle
+
+
 @dataclass(frozen=True)
 class VolumeConfig:
     path: tuple[str, ...]
@@ -134,6 +140,7 @@ _VOLUME_KEYS = {"source", "mode", "path"}
 _OBJECT_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "filter"}
 _VOLUME_KEYS_OF = {"s3": _OBJECT_VOLUME_KEYS | {"extra_args", "version_id", "checksum_sha256"},
                    "azure": _OBJECT_VOLUME_KEYS, "gs": _OBJECT_VOLUME_KEYS}
+_URL_VOLUME_KEYS = _VOLUME_KEYS | {"name", "max_connections", "verify"}
 _CREDENTIAL_KINDS = {"s3", "azure", "gcs"}
 _S3_CREDENTIAL_KEYS = {"bucket", "host", "key", "secret", "region", "secure", "verify", "use_credentials_chain"}
 _AZURE_CREDENTIAL_KEYS = {"account_name", "account_key", "sas_token", "connection_string", "container_name"}
@@ -211,8 +218,9 @@ class _Reader:
 
     def value(self, tree: ConfigTree, keys: tuple[str, ...], convert, default):
         raw = tree.get(keys[-1], None)
-        if raw is None:
-            return default
+        return default if raw is None else self.converted(raw, keys, convert)
+
+    def converted(self, raw, keys: tuple[str, ...], convert):
         try:
             return convert(raw)
         except (ValueError, TypeError) as error:
@@ -344,8 +352,13 @@ class _Reader:
         return tuple(volumes.values())
 
     def volume(self, spec: ConfigTree, keys, path, link_mounts, credentials) -> VolumeConfig:
+        listed = spec.get("source", None)
+        if isinstance(listed, list):
+            return self.url_volume(spec, keys, path, listed, listed=True)
         source = self.value(spec, keys + ("source",), str, None)
         url = urllib.parse.urlsplit(source or "")
+        if url.scheme in ("http", "https"):
+            return self.url_volume(spec, keys, path, [source], listed=False)
         self.only(spec, keys, _VOLUME_KEYS_OF.get(url.scheme, _VOLUME_KEYS))
         if source is None:
             raise self.error(keys, "missing key 'source', such as source: \"file:///srv/data\"")
@@ -360,7 +373,8 @@ class _Reader:
             return VolumeConfig(path=path, source=source, read_only=mode == "ro", objects=objects)
         if url.scheme != "file":
             raise self.error(keys + ("source",), f"unsupported source {redact_url(source)!r}; expected file:///absolute/path, "
-                                                 "s3://bucket/prefix, azure://container/prefix or gs://bucket/prefix")
+                                                 "s3://bucket/prefix, azure://container/prefix, gs://bucket/prefix "
+                                                 "or http(s)://host/file")
         if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
             raise self.error(keys + ("source",), f"expected file:///absolute/path, got {source!r}")
         host_path = os.path.realpath(urllib.parse.unquote(url.path))
@@ -458,6 +472,36 @@ class _Reader:
         return GcsSource(bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
                          **self.object_options(spec, keys))
 
+    def url_volume(self, spec: ConfigTree, keys, path, entries: list, listed: bool) -> VolumeConfig:
+        """Web files, read-only: `source` is one URL (whose file `name` may rename) or a list of URLs or of
+        `{ url, name }`. A file is named after its URL's last segment unless named."""
+        self.only(spec, keys, _URL_VOLUME_KEYS)
+        if self.value(spec, keys + ("mode",), str, "ro") != "ro":
+            raise self.error(keys + ("mode",), "URL volumes are read-only: expected ro")
+        renamed = self.value(spec, keys + ("name",), _file_name, None)
+        if renamed is not None and len(entries) != 1:
+            raise self.error(keys + ("name",), "names the file of a volume of one URL; in a list, write { url: ..., name: ... }")
+        files = {}
+        for index, entry in enumerate(entries):
+            where = keys + ("source",) + ((f"[{index}]",) if listed else ())
+            if isinstance(entry, ConfigTree):
+                self.only(entry, where, {"url", "name"})
+                url = self.value(entry, where + ("url",), _web_url, None)
+                if url is None:
+                    raise self.error(where, "missing key 'url'")
+                name = self.value(entry, where + ("name",), _file_name, None)
+            else:
+                url, name = self.converted(entry, where, _web_url), renamed
+            name = name or self.converted(url, where, _name_in_url)
+            if name in files:
+                raise self.error(where, f"a second file named {name!r}; name one with {{ url: ..., name: ... }}")
+            files[name] = url
+        source = UrlSource(bucket="", prefix="", endpoint=None, rename_limit=1, files=files,
+                           max_connections=self.value(spec, keys + ("max_connections",), _positive, 8),
+                           verify=self.value(spec, keys + ("verify",), _verify, True))
+        shown = next(iter(files.values())) if len(files) == 1 else f"{len(files)} URLs"
+        return VolumeConfig(path=path, source=shown, read_only=True, objects=source)
+
     def check_place(self, keys, volume: VolumeConfig, placed: dict[tuple[str, ...], VolumeConfig]):
         if volume.path in placed:
             raise self.error(keys, f"two volumes at the same path {volume.name!r}")
@@ -496,6 +540,27 @@ def _http_url(value) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"expected an http(s)://host[:port][/path] URL, got {value!r}")
     return text
+
+
+def _web_url(value) -> str:
+    parsed = urllib.parse.urlsplit(str(value))
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"expected an http(s)://host/path URL, got {redact_url(str(value))!r}")
+    return str(value)
+
+
+def _file_name(value) -> str:
+    name = str(value)
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"expected a file name (no '/', not '.' or '..'), got {name!r}")
+    return name
+
+
+def _name_in_url(url: str) -> str:
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rpartition("/")[2])
+    if name in ("", ".", ".."):
+        raise ValueError(f"{redact_url(url)!r} names no file; write {{ url: ..., name: ... }}")
+    return name
 
 
 def _json_key(value) -> dict:
@@ -595,7 +660,7 @@ def _unquote(key: str) -> str:
 def _line_of(text: str, keys: tuple[str, ...]) -> int | None:
     """Where the key path is written in the main file, found by a scan (pyhocon keeps no positions)."""
     position, found = 0, None
-    for key in keys:
+    for key in (key for key in keys if not key.startswith("[")):  # a list's entries have no name to find
         pattern = r'(?:^|[\s{,.])"?(' + re.escape(key) + r')"?\s*[.:={]'
         found = re.compile(pattern, re.MULTILINE).search(text, position)
         if found is None:

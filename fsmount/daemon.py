@@ -110,7 +110,7 @@ class Daemon:
         if self.cache is None:
             self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY)
         source = volume.objects
-        store = TrioStore(store_for(source))
+        store = TrioStore(store_for(source, cache.dir))
         shared = dict(cache=self.cache, prefetcher=self.prefetcher, metadata_ttl=cache.metadata_ttl,
                       read_ahead=cache.read_ahead, uid=self.uid, gid=self.gid)
         if source.single_object:

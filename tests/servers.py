@@ -1,9 +1,14 @@
 """Local store servers for tests, started through scripts/serve on 127.0.0.1 and stopped after the session."""
+import collections
 import contextlib
+import email.utils
+import hashlib
 import socket
 import subprocess
 import threading
 import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import botocore.session
@@ -160,3 +165,72 @@ class Proxy:
         self.down()
         self._flowing.set()
         self._listener.close()
+
+
+class WebServer:
+    """An HTTP server on 127.0.0.1 of FILES (path -> bytes, changeable) with ETag and Last-Modified, taking byte
+    ranges unless RANGES is False; `/redirect/PATH` redirects to PATH; `gets` counts the GETs of each path."""
+
+    def __init__(self, files: dict[str, bytes], ranges: bool = True, head: bool = True):
+        """HEAD False: HEAD is refused (405), as a presigned GET URL refuses it."""
+        self.files, self.ranges, self.head = files, ranges, head
+        self.gets = collections.Counter()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _web_handler(self))
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _web_handler(web: WebServer):
+    modified = email.utils.formatdate(time.time() - 3600, usegmt=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_HEAD(self):
+            if not web.head:
+                return self.reply(405)
+            self.answer(send_body=False)
+
+        def do_GET(self):
+            self.answer(send_body=True)
+
+        def answer(self, send_body: bool):
+            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+            if path.startswith("/redirect/"):
+                return self.reply(302, {"Location": path.removeprefix("/redirect")})
+            data = web.files.get(path)
+            if data is None:
+                return self.reply(404)
+            if send_body:
+                web.gets[path] += 1
+            etag = f'"{hashlib.md5(data).hexdigest()}"'
+            if self.headers.get("If-Match", etag) != etag:
+                return self.reply(412)
+            headers = {"ETag": etag, "Last-Modified": modified} | ({"Accept-Ranges": "bytes"} if web.ranges else {})
+            start, end, status = 0, len(data), 200
+            asked = self.headers.get("Range", "")
+            if web.ranges and asked.startswith("bytes="):
+                first, _, last = asked.removeprefix("bytes=").partition("-")
+                start, end, status = int(first), min(len(data), int(last) + 1 if last else len(data)), 206
+                if start >= len(data):
+                    return self.reply(416, {"Content-Range": f"bytes */{len(data)}"})
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+            self.reply(status, headers, data[start:end], send_body)
+
+        def reply(self, status: int, headers: dict | None = None, body: bytes = b"", send_body: bool = True):
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler

@@ -160,9 +160,10 @@ def test_bad_mode(tmp_path, links):
 
 
 def test_unsupported_source_is_shown_without_its_secret(tmp_path):
-    message = config_error(tmp_path, 'volumes { web { source: "https://user:hunter2@example.org/a?sig=TOKEN" } }')
-    assert message == (":1: volumes.web.source: unsupported source 'https://user:***@example.org/a?***'; "
-                       "expected file:///absolute/path, s3://bucket/prefix, azure://container/prefix or gs://bucket/prefix")
+    message = config_error(tmp_path, 'volumes { web { source: "ftp://user:hunter2@example.org/a?sig=TOKEN" } }')
+    assert message == (":1: volumes.web.source: unsupported source 'ftp://user:***@example.org/a?***'; "
+                       "expected file:///absolute/path, s3://bucket/prefix, azure://container/prefix, gs://bucket/prefix "
+                       "or http(s)://host/file")
 
 
 def test_file_source_with_a_host(tmp_path):
@@ -230,7 +231,7 @@ volumes {{
 
 
 def test_check_fails_with_the_message_and_no_secret(tmp_path):
-    config = write_config(tmp_path, 'volumes { web { source: "https://user:hunter2@example.org/a" } }')
+    config = write_config(tmp_path, 'volumes { web { source: "ftp://user:hunter2@example.org/a" } }')
     result = subprocess.run([FSMOUNT, "check", str(config)], capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.startswith(f"fsmount: {config}:1: volumes.web.source: unsupported source")
@@ -296,3 +297,32 @@ def test_a_part_size_every_store_takes(tmp_path, size):
     assert config_error(tmp_path, f'staging {{\n  part_size: {size}\n}}\nvolumes {{ v {{ source: "s3://b/" }} }}') == \
         (":2: staging.part_size: expected at least 5MiB (S3 refuses smaller parts) and a multiple of 256KiB "
          "(GCS does), such as 8MiB")
+
+
+def test_url_volumes_name_their_files(tmp_path):
+    config = load_config(str(write_config(tmp_path, """
+        volumes {
+          one { source: "https://example.org/data/weather%20.csv?token=SECRET" }
+          renamed { source: "https://example.org/download?id=3", name: model.bin }
+          listed { source: ["https://a.example/x.csv", { url: "https://b.example/x.csv", name: y.csv }] }
+        }
+    """)))
+    files = {volume.name: volume.objects.files for volume in config.volumes}
+    assert files == {"one": {"weather .csv": "https://example.org/data/weather%20.csv?token=SECRET"},
+                     "renamed": {"model.bin": "https://example.org/download?id=3"},
+                     "listed": {"x.csv": "https://a.example/x.csv", "y.csv": "https://b.example/x.csv"}}
+    assert all(volume.read_only for volume in config.volumes)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('volumes { w { source: "https://e.org/f", mode: rw } }', ":1: volumes.w.mode: URL volumes are read-only"),
+    ('volumes { w { source: "https://e.org/dir/" } }', ":1: volumes.w.source: 'https://e.org/dir/' names no file"),
+    ('volumes { w { source: ["https://a.org/x", "https://b.org/x"] } }',
+     ":1: volumes.w.source.[1]: a second file named 'x'"),
+    ('volumes { w { source: ["ftp://a.org/x"] } }', ":1: volumes.w.source.[0]: expected an http(s)://host/path URL"),
+    ('volumes { w { source: ["https://a.org/x", "https://a.org/y"], name: z } }',
+     ":1: volumes.w.name: names the file of a volume of one URL"),
+    ('volumes { w { source: "https://e.org/f?sig=SECRET", endpoint: "x" } }', ":1: volumes.w.endpoint: unknown key"),
+])
+def test_url_volume_errors(tmp_path, text, message):
+    assert config_error(tmp_path, text).startswith(message)

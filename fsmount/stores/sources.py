@@ -1,12 +1,16 @@
-"""The store client a volume's source names: S3, Azure Blob or GCS, with the credentials chosen for it."""
-from fsmount.config import AzureSource, GcsSource, ObjectSource, S3Source
+"""The store client a volume's source names: S3, Azure Blob, GCS or web URLs, with the credentials chosen for it."""
+import os
+
+from fsmount.config import AzureSource, GcsSource, ObjectSource, S3Source, UrlSource
 from fsmount.stores.azure import AzureStore
 from fsmount.stores.base import Store
 from fsmount.stores.gcs import GcsStore
 from fsmount.stores.s3 import S3Store
+from fsmount.stores.urls import UrlStore
 
 
-def store_for(source: ObjectSource) -> Store:
+def store_for(source: ObjectSource, cache_dir: str) -> Store:
+    """CACHE_DIR: the block cache's, beside which a store may keep files of its own."""
     if isinstance(source, S3Source):
         credentials = source.credentials
         chain = credentials.use_credentials_chain
@@ -18,5 +22,8 @@ def store_for(source: ObjectSource) -> Store:
                           max_connections=source.max_connections)
     if isinstance(source, GcsSource):
         return GcsStore(source.bucket, source.credentials, endpoint=source.endpoint,
+                        max_connections=source.max_connections)
+    if isinstance(source, UrlSource):
+        return UrlStore(source.files, os.path.join(cache_dir, "spool"), verify=source.verify,
                         max_connections=source.max_connections)
     raise TypeError(f"no store for {type(source).__name__}")

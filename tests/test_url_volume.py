@@ -1,0 +1,89 @@
+"""URL volumes through a real mount, against a local web server: a file per URL, ranges or a whole download,
+redirects, the block cache across remounts, and read-only."""
+import errno
+import hashlib
+import os
+import time
+
+import pytest
+
+from conftest import write_config
+from servers import WebServer
+from test_object_volume import BLOCK, drop_page_cache
+
+BIG = os.urandom(5 * BLOCK + 12345)
+FILES = {"/data/big.bin": BIG, "/data/small.csv": b"x,y\n1,2\n", "/moved/notes.txt": b"followed a redirect\n"}
+
+
+def url_config(workspace, sources: str, extra: str = "", ttl: str = "60s") -> str:
+    return write_config(workspace, f"""
+        cache {{ dir: "{workspace}/cache", block_size: 1MiB, read_ahead: 4MiB, metadata_ttl: {ttl} }}
+        volumes {{ web {{ source: {sources}, {extra} }} }}
+    """)
+
+
+@pytest.fixture(params=[True, False], ids=["ranges", "no-ranges"])
+def web(request):
+    server = WebServer(dict(FILES), ranges=request.param)
+    yield server
+    server.close()
+
+
+def mount_files(workspace, mount, web):
+    sources = (f'["{web.url}/data/big.bin", "{web.url}/data/small.csv", '
+               f'{{ url: "{web.url}/redirect/moved/notes.txt", name: "redirected.txt" }}]')
+    return mount(url_config(workspace, sources), workspace / "mnt"), workspace / "mnt" / "web"
+
+
+def test_a_list_of_urls_is_a_directory_of_their_files(workspace, mount, web):
+    _, root = mount_files(workspace, mount, web)
+    assert sorted(os.listdir(root)) == ["big.bin", "redirected.txt", "small.csv"]
+    assert os.stat(root / "big.bin").st_size == len(BIG)
+    assert hashlib.sha256((root / "big.bin").read_bytes()).digest() == hashlib.sha256(BIG).digest()
+    assert (root / "small.csv").read_bytes() == b"x,y\n1,2\n"
+    assert (root / "redirected.txt").read_bytes() == b"followed a redirect\n"
+    drop_page_cache()
+    with open(root / "big.bin", "rb", buffering=0) as stream:
+        for offset, size in ((BLOCK - 1, 2), (2 * BLOCK - 100, BLOCK + 200), (len(BIG) - 10, 100)):
+            assert os.pread(stream.fileno(), size, offset) == BIG[offset:offset + size]
+    if not web.ranges:
+        assert web.gets["/data/big.bin"] == 1  # downloaded whole, once
+
+
+def test_url_volumes_are_read_only(workspace, mount, web):
+    _, root = mount_files(workspace, mount, web)
+    for attempt in (lambda: open(root / "new", "w"), lambda: open(root / "small.csv", "r+"),
+                    lambda: os.unlink(root / "small.csv"), lambda: os.mkdir(root / "d")):
+        with pytest.raises(OSError) as error:
+            attempt()
+        assert error.value.errno == errno.EROFS
+
+
+def test_cached_blocks_are_read_after_a_remount_with_no_request(workspace, mount, web):
+    daemon, root = mount_files(workspace, mount, web)
+    assert (root / "big.bin").read_bytes() == BIG
+    daemon.stop()
+    gets = web.gets["/data/big.bin"]
+    mount_files(workspace, mount, web)
+    drop_page_cache()
+    assert (root / "big.bin").read_bytes() == BIG
+    assert web.gets["/data/big.bin"] == gets
+
+
+def test_one_url_is_a_volume_of_one_file_named_as_configured(workspace, mount):
+    web = WebServer({"/download": b"model weights"}, head=False)  # the size comes from a GET of one byte
+    try:
+        mount(url_config(workspace, f'"{web.url}/download?id=3"', 'name: "model.bin"'), workspace / "mnt")
+        assert os.listdir(workspace / "mnt" / "web") == ["model.bin"]
+        assert (workspace / "mnt" / "web" / "model.bin").read_bytes() == b"model weights"
+    finally:
+        web.close()
+
+
+def test_a_changed_file_is_seen_after_the_ttl(workspace, mount, web):
+    mount(url_config(workspace, f'"{web.url}/data/small.csv"', ttl="1s"), workspace / "mnt")
+    path = workspace / "mnt" / "web" / "small.csv"
+    assert path.read_bytes() == b"x,y\n1,2\n"
+    web.files["/data/small.csv"] = b"x,y\n3,4\n5,6\n"
+    time.sleep(1.5)
+    assert path.read_bytes() == b"x,y\n3,4\n5,6\n"
