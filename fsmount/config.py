@@ -558,9 +558,9 @@ def _file_name(value) -> str:
 
 def _name_in_url(url: str) -> str:
     name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rpartition("/")[2])
-    if name in ("", ".", ".."):
+    if not name:
         raise ValueError(f"{redact_url(url)!r} names no file; write {{ url: ..., name: ... }}")
-    return name
+    return _file_name(name)
 
 
 def _json_key(value) -> dict:

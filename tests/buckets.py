@@ -5,6 +5,11 @@ import urllib.parse
 
 import urllib3
 
+from fsmount.credentials import AzureCredentials, GcsCredentials
+from fsmount.stores.azure import AzureStore
+from fsmount.stores.base import Store
+from fsmount.stores.gcs import GcsStore
+from fsmount.stores.s3 import S3Store
 from servers import AZURITE_ACCOUNT, AZURITE_KEY, Server, azure_admin, azurite_endpoint, gcs_create_bucket, s3_admin
 
 KINDS = ["s3", "azure", "gcs"]
@@ -39,6 +44,9 @@ class Bucket:
 
     def keys(self) -> list[str]: ...
 
+    def store(self) -> Store:
+        """fsmount's client of the bucket."""
+
     def config(self, extra: str = "", url: str | None = None, volume: str = "bucket") -> str:
         """The config's `credentials` and `volumes` for a VOLUME of the whole bucket, with EXTRA keys, reaching
         the server at URL (a Proxy's) or its own."""
@@ -66,6 +74,9 @@ class S3Bucket(Bucket):
     def keys(self):
         return [entry["Key"] for entry in self.admin.list_objects_v2(Bucket=self.name).get("Contents", [])]
 
+    def store(self):
+        return S3Store(self.name, endpoint=self.server.url, key="test", secret="test")
+
     def config(self, extra="", url=None, volume="bucket"):
         return f"""credentials {{ s3: [ {{ bucket: {self.name}, key: test, secret: test }} ] }}
             volumes {{ {volume} {{ source: "s3://{self.name}/", endpoint: "{url or self.server.url}", {extra} }} }}"""
@@ -92,6 +103,10 @@ class AzureBucket(Bucket):
 
     def keys(self):
         return sorted(blob.name for blob in self.admin.list_blobs())
+
+    def store(self):
+        return AzureStore(AZURITE_ACCOUNT, self.name, AzureCredentials(AZURITE_ACCOUNT, account_key=AZURITE_KEY),
+                          endpoint=azurite_endpoint(self.server))
 
     def config(self, extra="", url=None, volume="bucket"):
         endpoint = f"{url}/{AZURITE_ACCOUNT}" if url else azurite_endpoint(self.server)
@@ -123,6 +138,9 @@ class GcsBucket(Bucket):
     def keys(self):
         return sorted(item["name"] for item in
                       urllib3.request("GET", f"{self.server.url}/storage/v1/b/{self.name}/o").json().get("items", []))
+
+    def store(self):
+        return GcsStore(self.name, GcsCredentials(), endpoint=self.server.url)
 
     def config(self, extra="", url=None, volume="bucket"):
         return f"""volumes {{ {volume} {{ source: "gs://{self.name}/", endpoint: "{url or self.server.url}", {extra} }} }}"""

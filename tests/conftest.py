@@ -1,6 +1,5 @@
 """Test harness: sample trees, config files, and fsmount daemons that never outlive a test."""
 import contextlib
-import itertools
 import subprocess
 import sys
 import time
@@ -146,38 +145,17 @@ def fake_gcs(tmp_path_factory):
     yield from _server("fake-gcs", tmp_path_factory)
 
 
-_bucket_numbers = itertools.count()
-
-
-def new_bucket(kind: str, server) -> tuple[object, str]:
-    """(the Store of a fresh bucket or container on SERVER, its name); KIND: s3, azure or gcs."""
-    from servers import AZURITE_ACCOUNT, AZURITE_KEY, azure_admin, azurite_endpoint, gcs_create_bucket, s3_admin
-    from fsmount.credentials import AzureCredentials, GcsCredentials
-    from fsmount.stores.azure import AzureStore
-    from fsmount.stores.gcs import GcsStore
-    from fsmount.stores.s3 import S3Store
-    bucket = f"bucket-{next(_bucket_numbers)}"
-    if kind == "s3":
-        s3_admin(server).create_bucket(Bucket=bucket)
-        return S3Store(bucket, endpoint=server.url, key="test", secret="test"), bucket
-    if kind == "azure":
-        azure_admin(server).create_container(bucket)
-        credentials = AzureCredentials(account_name=AZURITE_ACCOUNT, account_key=AZURITE_KEY)
-        return AzureStore(AZURITE_ACCOUNT, bucket, credentials, endpoint=azurite_endpoint(server)), bucket
-    gcs_create_bucket(server, bucket)
-    return GcsStore(bucket, GcsCredentials(), endpoint=server.url), bucket
-
-
 @contextlib.asynccontextmanager
 async def open_bucket(kind: str, server):
     """(a TrioStore on a fresh bucket of KIND on SERVER, the bucket's name), inside a trio-asyncio loop."""
+    from buckets import BUCKETS
     from fsmount.stores.aio import TrioStore
-    store, bucket = new_bucket(kind, server)
+    bucket = BUCKETS[kind](server)
     async with trio_asyncio.open_loop():
-        opened = TrioStore(store)
+        opened = TrioStore(bucket.store())
         await opened.open()
         try:
-            yield opened, bucket
+            yield opened, bucket.name
         finally:
             await opened.close()
 

@@ -77,7 +77,7 @@ class AzureStore(Store):
         self.container = container
         self.account_url = (endpoint or f"https://{account}.blob.core.windows.net").rstrip("/")
         self._credentials = credentials
-        self._fetcher = RangeFetcher(max_connections, verify)
+        self.fetcher = RangeFetcher(max_connections, verify)
         self._connection_verify = verify
         self._service: BlobServiceClient | None = None
         self._client = None
@@ -88,9 +88,6 @@ class AzureStore(Store):
     def identity(self) -> str:
         return f"azure:{self.account_url}/{self.container}"
 
-    @property
-    def fetcher(self) -> RangeFetcher:
-        return self._fetcher
 
     async def open(self):
         key, sas = self._credentials.account_key, self._credentials.sas_token
@@ -100,7 +97,7 @@ class AzureStore(Store):
         self._client = self._service.get_container_client(self.container)
 
     async def close(self):
-        self._fetcher.close()
+        self.fetcher.close()
         if self._service is not None:
             await self._service.close()
             self._service = self._client = None
@@ -139,7 +136,7 @@ class AzureStore(Store):
         query = {"restype": "container", "comp": "list", "prefix": prefix, "delimiter": delimiter, "marker": token,
                  "maxresults": page_size}
         url = self._url(None, urllib.parse.urlencode({name: value for name, value in query.items() if value}))
-        answer = ElementTree.fromstring(self._fetcher.send("GET", url, None, _VERSION, f"LIST {prefix}").body)
+        answer = ElementTree.fromstring(self.fetcher.send("GET", url, None, _VERSION, f"LIST {prefix}").body)
         objects = [_info(_name(blob), int(blob.findtext("Properties/Content-Length")), blob.findtext("Properties/Etag"),
                          email.utils.parsedate_to_datetime(blob.findtext("Properties/Last-Modified")))
                    for blob in answer.iterfind("Blobs/Blob")]
@@ -149,7 +146,7 @@ class AzureStore(Store):
     def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         headers = {"x-ms-blob-type": "BlockBlob", "Content-MD5": content_md5(data),
                    **{f"x-ms-meta-{name}": value for name, value in (metadata or {}).items()}}
-        reply = self._fetcher.send("PUT", self._url(key), data, headers, f"PUT {key}")
+        reply = self.fetcher.send("PUT", self._url(key), data, headers, f"PUT {key}")
         return uploaded(key, len(data), _etag(reply.headers["etag"]), metadata)
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
@@ -159,7 +156,7 @@ class AzureStore(Store):
         block = f"{upload}-{number:06d}"  # a blob's block ids must all be of one length
         body = read_part(path, offset, size)
         query = f"comp=block&blockid={urllib.parse.quote(base64.b64encode(block.encode()).decode(), safe='')}"
-        self._fetcher.send("PUT", self._url(key, query), body, {"Content-MD5": content_md5(body)},
+        self.fetcher.send("PUT", self._url(key, query), body, {"Content-MD5": content_md5(body)},
                              f"PUT BLOCK {number} {key}")
         return block
 

@@ -93,6 +93,7 @@ class Store(abc.ABC):
     """An asyncio client of one bucket or container; keys are relative to it."""
 
     parts_in_order = False  # True: an upload's parts must be sent one at a time, in order (GCS's resumable uploads)
+    fetcher: "RangeFetcher"  # the connection pool its signed requests go through; each store makes its own
 
     @property
     @abc.abstractmethod
@@ -117,10 +118,6 @@ class Store(abc.ABC):
         order: the first page with TOKEN None, then each page's next_token gives the one after it.
         DELIMITER "": every key under PREFIX, however deep."""
 
-    @property
-    @abc.abstractmethod
-    def fetcher(self) -> "RangeFetcher":
-        """The connection pool the store's range requests are sent through."""
 
     @abc.abstractmethod
     def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:

@@ -55,7 +55,7 @@ class GcsStore(Store):
         self.api = (endpoint or GOOGLE_API).rstrip("/")
         self._credentials = credentials
         self._verify = verify
-        self._fetcher = RangeFetcher(max_connections, verify)
+        self.fetcher = RangeFetcher(max_connections, verify)
         self._max_connections = max_connections
         self._token_lock = threading.Lock()
         self._google = None  # google-auth's credentials; None: anonymous
@@ -65,9 +65,6 @@ class GcsStore(Store):
     def identity(self) -> str:
         return f"gcs:{self.api}/{self.bucket}"
 
-    @property
-    def fetcher(self) -> RangeFetcher:
-        return self._fetcher
 
     async def open(self):
         self._google = await asyncio.to_thread(self._load_credentials)
@@ -90,7 +87,7 @@ class GcsStore(Store):
         return None  # anonymous: nothing fits, or nothing is wanted
 
     async def close(self):
-        self._fetcher.close()
+        self.fetcher.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -170,7 +167,7 @@ class GcsStore(Store):
                          f"\r\n--{_BOUNDARY}--\r\n".encode()))
         url = f"{self.api}/upload/storage/v1/b/{self.bucket}/o?uploadType=multipart"
         headers = {**self._authorization(), "Content-Type": f"multipart/related; boundary={_BOUNDARY}"}
-        return _info(json.loads(self._fetcher.send("POST", url, body, headers, f"PUT {key}").body))
+        return _info(json.loads(self.fetcher.send("POST", url, body, headers, f"PUT {key}").body))
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         """The resumable upload's session URL."""
@@ -185,14 +182,14 @@ class GcsStore(Store):
         last = size % _CHUNK != 0
         total = str(offset + size) if last else "*"
         headers = {**self._authorization(), "Content-Range": f"bytes {offset}-{offset + size - 1}/{total}"}
-        reply = self._fetcher.send("PUT", upload, read_part(path, offset, size), headers, f"PUT PART {number} {key}")
+        reply = self.fetcher.send("PUT", upload, read_part(path, offset, size), headers, f"PUT PART {number} {key}")
         return reply.body.decode() if last else ""
 
     async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
                               metadata: dict[str, str] | None = None) -> ObjectInfo:
         if parts and parts[-1][1]:
             return _info(json.loads(parts[-1][1]))
-        reply = await asyncio.to_thread(self._fetcher.send, "PUT", upload, b"",
+        reply = await asyncio.to_thread(self.fetcher.send, "PUT", upload, b"",
                                         {**await self._headers(), "Content-Range": f"bytes */{size}"},
                                         f"COMPLETE UPLOAD {key}")
         if reply.status == 308:

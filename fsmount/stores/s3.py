@@ -83,7 +83,7 @@ class S3Store(Store):
                             retries={"max_attempts": 3, "mode": "standard"},
                             s3={"addressing_style": "path" if endpoint else "auto"})
         self._extra_args = dict(extra_args or {})
-        self._fetcher = RangeFetcher(max_connections, verify)
+        self.fetcher = RangeFetcher(max_connections, verify)
         self._client_context = None
         self._client = None
         self._sync = None
@@ -102,12 +102,9 @@ class S3Store(Store):
         self._sync = botocore.session.get_session().create_client(
             "s3", config=botocore.config.Config(**self._config), **self._client_args)
 
-    @property
-    def fetcher(self) -> RangeFetcher:
-        return self._fetcher
 
     async def close(self):
-        self._fetcher.close()
+        self.fetcher.close()
         if self._client_context is not None:
             await self._client_context.__aexit__(None, None, None)
             self._sync.close()
@@ -163,7 +160,7 @@ class S3Store(Store):
         params = {**params, "ContentMD5": content_md5(body)}
         with _errors(f"SIGN {what}"):
             url = self._sync.generate_presigned_url(operation, Params=params, ExpiresIn=_URL_LIFETIME)
-        return self._fetcher.send("PUT", url, body, self._signed_headers(operation, params), what).headers["etag"]
+        return self.fetcher.send("PUT", url, body, self._signed_headers(operation, params), what).headers["etag"]
 
     def _signed_headers(self, operation: str, params: dict) -> dict[str, str]:
         """The headers of PARAMS, which a presigned request must carry as the signature covers them."""

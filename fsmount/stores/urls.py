@@ -36,7 +36,7 @@ class UrlStore(Store):
         self._verify = verify
         self._redirects = redirects
         self._max_connections = max_connections
-        self._fetcher = RangeFetcher(max_connections, verify)
+        self.fetcher = RangeFetcher(max_connections, verify)
         self._spool_dir = spool_dir
         self._session: aiohttp.ClientSession | None = None
         self._located: dict[str, tuple[str, bool]] = {}  # name -> (final URL, takes ranges)
@@ -47,9 +47,6 @@ class UrlStore(Store):
     def identity(self) -> str:
         return "url:" + hashlib.sha256(repr(sorted(self.files.items())).encode()).hexdigest()
 
-    @property
-    def fetcher(self) -> RangeFetcher:
-        return self._fetcher
 
     async def open(self):
         os.makedirs(self._spool_dir, exist_ok=True)
@@ -59,7 +56,7 @@ class UrlStore(Store):
             timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=60))
 
     async def close(self):
-        self._fetcher.close()
+        self.fetcher.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -102,11 +99,10 @@ class UrlStore(Store):
         return ListPage(list(await asyncio.gather(*(self.stat(name) for name in names))), [])
 
     def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
-        url, _ = self._located.get(key, (self.files[key], True))
-        if version.startswith(_SIZE):
-            return RangeRequest(key, start, length, url)
-        condition = "If-Match" if version.startswith('"') else "If-Unmodified-Since"
-        return RangeRequest(key, start, length, url, {condition: version})
+        return RangeRequest(key, start, length, self._located_url(key), _condition(version))
+
+    def _located_url(self, key: str) -> str:
+        return self._located.get(key, (self.files[key], True))[0]
 
     def read_range(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> bytes:
         if self._located.get(key, ("", True))[1]:
@@ -118,9 +114,8 @@ class UrlStore(Store):
         with self._spool_lock:  # one download at a time; later readers of the file wait for it
             path = self._spooled.get((key, version))
             if path is None:
-                request = self.range_request(key, 0, 0, version)
                 path = os.path.join(self._spool_dir, hashlib.sha256(f"{key}\0{version}".encode()).hexdigest())
-                self._download(request, path)
+                self._download(key, self._located_url(key), _condition(version), path)
                 for (name, old), old_path in list(self._spooled.items()):
                     if name == key:  # an older version of the file
                         os.unlink(old_path)
@@ -128,18 +123,18 @@ class UrlStore(Store):
                 self._spooled[(key, version)] = path
             return path
 
-    def _download(self, request: RangeRequest, path: str):
+    def _download(self, key: str, url: str, headers: dict[str, str], path: str):
         pool = urllib3.PoolManager(cert_reqs="CERT_NONE" if self._verify is False else "CERT_REQUIRED",
                                    retries=urllib3.Retry(total=3, redirect=self._redirects))
         try:
-            response = pool.request("GET", request.url, headers=request.headers, preload_content=False)
+            response = pool.request("GET", url, headers=headers, preload_content=False)
         except urllib3.exceptions.HTTPError as error:
-            raise Unavailable(f"GET {request.key}: {type(error).__name__}") from None
+            raise Unavailable(f"GET {key}: {type(error).__name__}") from None
         try:
             if response.status == 412:
-                raise PreconditionFailed(f"GET {request.key}: changed")
+                raise PreconditionFailed(f"GET {key}: changed")
             if response.status != 200:
-                raise status_error(response.status, f"GET {request.key}: {response.status}")
+                raise status_error(response.status, f"GET {key}: {response.status}")
             with open(path + ".part", "wb") as spool:
                 shutil.copyfileobj(response, spool, 2**20)
             os.rename(path + ".part", path)
@@ -167,6 +162,13 @@ class UrlStore(Store):
 
     async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         raise _read_only()
+
+
+def _condition(version: str) -> dict[str, str]:
+    """The header that makes a GET fail (412) once the URL no longer has VERSION."""
+    if version.startswith(_SIZE):
+        return {}
+    return {"If-Match" if version.startswith('"') else "If-Unmodified-Since": version}
 
 
 def _read_only() -> OSError:
