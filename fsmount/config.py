@@ -18,6 +18,7 @@ from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials
 from fsmount.units import parse_duration, parse_size
 
 LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
+IPFS_API_ENV = "FSMOUNT_IPFS_API"
 
 
 class ConfigError(Exception):
@@ -52,6 +53,11 @@ class ObjectSource:
     def single_object(self) -> bool:
         return False
 
+    @property
+    def immutable(self) -> bool:
+        """Content addressed: what it lists and holds never changes, so nothing about it expires."""
+        return False
+
 
 @dataclass(frozen=True, kw_only=True)
 class S3Source(ObjectSource):
@@ -80,6 +86,18 @@ class GcsSource(ObjectSource):
 class UrlSource(ObjectSource):
     files: dict[str, str]  # file name -> URL
     verify: bool | str = True  # TLS: verify, don't, or with this CA bundle
+
+
+@dataclass(frozen=True, kw_only=True)
+class IpfsSource(ObjectSource):
+    """The bucket is the root CID."""
+    path: str  # below the root, the volume's top: a directory, or a file that is then the volume's one entry
+    api: str | None  # a node's RPC API, as an http(s) URL
+    gateway: str | None  # a trustless gateway, when there is no API
+
+    @property
+    def immutable(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
@@ -139,7 +157,8 @@ _PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of 
 _VOLUME_KEYS = {"source", "mode", "path"}
 _OBJECT_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "filter"}
 _VOLUME_KEYS_OF = {"s3": _OBJECT_VOLUME_KEYS | {"extra_args", "version_id", "checksum_sha256"},
-                   "azure": _OBJECT_VOLUME_KEYS, "gs": _OBJECT_VOLUME_KEYS}
+                   "azure": _OBJECT_VOLUME_KEYS, "gs": _OBJECT_VOLUME_KEYS,
+                   "ipfs": _VOLUME_KEYS | {"api", "gateway", "max_connections"}}
 _URL_VOLUME_KEYS = _VOLUME_KEYS | {"name", "max_connections", "verify"}
 _CREDENTIAL_KINDS = {"s3", "azure", "gcs"}
 _S3_CREDENTIAL_KEYS = {"bucket", "host", "key", "secret", "region", "secure", "verify", "use_credentials_chain"}
@@ -366,15 +385,18 @@ class _Reader:
         if mode not in ("ro", "rw"):
             raise self.error(keys + ("mode",), f"expected ro or rw, got {mode!r}")
         if url.scheme in _VOLUME_KEYS_OF:
-            read = {"s3": self.s3_source, "azure": self.azure_source, "gs": self.gcs_source}[url.scheme]
+            read = {"s3": self.s3_source, "azure": self.azure_source, "gs": self.gcs_source,
+                    "ipfs": self.ipfs_source}[url.scheme]
             objects = read(spec, keys, url, credentials)
             if objects.single_object and mode == "rw":
                 raise self.error(keys + ("mode",), "rw, but a volume of one pinned or checksummed object is read-only")
+            if objects.immutable and mode == "rw":
+                raise self.error(keys + ("mode",), "rw, but IPFS content never changes: expected ro")
             return VolumeConfig(path=path, source=source, read_only=mode == "ro", objects=objects)
         if url.scheme != "file":
             raise self.error(keys + ("source",), f"unsupported source {redact_url(source)!r}; expected file:///absolute/path, "
-                                                 "s3://bucket/prefix, azure://container/prefix, gs://bucket/prefix "
-                                                 "or http(s)://host/file")
+                                                 "s3://bucket/prefix, azure://container/prefix, gs://bucket/prefix, "
+                                                 "ipfs://CID/path or http(s)://host/file")
         if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
             raise self.error(keys + ("source",), f"expected file:///absolute/path, got {source!r}")
         host_path = os.path.realpath(urllib.parse.unquote(url.path))
@@ -472,6 +494,26 @@ class _Reader:
         return GcsSource(bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
                          **self.object_options(spec, keys))
 
+    def ipfs_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> IpfsSource:
+        """`ipfs://CID[/path]` (CIDv0 or v1), from a node's RPC API (`api`: a multiaddr or URL, else
+        $FSMOUNT_IPFS_API) or a trustless gateway (`gateway`)."""
+        root = self.converted(url.netloc, keys + ("source",), _cid)
+        api = self.value(spec, keys + ("api",), _ipfs_api_url, None)
+        gateway = self.value(spec, keys + ("gateway",), _http_url, None)
+        if api is not None and gateway is not None:
+            raise self.error(keys + ("gateway",), "an IPFS volume reads from its api or its gateway: give one")
+        if api is None and gateway is None:
+            if not os.environ.get(IPFS_API_ENV):
+                raise self.error(keys, f"names no IPFS node: add api: \"/ip4/127.0.0.1/tcp/5001\" or gateway: "
+                                       f"\"http://127.0.0.1:8080\", or set ${IPFS_API_ENV}")
+            try:
+                api = _ipfs_api_url(os.environ[IPFS_API_ENV])
+            except ValueError as error:
+                raise ConfigError(self.file, f"${IPFS_API_ENV}", str(error)) from None
+        return IpfsSource(bucket=root, prefix="", path=urllib.parse.unquote(url.path).strip("/"), api=api,
+                          gateway=gateway, endpoint=None, rename_limit=1,
+                          max_connections=self.value(spec, keys + ("max_connections",), _positive, 8))
+
     def url_volume(self, spec: ConfigTree, keys, path, entries: list, listed: bool) -> VolumeConfig:
         """Web files, read-only: `source` is one URL (whose file `name` may rename) or a list of URLs or of
         `{ url, name }`. A file is named after its URL's last segment unless named."""
@@ -540,6 +582,28 @@ def _http_url(value) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"expected an http(s)://host[:port][/path] URL, got {value!r}")
     return text
+
+
+def _cid(value) -> str:
+    from multiformats import CID  # ~0.1 s to import: only for a tree with IPFS volumes
+    try:
+        return str(CID.decode(str(value)))
+    except Exception:  # multiformats raises a different error for each way a CID can be wrong
+        raise ValueError(f"expected ipfs://CID[/path] with a CIDv0 (Qm...) or CIDv1 (bafy...), got {value!r}") from None
+
+
+def _ipfs_api_url(value) -> str:
+    """A node's RPC API given as a URL or as a multiaddr (Kubo's and Bacalhau's `/ip4/127.0.0.1/tcp/5001`,
+    `/dns4/host/tcp/443/https`), as a URL."""
+    address = str(value)
+    if "://" in address:
+        return _http_url(address)
+    parts = address.strip("/").split("/")
+    if len(parts) not in (4, 5) or parts[0] not in ("ip4", "ip6", "dns", "dns4", "dns6") or parts[2] != "tcp" \
+            or not parts[3].isdigit() or parts[4:] not in ([], ["http"], ["https"]):
+        raise ValueError(f"expected a multiaddr such as /ip4/127.0.0.1/tcp/5001, or an http(s) URL, got {address!r}")
+    host = f"[{parts[1]}]" if parts[0] == "ip6" else parts[1]
+    return f"{parts[4] if parts[4:] else 'http'}://{host}:{parts[3]}"
 
 
 def _web_url(value) -> str:

@@ -3,6 +3,7 @@ import contextlib
 import ctypes
 import logging
 import logging.handlers
+import math
 import os
 import resource
 import signal
@@ -111,7 +112,8 @@ class Daemon:
             self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY)
         source = volume.objects
         store = TrioStore(store_for(source, cache.dir))
-        shared = dict(cache=self.cache, prefetcher=self.prefetcher, metadata_ttl=cache.metadata_ttl,
+        metadata_ttl = math.inf if source.immutable else cache.metadata_ttl
+        shared = dict(cache=self.cache, prefetcher=self.prefetcher, metadata_ttl=metadata_ttl,
                       read_ahead=cache.read_ahead, uid=self.uid, gid=self.gid)
         if source.single_object:
             return SingleObjectVolume(store, source.prefix, source.version_id, source.checksum_sha256, **shared)

@@ -5,6 +5,7 @@ import email.utils
 import hashlib
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -27,13 +28,14 @@ def free_port() -> int:
 class Server:
     """A server process and its request log; `requests(*texts)` counts log lines that hold every TEXT."""
 
-    def __init__(self, name: str, log_dir: Path):
+    def __init__(self, name: str, log_dir: Path, *arguments: str):
+        """ARGUMENTS: scripts/serve's after the port."""
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_dir / f"{name}-{self.port}.log"
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([str(ROOT / "scripts" / "serve"), name, str(self.port)],
+            self.process = subprocess.Popen([str(ROOT / "scripts" / "serve"), name, str(self.port), *arguments],
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while not self._accepting():
@@ -57,6 +59,24 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class IpfsNode(Server):
+    """scripts/ipfs_gateway.mjs: a Helia node that has added SOURCE (with the importer OPTIONS) and serves it;
+    `root` is the CID it printed. Its log has a line per request."""
+
+    def __init__(self, log_dir: Path, source: Path, *options: str):
+        super().__init__("ipfs", log_dir, tempfile.mkdtemp(prefix="ipfs-repo-", dir=log_dir), str(source), *options)
+        deadline = time.monotonic() + 30
+        while not (roots := [line.split()[1] for line in self.log_path.read_text().splitlines() if line.startswith("root ")]):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the IPFS node printed no root CID:\n{self.log_path.read_text(errors='replace')}")
+            time.sleep(0.05)
+        self.root = roots[0]
+
+    def block_requests(self) -> int:
+        return self.requests("/ipfs/") + self.requests("/api/v0/")
 
 
 def s3_admin(server: Server):

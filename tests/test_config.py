@@ -162,8 +162,8 @@ def test_bad_mode(tmp_path, links):
 def test_unsupported_source_is_shown_without_its_secret(tmp_path):
     message = config_error(tmp_path, 'volumes { web { source: "ftp://user:hunter2@example.org/a?sig=TOKEN" } }')
     assert message == (":1: volumes.web.source: unsupported source 'ftp://user:***@example.org/a?***'; "
-                       "expected file:///absolute/path, s3://bucket/prefix, azure://container/prefix, gs://bucket/prefix "
-                       "or http(s)://host/file")
+                       "expected file:///absolute/path, s3://bucket/prefix, azure://container/prefix, gs://bucket/prefix, "
+                       "ipfs://CID/path or http(s)://host/file")
 
 
 def test_file_source_with_a_host(tmp_path):
@@ -325,4 +325,44 @@ def test_url_volumes_name_their_files(tmp_path):
     ('volumes { w { source: "https://e.org/f?sig=SECRET", endpoint: "x" } }', ":1: volumes.w.endpoint: unknown key"),
 ])
 def test_url_volume_errors(tmp_path, text, message):
+    assert config_error(tmp_path, text).startswith(message)
+
+
+def test_ipfs_volumes_take_a_cid_and_a_path_from_an_api_or_a_gateway(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSMOUNT_IPFS_API", "/dns4/node.internal/tcp/443/https")
+    config = load_config(str(write_config(tmp_path, """
+        volumes {
+          v0 { source: "ipfs://QmPZ9gcCEpqKTo6aq61g2nXGUhM4iCL3ewB6LDXZCtioEB", api: "/ip4/127.0.0.1/tcp/5001" }
+          v1 { source: "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi/wiki/a%20b", gateway: "http://127.0.0.1:8080/" }
+          six { source: "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi", api: "/ip6/::1/tcp/5001" }
+          env { source: "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi" }
+        }
+    """)))
+    sources = {volume.name: volume.objects for volume in config.volumes}
+    assert (sources["v0"].bucket, sources["v0"].path, sources["v0"].api) == (
+        "QmPZ9gcCEpqKTo6aq61g2nXGUhM4iCL3ewB6LDXZCtioEB", "", "http://127.0.0.1:5001")
+    assert (sources["v1"].path, sources["v1"].gateway, sources["v1"].api) == ("wiki/a b", "http://127.0.0.1:8080", None)
+    assert sources["six"].api == "http://[::1]:5001"
+    assert sources["env"].api == "https://node.internal:443"
+    assert all(volume.read_only and volume.objects.immutable for volume in config.volumes)
+
+
+CID_V1 = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('volumes { i { source: "ipfs://notacid", api: "/ip4/127.0.0.1/tcp/5001" } }',
+     ":1: volumes.i.source: expected ipfs://CID[/path] with a CIDv0"),
+    (f'volumes {{ i {{ source: "ipfs://{CID_V1}", api: "/ip4/127.0.0.1/udp/5001" }} }}',
+     ":1: volumes.i.api: expected a multiaddr such as /ip4/127.0.0.1/tcp/5001"),
+    (f'volumes {{ i {{ source: "ipfs://{CID_V1}", api: "/ip4/127.0.0.1/tcp/5001", gateway: "http://x" }} }}',
+     ":1: volumes.i.gateway: an IPFS volume reads from its api or its gateway: give one"),
+    (f'volumes {{ i {{ source: "ipfs://{CID_V1}" }} }}', ":1: volumes.i: names no IPFS node: add api:"),
+    (f'volumes {{ i {{ source: "ipfs://{CID_V1}", gateway: "http://x", mode: rw }} }}',
+     ":1: volumes.i.mode: rw, but IPFS content never changes"),
+    (f'volumes {{ i {{ source: "ipfs://{CID_V1}", gateway: "http://x", filter: "a" }} }}',
+     ":1: volumes.i.filter: unknown key"),
+])
+def test_ipfs_volume_errors(tmp_path, monkeypatch, text, message):
+    monkeypatch.delenv("FSMOUNT_IPFS_API", raising=False)
     assert config_error(tmp_path, text).startswith(message)

@@ -18,7 +18,8 @@ def test_demo_mounts_the_sample_tree(tmp_path):
     for path in ("datasets/iris/iris.csv", "datasets/weather/readings.sqlite", "team/nlp/shared/notes.md",
                  "archive/papers-2024/fsmount.txt", "scratch", "s3/datasets/weather/readings.sqlite",
                  "s3/models/weights.bin", "s3/models/checkpoints", "s3-scratch", "azure/datasets/iris/iris.csv",
-                 "gcs/datasets/weather/readings.sqlite", "web/iris.csv", "web/weather.sqlite"):
+                 "gcs/datasets/weather/readings.sqlite", "web/iris.csv", "web/weather.sqlite",
+                 "ipfs/iris/iris.csv", "ipfs/weather/readings.sqlite"):
         assert f"  {path}\n" in listing
     assert "730 readings" in result.stdout
     assert re.search(r"written through the rw S3 volume: \w", result.stdout)

@@ -25,6 +25,7 @@ class ObjectInfo:
     version: str  # what a read can be pinned to: an ETag, a generation, a version id, a CID
     mtime_ns: int
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
+    link_target: str | None = None  # a symlink's (IPFS has them): the object is the link, not a file
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,36 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         """A server-side copy; METADATA replaces the source's, None keeps it."""
+
+
+class ReadOnlyStore(Store):
+    """A store of content fsmount never changes (web URLs, IPFS): every change is EROFS."""
+
+    def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        raise _read_only()
+
+    async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
+        raise _read_only()
+
+    def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
+        raise _read_only()
+
+    async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
+                              metadata: dict[str, str] | None = None) -> ObjectInfo:
+        raise _read_only()
+
+    async def abort_upload(self, key: str, upload: str):
+        raise _read_only()
+
+    async def delete(self, key: str):
+        raise _read_only()
+
+    async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        raise _read_only()
+
+
+def _read_only() -> OSError:
+    return OSError(errno.EROFS, "a read-only store")
 
 
 def uploaded(key: str, size: int, version: str, metadata: dict[str, str] | None) -> ObjectInfo:

@@ -1,11 +1,11 @@
-"""The store client a volume's source names: S3, Azure Blob, GCS or web URLs, with the credentials chosen for it.
+"""The store client a volume's source names: S3, Azure Blob, GCS, IPFS or web URLs, with the credentials chosen for it.
 
 Each client's module is imported when a volume needs it: the Azure and Google SDKs together add
 ~22 MiB to the daemon's RSS, which a tree without such volumes should not pay.
 """
 import os
 
-from fsmount.config import AzureSource, GcsSource, ObjectSource, S3Source, UrlSource
+from fsmount.config import AzureSource, GcsSource, IpfsSource, ObjectSource, S3Source, UrlSource
 from fsmount.stores.base import Store
 
 
@@ -30,4 +30,8 @@ def store_for(source: ObjectSource, cache_dir: str) -> Store:
         from fsmount.stores.urls import UrlStore
         return UrlStore(source.files, os.path.join(cache_dir, "spool"), verify=source.verify,
                         max_connections=source.max_connections)
+    if isinstance(source, IpfsSource):
+        from fsmount.stores.ipfs import IpfsStore
+        return IpfsStore(source.bucket, source.path, os.path.join(cache_dir, "ipfs"), api=source.api,
+                         gateway=source.gateway, max_connections=source.max_connections)
     raise TypeError(f"no store for {type(source).__name__}")

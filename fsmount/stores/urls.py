@@ -9,7 +9,6 @@ beside the cache, and ranges are read from that.
 """
 import asyncio
 import email.utils
-import errno
 import hashlib
 import os
 import shutil
@@ -20,15 +19,15 @@ import time
 import aiohttp
 import urllib3
 
-from fsmount.stores.base import (ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store, Unavailable,
-                                 read_part, status_error)
+from fsmount.stores.base import (ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, ReadOnlyStore,
+                                 Unavailable, read_part, status_error)
 from fsmount.stores.ranges import RangeFetcher
 
 _SIZE = "size:"
 _HEAD_REFUSED = {403, 405, 501}  # starts the version of a URL whose server names neither an ETag nor a time
 
 
-class UrlStore(Store):
+class UrlStore(ReadOnlyStore):
     def __init__(self, files: dict[str, str], spool_dir: str, verify: bool | str = True, max_connections: int = 8,
                  redirects: int = 5):
         """FILES: name -> URL. SPOOL_DIR: where whole downloads from servers without ranges go."""
@@ -141,28 +140,6 @@ class UrlStore(Store):
         finally:
             response.release_conn()
 
-    def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
-        raise _read_only()
-
-    async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
-        raise _read_only()
-
-    def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
-        raise _read_only()
-
-    async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
-                              metadata: dict[str, str] | None = None) -> ObjectInfo:
-        raise _read_only()
-
-    async def abort_upload(self, key: str, upload: str):
-        raise _read_only()
-
-    async def delete(self, key: str):
-        raise _read_only()
-
-    async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
-        raise _read_only()
-
 
 def _condition(version: str) -> dict[str, str]:
     """The header that makes a GET fail (412) once the URL no longer has VERSION."""
@@ -170,6 +147,3 @@ def _condition(version: str) -> dict[str, str]:
         return {}
     return {"If-Match" if version.startswith('"') else "If-Unmodified-Since": version}
 
-
-def _read_only() -> OSError:
-    return OSError(errno.EROFS, "URL volumes are read-only")

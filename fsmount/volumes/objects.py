@@ -11,6 +11,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import re
 import stat
 import time
@@ -27,6 +28,7 @@ from fsmount.volumes.prefetch import DirectoryScans, Prefetcher
 log = logging.getLogger(__name__)
 
 _NEGATIVE_TTL = 1.0
+_KERNEL_TTL_MAX = 86400.0  # what the kernel is told of entries that never expire (IPFS)
 # What the metadata caches keep at most: memory stays bounded however many objects a volume has.
 _NAMES_KEPT = 100_000
 _LISTINGS_KEPT = 16
@@ -71,7 +73,8 @@ class ObjectVolume(Volume):
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.cache = cache
         self.prefetcher = prefetcher
-        self.metadata_ttl = self.kernel_ttl = metadata_ttl
+        self.metadata_ttl = metadata_ttl
+        self.kernel_ttl = min(metadata_ttl, _KERNEL_TTL_MAX)
         self.read_ahead_blocks = max(1, read_ahead // cache.block_size)
         self.uid, self.gid = uid, gid
         self._file_mode = 0o444 if read_only else 0o644
@@ -104,6 +107,9 @@ class ObjectVolume(Volume):
             return Attrs(stat.S_IFDIR | self._dir_mode, nlink=2, uid=self.uid, gid=self.gid,
                          atime_ns=self._started, mtime_ns=self._started, ctime_ns=self._started)
         mtime = self._mtime_ns(info)
+        if info.link_target is not None:
+            return Attrs(stat.S_IFLNK | 0o777, size=len(os.fsencode(info.link_target)), uid=self.uid, gid=self.gid,
+                         atime_ns=mtime, mtime_ns=mtime, ctime_ns=mtime)
         return Attrs(stat.S_IFREG | self._file_mode, size=info.size, uid=self.uid, gid=self.gid,
                      blocks=(info.size + 511) // 512, atime_ns=mtime, mtime_ns=mtime, ctime_ns=mtime)
 
@@ -195,7 +201,10 @@ class ObjectVolume(Volume):
         return self.cache.contains(name) or self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch))
 
     async def readlink(self, path: Path) -> str:
-        raise OSError(errno.EINVAL, "objects are never symlinks")
+        info = await self._lookup(path)
+        if info is None or info.link_target is None:
+            raise OSError(errno.EINVAL, "not a symlink")
+        return info.link_target
 
     async def statvfs(self):
         return None

@@ -1,0 +1,249 @@
+"""IpfsStore: a UnixFS tree (ipfs://CID[/path]) as read-only objects, every block checked against its CID before use.
+
+Blocks come raw, from a node's RPC API (`POST /api/v0/block/get`) or a trustless gateway
+(`GET /ipfs/CID?format=raw`), through the RangeFetcher from worker threads as every store's data
+does; fsmount walks the DAG itself, so no byte it serves is one it did not hash. A block that does
+not match its CID is EIO and a log line.
+
+Keys are paths below the root, versions are CIDs: nothing ever changes, so nothing is revalidated.
+Directory listings (names, CIDs, kinds, sizes, times) are written beside the block cache, one file
+per directory CID, and a remount reads them instead of the network; file data is the block
+cache's, and the inner nodes of files (which child covers which bytes) are kept in memory.
+"""
+import asyncio
+import collections
+import concurrent.futures
+import functools
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from multiformats import CID
+
+from fsmount.stores import unixfs
+from fsmount.stores.base import ListPage, NotFound, ObjectInfo, RangeRequest, ReadOnlyStore, Unavailable
+from fsmount.stores.ranges import RangeFetcher
+
+log = logging.getLogger(__name__)
+
+_RAW_BLOCK = "application/vnd.ipld.raw"
+_INNER_NODES_KEPT = 1024  # a 1 GiB file of 256 KiB chunks has ~25
+_LISTINGS_KEPT = 64
+_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    cid: str
+    kind: str  # unixfs.FILE, DIRECTORY or SYMLINK
+    size: int
+    mtime_ns: int | None
+    target: str | None = None  # a symlink's
+
+
+class IpfsStore(ReadOnlyStore):
+    def __init__(self, root: str, path: str, listing_dir: str, api: str | None = None, gateway: str | None = None,
+                 max_connections: int = 8):
+        """ROOT: a CID, PATH below it names the volume's top. API: a node's RPC API URL; else GATEWAY: a
+        trustless gateway's URL. LISTING_DIR: where listings are kept across mounts."""
+        self.root = unixfs.text(CID.decode(root))
+        self.path = tuple(part for part in path.split("/") if part)
+        self._listing_dir = listing_dir
+        self._api = api
+        self._gateway = gateway
+        self.fetcher = RangeFetcher(max_connections)
+        self._fetches = concurrent.futures.ThreadPoolExecutor(max_connections, thread_name_prefix="ipfs")
+        self._top: Entry | None = None
+        self._inner_nodes: collections.OrderedDict[str, unixfs.Node] = collections.OrderedDict()  # used last, last
+        self._lock = threading.Lock()  # over _inner_nodes: worker threads share it
+        self._listing = functools.lru_cache(_LISTINGS_KEPT)(self._load_listing)
+        self._listing_locks = [threading.Lock() for _ in range(16)]  # one listing of a directory at a time
+
+    @property
+    def identity(self) -> str:
+        return f"ipfs:{self.root}"
+
+    async def open(self):
+        os.makedirs(self._listing_dir, exist_ok=True)
+
+    async def close(self):
+        self._fetches.shutdown(wait=False, cancel_futures=True)
+        self.fetcher.close()
+
+    def _resolved_top(self) -> Entry:
+        """What the source names, found on first use: a node that is down fails reads, not the mount."""
+        if self._top is None:
+            self._top = self._resolve_top()
+        return self._top
+
+    def _resolve_top(self) -> Entry:
+        if self._saved_listing(self.root) is not None:  # listed on an earlier mount: a directory
+            entry = Entry(self.root, self.root, unixfs.DIRECTORY, 0, None)
+        else:
+            entry = _entry(self.root, self._node(CID.decode(self.root)), self.root)
+        for depth, name in enumerate(self.path):
+            if entry.kind != unixfs.DIRECTORY or name not in self._listing(entry.cid):
+                raise NotFound(f"ipfs://{self.root}/{'/'.join(self.path[:depth + 1])}: no such file or directory")
+            entry = self._listing(entry.cid)[name]
+        return entry
+
+    async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
+        entry = await asyncio.to_thread(self._entry, key)
+        if entry is None or entry.kind == unixfs.DIRECTORY:
+            raise NotFound(key)
+        return self._info(key, entry)
+
+    def _info(self, key: str, entry: Entry) -> ObjectInfo:
+        # No time recorded: the epoch, the same on every mount, so rsync and make see nothing changed.
+        return ObjectInfo(key, entry.size, entry.cid, entry.mtime_ns or 0, link_target=entry.target)
+
+    def _entry(self, key: str) -> Entry | None:
+        """What KEY names, None when nothing. A file at the top shows as the one entry of the volume."""
+        parts = [part for part in key.split("/") if part]
+        entry = self._resolved_top()
+        if entry.kind != unixfs.DIRECTORY:
+            return entry if parts == [entry.name] else None
+        for name in parts:
+            if entry.kind != unixfs.DIRECTORY:
+                return None
+            entry = self._listing(entry.cid).get(name)
+            if entry is None:
+                return None
+        return entry
+
+    async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                        page_size: int | None = None) -> ListPage:
+        return await asyncio.to_thread(self._page, prefix, delimiter, int(token or 0), page_size or _PAGE)
+
+    def _page(self, prefix: str, delimiter: str, start: int, page_size: int) -> ListPage:
+        top = self._resolved_top()
+        marker = []  # the directory itself, listed as an S3 "dir/" marker is: an empty one exists too
+        if top.kind != unixfs.DIRECTORY:  # a file at the top: the volume shows it alone
+            entries = [] if prefix else [(top.name, top)]
+        else:
+            directory = self._entry(prefix) if prefix.endswith("/") or not prefix else None
+            if directory is None or directory.kind != unixfs.DIRECTORY:
+                return ListPage([], [])
+            entries = sorted(self._listing(directory.cid).items()) if delimiter else list(self._walk(directory))
+            if prefix and start == 0:
+                marker = [ObjectInfo(prefix, 0, directory.cid, 0)]
+        page = entries[start:start + page_size]
+        objects = marker + [self._info(prefix + name, entry) for name, entry in page if entry.kind != unixfs.DIRECTORY]
+        prefixes = [f"{prefix}{name}/" for name, entry in page if entry.kind == unixfs.DIRECTORY]
+        following = start + page_size
+        return ListPage(objects, prefixes, str(following) if following < len(entries) else None)
+
+    def _walk(self, directory: Entry, above: str = ""):
+        """(path, entry) of every file and symlink below DIRECTORY, in key order."""
+        for name, entry in sorted(self._listing(directory.cid).items()):
+            if entry.kind == unixfs.DIRECTORY:
+                yield from self._walk(entry, f"{above}{name}/")
+            else:
+                yield f"{above}{name}", entry
+
+    def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
+        raise NotImplementedError("IPFS files are read block by block: see read_range")
+
+    def read_range(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> bytes:
+        node = self._node(CID.decode(version))
+        return b"".join(self._file_bytes(node, start, min(start + length, node.size)))
+
+    def _file_bytes(self, node: unixfs.Node, start: int, end: int) -> list[bytes]:
+        """The file's bytes [START, END) below NODE, in pieces; each level's children fetched in parallel."""
+        own, pieces = node.pieces(start, end)
+        children = self._fetches.map(lambda piece: self._node(piece[0]), pieces)
+        parts = [own]
+        for (_, child_start, child_end), child in zip(pieces, children):
+            parts += self._file_bytes(child, child_start, child_end) if child.links else [child.data[child_start:child_end]]
+        return parts
+
+    def _node(self, cid: CID) -> unixfs.Node:
+        """CID's node, checked; a file's inner nodes (those with links) are kept, leaves are the block cache's."""
+        text = unixfs.text(cid)
+        with self._lock:
+            node = self._inner_nodes.get(text)
+            if node is not None:
+                self._inner_nodes.move_to_end(text)
+                return node
+        try:
+            node = unixfs.decode(cid, self._block(cid))
+        except unixfs.BadBlock as error:
+            log.error("IPFS %s: %s", self._api or self._gateway, error)
+            raise Unavailable(str(error)) from None
+        if node.links and node.kind == unixfs.FILE:
+            with self._lock:
+                self._inner_nodes[text] = node
+                if len(self._inner_nodes) > _INNER_NODES_KEPT:
+                    self._inner_nodes.popitem(last=False)
+        return node
+
+    def _block(self, cid: CID) -> bytes:
+        """CID's block, checked against it (BadBlock)."""
+        inline = unixfs.inline(cid)
+        if inline is not None:
+            return inline
+        text = unixfs.text(cid)
+        if self._api is not None:
+            reply = self.fetcher.send("POST", f"{self._api}/api/v0/block/get?arg={text}", None, {}, f"block/get {text}")
+        else:
+            reply = self.fetcher.send("GET", f"{self._gateway}/ipfs/{text}?format=raw", None, {"Accept": _RAW_BLOCK},
+                                      f"GET block {text}")
+            if not reply.headers.get("content-type", "").startswith(_RAW_BLOCK):
+                raise Unavailable(f"{self._gateway} answered a raw block request for {text} with "
+                                  f"{reply.headers.get('content-type')!r}: not a trustless gateway")
+        return unixfs.check(cid, reply.body)
+
+    def _load_listing(self, cid: str) -> dict[str, Entry]:
+        """Directory CID's entries by name: from its file beside the cache, or fetched (then written
+        there). `_listing` keeps the last few in memory."""
+        with self._listing_locks[hash(cid) % len(self._listing_locks)]:
+            listing = self._saved_listing(cid)
+            if listing is None:
+                listing = self._fetch_listing(CID.decode(cid))
+                path = self._listing_path(cid)
+                part = f"{path}.{os.getpid()}.part"  # another daemon may share the cache
+                with open(part, "w") as saved:
+                    json.dump([[e.name, e.cid, e.kind, e.size, e.mtime_ns, e.target] for e in listing.values()], saved)
+                os.replace(part, path)
+        return listing
+
+    def _listing_path(self, cid: str) -> str:
+        return os.path.join(self._listing_dir, f"{cid}.json")
+
+    def _saved_listing(self, cid: str) -> dict[str, Entry] | None:
+        try:
+            with open(self._listing_path(cid)) as saved:
+                return {name: Entry(name, *fields) for name, *fields in json.load(saved)}
+        except (OSError, ValueError):
+            return None
+
+    def _fetch_listing(self, cid: CID) -> dict[str, Entry]:
+        links = []
+        shards = [cid]
+        while shards:  # a sharded directory's shards, a level at a time
+            nodes = list(self._fetches.map(self._node, shards))
+            if any(node.kind != unixfs.DIRECTORY for node in nodes):
+                raise Unavailable(f"{unixfs.text(cid)}: a directory whose shards are not all directories")
+            links += [link for node in nodes for link in node.entries()]
+            shards = [shard for node in nodes for shard in node.shards()]
+        links = [link for link in links if _shown(link.name)]
+        return {entry.name: entry for entry in self._fetches.map(self._describe, links)}
+
+    def _describe(self, link: unixfs.Link) -> Entry:
+        """What LINK names. A raw block is a file of the size its parent says; any other is fetched."""
+        if link.cid.codec.code == unixfs.RAW_CODEC:
+            return Entry(link.name, unixfs.text(link.cid), unixfs.FILE, link.size, None)
+        return _entry(link.name, self._node(link.cid), unixfs.text(link.cid))
+
+
+def _entry(name: str, node: unixfs.Node, cid: str) -> Entry:
+    target = node.data.decode(errors="surrogateescape") if node.kind == unixfs.SYMLINK else None
+    return Entry(name, cid, node.kind, node.size, node.mtime_ns, target)
+
+
+def _shown(name: str) -> bool:
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name
+
