@@ -132,7 +132,7 @@ def test_a_block_that_does_not_match_its_cid_is_eio_and_a_log_line(workspace, mo
         tampering.stop()
 
 
-def test_a_node_that_is_down_gives_eio_then_serves_again(workspace, mount, source, tmp_path):
+def test_a_node_that_is_down_gives_eio_for_what_is_not_cached(workspace, mount, source, tmp_path):
     down = IpfsNode(tmp_path, source, *IMPORTS["cidv1"])
     try:
         mount(ipfs_config(workspace, down), workspace / "mnt")
