@@ -104,6 +104,13 @@ def test_a_volume_of_a_path_below_the_cid_shows_that_directory_or_file(workspace
     assert (workspace / "mnt" / "ipfs" / "big.bin").read_bytes() == BIG
 
 
+def test_opening_one_file_of_a_large_directory_does_not_fetch_its_siblings(workspace, mount, node):
+    mount(ipfs_config(workspace, node), workspace / "mnt")
+    asked = node.block_requests()
+    assert (workspace / "mnt" / "ipfs" / "many" / "file-007").read_text() == "7\n"
+    assert node.block_requests() - asked < SHARDED // 4
+
+
 def test_ipfs_volumes_are_read_only(workspace, mount, node):
     mount(ipfs_config(workspace, node), workspace / "mnt")
     root = workspace / "mnt" / "ipfs"

@@ -7,8 +7,9 @@ not match its CID is EIO and a log line.
 
 Keys are paths below the root, versions are CIDs: nothing ever changes, so nothing is revalidated.
 Directory listings (names, CIDs, kinds, sizes, times) are written beside the block cache, one file
-per directory CID, and a remount reads them instead of the network; file data is the block
-cache's, and the inner nodes of files (which child covers which bytes) are kept in memory.
+per directory CID, and a remount reads them instead of the network; opening one file needs only
+the directories above it, not a listing of its siblings. File data is the block cache's; the
+other nodes (directories, symlinks, which child of a file covers which bytes) are kept in memory.
 """
 import asyncio
 import collections
@@ -29,8 +30,9 @@ from fsmount.stores.ranges import RangeFetcher
 log = logging.getLogger(__name__)
 
 _RAW_BLOCK = "application/vnd.ipld.raw"
-_INNER_NODES_KEPT = 1024  # a 1 GiB file of 256 KiB chunks has ~25
-_LISTINGS_KEPT = 64
+_NODE_BYTES_KEPT = 32 * 2**20  # of directories, symlinks and files' inner nodes (a 1 GiB file's: ~200 KiB)
+_LISTED_ENTRIES_KEPT = 200_000
+_LINKS_KEPT = 16
 _PAGE = 1000
 
 
@@ -57,10 +59,12 @@ class IpfsStore(ReadOnlyStore):
         self.fetcher = RangeFetcher(max_connections)
         self._fetches = concurrent.futures.ThreadPoolExecutor(max_connections, thread_name_prefix="ipfs")
         self._top: Entry | None = None
-        self._inner_nodes: collections.OrderedDict[str, unixfs.Node] = collections.OrderedDict()  # used last, last
-        self._lock = threading.Lock()  # over _inner_nodes: worker threads share it
-        self._listing = functools.lru_cache(_LISTINGS_KEPT)(self._load_listing)
+        self._nodes = _Recent(_NODE_BYTES_KEPT, unixfs.Node.weight)  # CID -> unixfs.Node
+        self._listings = _Recent(_LISTED_ENTRIES_KEPT, len)  # directory CID -> {name: Entry}
+        self._links = functools.lru_cache(_LINKS_KEPT)(self._directory_links)
         self._listing_locks = [threading.Lock() for _ in range(16)]  # one listing of a directory at a time
+        self._fetching: dict[str, concurrent.futures.Future] = {}  # CID -> its node, being fetched
+        self._fetching_lock = threading.Lock()
 
     @property
     def identity(self) -> str:
@@ -80,14 +84,14 @@ class IpfsStore(ReadOnlyStore):
         return self._top
 
     def _resolve_top(self) -> Entry:
-        if self._saved_listing(self.root) is not None:  # listed on an earlier mount: a directory
+        if self._known_listing(self.root) is not None:  # listed on an earlier mount: a directory
             entry = Entry(self.root, self.root, unixfs.DIRECTORY, 0, None)
         else:
             entry = _entry(self.root, self._node(CID.decode(self.root)), self.root)
         for depth, name in enumerate(self.path):
-            if entry.kind != unixfs.DIRECTORY or name not in self._listing(entry.cid):
+            entry = self._child(entry, name)
+            if entry is None:
                 raise NotFound(f"ipfs://{self.root}/{'/'.join(self.path[:depth + 1])}: no such file or directory")
-            entry = self._listing(entry.cid)[name]
         return entry
 
     async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
@@ -107,34 +111,51 @@ class IpfsStore(ReadOnlyStore):
         if entry.kind != unixfs.DIRECTORY:
             return entry if parts == [entry.name] else None
         for name in parts:
-            if entry.kind != unixfs.DIRECTORY:
-                return None
-            entry = self._listing(entry.cid).get(name)
+            entry = self._child(entry, name)
             if entry is None:
                 return None
         return entry
+
+    def _child(self, directory: Entry, name: str) -> Entry | None:
+        """NAME in DIRECTORY: from its listing where one is kept, else found alone (one directory of
+        100,000 files need not be listed to open one of them)."""
+        if directory.kind != unixfs.DIRECTORY:
+            return None
+        listing = self._known_listing(directory.cid)
+        if listing is not None:
+            return listing.get(name)
+        link = self._links(directory.cid).get(name)
+        return self._describe(link) if link is not None and _shown(name) else None
 
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:
         return await asyncio.to_thread(self._page, prefix, delimiter, int(token or 0), page_size or _PAGE)
 
     def _page(self, prefix: str, delimiter: str, start: int, page_size: int) -> ListPage:
+        """The entries under PREFIX in key order, a directory's own marker first (as S3's "dir/" markers:
+        an empty directory exists too); START counts entries. A first page of one, a volume's question
+        whether a directory exists, is the marker alone: nothing is listed for it."""
         top = self._resolved_top()
-        marker = []  # the directory itself, listed as an S3 "dir/" marker is: an empty one exists too
-        if top.kind != unixfs.DIRECTORY:  # a file at the top: the volume shows it alone
-            entries = [] if prefix else [(top.name, top)]
-        else:
+        directory, marker = None, []
+        if top.kind == unixfs.DIRECTORY:
             directory = self._entry(prefix) if prefix.endswith("/") or not prefix else None
             if directory is None or directory.kind != unixfs.DIRECTORY:
                 return ListPage([], [])
-            entries = sorted(self._listing(directory.cid).items()) if delimiter else list(self._walk(directory))
-            if prefix and start == 0:
-                marker = [ObjectInfo(prefix, 0, directory.cid, 0)]
-        page = entries[start:start + page_size]
-        objects = marker + [self._info(prefix + name, entry) for name, entry in page if entry.kind != unixfs.DIRECTORY]
+            marker = [ObjectInfo(prefix, 0, directory.cid, 0)] if prefix else []
+        end = start + page_size
+        if end <= len(marker):
+            return ListPage(marker[start:end], [], str(end))
+        if directory is None:  # a file at the top: the volume shows it alone
+            listed = [] if prefix else [(top.name, top)]
+        elif delimiter:
+            listed = sorted(self._listing(directory.cid).items())
+        else:
+            listed = list(self._walk(directory))
+        page = listed[max(start - len(marker), 0):end - len(marker)]
+        objects = marker[start:] + [self._info(prefix + name, entry) for name, entry in page
+                                    if entry.kind != unixfs.DIRECTORY]
         prefixes = [f"{prefix}{name}/" for name, entry in page if entry.kind == unixfs.DIRECTORY]
-        following = start + page_size
-        return ListPage(objects, prefixes, str(following) if following < len(entries) else None)
+        return ListPage(objects, prefixes, str(end) if end < len(marker) + len(listed) else None)
 
     def _walk(self, directory: Entry, above: str = ""):
         """(path, entry) of every file and symlink below DIRECTORY, in key order."""
@@ -161,24 +182,32 @@ class IpfsStore(ReadOnlyStore):
         return parts
 
     def _node(self, cid: CID) -> unixfs.Node:
-        """CID's node, checked; a file's inner nodes (those with links) are kept, leaves are the block cache's."""
+        """CID's node, checked. All but file leaves are kept a while: leaves are the block cache's."""
         text = unixfs.text(cid)
-        with self._lock:
-            node = self._inner_nodes.get(text)
-            if node is not None:
-                self._inner_nodes.move_to_end(text)
-                return node
+        node = self._nodes.get(text)
+        if node is not None:
+            return node
+        with self._fetching_lock:  # one fetch of a block at a time: a lookup asks twice at once
+            fetching = self._fetching.get(text)
+            if fetching is None:
+                self._fetching[text] = mine = concurrent.futures.Future()
+        if fetching is not None:
+            return fetching.result()
         try:
             node = unixfs.decode(cid, self._block(cid))
         except unixfs.BadBlock as error:
             log.error("IPFS %s: %s", self._api or self._gateway, error)
-            raise Unavailable(str(error)) from None
-        if node.links and node.kind == unixfs.FILE:
-            with self._lock:
-                self._inner_nodes[text] = node
-                if len(self._inner_nodes) > _INNER_NODES_KEPT:
-                    self._inner_nodes.popitem(last=False)
-        return node
+            mine.set_exception(Unavailable(str(error)))
+        except BaseException as error:
+            mine.set_exception(error)
+        else:
+            if node.links or node.kind != unixfs.FILE:
+                self._nodes.put(text, node)
+            mine.set_result(node)
+        finally:
+            with self._fetching_lock:
+                del self._fetching[text]
+        return mine.result()
 
     def _block(self, cid: CID) -> bytes:
         """CID's block, checked against it (BadBlock)."""
@@ -196,41 +225,48 @@ class IpfsStore(ReadOnlyStore):
                                   f"{reply.headers.get('content-type')!r}: not a trustless gateway")
         return unixfs.check(cid, reply.body)
 
-    def _load_listing(self, cid: str) -> dict[str, Entry]:
-        """Directory CID's entries by name: from its file beside the cache, or fetched (then written
-        there). `_listing` keeps the last few in memory."""
+    def _listing(self, cid: str) -> dict[str, Entry]:
+        """Directory CID's entries by name, each described: kept, or fetched and then kept (in memory,
+        and in a file beside the cache for later mounts)."""
         with self._listing_locks[hash(cid) % len(self._listing_locks)]:
-            listing = self._saved_listing(cid)
+            listing = self._known_listing(cid)
             if listing is None:
-                listing = self._fetch_listing(CID.decode(cid))
+                links = [link for link in self._links(cid).values() if _shown(link.name)]
+                listing = {entry.name: entry for entry in self._fetches.map(self._describe, links)}
                 path = self._listing_path(cid)
                 part = f"{path}.{os.getpid()}.part"  # another daemon may share the cache
                 with open(part, "w") as saved:
                     json.dump([[e.name, e.cid, e.kind, e.size, e.mtime_ns, e.target] for e in listing.values()], saved)
                 os.replace(part, path)
+                self._listings.put(cid, listing)
+        return listing
+
+    def _known_listing(self, cid: str) -> dict[str, Entry] | None:
+        """Directory CID's listing if this or an earlier mount made it; None rather than a request."""
+        listing = self._listings.get(cid)
+        if listing is None:
+            try:
+                with open(self._listing_path(cid)) as saved:
+                    listing = {name: Entry(name, *fields) for name, *fields in json.load(saved)}
+            except (OSError, ValueError):
+                return None
+            self._listings.put(cid, listing)
         return listing
 
     def _listing_path(self, cid: str) -> str:
         return os.path.join(self._listing_dir, f"{cid}.json")
 
-    def _saved_listing(self, cid: str) -> dict[str, Entry] | None:
-        try:
-            with open(self._listing_path(cid)) as saved:
-                return {name: Entry(name, *fields) for name, *fields in json.load(saved)}
-        except (OSError, ValueError):
-            return None
-
-    def _fetch_listing(self, cid: CID) -> dict[str, Entry]:
-        links = []
-        shards = [cid]
-        while shards:  # a sharded directory's shards, a level at a time
+    def _directory_links(self, cid: str) -> dict[str, unixfs.Link]:
+        """Directory CID's links by name; a sharded one's shards fetched a level at a time."""
+        links = {}
+        shards = [CID.decode(cid)]
+        while shards:
             nodes = list(self._fetches.map(self._node, shards))
             if any(node.kind != unixfs.DIRECTORY for node in nodes):
-                raise Unavailable(f"{unixfs.text(cid)}: a directory whose shards are not all directories")
-            links += [link for node in nodes for link in node.entries()]
+                raise Unavailable(f"{cid}: a directory whose shards are not all directories")
+            links.update((link.name, link) for node in nodes for link in node.entries())
             shards = [shard for node in nodes for shard in node.shards()]
-        links = [link for link in links if _shown(link.name)]
-        return {entry.name: entry for entry in self._fetches.map(self._describe, links)}
+        return links
 
     def _describe(self, link: unixfs.Link) -> Entry:
         """What LINK names. A raw block is a file of the size its parent says; any other is fetched."""
@@ -242,6 +278,33 @@ class IpfsStore(ReadOnlyStore):
 def _entry(name: str, node: unixfs.Node, cid: str) -> Entry:
     target = node.data.decode(errors="surrogateescape") if node.kind == unixfs.SYMLINK else None
     return Entry(name, cid, node.kind, node.size, node.mtime_ns, target)
+
+
+class _Recent:
+    """The values used last, by key, as many as weigh at most LIMIT in all; worker threads share it."""
+
+    def __init__(self, limit: int, weigh):
+        self._limit = limit
+        self._weigh = weigh
+        self._weight = 0
+        self._values: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._values.get(key)
+            if value is not None:
+                self._values.move_to_end(key)
+            return value
+
+    def put(self, key, value):
+        with self._lock:
+            if key in self._values:
+                self._weight -= self._weigh(self._values.pop(key))
+            self._values[key] = value
+            self._weight += self._weigh(value)
+            while self._weight > self._limit and len(self._values) > 1:
+                self._weight -= self._weigh(self._values.popitem(last=False)[1])
 
 
 def _shown(name: str) -> bool:
