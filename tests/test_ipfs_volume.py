@@ -9,7 +9,7 @@ import pytest
 from multiformats import CID, multihash
 
 from conftest import write_config
-from servers import IpfsNode
+from servers import IpfsNode, WebServer
 from test_object_volume import BLOCK, drop_page_cache
 
 CHUNK = 64 * 1024
@@ -152,6 +152,27 @@ def test_a_node_that_is_down_gives_eio_for_what_is_not_cached(workspace, mount, 
         assert (root / "hello.txt").read_text() == "hello from ipfs\n"  # cached
     finally:
         down.stop()
+
+
+@pytest.mark.parametrize("answer, logged", [
+    ("html", "answered a raw block request for {cid} with None: not a trustless gateway"),
+    ("404", "has no block {cid}"),
+])
+def test_a_gateway_without_the_raw_block_gives_eio_not_unchecked_bytes(workspace, mount, answer, logged):
+    cid = CID("base32", 1, "dag-pb", multihash.digest(os.urandom(16), "sha2-256")).encode("base32")
+    plain = WebServer({f"/ipfs/{cid}": b"<html>a directory listing</html>"} if answer == "html" else {})
+    try:
+        config = write_config(workspace, f"""
+            cache {{ dir: "{workspace}/cache" }}
+            volumes {{ ipfs {{ source: "ipfs://{cid}", gateway: "{plain.url}" }} }}
+        """)
+        daemon = mount(config, workspace / "mnt")
+        with pytest.raises(OSError) as error:
+            os.listdir(workspace / "mnt" / "ipfs")
+        assert error.value.errno == errno.EIO
+        assert logged.format(cid=cid) in daemon.log()
+    finally:
+        plain.close()
 
 
 def test_a_remount_reads_cached_blocks_and_listings_without_asking_the_node(workspace, mount, node):

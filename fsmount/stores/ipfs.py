@@ -215,14 +215,18 @@ class IpfsStore(ReadOnlyStore):
         if inline is not None:
             return inline
         text = unixfs.text(cid)
-        if self._api is not None:
-            reply = self.fetcher.send("POST", f"{self._api}/api/v0/block/get?arg={text}", None, {}, f"block/get {text}")
-        else:
-            reply = self.fetcher.send("GET", f"{self._gateway}/ipfs/{text}?format=raw", None, {"Accept": _RAW_BLOCK},
-                                      f"GET block {text}")
-            if not reply.headers.get("content-type", "").startswith(_RAW_BLOCK):
-                raise Unavailable(f"{self._gateway} answered a raw block request for {text} with "
-                                  f"{reply.headers.get('content-type')!r}: not a trustless gateway")
+        try:
+            if self._api is not None:
+                reply = self.fetcher.send("POST", f"{self._api}/api/v0/block/get?arg={text}", None, {},
+                                          f"block/get {text}")
+            else:
+                reply = self.fetcher.send("GET", f"{self._gateway}/ipfs/{text}?format=raw", None,
+                                          {"Accept": _RAW_BLOCK}, f"GET block {text}")
+        except NotFound:  # the node cannot find it; the file is no less there: EIO, not ENOENT
+            raise Unavailable(f"{self._api or self._gateway} has no block {text}") from None
+        if self._api is None and not reply.headers.get("content-type", "").startswith(_RAW_BLOCK):
+            raise Unavailable(f"{self._gateway} answered a raw block request for {text} with "
+                              f"{reply.headers.get('content-type')!r}: not a trustless gateway")
         return unixfs.check(cid, reply.body)
 
     def _listing(self, cid: str) -> dict[str, Entry]:
