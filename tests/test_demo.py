@@ -21,6 +21,7 @@ def test_demo_mounts_the_sample_tree(tmp_path):
                  "gcs/datasets/weather/readings.sqlite", "web/iris.csv", "web/weather.sqlite",
                  "ipfs/iris/iris.csv", "ipfs/weather/readings.sqlite"):
         assert f"  {path}\n" in listing
-    assert "730 readings" in result.stdout
+    assert "on the S3 volume: 730 readings" in result.stdout
+    assert "on the IPFS volume, every block checked against its CID: 730 readings" in result.stdout
     assert re.search(r"written through the rw S3 volume: \w", result.stdout)
     assert str(tmp_path / "mnt") not in mounted_paths()
