@@ -111,6 +111,28 @@ def test_opening_one_file_of_a_large_directory_does_not_fetch_its_siblings(works
     assert node.block_requests() - asked < SHARDED // 4
 
 
+def test_a_file_is_cached_by_its_cid_whichever_volume_or_path_reads_it(workspace, mount, source, tmp_path):
+    fresh = IpfsNode(tmp_path, source, *IMPORTS["cidv1"])
+    try:
+        config = write_config(workspace, f"""
+            cache {{ dir: "{workspace}/cache", block_size: 1MiB }}
+            volumes {{
+              whole {{ source: "ipfs://{fresh.root}", api: "{fresh.url}" }}
+              data {{ source: "ipfs://{fresh.root}/data", gateway: "{fresh.url}" }}
+            }}
+        """)
+        mount(config, workspace / "mnt")
+        assert (workspace / "mnt" / "whole" / "data" / "big.bin").read_bytes() == BIG
+        leaves = [str(CID("base32", 1, "raw", multihash.digest(BIG[start:start + CHUNK], "sha2-256")))
+                  for start in range(0, len(BIG), CHUNK)]
+        assert all(fresh.requests(leaf) == 1 for leaf in leaves)
+        drop_page_cache()
+        assert (workspace / "mnt" / "data" / "big.bin").read_bytes() == BIG
+        assert all(fresh.requests(leaf) == 1 for leaf in leaves)
+    finally:
+        fresh.stop()
+
+
 def test_ipfs_volumes_are_read_only(workspace, mount, node):
     mount(ipfs_config(workspace, node), workspace / "mnt")
     root = workspace / "mnt" / "ipfs"

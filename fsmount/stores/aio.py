@@ -48,6 +48,10 @@ class TrioStore:
     def parts_in_order(self) -> bool:
         return self.store.parts_in_order
 
+    @property
+    def content_addressed(self) -> bool:
+        return self.store.content_addressed
+
     async def open(self):
         await aio_as_trio(self.store.open)()
 

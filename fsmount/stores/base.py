@@ -94,6 +94,7 @@ class Store(abc.ABC):
     """An asyncio client of one bucket or container; keys are relative to it."""
 
     parts_in_order = False  # True: an upload's parts must be sent one at a time, in order (GCS's resumable uploads)
+    content_addressed = False  # True: a version names the bytes wherever they are (IPFS's CIDs), so caches key by it alone
     fetcher: "RangeFetcher"  # the connection pool its signed requests go through; each store makes its own
 
     @property

@@ -47,6 +47,7 @@ class Entry:
 
 
 class IpfsStore(ReadOnlyStore):
+    content_addressed = True
     def __init__(self, root: str, path: str, listing_dir: str, api: str | None = None, gateway: str | None = None,
                  max_connections: int = 8):
         """ROOT: a CID, PATH below it names the volume's top. API: a node's RPC API URL; else GATEWAY: a
@@ -68,7 +69,7 @@ class IpfsStore(ReadOnlyStore):
 
     @property
     def identity(self) -> str:
-        return f"ipfs:{self.root}"
+        return "ipfs"  # every IPFS volume's: a CID names the same bytes whichever node or root it came through
 
     async def open(self):
         os.makedirs(self._listing_dir, exist_ok=True)

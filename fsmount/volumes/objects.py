@@ -210,8 +210,10 @@ class ObjectVolume(Volume):
         return None
 
     def block(self, info: ObjectInfo, index: int, tag: str = "") -> str:
-        """The cache name of piece INDEX of the object; TAG keeps chunks apart from blocks."""
-        return block_name(self.store.identity, info.key, info.version, f"{tag}{index}")
+        """The cache name of piece INDEX of the object; TAG keeps chunks apart from blocks. Content by CID
+        is cached by CID alone: the same file under any path or root is one."""
+        key = "" if self.store.content_addressed else info.key
+        return block_name(self.store.identity, key, info.version, f"{tag}{index}")
 
     def piece(self, path: Path, info: ObjectInfo, index: int, size: int, tag: str = ""):
         """(cache name, fetch) for piece INDEX of SIZE bytes of the object."""
