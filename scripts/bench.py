@@ -367,9 +367,19 @@ def table(results: dict[str, dict], peers: list[str]) -> str:
     return "\n".join(lines)
 
 
+def remove_unless_mounted(work: Path):
+    with open("/proc/self/mounts") as mounts:
+        live = [line.split()[1] for line in mounts if line.split()[1].startswith(f"{work}/")]
+    if live:
+        print(f"kept {work}: still mounted there: {', '.join(live)}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default=None, help="working directory (default: a new one under /tmp)")
+    parser.add_argument("--work", default=None,
+                        help="working directory, kept afterwards (default: a new one under /tmp, removed at the end)")
     parser.add_argument("--store", choices=list(SERVERS), default="s3", help="the kind of server (default: s3)")
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the big object")
     parser.add_argument("--fio-seconds", type=int, default=10)
@@ -407,6 +417,8 @@ def main():
         for tool in tools:
             tool.stop()
         server.stop()
+        if args.work is None:  # each run leaves ~5 GiB of server data, caches and copies
+            remove_unless_mounted(work)
 
 
 if __name__ == "__main__":
