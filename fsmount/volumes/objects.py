@@ -4,7 +4,8 @@ Names: a key with an empty, "." or ".." segment cannot be a file name and is not
 that is both an object and a prefix ("a" and "a/b") shows as the directory. A `dir/` marker
 object makes an empty directory exist. Attributes and listings are trusted for `metadata_ttl`,
 misses for a shorter while. A file's time is its `mtime` metadata (rclone's, in seconds) where it
-has one, else the time the store last wrote it.
+has one, else the time the store last wrote it. An object with a link target (IPFS has them) is a
+symlink, which the kernel resolves in the reader's view.
 """
 import bisect
 import contextlib
