@@ -149,7 +149,7 @@ class IpfsStore(ReadOnlyStore):
         if directory is None:  # a file at the top: the volume shows it alone
             listed = [] if prefix else [(top.name, top)]
         elif delimiter:
-            listed = sorted(self._listing(directory.cid).items())
+            listed = list(self._listing(directory.cid).items())
         else:
             listed = list(self._walk(directory))
         page = listed[max(start - len(marker), 0):end - len(marker)]
@@ -160,7 +160,7 @@ class IpfsStore(ReadOnlyStore):
 
     def _walk(self, directory: Entry, above: str = ""):
         """(path, entry) of every file and symlink below DIRECTORY, in key order."""
-        for name, entry in sorted(self._listing(directory.cid).items()):
+        for name, entry in self._listing(directory.cid).items():
             if entry.kind == unixfs.DIRECTORY:
                 yield from self._walk(entry, f"{above}{name}/")
             else:
@@ -231,12 +231,13 @@ class IpfsStore(ReadOnlyStore):
         return unixfs.check(cid, reply.body)
 
     def _listing(self, cid: str) -> dict[str, Entry]:
-        """Directory CID's entries by name, each described: kept, or fetched and then kept (in memory,
-        and in a file beside the cache for later mounts)."""
+        """Directory CID's entries by name, in name order, each described: kept, or fetched and then kept
+        (in memory, and in a file beside the cache for later mounts)."""
         with self._listing_locks[hash(cid) % len(self._listing_locks)]:
             listing = self._known_listing(cid)
             if listing is None:
-                links = [link for link in self._links(cid).values() if _shown(link.name)]
+                links = sorted((link for link in self._links(cid).values() if _shown(link.name)),
+                               key=lambda link: link.name)
                 listing = {entry.name: entry for entry in self._fetches.map(self._describe, links)}
                 path = self._listing_path(cid)
                 part = f"{path}.{os.getpid()}.part"  # another daemon may share the cache
@@ -252,7 +253,7 @@ class IpfsStore(ReadOnlyStore):
         if listing is None:
             try:
                 with open(self._listing_path(cid)) as saved:
-                    listing = {name: Entry(name, *fields) for name, *fields in json.load(saved)}
+                    listing = {name: Entry(name, *fields) for name, *fields in sorted(json.load(saved))}
             except (OSError, ValueError):
                 return None
             self._listings.put(cid, listing)
