@@ -236,6 +236,34 @@ def test_an_object_read_at_random_is_filled_whole_in_the_background(s3_mount, mo
     assert gets() == before
 
 
+def resident(path) -> int:
+    """Bytes of PATH in the kernel's page cache."""
+    return int(subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                              capture_output=True, text=True, check=True).stdout)
+
+
+def test_an_object_read_at_random_goes_whole_into_the_kernels_pages(s3_mount, moto):
+    root, bucket, _ = s3_mount
+    path = root / "data" / "big.bin"
+    random_reads(path)
+    wait_for(lambda: resident(path) >= len(BIG), 30, "every page of the file in the kernel")
+    before = moto.requests(f"GET /{bucket}/data/big.bin")
+    assert path.read_bytes() == BIG
+    assert moto.requests(f"GET /{bucket}/data/big.bin") == before
+
+
+def test_an_object_changed_while_its_pages_go_to_the_kernel_shows_only_its_new_bytes(any_mount):
+    root, bucket, _ = any_mount
+    path = root / "data" / "big.bin"
+    random_reads(path)
+    new = os.urandom(len(BIG))
+    bucket.put("data/big.bin", new)
+    time.sleep(2.5)
+    for _ in range(3):  # an old version's pages that came late would show on a later read
+        assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(new).digest()
+        time.sleep(0.5)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_store_that_goes_down_gives_eio_and_keeps_cached_bytes(workspace, mount, kind):
     server = Server(SERVER_SCRIPT_NAME[kind], workspace)

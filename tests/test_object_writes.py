@@ -3,12 +3,14 @@ kind of store (moto, Azurite, fake-gcs-server), and what only S3's request log s
 import concurrent.futures
 import contextlib
 import errno
+import hashlib
 import itertools
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,26 @@ def test_random_writes_appends_and_truncates_are_staged_and_read_back(rw):
     with open(path, "r+b") as stream:
         stream.truncate(10)
     assert bucket.get("old.txt") == b"old" + bytes(7)
+
+
+def test_a_file_read_at_random_and_then_written_keeps_the_written_bytes(s3_rw):
+    """The daemon puts a file read at random into the kernel's pages; a writer must never see those
+    pages overwritten with the bytes it replaced."""
+    root, bucket, _ = s3_rw
+    data = bytearray(os.urandom(16 * 2**20))
+    bucket.put("random.bin", bytes(data))
+    path = root / "random.bin"
+    with open(path, "rb", buffering=0) as reader:
+        for offset in (9 * 2**20, 2**20, 5 * 2**20):
+            assert os.pread(reader.fileno(), 4096, offset) == data[offset:offset + 4096]
+        with open(path, "r+b", buffering=0) as writer:
+            for offset in range(0, len(data), 2**20 + 4096):
+                os.pwrite(writer.fileno(), b"w" * 8192, offset)
+                data[offset:offset + 8192] = b"w" * 8192
+        for _ in range(3):
+            assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
+            time.sleep(0.5)
+    assert bucket.get("random.bin") == bytes(data)
 
 
 def test_an_open_for_writing_that_only_reads_uploads_nothing(s3_rw, moto):

@@ -7,6 +7,7 @@ import os
 import stat
 
 import pyfuse3
+import trio
 
 from fsmount.fs.inodes import InodeTable, Node
 from fsmount.fs.namespace import Namespace
@@ -35,6 +36,17 @@ def _errno_reply(handler):
             log.exception("%s failed", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
+
+
+async def _store_pages(inode: int, offset: int, data: bytes) -> bool:
+    """Puts DATA into the kernel's pages of INODE from OFFSET. A worker thread makes the call: it waits
+    for pages that reads in flight hold locked, and only the event loop can answer those reads."""
+    try:
+        await trio.to_thread.run_sync(pyfuse3.notify_store, inode, offset, data)
+    except OSError as error:  # ENOENT: the kernel forgot the inode; ENOSYS: it takes no stores
+        log.debug("the kernel took no pages of inode %d: %s", inode, error)
+        return False
+    return True
 
 
 class _Open:
@@ -261,6 +273,8 @@ class Operations(pyfuse3.Operations):
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         volume = self.namespace.writable(node) if writing else node.volume
         handle = await volume.open(node.path, flags)
+        if not flags & os.O_DIRECT:
+            handle.store_pages = functools.partial(_store_pages, inode)
         return pyfuse3.FileInfo(fh=self._register(node, handle), keep_cache=handle.keep_cache,
                                 direct_io=bool(flags & os.O_DIRECT))
 

@@ -76,6 +76,9 @@ class DirHandle(abc.ABC):
 class FileHandle(abc.ABC):
     # Whether the kernel may keep the file's pages from an earlier open: only when it cannot have changed.
     keep_cache = False
+    # `await store_pages(offset, data)` puts bytes of the file into the kernel's pages of it, where reads
+    # find them without asking the daemon; False once the kernel takes no more. Set by the FUSE layer.
+    store_pages = None
 
     @abc.abstractmethod
     async def read(self, offset: int, size: int) -> bytes: ...

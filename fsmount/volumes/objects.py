@@ -40,6 +40,7 @@ RANDOM_CHUNK = 128 * 1024
 _WHOLE_OBJECT_SHARE = 4
 _WHOLE_OBJECT_MAX = 4 * 2**30
 _WHOLE_OBJECT_FILLS = 4
+_PAGE_FEED_SHARE = 8  # an object filled whole goes into the kernel's pages too when at most this share of memory
 _BATCH = 512
 _UNKNOWN = object()
 GONE = object()
@@ -90,6 +91,8 @@ class ObjectVolume(Volume):
         # (key, version) -> the mtime its metadata holds, which listings do not show
         self._mtimes = ExpiringCache(math.inf, _NAMES_KEPT)
         self.whole_object_limit = min(_WHOLE_OBJECT_MAX, cache.max_size // _WHOLE_OBJECT_SHARE)
+        self.page_feed_limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // _PAGE_FEED_SHARE
+        self._feeds: dict[Path, _PageFeed] = {}
 
     async def start(self, nursery: trio.Nursery):
         await self.store.open()
@@ -175,6 +178,9 @@ class ObjectVolume(Volume):
         info = await self._lookup(path)
         if info is None:
             raise OSError(errno.EISDIR, "is a directory")
+        feed = self._feeds.get(path)
+        if feed is not None and feed.version != info.version:  # the kernel must not get the old bytes again
+            await self.stop_feeding(path)
         keep_cache = self._opened_versions.get(path) == info.version
         self._opened_versions.put(path, info.version)
         self._fetch_ahead_in_directory(path)
@@ -230,32 +236,54 @@ class ObjectVolume(Volume):
 
         return name, fetch
 
-    def fill_whole(self, path: Path, info: ObjectInfo):
-        """Fills every block of an object read at random, a few at a time, once per version."""
+    def fill_whole(self, path: Path, info: ObjectInfo, store_pages=None):
+        """Fills every block of an object read at random, a few at a time, once per version. With
+        STORE_PAGES (see FileHandle) each block also goes into the kernel's pages of the file, so the
+        random reads that follow are answered by the kernel alone."""
         if info.size > self.whole_object_limit or (info.key, info.version) in self._whole:
             return
         self._whole.put((info.key, info.version), True)
+        feed = None
+        if store_pages is not None and info.size <= self.page_feed_limit and self.may_feed(path):
+            feed = self._feeds[path] = _PageFeed(info.version, store_pages)
+        block_size = self.cache.block_size
+
+        async def fill_one(index, name, fetch, limit, nursery):
+            try:
+                async with limit:
+                    if feed is None or feed.stopped:
+                        if not self.cache.contains(name):
+                            await self.prefetcher.fill(lambda: self.cache.read(name, 0, 0, fetch, page_cache=True))
+                        return
+                    data = await self.prefetcher.fill(lambda: self.cache.read(name, 0, block_size, fetch))
+                    await feed.store(index * block_size, data)
+            except Exception as error:  # the first failure stops the rest: the store may be down
+                log.info("filling %s in the background stopped: %s", info.key, error,
+                         exc_info=not isinstance(error, OSError))
+                self._whole.pop((info.key, info.version))  # a later random read tries again
+                nursery.cancel_scope.cancel()
 
         async def fill_blocks():
             limit = trio.CapacityLimiter(_WHOLE_OBJECT_FILLS)
-
-            async def fill_one(name, fetch, nursery):
-                try:
-                    async with limit:
-                        await self.prefetcher.fill(lambda: self.cache.read(name, 0, 0, fetch, page_cache=True))
-                except Exception as error:  # the first failure stops the rest: the store may be down
-                    log.info("filling %s in the background stopped: %s", info.key, error,
-                             exc_info=not isinstance(error, OSError))
-                    self._whole.pop((info.key, info.version))  # a later random read tries again
-                    nursery.cancel_scope.cancel()
-
             async with trio.open_nursery() as nursery:
-                for index in range((info.size + self.cache.block_size - 1) // self.cache.block_size):
-                    name, fetch = self.piece(path, info, index, self.cache.block_size)
-                    if not self.cache.contains(name):
-                        nursery.start_soon(fill_one, name, fetch, nursery)
+                for index in range((info.size + block_size - 1) // block_size):
+                    name, fetch = self.piece(path, info, index, block_size)
+                    if feed is not None or not self.cache.contains(name):
+                        nursery.start_soon(fill_one, index, name, fetch, limit, nursery)
+            if self._feeds.get(path) is feed:
+                del self._feeds[path]
 
         self.prefetcher.spawn(fill_blocks)
+
+    def may_feed(self, path: Path) -> bool:
+        """Whether the kernel's pages of PATH may be filled by the daemon: not while it is being written."""
+        return True
+
+    async def stop_feeding(self, *paths: Path):
+        """Stops putting pages of the files at or below PATHS into the kernel, and waits for a store under
+        way: after it, the kernel's pages of those files change only by what programs do."""
+        for path in [path for path in self._feeds if any(path[:len(stop)] == stop for stop in paths)]:
+            await self._feeds.pop(path).stop()
 
     def shows(self, key: str) -> bool:
         return self.key_filter is None or self.key_filter.search(key) is not None
@@ -285,6 +313,26 @@ class ObjectVolume(Volume):
     def local_entries(self, path: Path) -> dict[str, ObjectInfo]:
         """Files of directory PATH that only this daemon knows yet, as they are now (staged ones)."""
         return {}
+
+
+class _PageFeed:
+    """The blocks of one version of an object on their way into the kernel's pages of the file."""
+
+    def __init__(self, version: str, store_pages):
+        self.version = version
+        self.stopped = False
+        self._store_pages = store_pages
+        self._storing = trio.Lock()
+
+    async def store(self, offset: int, data: bytes):
+        async with self._storing:
+            if not self.stopped and not await self._store_pages(offset, data):
+                self.stopped = True
+
+    async def stop(self):
+        self.stopped = True
+        async with self._storing:
+            pass
 
 
 class _ObjectListing(DirHandle):
@@ -410,7 +458,7 @@ class _ObjectFile(FileHandle):
             self._ahead_until = current
             if not self._filling_whole:
                 self._filling_whole = True
-                self.volume.fill_whole(self.path, self.info)
+                self.volume.fill_whole(self.path, self.info, self.store_pages)
             return
         last_block = (self.info.size - 1) // block_size
         for index in range(max(current, self._ahead_until) + 1, min(current + self._window, last_block) + 1):

@@ -28,7 +28,7 @@ class Prefetcher:
 
     async def fill(self, fill):
         async with self._slots:
-            await fill()
+            return await fill()
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED):
         async with trio.open_nursery() as nursery:

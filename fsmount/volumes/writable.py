@@ -108,6 +108,7 @@ class WritableObjectVolume(ObjectVolume):
             return _WritableFile(self, path, None, staged, writing)
         handle = _WritableFile(self, path, await super().open(path, flags), None, writing)
         self._unstaged_writers.setdefault(path, set()).add(handle)
+        await self.stop_feeding(path)  # once registered: no feed can start after this one stops
         return handle
 
     async def create(self, path: Path, flags: int, mode: int, owner: Owner) -> tuple[FileHandle, Attrs]:
@@ -136,9 +137,10 @@ class WritableObjectVolume(ObjectVolume):
             self._staged[path] = staged
         else:
             staged.discarded = True
-        if info is None:
-            return staged
         async with staged.lock:
+            await self.stop_feeding(path)  # once registered: no feed can start after this one stops
+            if info is None:
+                return staged
             try:
                 for index in range(-(-info.size // self.cache.block_size)):
                     name, fetch = self.piece(path, info, index, self.cache.block_size)
@@ -153,6 +155,9 @@ class WritableObjectVolume(ObjectVolume):
             staged.uploaded = staged.changes
             self.staging.set_state(staged, UPLOADED)
         return staged
+
+    def may_feed(self, path: Path) -> bool:
+        return path not in self._staged and path not in self._unstaged_writers
 
     def forget_writer(self, handle: "_WritableFile"):
         """HANDLE has a staged copy now, or is closed: unlink and rename need not find it any more."""
@@ -338,6 +343,7 @@ class WritableObjectVolume(ObjectVolume):
         target = await self._lookup_or_absent(new_path)
         if target is not _ABSENT and flags & _RENAME_NOREPLACE:
             raise OSError(errno.EEXIST, "exists")
+        await self.stop_feeding(path, new_path)  # a file's pages go with its name, and a writer may open it there
         if info is not None:
             if target is None:
                 raise OSError(errno.EISDIR, "is a directory")

@@ -1,0 +1,66 @@
+"""The pages of a file read at random go to the kernel, on a real S3 server and without FUSE: a store of an
+old version's bytes still under way is waited for before a writer or a new version gets the file, and none
+starts after."""
+import os
+
+import pytest
+import trio
+
+from fsmount.cache.blocks import BlockCache
+from fsmount.staging.area import StagingArea
+from fsmount.volumes.prefetch import Prefetcher
+from fsmount.volumes.writable import Uploads, WritableObjectVolume
+
+BLOCK = 2**20
+PATH = ("f.bin",)
+
+
+async def replaced_on_the_server(volume, store):
+    await store.put("f.bin", os.urandom(4 * BLOCK))
+    volume.forget_stat(PATH)  # as when metadata_ttl has passed
+    return await volume.open(PATH, os.O_RDONLY)
+
+
+async def opened_for_writing(volume, store):
+    return await volume.open(PATH, os.O_RDWR)
+
+
+@pytest.mark.parametrize("take_over", [replaced_on_the_server, opened_for_writing])
+async def test_no_old_pages_reach_the_kernel_once_the_file_is_opened_anew(s3_bucket, tmp_path, take_over):
+    store, _ = s3_bucket
+    data = os.urandom(4 * BLOCK)
+    await store.put("f.bin", data)
+    volume = WritableObjectVolume(store, "", StagingArea(str(tmp_path / "staging"), 64 * BLOCK),
+                                  Uploads(8 * BLOCK, 8 * BLOCK, 2), 100, cache=BlockCache(str(tmp_path), 64 * BLOCK, BLOCK),
+                                  prefetcher=Prefetcher(4), metadata_ttl=60, read_ahead=4 * BLOCK, uid=0, gid=0)
+    stored, release = [], trio.Event()
+
+    async def store_pages(offset, _):
+        stored.append(offset)
+        await release.wait()  # as the kernel does while a read in flight holds the page locked
+        return True
+
+    opened = trio.Event()
+
+    async def open_anew():
+        await take_over(volume, store)
+        opened.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(volume.prefetcher.run)
+        await volume.start(nursery)
+        reader = await volume.open(PATH, os.O_RDONLY)
+        reader.store_pages = store_pages
+        assert await reader.read(2 * BLOCK + 5, 4096) == data[2 * BLOCK + 5:2 * BLOCK + 4101]  # a seek: at random
+        with trio.fail_after(10):
+            while not stored:
+                await trio.sleep(0.01)
+        nursery.start_soon(open_anew)
+        await trio.sleep(0.3)
+        assert not opened.is_set()
+        release.set()
+        with trio.fail_after(10):
+            await opened.wait()
+        await trio.sleep(0.3)
+        assert len(stored) == 1
+        nursery.cancel_scope.cancel()
