@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE INDEX IF NOT EXISTS blocks_by_use ON blocks (used);
 """
 _EVICTION_BATCH = 64
+_TOUCHES_KEPT = 4096  # uses of blocks held in memory before they are written to the index
 _OPEN_BLOCKS = 256  # block files kept open for the reads that follow (2 GiB of 8 MiB blocks)
 # Smaller blocks are written on the event loop: a trip to a worker thread costs more than the write.
 _INLINE_WRITE = 256 * 1024
@@ -97,9 +98,11 @@ class BlockCache:
         self._pins[name] += 1
         try:
             if name in self._verified and name not in self._fills:
-                self._touched[name] = time.time()  # a block this process has checked: no index lookup
+                self._touch(name)  # a block this process has checked: no index lookup
             else:
                 await self._ensure(name, fetch, page_cache)
+            if not length:  # a fill ahead of the reads
+                return b""
             fresh = self._fresh.get(name)
             if fresh is not None:
                 if offset + length >= len(fresh):  # read to its end: most likely done with
@@ -124,6 +127,10 @@ class BlockCache:
             self._open.move_to_end(name)
         return fd
 
+    def checked(self, name: str) -> bool:
+        """Whether this process has block NAME and has checked it: known without asking the index."""
+        return name in self._verified
+
     def contains(self, name: str) -> bool:
         if name in self._verified:
             return True
@@ -138,7 +145,7 @@ class BlockCache:
             row = self._db.execute("SELECT size, crc, data IS NOT NULL FROM blocks WHERE name = ? AND ready = 1",
                                    (name,)).fetchone()
             if row is not None and await self._intact(name, *row):
-                self._touched[name] = time.time()
+                self._touch(name)
                 return
             event = self._fills[name] = trio.Event()
             try:
@@ -172,7 +179,14 @@ class BlockCache:
             self._db.execute("INSERT OR REPLACE INTO blocks (name, size, crc, used, ready, data) VALUES (?, ?, ?, ?, 1, ?)",
                              (name, len(data), zlib.crc32(data), time.time(), data))
             self._verified[name] = True
-            return
+        else:
+            await self._fill_file(name, data, page_cache)
+        self._fresh[name] = data
+        self._fresh_size += len(data)
+        while self._fresh_size > self._memory:
+            self._fresh_size -= len(self._fresh.popitem(last=False)[1])
+
+    async def _fill_file(self, name: str, data: bytes, page_cache: bool):
         self._db.execute("INSERT OR REPLACE INTO blocks (name, size, crc, used, ready) VALUES (?, ?, 0, ?, 0)",
                          (name, len(data), time.time()))
         try:
@@ -186,14 +200,16 @@ class BlockCache:
             raise
         self._db.execute("UPDATE blocks SET crc = ?, ready = 1 WHERE name = ?", (crc, name))
         self._verified[name] = False
-        self._fresh[name] = data
-        self._fresh_size += len(data)
-        while self._fresh_size > self._memory:
-            self._fresh_size -= len(self._fresh.popitem(last=False)[1])
+
+    def _touch(self, name: str):
+        """Records a use of block NAME; the index learns of uses in batches, which only eviction reads."""
+        self._touched[name] = time.time()
+        if len(self._touched) >= _TOUCHES_KEPT:
+            self._flush_touches()
 
     def _make_room(self, needed: int):
-        self._flush_touches()
         while self.size + needed > self.max_size:
+            self._flush_touches()  # only the order of eviction needs them
             rows = self._db.execute("SELECT name, size FROM blocks WHERE ready = 1 ORDER BY used LIMIT ?",
                                     (_EVICTION_BATCH + len(self._pins),)).fetchall()
             victims = [(name, size) for name, size in rows if name not in self._pins]

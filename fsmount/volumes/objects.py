@@ -204,8 +204,9 @@ class ObjectVolume(Volume):
         self._scans.opened(path[:-1], position, fetch_ahead)
 
     def fill_ahead(self, name: str, fetch) -> bool:
-        """Starts filling block NAME in the background unless it is cached; False when no slot is free."""
-        return self.cache.contains(name) or self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch))
+        """Starts filling block NAME in the background unless this process has it (one on disk is checked
+        there, ahead of its reader); False when no slot is free."""
+        return self.cache.checked(name) or self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch))
 
     async def readlink(self, path: Path) -> str:
         info = await self._lookup(path)
