@@ -252,6 +252,24 @@ def test_an_object_read_at_random_goes_whole_into_the_kernels_pages(s3_mount, mo
     assert moto.requests(f"GET /{bucket}/data/big.bin") == before
 
 
+def test_an_object_read_at_random_through_o_direct_is_filled_whole_without_its_pages(s3_mount, moto):
+    root, bucket, daemon = s3_mount
+    path = root / "data" / "big.bin"
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        for block in (4, 1, 3):
+            assert os.pread(descriptor, 4096, block * BLOCK) == BIG[block * BLOCK:block * BLOCK + 4096]
+    finally:
+        os.close(descriptor)
+    wait_for(lambda: moto.requests(f"GET /{bucket}/data/big.bin") >= len(BIG) // BLOCK + 1, 30,
+             "the background fill of every block")
+    time.sleep(0.5)
+    assert resident(path) == 0
+    assert (root / "a.txt").read_bytes() == OBJECTS["a.txt"]
+    assert daemon.process.poll() is None, daemon.log()
+    assert "Traceback" not in daemon.log()
+
+
 def test_an_object_changed_while_its_pages_go_to_the_kernel_shows_only_its_new_bytes(any_mount):
     root, bucket, _ = any_mount
     path = root / "data" / "big.bin"

@@ -271,7 +271,7 @@ class ObjectVolume(Volume):
                     name, fetch = self.piece(path, info, index, block_size)
                     if feed is not None or not self.cache.contains(name):
                         nursery.start_soon(fill_one, index, name, fetch, limit, nursery)
-            if self._feeds.get(path) is feed:
+            if feed is not None and self._feeds.get(path) is feed:
                 del self._feeds[path]
 
         self.prefetcher.spawn(fill_blocks)

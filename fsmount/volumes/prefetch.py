@@ -24,7 +24,7 @@ class Prefetcher:
     def spawn(self, task):
         """Runs TASK in the background; its fills go through `fill`, which waits for a slot."""
         if self._nursery is not None:
-            self._nursery.start_soon(task)
+            self._nursery.start_soon(_in_background, task)
 
     async def fill(self, fill):
         async with self._slots:
@@ -49,13 +49,18 @@ class Prefetcher:
 
     async def _fill(self, fill):
         try:
-            await fill()
-        except OSError as error:
-            log.debug("read-ahead failed: %s", error)
-        except Exception:  # background work must never take the daemon down
-            log.exception("read-ahead failed")
+            await _in_background(fill)
         finally:
             self._slots.release()
+
+
+async def _in_background(task):
+    try:
+        await task()
+    except OSError as error:
+        log.debug("a background fill failed: %s", error)
+    except Exception:  # background work must never take the daemon down
+        log.exception("a background fill failed")
 
 
 @dataclasses.dataclass
