@@ -268,9 +268,7 @@ class ObjectVolume(Volume):
             limit = trio.CapacityLimiter(_WHOLE_OBJECT_FILLS)
             async with trio.open_nursery() as nursery:
                 for index in range((info.size + block_size - 1) // block_size):
-                    name, fetch = self.piece(path, info, index, block_size)
-                    if feed is not None or not self.cache.contains(name):
-                        nursery.start_soon(fill_one, index, name, fetch, limit, nursery)
+                    nursery.start_soon(fill_one, index, *self.piece(path, info, index, block_size), limit, nursery)
             if feed is not None and self._feeds.get(path) is feed:
                 del self._feeds[path]
 
