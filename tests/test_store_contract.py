@@ -118,6 +118,31 @@ async def test_put_file_small_and_multipart(store, tmp_path):
         assert (await store.stat(f"up/{size}")).version == info.version
 
 
+AWKWARD_KEYS = ["odd/a b+c%20d~e=f&g?h#i", "odd/ünïcødé ✓.txt", "odd/semi;colon,comma'quote\"(paren)[x]",
+                 "odd/star*bang!at@dollar$^`{}|"]
+
+
+async def test_keys_with_characters_a_url_escapes(store, tmp_path):
+    """Every request that names a key (put, put in parts, read, stat, list, copy, delete) reaches that key."""
+    part = tmp_path / "parts"
+    part.write_bytes(os.urandom(PART + 1))
+    for index, key in enumerate(AWKWARD_KEYS):
+        data = key.encode() * 100
+        info = await store.put(key, data, {"mtime": str(index)})
+        assert await store.read(key, 0, len(data), info.version) == data
+        assert (await store.stat(key)).metadata == {"mtime": str(index)}
+        uploaded = await store.put_file(key + ".parts", str(part), PART, PART, 2)
+        assert await store.read(key + ".parts", PART - 3, 10, uploaded.version) == part.read_bytes()[PART - 3:]
+    keys, _, _ = await listing(store, "odd/")
+    assert keys == sorted(AWKWARD_KEYS + [key + ".parts" for key in AWKWARD_KEYS])
+    copied = await store.copy(AWKWARD_KEYS[0], AWKWARD_KEYS[1] + ".copy")
+    assert await store.read(AWKWARD_KEYS[1] + ".copy", 0, 10, copied.version) == AWKWARD_KEYS[0].encode()[:10]
+    for key in keys:
+        await store.delete(key)
+    with pytest.raises(NotFound):
+        await store.stat(AWKWARD_KEYS[0])
+
+
 async def test_delete_and_copy(store):
     await store.put("source", b"copied bytes")
     copied = await store.copy("source", "target")

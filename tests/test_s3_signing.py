@@ -1,0 +1,34 @@
+"""S3Store signs its URLs itself, with botocore's signer: each must be the URL botocore's client presigns."""
+import datetime
+
+import botocore.auth
+import botocore.session
+import pytest
+import trio_asyncio
+
+from fsmount.stores.aio import TrioStore
+from fsmount.stores.s3 import S3Store
+from test_store_contract import AWKWARD_KEYS
+
+NOW = datetime.datetime(2026, 11, 22, 12, 0, 0)
+
+
+@pytest.mark.parametrize("endpoint, region", [("http://127.0.0.1:9000", None), (None, "eu-west-3")])
+async def test_a_read_url_is_the_one_botocore_presigns(monkeypatch, endpoint, region):
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: NOW)
+    arguments = dict(endpoint_url=endpoint, region_name=region or "us-east-1", aws_access_key_id="AKIDEXAMPLE",
+                     aws_secret_access_key="secret")
+    client = botocore.session.get_session().create_client("s3", config=botocore.config.Config(
+        signature_version="s3v4", s3={"addressing_style": "path" if endpoint else "auto"}), **arguments)
+    async with trio_asyncio.open_loop():
+        store = TrioStore(S3Store("my-bucket", endpoint=endpoint, region=region, key="AKIDEXAMPLE", secret="secret"))
+        await store.open()
+        try:
+            for key in ["plain/key.bin", *AWKWARD_KEYS]:
+                for pinned in (None, "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY"):
+                    version = f"versionId={pinned}" if pinned else '"etag"'
+                    params = {"Bucket": "my-bucket", "Key": key} | ({"VersionId": pinned} if pinned else {})
+                    assert store.store.range_request(key, 0, 10, version).url == client.generate_presigned_url(
+                        "get_object", Params=params, ExpiresIn=3600)
+        finally:
+            await store.close()
