@@ -176,6 +176,25 @@ def test_a_prefix_of_many_objects_lists_page_by_page(workspace, moto, mount):
     assert moto.requests(f"GET /{bucket}?list-type=2", "prefix=many/&") == lists  # within the TTL: no request
 
 
+def test_a_listing_the_store_gave_out_of_name_order_stays_true_to_changes(workspace, moto, mount):
+    """Key order is not name order: `a.b` comes before `a/`, here at the end of the first page. The
+    directory `a` renamed and the file `a.b` removed leave the listing, and a new file joins it."""
+    bucket = fill_bucket(moto, {})
+    admin = s3_admin(moto)
+    names = [f"a-{index:03d}" for index in range(999)]
+    for key in [f"many/{name}" for name in names] + ["many/a.b", "many/a/inside"]:
+        admin.put_object(Bucket=bucket, Key=key, Body=b"x")
+    mount(s3_config(workspace, moto, bucket, ttl="1h", extra="mode: rw"), workspace / "mnt")
+    many = workspace / "mnt" / "bucket" / "many"
+    assert len(os.listdir(many)) == 1001
+    assert moto.requests(f"GET /{bucket}?list-type=2", "prefix=many/&", "continuation-token=") == 1
+    os.rename(many / "a", many / "z")
+    os.unlink(many / "a.b")
+    (many / "a-x").write_bytes(b"new")
+    assert sorted(os.listdir(many)) == sorted(names + ["a-x", "z"])
+    assert (many / "z" / "inside").read_bytes() == b"x"
+
+
 def test_a_changed_object_is_seen_after_the_ttl_and_never_mixed(any_mount):
     root, bucket, _ = any_mount
     path = root / "data" / "big.bin"

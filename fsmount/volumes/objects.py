@@ -47,8 +47,14 @@ GONE = object()
 MTIME = "mtime"
 
 
-def _listing(entries: list[tuple[str, ObjectInfo | None]]) -> tuple[list, dict[str, int]]:
-    return entries, {name: position for position, (name, _) in enumerate(entries)}
+def _entry_name(entry: tuple[str, ObjectInfo | None]) -> str:
+    return entry[0]
+
+
+def _find(entries: list[tuple[str, ObjectInfo | None]], name: str) -> tuple[int, bool]:
+    """Where NAME is in ENTRIES (sorted by name), or would go, and whether it is there."""
+    position = bisect.bisect_left(entries, name, key=_entry_name)
+    return position, position < len(entries) and entries[position][0] == name
 
 
 def valid_name(name: str) -> bool:
@@ -84,7 +90,7 @@ class ObjectVolume(Volume):
         self._started = time.time_ns()
         self._stats = ExpiringCache(metadata_ttl, _NAMES_KEPT)  # path -> info; None: a directory
         self._missing = ExpiringCache(_NEGATIVE_TTL, _NAMES_KEPT)
-        self._listings = ExpiringCache(metadata_ttl, _LISTINGS_KEPT)  # path -> ([(name, info)], {name: position})
+        self._listings = ExpiringCache(metadata_ttl, _LISTINGS_KEPT)  # path -> [(name, info)], sorted by name
         self._scans = DirectoryScans(_LISTINGS_KEPT)
         self._opened_versions = ExpiringCache(math.inf, _NAMES_KEPT)
         self._whole = ExpiringCache(math.inf, _NAMES_KEPT)  # (key, version) of objects filled, or being filled, whole
@@ -144,7 +150,7 @@ class ObjectVolume(Volume):
         if path in self._missing:
             raise NotFound(self._key(path))
         listing = self._listings.get(path[:-1])
-        if listing is not None and path[-1] not in listing[1]:  # the whole directory is known
+        if listing is not None and not _find(listing, path[-1])[1]:  # the whole directory is known
             raise NotFound(self._key(path))
         found = {}
 
@@ -189,11 +195,12 @@ class ObjectVolume(Volume):
     def _fetch_ahead_in_directory(self, path: Path):
         """Tells the directory's scan that PATH was opened; the first blocks of the files it says come next
         are fetched in the background."""
-        listing = self._listings.get(path[:-1])
-        position = listing[1].get(path[-1]) if listing else None
-        if position is None:
+        entries = self._listings.get(path[:-1])
+        if entries is None:
             return
-        entries = listing[0]
+        position, found = _find(entries, path[-1])
+        if not found:
+            return
 
         def fetch_ahead(ahead: int) -> bool:
             if ahead >= len(entries) or entries[ahead][1] is None or entries[ahead][1].size == 0:
@@ -291,12 +298,12 @@ class ObjectVolume(Volume):
         self._stats.pop(path)
 
     def cached_listing(self, path: Path) -> list[tuple[str, ObjectInfo | None]] | None:
-        listing = self._listings.get(path)
-        return listing[0] if listing else None
+        return self._listings.get(path)
 
     def remember_listing(self, path: Path, entries: list[tuple[str, ObjectInfo | None]]):
+        """Keeps a directory's listing, sorted by name: a store lists in key order, where `a/` comes after `a.b`."""
         if len(entries) <= _LISTING_CACHE_ENTRIES:
-            self._listings.put(path, _listing(entries))
+            self._listings.put(path, sorted(entries, key=_entry_name))
 
     def relist(self, path: Path, info=GONE):
         """Keeps the cached listing of PATH's directory true to a change this daemon made: PATH holds
@@ -304,10 +311,13 @@ class ObjectVolume(Volume):
         listing = self._listings.get(path[:-1])
         if listing is None:
             return
-        entries = [entry for entry in listing[0] if entry[0] != path[-1]]
+        entries = list(listing)
+        position, found = _find(entries, path[-1])
+        if found:
+            del entries[position]
         if info is not GONE:
-            bisect.insort(entries, (path[-1], info), key=lambda entry: entry[0])
-        self._listings.update(path[:-1], _listing(entries))
+            entries.insert(position, (path[-1], info))
+        self._listings.update(path[:-1], entries)
 
     def local_entries(self, path: Path) -> dict[str, ObjectInfo]:
         """Files of directory PATH that only this daemon knows yet, as they are now (staged ones)."""
