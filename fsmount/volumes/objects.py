@@ -454,7 +454,7 @@ class _ObjectFile(FileHandle):
                 length = min(RANDOM_CHUNK - inner, end - offset)
             parts.append(await cache.read(name, inner, length, fetch))
             offset += length
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _plan_read_ahead(self, offset: int, size: int):
         """Sequential reads widen the window of blocks fetched ahead; a seek closes it again."""
