@@ -10,7 +10,9 @@ first and the second time, `cp -r` of 1,000 objects of 16 KiB, `cp` of a 512 MiB
 mount and 500 files of 16 KiB written by a shell loop (each timed until the server holds every
 byte), and the daemon's peak RSS. rclone is measured twice: with its full cache (every row) and
 with no cache (the write rows, where it is at its fastest: its cache holds uploads back for 5 s).
-Prints a Markdown table with fsmount/peer ratios.
+The tools take turns, round after round (3 by default): a row shows the median of the rounds (the
+RSS row their largest), so a slow minute of the machine or the server does not decide a row.
+Prints a Markdown table with fsmount/peer ratios, and each round's numbers on stderr.
 """
 import argparse
 import asyncio
@@ -18,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +59,7 @@ ROWS = [  # (row, unit, higher is better)
     ("500 x 16 KiB written by a shell loop", "s", False),
     ("daemon peak RSS", "MiB", False),
 ]
+PEAK_ROW = "daemon peak RSS"  # the largest of the rounds, where other rows show their median
 WRITE_ROWS = {"cp 512 MiB into the mount", "500 x 16 KiB written by a shell loop"}
 
 
@@ -303,12 +307,12 @@ def until_stored(server: Server, prefix: str, count: int, size: int, start: floa
     raise RuntimeError(f"the server did not get {count} objects of {size} bytes under {prefix} in {timeout} s")
 
 
-def measure_writes(tool: Tool, source: Path) -> dict:
+def measure_writes(tool: Tool, source: Path, round_number: int) -> dict:
     """The write rows, each timed from the program's start until the server holds every byte. The
     files written come from the page cache, so the local disk does not set the pace."""
     results = {}
     subprocess.run(["cat", str(source / "big"), str(source / "small")], check=True, stdout=subprocess.DEVNULL)
-    prefix = f"written-{tool.name}"
+    prefix = f"written-{tool.name}-{round_number}"
     tool.start()
     try:
         (tool.root / prefix / "small").mkdir(parents=True)
@@ -351,6 +355,12 @@ def measure(tool: Tool, size: int, fio_seconds: int) -> dict:
     return results
 
 
+def summary(rounds: list[dict]) -> dict:
+    """One tool's rows over the rounds: the median of each, the largest peak RSS."""
+    return {row: (max if row == PEAK_ROW else statistics.median)([values[row] for values in rounds])
+            for row in rounds[0]}
+
+
 def table(results: dict[str, dict], peers: list[str]) -> str:
     lines = ["| row | unit | fsmount | " + " | ".join(peers) + " | " + " | ".join(f"fsmount/{p}" for p in peers) + " |",
              "|---|---|---:|" + "---:|" * (2 * len(peers))]
@@ -385,6 +395,7 @@ def main():
     parser.add_argument("--fio-seconds", type=int, default=10)
     parser.add_argument("--tools", default=None, help="default: fsmount and every peer the store has")
     parser.add_argument("--writes-only", action="store_true", help="only the write rows (and RSS)")
+    parser.add_argument("--rounds", type=int, default=3, help="how many times each tool runs every row (default: 3)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="fsmount-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -404,20 +415,24 @@ def main():
             print(f"loading data into {server.name} at {server.url} ...", file=sys.stderr, flush=True)
             server.load(source / "load", size)
         (source / "load").unlink()
-        results = {}
-        for tool in tools:
-            print(f"measuring {tool.name} ...", file=sys.stderr, flush=True)
-            reads = not (tool.writes_only or args.writes_only)
-            results[tool.name] = measure(tool, size, args.fio_seconds) if reads else {}
-            results[tool.name] |= measure_writes(tool, source)
+        rounds = {tool.name: [] for tool in tools}
+        for round_number in range(1, args.rounds + 1):
+            for tool in tools:
+                print(f"round {round_number}: measuring {tool.name} ...", file=sys.stderr, flush=True)
+                reads = not (tool.writes_only or args.writes_only)
+                measured = measure(tool, size, args.fio_seconds) if reads else {}
+                measured |= measure_writes(tool, source, round_number)
+                print(f"round {round_number}: {tool.name}: {json.dumps(measured)}", file=sys.stderr, flush=True)
+                rounds[tool.name].append(measured)
         print(f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB, "
-              f"{server.name} on loopback, {time.strftime('%Y-%m-%d')}\n")
+              f"{server.name} on loopback, {time.strftime('%Y-%m-%d')}, median of {args.rounds} rounds\n")
+        results = {name: summary(measured) for name, measured in rounds.items()}
         print(table(results, [tool.name for tool in tools if tool.name != "fsmount"]))
     finally:
         for tool in tools:
             tool.stop()
         server.stop()
-        if args.work is None:  # each run leaves ~5 GiB of server data, caches and copies
+        if args.work is None:  # a run of 3 rounds leaves ~10 GiB of server data, caches and copies
             remove_unless_mounted(work)
 
 
