@@ -2,6 +2,7 @@
 import datetime
 
 import botocore.auth
+import botocore.config
 import botocore.session
 import pytest
 import trio_asyncio

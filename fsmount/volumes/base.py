@@ -81,7 +81,7 @@ class FileHandle(abc.ABC):
     store_pages = None
 
     @abc.abstractmethod
-    async def read(self, offset: int, size: int) -> bytes: ...
+    async def read(self, offset: int, size: int) -> bytes | memoryview: ...
 
     async def write(self, offset: int, data: bytes) -> int:
         raise OSError(errno.EBADF, "not open for writing")

@@ -436,7 +436,7 @@ class _ObjectFile(FileHandle):
     def _reader(self, index: int, size: int, tag: str = ""):
         return self.volume.piece(self.path, self.info, index, size, tag)
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         size = min(size, self.info.size - offset)
         if size <= 0:
             return b""

@@ -487,7 +487,7 @@ class _WritableFile(FileHandle):
                 self.volume.forget_writer(self)
         return self.staged
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         if self.staged is None:
             return await self.reader.read(offset, size)
         return self.staged.read(offset, size)
