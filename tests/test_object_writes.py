@@ -235,6 +235,19 @@ def test_cp_r_rsync_and_tar_write_identical_trees(rw, tmp_path):
     assert differences(source, root / "tar") == ""
 
 
+def test_an_empty_file_given_a_time_after_close_and_renamed_reaches_the_store(rw):
+    """rsync's way with an empty file. Its release (which uploads it) is sent while the time is set,
+    so the upload it started lacks the time: one must follow it."""
+    root, bucket, _ = rw
+    os.close(os.open(root / ".empty.XXXX", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    os.utime(root / ".empty.XXXX", ns=(1_500_000_000_000_000_000,) * 2)
+    os.rename(root / ".empty.XXXX", root / "empty")
+    wait_for(lambda: "empty" in bucket.keys(), 10, "the empty file in the store")
+    assert bucket.get("empty") == b""
+    assert bucket.metadata("empty")["mtime"] == "1500000000.000000000"
+    assert ".empty.XXXX" not in bucket.keys()
+
+
 def test_cp_r_between_every_two_stores_gives_identical_bytes(request, workspace, mount, tmp_path):
     """One config mounts S3, Azure, GCS and a host directory side by side."""
     buckets = {kind: new_bucket(request, kind) for kind in KINDS}

@@ -450,6 +450,8 @@ class WritableObjectVolume(ObjectVolume):
         if staged is not None and staged.dirty:
             staged.set_mtime(mtime_ns)
             self.break_stream(staged)  # its parts carry no time
+            if not staged.handles:  # closed, its last upload perhaps under way without the time: none would follow
+                await self.upload(staged)
             return
         if await self._lookup(path) is None:
             return
