@@ -35,6 +35,7 @@ class Daemon:
     """An `fsmount mount --foreground` process and its log."""
 
     def __init__(self, config: Path, mountpoint: Path, *args: str):
+        self.config = config
         self.mountpoint = mountpoint
         self.log_path = mountpoint.parent / f"{mountpoint.name}.log"
         with open(self.log_path, "ab") as log:

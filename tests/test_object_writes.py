@@ -212,6 +212,12 @@ def make_tree(root: Path) -> Path:
     return root
 
 
+def file_times(root: Path) -> list[str]:
+    """Each file's mtime under ROOT as `find` shows it."""
+    return sorted(subprocess.run(["find", str(root), "-type", "f", "-printf", "%P %T@\\n"], check=True,
+                                 capture_output=True, text=True).stdout.splitlines())
+
+
 def differences(source: Path, copy: Path) -> str:
     """What rsync would change to make COPY like SOURCE, by content and time: empty when they are alike."""
     result = subprocess.run(["rsync", "-a", "-c", "-n", "-i", f"{source}/", f"{copy}/"],
@@ -246,6 +252,21 @@ def test_an_empty_file_given_a_time_after_close_and_renamed_reaches_the_store(rw
     assert bucket.get("empty") == b""
     assert bucket.metadata("empty")["mtime"] == "1500000000.000000000"
     assert ".empty.XXXX" not in bucket.keys()
+
+
+def test_times_set_are_shown_again_after_a_remount(rw, mount, tmp_path):
+    """A listing shows no metadata on S3 (nor on Azure unless asked): what the daemon learnt of times
+    must outlive it, or a second `rsync -a` after a reboot sends every file again."""
+    root, _, daemon = rw
+    source = make_tree(tmp_path / "source")
+    subprocess.run(["rsync", "-a", f"{source}/", f"{root}/rsync/"], check=True)
+    daemon.stop()
+    mount(daemon.config, daemon.mountpoint)
+    assert file_times(root / "rsync") == file_times(source)  # from listings: find reads directories first
+    again = subprocess.run(["rsync", "-a", "-n", "-i", f"{source}/", f"{root}/rsync/"], check=True,
+                           capture_output=True, text=True)
+    assert [line for line in again.stdout.splitlines() if not line.startswith(".d")] == []
+    assert differences(source, root / "rsync") == ""
 
 
 def test_cp_r_between_every_two_stores_gives_identical_bytes(request, workspace, mount, tmp_path):

@@ -52,6 +52,10 @@ class TrioStore:
     def content_addressed(self) -> bool:
         return self.store.content_addressed
 
+    @property
+    def lists_metadata(self) -> bool:
+        return self.store.lists_metadata
+
     async def open(self):
         await aio_as_trio(self.store.open)()
 

@@ -134,11 +134,12 @@ class AzureStore(Store):
 
     def _list_page(self, prefix: str, delimiter: str, token: str | None, page_size: int | None) -> ListPage:
         query = {"restype": "container", "comp": "list", "prefix": prefix, "delimiter": delimiter, "marker": token,
-                 "maxresults": page_size}
+                 "maxresults": page_size, "include": "metadata"}
         url = self._url(None, urllib.parse.urlencode({name: value for name, value in query.items() if value}))
         answer = ElementTree.fromstring(self.fetcher.send("GET", url, None, _VERSION, f"LIST {prefix}").body)
         objects = [_info(_name(blob), int(blob.findtext("Properties/Content-Length")), blob.findtext("Properties/Etag"),
-                         email.utils.parsedate_to_datetime(blob.findtext("Properties/Last-Modified")))
+                         email.utils.parsedate_to_datetime(blob.findtext("Properties/Last-Modified")),
+                         {entry.tag: entry.text or "" for entry in blob.iterfind("Metadata/*")})
                    for blob in answer.iterfind("Blobs/Blob")]
         prefixes = [_name(entry) for entry in answer.iterfind("Blobs/BlobPrefix")]
         return ListPage(objects, prefixes, answer.findtext("NextMarker") or None)

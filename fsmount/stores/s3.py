@@ -78,6 +78,8 @@ def _info(key: str, size: int, etag: str, modified, metadata=None) -> ObjectInfo
 
 
 class S3Store(Store):
+    lists_metadata = False
+
     def __init__(self, bucket: str, endpoint: str | None = None, region: str | None = None,
                  key: str | None = None, secret: str | None = None, verify: bool | str = True,
                  max_connections: int = 32, extra_args: dict | None = None):

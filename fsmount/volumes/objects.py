@@ -4,7 +4,8 @@ Names: a key with an empty, "." or ".." segment cannot be a file name and is not
 that is both an object and a prefix ("a" and "a/b") shows as the directory. A `dir/` marker
 object makes an empty directory exist. Attributes and listings are trusted for `metadata_ttl`,
 misses for a shorter while. A file's time is its `mtime` metadata (rclone's, in seconds) where it
-has one, else the time the store last wrote it. An object with a link target (IPFS has them) is a
+has one, else the time the store last wrote it; times learnt outlive the daemon where listings
+show no metadata (fsmount/cache/times.py). An object with a link target (IPFS has them) is a
 symlink, which the kernel resolves in the reader's view.
 """
 import bisect
@@ -21,6 +22,7 @@ import trio
 
 from fsmount.cache.blocks import BlockCache, block_name
 from fsmount.cache.metadata import ExpiringCache
+from fsmount.cache.times import KnownTimes
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, ObjectInfo, PreconditionFailed
 from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, Volume, rest_of_batch
@@ -72,11 +74,12 @@ def parse_mtime(text: str) -> int:
 
 
 class ObjectVolume(Volume):
-    def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, prefetcher: Prefetcher,
+    def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, known_times: KnownTimes, prefetcher: Prefetcher,
                  metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool,
                  key_filter: re.Pattern | None = None):
         """KEY_FILTER: only objects whose full key it matches (re.search) are shown."""
         self.store = store
+        self.known_times = known_times
         self.key_filter = key_filter
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.cache = cache
@@ -130,9 +133,20 @@ class ObjectVolume(Volume):
                 mtime = parse_mtime(text)
             except ValueError:
                 return info.mtime_ns
-            self._mtimes.put((info.key, info.version), mtime)
+            if self._mtimes.get((info.key, info.version)) != mtime:
+                self._mtimes.put((info.key, info.version), mtime)
+                if not self.store.lists_metadata:
+                    self.known_times.keep(self.store.identity, info.key, info.version, mtime)
             return mtime
         return self._mtimes.get((info.key, info.version), info.mtime_ns)
+
+    def _recall_times(self, listed: list[ObjectInfo]):
+        """Learns the times kept on disk of objects a listing gave without their metadata."""
+        if self.store.lists_metadata:
+            return
+        unknown = {info.key: info.version for info in listed if (info.key, info.version) not in self._mtimes}
+        for key, mtime in self.known_times.recall(self.store.identity, unknown).items():
+            self._mtimes.put((key, unknown[key]), mtime)
 
     def _remember(self, path: Path, info: ObjectInfo | None):
         self._stats.put(path, info)
@@ -404,6 +418,7 @@ class _ObjectListing(DirHandle):
         base = self.volume._dir_prefix(self.path)
         directories = {p[len(base):-1] for p in page.prefixes}
         named: dict[str, ObjectInfo | None] = {}
+        self.volume._recall_times(page.objects)
         for info in page.objects:
             name = info.key[len(base):]
             if "/" not in name and name not in directories and self.volume.shows(info.key):
