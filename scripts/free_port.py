@@ -16,8 +16,12 @@ def bindable(port: int) -> bool:
 
 
 def free_base(offsets: list[int]) -> int:
+    """A port below the range the kernel gives connections their own ports from, as are the ports OFFSETS
+    above it: a server's parts connect to each other, and one took a port its S3 gateway then could not."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+        ephemeral = int(ports.read().split()[0])
     while True:
-        base = random.randrange(20000, 40000)
+        base = random.randrange(10000, ephemeral - max(offsets, default=0))
         if all(bindable(base + offset) for offset in [0, *offsets]):
             return base
 

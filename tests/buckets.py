@@ -12,9 +12,10 @@ from fsmount.stores.gcs import GcsStore
 from fsmount.stores.s3 import S3Store
 from servers import AZURITE_ACCOUNT, AZURITE_KEY, Server, azure_admin, azurite_endpoint, gcs_create_bucket, s3_admin
 
-KINDS = ["s3", "azure", "gcs"]
-SERVER_OF = {"s3": "moto", "azure": "azurite", "gcs": "fake_gcs"}  # the session fixture that serves each kind
-SERVER_SCRIPT_NAME = {"s3": "moto", "azure": "azurite", "gcs": "fake-gcs"}  # its name for scripts/serve
+KINDS = ["s3", "azure", "gcs"]  # and "seaweedfs": S3 again, from a server with directories of its own, where a key
+# cannot be both a file and a prefix or hold an empty, "." or ".." segment
+SERVER_OF = {"s3": "moto", "seaweedfs": "seaweedfs", "azure": "azurite", "gcs": "fake_gcs"}  # each kind's session fixture
+SERVER_SCRIPT_NAME = {"s3": "moto", "seaweedfs": "seaweedfs", "azure": "azurite", "gcs": "fake-gcs"}  # scripts/serve's
 _names = itertools.count()
 
 
@@ -82,6 +83,10 @@ class S3Bucket(Bucket):
             volumes {{ {volume} {{ source: "s3://{self.name}/", endpoint: "{url or self.server.url}", {extra} }} }}"""
 
 
+class SeaweedFSBucket(S3Bucket):
+    kind = "seaweedfs"
+
+
 class AzureBucket(Bucket):
     kind = "azure"
 
@@ -146,7 +151,7 @@ class GcsBucket(Bucket):
         return f"""volumes {{ {volume} {{ source: "gs://{self.name}/", endpoint: "{url or self.server.url}", {extra} }} }}"""
 
 
-BUCKETS = {bucket.kind: bucket for bucket in (S3Bucket, AzureBucket, GcsBucket)}
+BUCKETS = {bucket.kind: bucket for bucket in (S3Bucket, SeaweedFSBucket, AzureBucket, GcsBucket)}
 
 
 def new_bucket(request, kind: str, objects: dict[str, bytes] | None = None) -> Bucket:

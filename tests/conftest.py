@@ -122,8 +122,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def _server(name: str, tmp_path_factory):
-    from servers import Server
-    server = Server(name, tmp_path_factory.mktemp(name))
+    from servers import serve
+    server = serve(name, tmp_path_factory.mktemp(name))
     yield server
     server.stop()
 
@@ -132,6 +132,12 @@ def _server(name: str, tmp_path_factory):
 def moto(tmp_path_factory):
     """A moto S3 server for the whole session."""
     yield from _server("moto", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A SeaweedFS S3 gateway (with its master, volume server and filer) for the whole session."""
+    yield from _server("seaweedfs", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

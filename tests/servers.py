@@ -5,6 +5,7 @@ import email.utils
 import hashlib
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -12,26 +13,23 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import botocore.exceptions
 import botocore.session
 import urllib3
 from azure.storage.blob import BlobServiceClient
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from free_port import free_base  # noqa: E402
 
 
 class Server:
     """A server process and its request log; `requests(*texts)` counts log lines that hold every TEXT."""
 
-    def __init__(self, name: str, log_dir: Path, *arguments: str):
-        """ARGUMENTS: scripts/serve's after the port."""
+    def __init__(self, name: str, log_dir: Path, *arguments: str, port_offsets: tuple[int, ...] = ()):
+        """ARGUMENTS: scripts/serve's after the port; PORT_OFFSETS: the ports it takes beside its own."""
         self.name = name
-        self.port = free_port()
+        self.port = free_base(list(port_offsets))
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}-{self.port}.log"
         with open(self.log_path, "wb") as log:
@@ -77,6 +75,25 @@ class IpfsNode(Server):
 
     def block_requests(self) -> int:
         return self.requests("/ipfs/") + self.requests("/api/v0/")
+
+
+def serve(name: str, log_dir: Path) -> Server:
+    """scripts/serve's server NAME, answering. SeaweedFS keeps its data under LOG_DIR, takes ports beside
+    its own, and listens before its filer is ready, so it is asked for its buckets until it answers."""
+    if name != "seaweedfs":
+        return Server(name, log_dir)
+    server = Server(name, log_dir, tempfile.mkdtemp(prefix="seaweedfs-", dir=log_dir), "32",
+                    port_offsets=(1, 2, 3, 10000, 10001, 10002, 10003))
+    admin, deadline = s3_admin(server), time.monotonic() + 60
+    while True:
+        try:
+            admin.list_buckets()
+            return server
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            if time.monotonic() > deadline:
+                server.stop()
+                raise
+            time.sleep(0.2)
 
 
 def s3_admin(server: Server):

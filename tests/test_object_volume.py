@@ -11,7 +11,7 @@ import pytest
 
 from buckets import BUCKETS, KINDS, SERVER_SCRIPT_NAME, Bucket, S3Bucket, new_bucket
 from conftest import wait_for, write_config
-from servers import Server, s3_admin
+from servers import s3_admin, serve
 
 BLOCK = 2**20
 BIG = os.urandom(5 * BLOCK + 12345)
@@ -303,7 +303,7 @@ def test_an_object_changed_while_its_pages_go_to_the_kernel_shows_only_its_new_b
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_store_that_goes_down_gives_eio_and_keeps_cached_bytes(workspace, mount, kind):
-    server = Server(SERVER_SCRIPT_NAME[kind], workspace)
+    server = serve(SERVER_SCRIPT_NAME[kind], workspace)
     try:
         bucket = BUCKETS[kind](server, {"big.bin": BIG})
         mount(volume_config(workspace, bucket, ttl="1h"), workspace / "mnt")

@@ -33,9 +33,10 @@ def mount_rw(workspace, mount, bucket):
 OLD = {"old.txt": b"old bytes\n", "dir/inside.txt": b"inside\n"}
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=[*KINDS, "seaweedfs"])
 def rw(request, workspace, mount):
-    """An rw volume on a bucket holding `old.txt` and `dir/inside.txt`, on each kind of store."""
+    """An rw volume on a bucket holding `old.txt` and `dir/inside.txt`, on each kind of store, and on an
+    S3-compatible server that keeps directories of its own."""
     return mount_rw(workspace, mount, new_bucket(request, request.param, OLD))
 
 
@@ -174,6 +175,11 @@ def test_rename_a_directory_moves_every_object(rw):
     assert sorted(key for key in bucket.keys() if key.startswith(("dir", "moved"))) == [
         "moved/inside.txt", "moved/sub/", "moved/sub/deep.txt"]
     assert not (root / "dir").exists()
+    (root / "empty").mkdir()
+    os.rename(root / "moved" / "sub", root / "empty")  # over an empty directory, which it replaces
+    assert os.listdir(root / "empty") == ["deep.txt"]
+    assert sorted(key for key in bucket.keys() if key.startswith(("moved", "empty"))) == [
+        "empty/", "empty/deep.txt", "moved/inside.txt"]
 
 
 def test_renaming_a_directory_of_too_many_objects_is_exdev_and_mv_copies(workspace, moto, mount):

@@ -395,7 +395,10 @@ class WritableObjectVolume(ObjectVolume):
 
             async def copy(key: str):
                 async with limit:
-                    await self.store.copy(key, new_prefix + key[len(old_prefix):])
+                    if key.endswith("/"):  # a marker: servers that keep directories of their own (SeaweedFS) copy none
+                        await self.store.put(new_prefix + key[len(old_prefix):], b"")
+                    else:
+                        await self.store.copy(key, new_prefix + key[len(old_prefix):])
 
             async def delete(key: str):
                 async with limit:
