@@ -182,6 +182,22 @@ def test_rename_a_directory_moves_every_object(rw):
         "empty/", "empty/deep.txt", "moved/inside.txt"]
 
 
+def test_a_name_or_key_longer_than_may_be_is_enametoolong(rw):
+    """255 bytes a name (statvfs's f_namemax), 1024 a key (every store's bound): a store would refuse
+    it only at the upload, long after the program that named it was told all was well."""
+    root, bucket, _ = rw
+    deep = root.joinpath(*["d" * 200] * 4)
+    deep.mkdir(parents=True)
+    for path in (root / ("n" * 256), deep / ("k" * 230)):
+        for make in (Path.touch, Path.mkdir, (root / "old.txt").rename, (root / "dir").rename):
+            with pytest.raises(OSError) as error:
+                make(path)
+            assert error.value.errno == errno.ENAMETOOLONG, (make, path)
+    assert sorted(key for key in bucket.keys() if "d" * 200 not in key) == ["dir/inside.txt", "old.txt"]
+    (deep / ("k" * 100)).write_bytes(b"fits")
+    assert bucket.get(str((deep / ("k" * 100)).relative_to(root))) == b"fits"
+
+
 def test_renaming_a_directory_of_too_many_objects_is_exdev_and_mv_copies(workspace, moto, mount):
     bucket = S3Bucket(moto, {f"many/{index}": b"x" for index in range(5)})
     mount(volume_config(workspace, bucket, extra="mode: rw, rename_limit: 3"), workspace / "mnt")

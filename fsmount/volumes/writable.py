@@ -12,6 +12,7 @@ Where POSIX and an object store part ways (README, "Writing", says the same to u
   object under it, up to `rename_limit` objects, and fails with EXDEV above it, so `mv` copies.
 - chmod and chown succeed and change nothing; times set on a file are kept in its `mtime` metadata.
 - Symbolic and hard links, FIFOs and devices cannot be made (EPERM).
+- A name of over 255 bytes, or one that would make a key of over 1024, cannot be made (ENAMETOOLONG).
 - A directory made here is a marker object (`dir/`); an implicit directory (a prefix) goes away
   with its last object, as it does in every object store.
 """
@@ -38,6 +39,8 @@ _RENAME_PARALLEL = 8  # server-side copies at once while a directory is renamed
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _INLINE_READ = 256 * 1024  # smaller staged files are read into the cache on the event loop
+_NAME_MAX = 255  # bytes in a name, as statvfs says
+_KEY_MAX = 1024  # bytes in a key: S3's, Azure's and GCS's bound alike
 _ABSENT = object()
 
 
@@ -112,6 +115,7 @@ class WritableObjectVolume(ObjectVolume):
         return handle
 
     async def create(self, path: Path, flags: int, mode: int, owner: Owner) -> tuple[FileHandle, Attrs]:
+        self._new_key(path)
         existing = await self._lookup_or_absent(path)
         if existing is None:
             raise OSError(errno.EISDIR, "is a directory")
@@ -274,9 +278,10 @@ class WritableObjectVolume(ObjectVolume):
     # Names
 
     async def mkdir(self, path: Path, mode: int, owner: Owner) -> Attrs:
+        marker = self._new_key(path, "/")
         if await self._lookup_or_absent(path) is not _ABSENT:
             raise OSError(errno.EEXIST, "exists")
-        await self.store.put(self._dir_prefix(path), b"")
+        await self.store.put(marker, b"")
         self._remember(path, None)
         self.relist(path, None)
         self.remember_listing(path, [])  # so the names made in it next need no request to be found new
@@ -291,6 +296,14 @@ class WritableObjectVolume(ObjectVolume):
         finally:
             await handle.release()
         return attrs
+
+    def _new_key(self, path: Path, suffix: str = "") -> str:
+        """The key of a name to be made at PATH, with SUFFIX (a marker's "/"): ENAMETOOLONG for a name or
+        a key longer than may be."""
+        key = self._key(path) + suffix
+        if len(os.fsencode(path[-1])) > _NAME_MAX or len(os.fsencode(key)) > _KEY_MAX:
+            raise OSError(errno.ENAMETOOLONG, "a name is at most 255 bytes, an object's key 1024")
+        return key
 
     async def symlink(self, path: Path, target: str, owner: Owner) -> Attrs:
         raise OSError(errno.EPERM, "an object store has no symbolic links")
@@ -340,6 +353,7 @@ class WritableObjectVolume(ObjectVolume):
         if flags & _RENAME_EXCHANGE:
             raise OSError(errno.EINVAL, "an object store cannot exchange two names")
         info = await self._lookup(path)
+        self._new_key(new_path)
         target = await self._lookup_or_absent(new_path)
         if target is not _ABSENT and flags & _RENAME_NOREPLACE:
             raise OSError(errno.EEXIST, "exists")
@@ -386,6 +400,8 @@ class WritableObjectVolume(ObjectVolume):
             keys += [info.key for info in page.objects]
             if len(keys) > self.rename_limit:
                 raise OSError(errno.EXDEV, f"more than {self.rename_limit} objects to rename (rename_limit)")
+        for key in keys:
+            self._new_key(new_path + tuple(key[len(old_prefix):].split("/")))
         moving = sorted((staged_path, staged) for staged_path, staged in self._staged.items()
                         if staged_path[:len(path)] == path)
         async with contextlib.AsyncExitStack() as locks:
