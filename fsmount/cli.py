@@ -8,6 +8,8 @@ import time
 from fsmount.config import Config, ConfigError, load_config, redact_url
 from fsmount.daemon import MountError, mount, parse_mount_options
 from fsmount.staging.area import CLOSED, read_journal
+from fsmount.stores.base import Store
+from fsmount.stores.gcs import GcsStore
 from fsmount.units import format_size
 
 
@@ -79,6 +81,8 @@ def umount(mountpoint: str, lazy: bool) -> int:
 def describe(config: Config) -> str:
     """The mount table `fsmount check` prints; sources are shown with any secret masked."""
     cache = config.cache
+    parts = format_size(config.staging.part_size or Store.part_size) + (
+        "" if config.staging.part_size else f" (GCS: {format_size(GcsStore.part_size)})")
     links = ", ".join(f"{m.path} ({'ro' if m.read_only else 'rw'})" for m in config.link_mounts) or "none"
     lines = [
         f"config       {config.file}",
@@ -87,7 +91,7 @@ def describe(config: Config) -> str:
         f"cache        {cache.dir}: at most {format_size(cache.max_size)}, blocks of {format_size(cache.block_size)}, "
         f"read-ahead {format_size(cache.read_ahead)}, metadata ttl {cache.metadata_ttl:g}s",
         f"staging      {config.staging.dir}: at most {format_size(config.staging.max_size)}, parts of "
-        f"{format_size(config.staging.part_size)} above {format_size(config.staging.multipart_threshold)}",
+        f"{parts} above {format_size(config.staging.multipart_threshold)}",
         f"link mounts  {links}",
         "",
     ]

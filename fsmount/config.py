@@ -127,7 +127,7 @@ class StagingConfig:
     dir: str
     max_size: int
     multipart_threshold: int
-    part_size: int
+    part_size: int | None  # None: each store's own (Store.part_size)
     parallel_parts: int
 
 
@@ -266,8 +266,8 @@ class _Reader:
         def size(key, default):
             return self.value(section, ("staging", key), parse_size, default)
 
-        part_size = size("part_size", 8 * 2**20)
-        if part_size < _SMALLEST_PART or part_size % _PART_GRAIN:
+        part_size = size("part_size", None)
+        if part_size is not None and (part_size < _SMALLEST_PART or part_size % _PART_GRAIN):
             raise self.error(("staging", "part_size"), "expected at least 5MiB (S3 refuses smaller parts) and a "
                                                        "multiple of 256KiB (GCS does), such as 8MiB")
         return StagingConfig(

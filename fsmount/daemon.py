@@ -126,7 +126,7 @@ class Daemon:
         staging = self.config.staging
         if self.staging is None:
             self.staging = StagingArea(staging.dir, staging.max_size)
-        uploads = Uploads(staging.multipart_threshold, staging.part_size, staging.parallel_parts)
+        uploads = Uploads(staging.multipart_threshold, staging.part_size or store.part_size, staging.parallel_parts)
         return WritableObjectVolume(store, source.prefix, self.staging, uploads, source.rename_limit,
                                     key_filter=source.filter, **shared)
 

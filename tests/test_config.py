@@ -222,7 +222,7 @@ volumes {{
     result = subprocess.run([FSMOUNT, "check", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert f"link mounts  {links} (rw), {links}/ro (ro)" in result.stdout
-    assert "staging      " in result.stdout and ": at most 10GiB, parts of 8MiB above 16MiB" in result.stdout
+    assert "staging      " in result.stdout and ": at most 10GiB, parts of 8MiB (GCS: 32MiB) above 16MiB" in result.stdout
     assert result.stdout.splitlines()[-3:] == [
         "PATH        MODE  SOURCE",
         f"data        ro    file://{links}/data",

@@ -56,6 +56,10 @@ class TrioStore:
     def lists_metadata(self) -> bool:
         return self.store.lists_metadata
 
+    @property
+    def part_size(self) -> int:
+        return self.store.part_size
+
     async def open(self):
         await aio_as_trio(self.store.open)()
 

@@ -46,6 +46,9 @@ def _info(resource: dict) -> ObjectInfo:
 
 class GcsStore(Store):
     parts_in_order = True
+    # Parts go one after another, each a round trip: fewer, larger ones. fake-gcs-server took a 256 MiB
+    # file at 22 MB/s in 8 MiB parts and 42 in 32 MiB; rclone sends 16 MiB.
+    part_size = 32 * 2**20
 
     def __init__(self, bucket: str, credentials: GcsCredentials, endpoint: str | None = None,
                  verify: bool | str = True, max_connections: int = 32):
