@@ -15,7 +15,7 @@ import pyfuse3
 import trio
 
 from fsmount.cache.blocks import BlockCache
-from fsmount.cache.times import KnownTimes
+from fsmount.cache.attributes import KnownAttributes
 from fsmount.config import Config, VolumeConfig
 from fsmount.fs.inodes import InodeTable
 from fsmount.fs.namespace import Namespace
@@ -98,7 +98,7 @@ class Daemon:
         self.uid = config.uid if options.uid is None else options.uid
         self.gid = config.gid if options.gid is None else options.gid
         self.cache: BlockCache | None = None
-        self.known_times: KnownTimes | None = None
+        self.known_attributes: KnownAttributes | None = None
         self.staging: StagingArea | None = None
         self.prefetcher = Prefetcher(max(2, _READ_AHEAD_MEMORY // config.cache.block_size))
         volumes = []
@@ -113,11 +113,12 @@ class Daemon:
         cache = self.config.cache
         if self.cache is None:
             self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY)
-            self.known_times = KnownTimes(cache.dir)
+            self.known_attributes = KnownAttributes(cache.dir)
         source = volume.objects
         store = TrioStore(store_for(source, cache.dir))
         metadata_ttl = math.inf if source.immutable else cache.metadata_ttl
-        shared = dict(cache=self.cache, known_times=self.known_times, prefetcher=self.prefetcher, metadata_ttl=metadata_ttl,
+        shared = dict(cache=self.cache, known_attributes=self.known_attributes, prefetcher=self.prefetcher,
+                      metadata_ttl=metadata_ttl,
                       read_ahead=cache.read_ahead, uid=self.uid, gid=self.gid)
         if source.single_object:
             return SingleObjectVolume(store, source.prefix, source.version_id, source.checksum_sha256, **shared)
@@ -153,7 +154,7 @@ class Daemon:
                     await volume.close()
                 if self.cache is not None:
                     self.cache.close()
-                    self.known_times.close()
+                    self.known_attributes.close()
                 if self.staging is not None:
                     self.staging.close()
 

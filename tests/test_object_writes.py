@@ -8,6 +8,7 @@ import itertools
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -220,6 +221,32 @@ def test_times_set_are_kept_and_chmod_is_accepted(rw):
     os.chown(root / "old.txt", 0, 0)
     listed = subprocess.run(["ls", "-l", "--time-style=+%s", str(root)], check=True, capture_output=True, text=True)
     assert " 1600000000 old.txt" in listed.stdout
+
+
+def file_modes(root: Path) -> list[str]:
+    """Each file's permissions under ROOT as `find` shows them, from listings (find reads directories first)."""
+    return sorted(subprocess.run(["find", str(root), "-type", "f", "-printf", "%P %m\\n"], check=True,
+                                 capture_output=True, text=True).stdout.splitlines())
+
+
+def test_modes_are_kept_in_metadata_and_a_script_made_executable_runs(rw, mount):
+    root, bucket, daemon = rw
+    script = root / "run.sh"
+    script.write_text("#!/bin/sh\necho ran\n")
+    assert stat.S_IMODE(os.stat(script).st_mode) == 0o644
+    os.chmod(script, 0o755)
+    assert subprocess.run([str(script)], check=True, capture_output=True, text=True).stdout == "ran\n"
+    assert bucket.metadata("run.sh")["mode"] == str(stat.S_IFREG | 0o755)  # as s3fs keeps it
+    os.close(os.open(root / "private", os.O_CREAT | os.O_WRONLY, 0o600))
+    assert stat.S_IMODE(os.stat(root / "private").st_mode) == 0o600
+    os.rename(root / "run.sh", root / "moved.sh")
+    with open(root / "moved.sh", "a") as stream:
+        stream.write("echo again\n")
+    daemon.stop()
+    mount(daemon.config, daemon.mountpoint)
+    assert file_modes(root) == ["dir/inside.txt 644", "moved.sh 755", "old.txt 644", "private 600"]
+    assert subprocess.run([str(root / "moved.sh")], check=True, capture_output=True, text=True).stdout == "ran\nagain\n"
+    assert bucket.metadata("private")["mode"] == str(stat.S_IFREG | 0o600)
 
 
 def make_tree(root: Path) -> Path:

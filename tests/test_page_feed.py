@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from fsmount.cache.blocks import BlockCache
-from fsmount.cache.times import KnownTimes
+from fsmount.cache.attributes import KnownAttributes
 from fsmount.staging.area import StagingArea
 from fsmount.volumes.prefetch import Prefetcher
 from fsmount.volumes.writable import Uploads, WritableObjectVolume
@@ -33,7 +33,8 @@ async def test_no_old_pages_reach_the_kernel_once_the_file_is_opened_anew(s3_buc
     await store.put("f.bin", data)
     volume = WritableObjectVolume(store, "", StagingArea(str(tmp_path / "staging"), 64 * BLOCK),
                                   Uploads(8 * BLOCK, 8 * BLOCK, 2), 100, cache=BlockCache(str(tmp_path), 64 * BLOCK, BLOCK),
-                                  known_times=KnownTimes(str(tmp_path)), prefetcher=Prefetcher(4), metadata_ttl=60, read_ahead=4 * BLOCK, uid=0, gid=0)
+                                  known_attributes=KnownAttributes(str(tmp_path)), prefetcher=Prefetcher(4), metadata_ttl=60,
+                                  read_ahead=4 * BLOCK, uid=0, gid=0)
     stored, release = [], trio.Event()
 
     async def store_pages(offset, _):

@@ -12,13 +12,15 @@ def test_a_restart_uploads_closed_files_and_keeps_open_ones_aside(tmp_path, capl
     closed, unfinished, done = (area.create("s3:x", key) for key in ("a/closed", "a/open", "a/done"))
     for staged, data in ((closed, b"closed bytes"), (unfinished, b"half"), (done, b"done")):
         staged.write(0, data)
+    closed.keep(mode=0o750)
     area.set_state(closed, CLOSED)
     area.set_state(done, "uploaded")
     area.close()
     with caplog.at_level(logging.INFO):
         area = StagingArea(str(tmp_path), 2**20)
         (recovered,) = area.recover("s3:x", "a/")
-    assert (recovered.key, recovered.read(0, 100), recovered.dirty) == ("a/closed", b"closed bytes", True)
+    assert (recovered.key, recovered.read(0, 100), recovered.dirty, recovered.mode) == (
+        "a/closed", b"closed bytes", True, 0o750)
     (kept,) = (tmp_path / "kept").iterdir()
     assert kept.read_bytes() == b"half" and str(kept) in caplog.text
     pending, kept_files = read_journal(str(tmp_path))

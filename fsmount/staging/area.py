@@ -21,10 +21,11 @@ import trio
 log = logging.getLogger(__name__)
 
 OPEN, CLOSED, UPLOADED = "open", "closed", "uploaded"
-_SCHEMA = """
+DEFAULT_MODE = 0o644  # a file's permissions where nothing says otherwise
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS staged (
     id INTEGER PRIMARY KEY, store TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL,
-    mtime_ns INTEGER NOT NULL, since REAL NOT NULL);
+    mtime_ns INTEGER NOT NULL, since REAL NOT NULL, mode INTEGER NOT NULL DEFAULT {DEFAULT_MODE});
 """
 
 
@@ -43,7 +44,8 @@ class StagedFile:
     """One file's bytes on local disk while it is written and until the store has them. `changes` counts
     every change; an upload records the count it carried, so a write during an upload keeps it dirty."""
 
-    def __init__(self, area: "StagingArea", row: int, store: str, key: str, fd: int, size: int, mtime_ns: int):
+    def __init__(self, area: "StagingArea", row: int, store: str, key: str, fd: int, size: int, mtime_ns: int,
+                 mode: int):
         self.area = area
         self.row = row
         self.store = store
@@ -51,6 +53,7 @@ class StagedFile:
         self.fd = fd
         self.size = size
         self.mtime_ns = mtime_ns
+        self.mode = mode  # permission bits
         self.state = OPEN
         self.changes = 1
         self.uploaded = 0
@@ -92,9 +95,12 @@ class StagedFile:
             raise
         self._settle(size, growth)
 
-    def set_mtime(self, mtime_ns: int):
-        self.changes += 1
-        self.mtime_ns = mtime_ns
+    def keep(self, mtime_ns: int | None = None, mode: int | None = None, changed: bool = True):
+        """Sets the time or the mode (None: as it is) that the file goes up with; CHANGED False: the store
+        has them already."""
+        self.changes += changed
+        self.mtime_ns = self.mtime_ns if mtime_ns is None else mtime_ns
+        self.mode = self.mode if mode is None else mode
 
     def _changed(self):
         self.changes += 1
@@ -125,6 +131,8 @@ class StagingArea:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        if "mode" not in {column[1] for column in self._db.execute("PRAGMA table_info(staged)")}:
+            self._db.execute(f"ALTER TABLE staged ADD COLUMN mode INTEGER NOT NULL DEFAULT {DEFAULT_MODE}")
         self._remove_orphans()
         self.used = sum(self._size(row) for (row,) in self._db.execute("SELECT id FROM staged"))
 
@@ -149,20 +157,22 @@ class StagingArea:
             raise OSError(errno.ENOSPC, f"the staging area is full ({self.max_size} bytes)")
         self.used += size
 
-    def create(self, store: str, key: str) -> StagedFile:
-        """A new, empty staged file for KEY of STORE, in the journal before anything is written to it."""
+    def create(self, store: str, key: str, mode: int = DEFAULT_MODE) -> StagedFile:
+        """A new, empty staged file for KEY of STORE, of permissions MODE, in the journal before anything is
+        written to it."""
         now = time.time_ns()
-        row = self._db.execute("INSERT INTO staged (store, key, state, mtime_ns, since) VALUES (?, ?, ?, ?, ?)",
-                               (store, key, OPEN, now, time.time())).lastrowid
+        row = self._db.execute("INSERT INTO staged (store, key, state, mtime_ns, since, mode) VALUES (?, ?, ?, ?, ?, ?)",
+                               (store, key, OPEN, now, time.time(), mode)).lastrowid
         try:
             fd = os.open(self.data_path(row), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError:
             self._db.execute("DELETE FROM staged WHERE id = ?", (row,))
             raise
-        return StagedFile(self, row, store, key, fd, 0, now)
+        return StagedFile(self, row, store, key, fd, 0, now, mode)
 
     def set_state(self, staged: StagedFile, state: str):
-        self._db.execute("UPDATE staged SET state = ?, mtime_ns = ? WHERE id = ?", (state, staged.mtime_ns, staged.row))
+        self._db.execute("UPDATE staged SET state = ?, mtime_ns = ?, mode = ? WHERE id = ?",
+                         (state, staged.mtime_ns, staged.mode, staged.row))
         staged.state = state
 
     def rename(self, staged: StagedFile, key: str):
@@ -183,8 +193,8 @@ class StagingArea:
         """The files of STORE under PREFIX that a stopped daemon left: closed ones come back to be uploaded;
         open ones are moved to `kept/`, with a log line saying where; uploaded ones are done with."""
         recovered = []
-        for row, key, state, mtime_ns in self._db.execute(
-                "SELECT id, key, state, mtime_ns FROM staged WHERE store = ? AND substr(key, 1, ?) = ? ORDER BY id",
+        for row, key, state, mtime_ns, mode in self._db.execute(
+                "SELECT id, key, state, mtime_ns, mode FROM staged WHERE store = ? AND substr(key, 1, ?) = ? ORDER BY id",
                 (store, len(prefix), prefix)).fetchall():
             if state == CLOSED:
                 try:
@@ -193,7 +203,7 @@ class StagingArea:
                     log.error("%s %s was closed but not uploaded when fsmount stopped, and its staged bytes "
                               "(%s) are gone: it cannot be uploaded", store, key, self.data_path(row))
                 else:
-                    staged = StagedFile(self, row, store, key, fd, os.fstat(fd).st_size, mtime_ns)
+                    staged = StagedFile(self, row, store, key, fd, os.fstat(fd).st_size, mtime_ns, mode)
                     staged.state = CLOSED
                     recovered.append(staged)
                     log.info("%s %s was closed but not uploaded when fsmount stopped: uploading it now", store, key)

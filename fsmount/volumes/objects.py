@@ -4,8 +4,9 @@ Names: a key with an empty, "." or ".." segment cannot be a file name and is not
 that is both an object and a prefix ("a" and "a/b") shows as the directory. A `dir/` marker
 object makes an empty directory exist. Attributes and listings are trusted for `metadata_ttl`,
 misses for a shorter while. A file's time is its `mtime` metadata (rclone's, in seconds) where it
-has one, else the time the store last wrote it; times learnt outlive the daemon where listings
-show no metadata (fsmount/cache/times.py). An object with a link target (IPFS has them) is a
+has one, else the time the store last wrote it; its mode is its `mode` metadata (s3fs's) where it
+has one, else 0644 (0444 read-only); both outlive the daemon where listings show no metadata
+(fsmount/cache/attributes.py). An object with a link target (IPFS has them) is a
 symlink, which the kernel resolves in the reader's view.
 """
 import bisect
@@ -22,7 +23,7 @@ import trio
 
 from fsmount.cache.blocks import BlockCache, block_name
 from fsmount.cache.metadata import ExpiringCache
-from fsmount.cache.times import KnownTimes
+from fsmount.cache.attributes import KnownAttributes
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, ObjectInfo, PreconditionFailed
 from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, Volume, rest_of_batch
@@ -47,6 +48,7 @@ _BATCH = 512
 _UNKNOWN = object()
 GONE = object()
 MTIME = "mtime"
+MODE = "mode"
 
 
 def _entry_name(entry: tuple[str, ObjectInfo | None]) -> str:
@@ -73,13 +75,29 @@ def parse_mtime(text: str) -> int:
     return int(seconds) * 10**9 + int((fraction + "000000000")[:9])
 
 
+def format_mode(permissions: int) -> str:
+    """A file's mode as s3fs keeps it in metadata: its st_mode, in decimal."""
+    return str(stat.S_IFREG | permissions)
+
+
+def parse_mode(text: str) -> int:
+    """The permission bits of a mode as `format_mode` writes it, or in octal from a leading 0 (rclone's)."""
+    text = text.strip()
+    return (int(text, 8) if text.startswith("0") else int(text)) & 0o7777
+
+
+def _time_and_mode(metadata: dict[str, str]) -> dict[str, str]:
+    """What of METADATA fsmount shows: S3 listings carry none of it."""
+    return {name: metadata[name] for name in (MTIME, MODE) if name in metadata}
+
+
 class ObjectVolume(Volume):
-    def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, known_times: KnownTimes, prefetcher: Prefetcher,
-                 metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool,
+    def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, known_attributes: KnownAttributes,
+                 prefetcher: Prefetcher, metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool,
                  key_filter: re.Pattern | None = None):
         """KEY_FILTER: only objects whose full key it matches (re.search) are shown."""
         self.store = store
-        self.known_times = known_times
+        self.known_attributes = known_attributes
         self.key_filter = key_filter
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.cache = cache
@@ -89,6 +107,7 @@ class ObjectVolume(Volume):
         self.read_ahead_blocks = max(1, read_ahead // cache.block_size)
         self.uid, self.gid = uid, gid
         self._file_mode = 0o444 if read_only else 0o644
+        self._mode_mask = 0o7555 if read_only else 0o7777
         self._dir_mode = 0o555 if read_only else 0o755
         self._started = time.time_ns()
         self._stats = ExpiringCache(metadata_ttl, _NAMES_KEPT)  # path -> info; None: a directory
@@ -97,8 +116,8 @@ class ObjectVolume(Volume):
         self._scans = DirectoryScans(_LISTINGS_KEPT)
         self._opened_versions = ExpiringCache(math.inf, _NAMES_KEPT)
         self._whole = ExpiringCache(math.inf, _NAMES_KEPT)  # (key, version) of objects filled, or being filled, whole
-        # (key, version) -> the mtime its metadata holds, which listings do not show
-        self._mtimes = ExpiringCache(math.inf, _NAMES_KEPT)
+        # (key, version) -> the time and mode its metadata holds, which S3 listings do not show
+        self._known = ExpiringCache(math.inf, _NAMES_KEPT)
         self.whole_object_limit = min(_WHOLE_OBJECT_MAX, cache.max_size // _WHOLE_OBJECT_SHARE)
         self.page_feed_limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // _PAGE_FEED_SHARE
         self._feeds: dict[Path, _PageFeed] = {}
@@ -123,34 +142,45 @@ class ObjectVolume(Volume):
         if info.link_target is not None:
             return Attrs(stat.S_IFLNK | 0o777, size=len(os.fsencode(info.link_target)), uid=self.uid, gid=self.gid,
                          atime_ns=mtime, mtime_ns=mtime, ctime_ns=mtime)
-        return Attrs(stat.S_IFREG | self._file_mode, size=info.size, uid=self.uid, gid=self.gid,
+        return Attrs(stat.S_IFREG | self._permissions(info), size=info.size, uid=self.uid, gid=self.gid,
                      blocks=(info.size + 511) // 512, atime_ns=mtime, mtime_ns=mtime, ctime_ns=mtime)
 
-    def _mtime_ns(self, info: ObjectInfo) -> int:
-        text = info.metadata.get(MTIME)
-        if text is not None:
-            try:
-                mtime = parse_mtime(text)
-            except ValueError:
-                return info.mtime_ns
-            if self._mtimes.get((info.key, info.version)) != mtime:
-                self._mtimes.put((info.key, info.version), mtime)
-                if not self.store.lists_metadata:
-                    self.known_times.keep(self.store.identity, info.key, info.version, mtime)
-            return mtime
-        return self._mtimes.get((info.key, info.version), info.mtime_ns)
+    def _kept(self, info: ObjectInfo) -> dict[str, str]:
+        """INFO's time and mode metadata: its own, else what was learnt of its version."""
+        return _time_and_mode(info.metadata) or self._known.get((info.key, info.version), {})
 
-    def _recall_times(self, listed: list[ObjectInfo]):
-        """Learns the times kept on disk of objects a listing gave without their metadata."""
+    def _mtime_ns(self, info: ObjectInfo) -> int:
+        with contextlib.suppress(KeyError, ValueError):
+            return parse_mtime(self._kept(info)[MTIME])
+        return info.mtime_ns
+
+    def _permissions(self, info: ObjectInfo) -> int:
+        with contextlib.suppress(KeyError, ValueError):
+            return parse_mode(self._kept(info)[MODE]) & self._mode_mask
+        return self._file_mode
+
+    def _learn(self, info: ObjectInfo):
+        """Keeps the time and mode the store gave with INFO for its version, on disk too where listings
+        show no metadata."""
+        kept = _time_and_mode(info.metadata)
+        if kept and self._known.get((info.key, info.version)) != kept:
+            self._known.put((info.key, info.version), kept)
+            if not self.store.lists_metadata:
+                self.known_attributes.keep(self.store.identity, info.key, info.version, kept)
+
+    def _recall(self, listed: list[ObjectInfo]):
+        """Learns what was kept on disk of the time and mode of objects a listing gave without metadata."""
         if self.store.lists_metadata:
             return
-        unknown = {info.key: info.version for info in listed if (info.key, info.version) not in self._mtimes}
-        for key, mtime in self.known_times.recall(self.store.identity, unknown).items():
-            self._mtimes.put((key, unknown[key]), mtime)
+        unknown = {info.key: info.version for info in listed if (info.key, info.version) not in self._known}
+        for key, kept in self.known_attributes.recall(self.store.identity, unknown).items():
+            self._known.put((key, unknown[key]), kept)
 
     def _remember(self, path: Path, info: ObjectInfo | None):
         self._stats.put(path, info)
         self._missing.pop(path)
+        if info is not None:
+            self._learn(info)
 
     async def _lookup(self, path: Path) -> ObjectInfo | None:
         """The object at PATH, or None for a directory; NotFound when neither."""
@@ -418,7 +448,7 @@ class _ObjectListing(DirHandle):
         base = self.volume._dir_prefix(self.path)
         directories = {p[len(base):-1] for p in page.prefixes}
         named: dict[str, ObjectInfo | None] = {}
-        self.volume._recall_times(page.objects)
+        self.volume._recall(page.objects)
         for info in page.objects:
             name = info.key[len(base):]
             if "/" not in name and name not in directories and self.volume.shows(info.key):

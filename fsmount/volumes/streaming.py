@@ -1,11 +1,11 @@
 """PartStream: a new file written in order goes up in parts while it is written, so close waits for the last part only.
 
 Each part is sent once the file has grown past it, read from the staged copy by a worker thread.
-A write into a part already sent (or being sent), a truncate, a time set by hand or a rename
+A write into a part already sent (or being sent), a truncate, a time or mode set by hand or a rename
 breaks the stream: its upload is aborted and close uploads the whole file as usual. A store whose
 parts go in order (GCS) gets them one at a time, each after the one before. The parts
 carry no `mtime` metadata (the upload begins before the last write), so such a file shows the
-time the store finished it, which is when it was closed.
+time the store finished it, which is when it was closed; they carry its mode.
 """
 import contextlib
 import logging
@@ -15,6 +15,7 @@ import trio
 from fsmount.staging.area import StagedFile
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import ObjectInfo
+from fsmount.volumes.objects import MODE, format_mode
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class PartStream:
         self.staged = staged
         self.key = staged.key
         self.part_size = part_size
+        self._metadata = {MODE: format_mode(staged.mode)}  # a mode set later breaks the stream
         self.broken = False
         self._nursery = nursery
         self._slots = trio.CapacityLimiter(parallel)
@@ -64,7 +66,7 @@ class PartStream:
             async with self._slots:
                 async with self._starting:
                     if self._upload is None and not self.broken:
-                        self._upload = await self.store.start_upload(self.key)
+                        self._upload = await self.store.start_upload(self.key, self._metadata)
                 if not self.broken:
                     self._parts[number] = await self.store.upload_part(self.key, self._upload, number,
                                                                        self.staged.path, offset, size)
@@ -86,7 +88,7 @@ class PartStream:
         if not self.broken and self._upload is not None:
             try:
                 return await self.store.complete_upload(self.key, self._upload, sorted(self._parts.items()),
-                                                        self.staged.size)
+                                                        self.staged.size, self._metadata)
             except OSError as error:
                 log.info("completing the upload of %s in parts failed (%s); it goes up whole", self.key, error)
         self.abandon()

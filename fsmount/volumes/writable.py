@@ -10,7 +10,8 @@ Where POSIX and an object store part ways (README, "Writing", says the same to u
   open: a program that opens read-write and only reads (SQLite does) costs nothing more.
 - Renaming a file is a server-side copy and a delete; renaming a directory does that for each
   object under it, up to `rename_limit` objects, and fails with EXDEV above it, so `mv` copies.
-- chmod and chown succeed and change nothing; times set on a file are kept in its `mtime` metadata.
+- A file's times and mode (chmod, or the mode it was created with) are kept in its `mtime` and `mode`
+  metadata; a directory's are not (a prefix has no metadata); chown succeeds and changes nothing.
 - Symbolic and hard links, FIFOs and devices cannot be made (EPERM).
 - A name of over 255 bytes, or one that would make a key of over 1024, cannot be made (ENAMETOOLONG).
 - A directory made here is a marker object (`dir/`); an implicit directory (a prefix) goes away
@@ -25,10 +26,10 @@ from dataclasses import dataclass
 
 import trio
 
-from fsmount.staging.area import CLOSED, UPLOADED, StagedFile, StagingArea
+from fsmount.staging.area import CLOSED, DEFAULT_MODE, UPLOADED, StagedFile, StagingArea
 from fsmount.stores.base import NotFound, ObjectInfo
 from fsmount.volumes.base import AttrChanges, Attrs, FileHandle, Owner, Path
-from fsmount.volumes.objects import MTIME, ObjectVolume, format_mtime
+from fsmount.volumes.objects import MODE, MTIME, ObjectVolume, format_mode, format_mtime
 from fsmount.volumes.streaming import PartStream
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class WritableObjectVolume(ObjectVolume):
         return tuple(key[len(self.prefix):].split("/"))
 
     def _staged_info(self, staged: StagedFile) -> ObjectInfo:
-        return ObjectInfo(staged.key, staged.size, f"staged:{staged.row}:{staged.changes}", staged.mtime_ns)
+        return ObjectInfo(staged.key, staged.size, f"staged:{staged.row}:{staged.changes}", staged.mtime_ns,
+                          {MODE: format_mode(staged.mode)})
 
     async def _lookup(self, path: Path) -> ObjectInfo | None:
         staged = self._staged.get(path)
@@ -101,10 +103,11 @@ class WritableObjectVolume(ObjectVolume):
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if staged is None and not writing:
             return await super().open(path, flags)
-        if await self._lookup(path) is None:
+        info = await self._lookup(path)
+        if info is None:
             raise OSError(errno.EISDIR, "is a directory")
         if flags & os.O_TRUNC:
-            staged = await self.stage(path, None)
+            staged = await self.stage(path, None, mode=self._permissions(info))
             if staged.size:
                 staged.truncate(0)
         if staged is not None:
@@ -121,22 +124,27 @@ class WritableObjectVolume(ObjectVolume):
             raise OSError(errno.EISDIR, "is a directory")
         if existing is not _ABSENT and flags & os.O_EXCL:
             raise OSError(errno.EEXIST, "exists")
-        staged = await self.stage(path, None)
+        kept_mode = mode & 0o7777 if existing is _ABSENT else self._permissions(existing)  # an existing file keeps its
+        staged = await self.stage(path, None, mode=kept_mode)
         if staged.size:
             staged.truncate(0)
         self._missing.pop(path)
         handle = _WritableFile(self, path, None, staged, writing=True)
         return handle, await handle.getattr()
 
-    async def stage(self, path: Path, info: ObjectInfo | None, attached: bool = True) -> StagedFile:
+    async def stage(self, path: Path, info: ObjectInfo | None, attached: bool = True,
+                    mode: int | None = None) -> StagedFile:
         """The staged copy of the file at PATH, made if there is none: empty for INFO None, else a copy of
-        the object. ATTACHED False: a copy for a handle whose file was unlinked, never uploaded."""
+        the object. ATTACHED False: a copy for a handle whose file was unlinked, never uploaded. MODE: its
+        permissions, if not the object's."""
         while attached and (staged := self._staged.get(path)) is not None:
             async with staged.lock:  # a copy still being filled
                 pass
             if self._staged.get(path) is staged:
                 return staged
-        staged = self.staging.create(self.store.identity, self._key(path))
+        if mode is None:
+            mode = DEFAULT_MODE if info is None else self._permissions(info)
+        staged = self.staging.create(self.store.identity, self._key(path), mode)
         if attached:
             self._staged[path] = staged
         else:
@@ -205,7 +213,7 @@ class WritableObjectVolume(ObjectVolume):
             if info is None:
                 info = await self.store.put_file(staged.key, staged.path, self.uploads.threshold,
                                                  self.uploads.part_size, self.uploads.parallel,
-                                                 {MTIME: format_mtime(staged.mtime_ns)})
+                                                 {MTIME: format_mtime(staged.mtime_ns), MODE: format_mode(staged.mode)})
         except OSError as error:
             log.warning("uploading %s failed (%s); it stays staged in %s and is tried again", staged.key,
                         error.strerror or error, staged.path)
@@ -222,7 +230,6 @@ class WritableObjectVolume(ObjectVolume):
     def _now_stored(self, path: Path, info: ObjectInfo):
         """The store holds INFO at PATH, written by this daemon."""
         self._remember(path, info)
-        self._mtime_ns(info)
         self.relist(path, info)
         self._opened_versions.put(path, info.version)
 
@@ -458,28 +465,34 @@ class WritableObjectVolume(ObjectVolume):
                 self.break_stream(staged)
                 if not staged.handles:
                     await self.upload(staged)
-        if changes.mtime_ns is not None:
-            await self._set_mtime(path, changes.mtime_ns)
+        mode = None if changes.mode is None else changes.mode & 0o7777
+        if changes.mtime_ns is not None or mode is not None:
+            await self._keep(path, changes.mtime_ns, mode)
         return await self.getattr(path)
 
-    async def _set_mtime(self, path: Path, mtime_ns: int):
-        """A dirty staged file takes the time to its upload; else the object is copied onto itself with
-        the time in its metadata. Directories keep theirs: a prefix has no metadata."""
+    async def _keep(self, path: Path, mtime_ns: int | None, mode: int | None):
+        """A time or a mode set (None: as it is). A dirty staged file takes them to its upload; else the
+        object is copied onto itself with them in its metadata. Directories keep theirs: a prefix has no
+        metadata."""
+        current = await self._lookup(path)
+        if current is None or (mtime_ns in (None, self._mtime_ns(current))
+                               and mode in (None, self._permissions(current))):
+            return  # nothing changes: a copy would cost a request, and break a stream
         staged = self._staged.get(path)
         if staged is not None and staged.dirty:
-            staged.set_mtime(mtime_ns)
-            self.break_stream(staged)  # its parts carry no time
-            if not staged.handles:  # closed, its last upload perhaps under way without the time: none would follow
+            staged.keep(mtime_ns, mode)
+            self.break_stream(staged)  # its parts went without them
+            if not staged.handles:  # closed, its last upload perhaps under way without them: none would follow
                 await self.upload(staged)
-            return
-        if await self._lookup(path) is None:
             return
         key = self._key(path)
         metadata = (await self.store.stat(key)).metadata  # a listing's info has none, and the copy replaces it all
-        stored = await self.store.copy(key, key, {**metadata, MTIME: format_mtime(mtime_ns)})
+        kept = {MTIME: None if mtime_ns is None else format_mtime(mtime_ns),
+                MODE: None if mode is None else format_mode(mode)}
+        stored = await self.store.copy(key, key, metadata | {name: text for name, text in kept.items() if text})
         self._now_stored(path, stored)
         if staged is not None:
-            staged.mtime_ns = mtime_ns
+            staged.keep(mtime_ns, mode, changed=False)
             staged.stored = stored
 
 
