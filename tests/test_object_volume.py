@@ -4,6 +4,7 @@ import errno
 import hashlib
 import itertools
 import os
+import stat
 import subprocess
 import time
 
@@ -148,6 +149,17 @@ def test_a_mount_of_objects_only_has_no_extended_attributes(s3_mount):
         with pytest.raises(OSError) as error:
             call()
         assert error.value.errno == errno.ENOTSUP
+
+
+def test_a_files_mode_comes_from_its_metadata_without_write_bits_when_read_only(workspace, moto, mount):
+    """s3fs writes st_mode in decimal, rclone's metadata has it in octal."""
+    bucket = S3Bucket(moto, {"plain.txt": b"x"})
+    for key, mode in (("tool.sh", str(stat.S_IFREG | 0o755)), ("rclone.sh", "0100750")):
+        bucket.admin.put_object(Bucket=bucket.name, Key=key, Body=b"#!/bin/sh\n", Metadata={"mode": mode})
+    mount(volume_config(workspace, bucket), workspace / "mnt")
+    root = workspace / "mnt" / "bucket"
+    assert {name: stat.S_IMODE(os.stat(root / name).st_mode) for name in ("plain.txt", "tool.sh", "rclone.sh")} == \
+        {"plain.txt": 0o444, "tool.sh": 0o555, "rclone.sh": 0o550}
 
 
 def test_read_only_volume_refuses_writes(any_mount):
