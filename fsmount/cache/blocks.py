@@ -27,6 +27,8 @@ import zlib
 
 import trio
 
+from fsmount.cache.background import run_in_background
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -91,17 +93,19 @@ class BlockCache:
                     os.unlink(path)
         self._db.execute("DELETE FROM blocks WHERE ready = 0")
 
-    async def read(self, name: str, offset: int, length: int, fetch, page_cache: bool = False) -> bytes | memoryview:
+    async def read(self, name: str, offset: int, length: int, fetch, page_cache: bool = False,
+                   background: bool = False) -> bytes | memoryview:
         """LENGTH bytes from OFFSET of block NAME (a view of them while the block is in memory); on a miss
         `await fetch()` gets the block's bytes.
         PAGE_CACHE: the block is for reads at random, so it is written through the kernel's page cache
-        and those reads find it in memory; a stream's blocks skip it (O_DIRECT costs less CPU)."""
+        and those reads find it in memory; a stream's blocks skip it (O_DIRECT costs less CPU).
+        BACKGROUND: no reader waits for the block; it is written at low priority and not kept in memory."""
         self._pins[name] += 1
         try:
             if name in self._verified and name not in self._fills:
                 self._touch(name)  # a block this process has checked: no index lookup
             else:
-                await self._ensure(name, fetch, page_cache)
+                await self._ensure(name, fetch, page_cache, background)
             if not length:  # a fill ahead of the reads
                 return b""
             fresh = self._fresh.get(name)
@@ -137,7 +141,7 @@ class BlockCache:
             return True
         return self._db.execute("SELECT 1 FROM blocks WHERE name = ? AND ready = 1", (name,)).fetchone() is not None
 
-    async def _ensure(self, name: str, fetch, page_cache: bool):
+    async def _ensure(self, name: str, fetch, page_cache: bool, background: bool):
         while True:
             filling = self._fills.get(name)
             if filling is not None:
@@ -150,7 +154,7 @@ class BlockCache:
                 return
             event = self._fills[name] = trio.Event()
             try:
-                await self._fill(name, await fetch(), page_cache)
+                await self._fill(name, await fetch(), page_cache, background)
             finally:
                 del self._fills[name]
                 event.set()
@@ -173,7 +177,7 @@ class BlockCache:
         self._remove(name, size)
         return False
 
-    async def _fill(self, name: str, data: bytes, page_cache: bool):
+    async def _fill(self, name: str, data: bytes, page_cache: bool, background: bool):
         self._make_room(len(data))
         self.size += len(data)
         if len(data) < _IN_INDEX_BELOW:
@@ -181,21 +185,23 @@ class BlockCache:
                              (name, len(data), zlib.crc32(data), time.time(), data))
             self._verified[name] = True
         else:
-            await self._fill_file(name, data, page_cache)
+            await self._fill_file(name, data, page_cache, background)
+        if background:
+            return
         self._fresh[name] = data
         self._fresh_size += len(data)
         while self._fresh_size > self._memory:
             self._fresh_size -= len(self._fresh.popitem(last=False)[1])
 
-    async def _fill_file(self, name: str, data: bytes, page_cache: bool):
+    async def _fill_file(self, name: str, data: bytes, page_cache: bool, background: bool):
         self._db.execute("INSERT OR REPLACE INTO blocks (name, size, crc, used, ready) VALUES (?, ?, 0, ?, 0)",
                          (name, len(data), time.time()))
         try:
             if len(data) <= _INLINE_WRITE:
                 crc = _write_atomically(self._path(name), data, 0)  # a small write: buffered costs little
             else:
-                crc = await trio.to_thread.run_sync(_write_atomically, self._path(name), data,
-                                                    0 if page_cache else self._direct)
+                write = run_in_background if background else trio.to_thread.run_sync
+                crc = await write(_write_atomically, self._path(name), data, 0 if page_cache else self._direct)
         except BaseException:
             self._remove(name, len(data))
             raise

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
+from fsmount.cache.background import run_in_background
 from fsmount.staging.area import CLOSED, DEFAULT_MODE, UPLOADED, StagedFile, StagingArea
 from fsmount.stores.base import NotFound, ObjectInfo
 from fsmount.volumes.base import AttrChanges, Attrs, FileHandle, Owner, Path
@@ -262,9 +263,9 @@ class WritableObjectVolume(ObjectVolume):
                     async def from_staging(offset=index * block_size):
                         if info.size <= _INLINE_READ:
                             return staged.read(offset, block_size)
-                        return await trio.to_thread.run_sync(staged.read, offset, block_size)
+                        return await run_in_background(staged.read, offset, block_size)
 
-                    await self.cache.read(self.block(info, index), 0, 0, from_staging)
+                    await self.cache.read(self.block(info, index), 0, 0, from_staging, background=True)
         except OSError as error:
             log.info("%s is uploaded, but its bytes did not go into the cache: %s", info.key, error)
         finally:
