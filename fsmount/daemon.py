@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from fsmount.cache.blocks import BlockCache
 from fsmount.cache.attributes import KnownAttributes
+from fsmount.cache.blocks import BlockCache
 from fsmount.config import Config, VolumeConfig
 from fsmount.fs.inodes import InodeTable
 from fsmount.fs.namespace import Namespace

@@ -21,9 +21,10 @@ import time
 
 import trio
 
+from fsmount.cache.attributes import KnownAttributes
 from fsmount.cache.blocks import BlockCache, block_name
 from fsmount.cache.metadata import ExpiringCache
-from fsmount.cache.attributes import KnownAttributes
+from fsmount.staging.area import DEFAULT_MODE
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, ObjectInfo, PreconditionFailed
 from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, Volume, rest_of_batch
@@ -106,8 +107,7 @@ class ObjectVolume(Volume):
         self.kernel_ttl = min(metadata_ttl, _KERNEL_TTL_MAX)
         self.read_ahead_blocks = max(1, read_ahead // cache.block_size)
         self.uid, self.gid = uid, gid
-        self._file_mode = 0o444 if read_only else 0o644
-        self._mode_mask = 0o7555 if read_only else 0o7777
+        self._mode_mask = 0o7555 if read_only else 0o7777  # a read-only volume shows no write bits
         self._dir_mode = 0o555 if read_only else 0o755
         self._started = time.time_ns()
         self._stats = ExpiringCache(metadata_ttl, _NAMES_KEPT)  # path -> info; None: a directory
@@ -157,7 +157,7 @@ class ObjectVolume(Volume):
     def _permissions(self, info: ObjectInfo) -> int:
         with contextlib.suppress(KeyError, ValueError):
             return parse_mode(self._kept(info)[MODE]) & self._mode_mask
-        return self._file_mode
+        return DEFAULT_MODE & self._mode_mask
 
     def _learn(self, info: ObjectInfo):
         """Keeps the time and mode the store gave with INFO for its version, on disk too where listings
