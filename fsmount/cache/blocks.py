@@ -55,6 +55,14 @@ def block_name(identity: str, key: str, version: str, index: int) -> str:
     return hashlib.sha256(f"{identity}\0{key}\0{version}\0{index}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
+@dataclasses.dataclass
+class _Fill:
+    """A block on its way into the cache: once fetched, its bytes are read from here while they are written."""
+    fetched: trio.Event = dataclasses.field(default_factory=trio.Event)
+    data: bytes | None = None
+    read_to_end: bool = False  # by a reader, which most likely is done with it
+
+
 class BlockCache:
     def __init__(self, directory: str, max_size: int, block_size: int, memory: int = 0):
         """MEMORY: bytes of the blocks filled last kept in memory."""
@@ -115,14 +123,18 @@ class BlockCache:
         BACKGROUND: no reader waits for the block; it is written at low priority and not kept in memory."""
         self._pins[name] += 1
         try:
-            in_flight = None
+            filling = None
             if name in self._verified and name not in self._fills:
                 self._touch(name)  # a block this process has checked: no index lookup
             else:
-                in_flight = await self._ensure(name, fetch, page_cache, background)
+                filling = await self._ensure(name, fetch, page_cache, background)
             if not length:  # a fill ahead of the reads
                 return b""
-            fresh = in_flight if in_flight is not None else self._fresh.get(name)
+            if filling is not None:
+                if offset + length >= len(filling.data):
+                    filling.read_to_end = True
+                return memoryview(filling.data)[offset:offset + length]
+            fresh = self._fresh.get(name)
             if fresh is not None:
                 if offset + length >= len(fresh):  # read to its end: most likely done with
                     self._forget_fresh(name)
@@ -155,15 +167,15 @@ class BlockCache:
             return True
         return self._db.execute("SELECT 1 FROM blocks WHERE name = ? AND ready = 1", (name,)).fetchone() is not None
 
-    async def _ensure(self, name: str, fetch, page_cache: bool, background: bool) -> bytes | None:
-        """Makes sure block NAME is in the cache. Its bytes if another task fetched them and is writing
-        them still: a reader need not wait for the disk."""
+    async def _ensure(self, name: str, fetch, page_cache: bool, background: bool) -> _Fill | None:
+        """Makes sure block NAME is in the cache. The fill of another task, if that task has the bytes
+        and is writing them still: a reader need not wait for the disk."""
         while True:
             filling = self._fills.get(name)
             if filling is not None:
                 await filling.fetched.wait()
                 if filling.data is not None:
-                    return filling.data
+                    return filling
                 continue  # its fetch failed: this reader tries
             row = self._db.execute("SELECT size, checksum, data IS NOT NULL FROM blocks WHERE name = ? AND ready = 1",
                                    (name,)).fetchone()
@@ -175,6 +187,8 @@ class BlockCache:
                 filling.data = await fetch()
                 filling.fetched.set()
                 await self._fill(name, filling.data, page_cache, background)
+                if not (background or filling.read_to_end):
+                    self._keep_fresh(name, filling.data)
             finally:
                 del self._fills[name]
                 filling.fetched.set()
@@ -206,8 +220,9 @@ class BlockCache:
             self._verified[name] = True
         else:
             await self._fill_file(name, data, page_cache, background)
-        if background:
-            return
+
+    def _keep_fresh(self, name: str, data: bytes):
+        """Keeps a block just filled in memory for the reads that wait for it; the oldest go first."""
         self._fresh[name] = data
         self._fresh_size += len(data)
         while self._fresh_size > self._memory:
@@ -269,13 +284,6 @@ class BlockCache:
             self._db.executemany("UPDATE blocks SET used = ? WHERE name = ?",
                                  [(used, name) for name, used in self._touched.items()])
             self._touched.clear()
-
-
-@dataclasses.dataclass
-class _Fill:
-    """A block on its way into the cache: once fetched, its bytes are read from here while they are written."""
-    fetched: trio.Event = dataclasses.field(default_factory=trio.Event)
-    data: bytes | None = None
 
 
 class _AlignedBuffers:
