@@ -142,6 +142,8 @@ class Daemon:
                     self.operations.after_init = lambda: nursery.start_soon(_raise_kernel_read_ahead, mountpoint)
                     await nursery.start(_terminate_on_signal)
                     await nursery.start(self.prefetcher.run)
+                    if self.cache is not None:
+                        await nursery.start(self.cache.write_behind)
                     for volume in self.volumes:
                         await volume.start(nursery)
                     if ready is not None:

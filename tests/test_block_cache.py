@@ -4,6 +4,7 @@ import sqlite3
 import threading
 import zlib
 
+import pytest
 import trio
 import trio.testing
 
@@ -178,8 +179,9 @@ async def test_small_blocks_are_evicted_within_the_bound(s3_bucket, tmp_path):
     assert fetches == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("fetched_by", ["a fill ahead of the reads", "the reader"])
 async def test_readers_of_a_block_being_written_get_its_bytes_without_waiting_for_the_disk(
-        s3_bucket, moto, tmp_path, monkeypatch):
+        fetched_by, s3_bucket, moto, tmp_path, monkeypatch):
     store, bucket = s3_bucket
     large = 1024 * 1024  # written on a worker thread, not inline
     data, info = await object_with_blocks(store, bucket, 1, large)
@@ -195,12 +197,18 @@ async def test_readers_of_a_block_being_written_get_its_bytes_without_waiting_fo
     name = block_name(store.identity, info.key, info.version, 0)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(cache.read, name, 0, 0, fetcher(store, info, 0, block=large))  # a fill ahead of reads
-            await trio.testing.wait_all_tasks_blocked()
+            await nursery.start(cache.write_behind)
+            if fetched_by != "the reader":
+                nursery.start_soon(cache.read, name, 0, 0, fetcher(store, info, 0, block=large))
+                await trio.testing.wait_all_tasks_blocked()
             with trio.fail_after(10):
                 assert await reader(cache, store, info, 0, block=large)() == data
             assert block_files(tmp_path) == []
             disk_free.set()
+            with trio.fail_after(10):
+                while not cache.checked(name):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
     finally:
         disk_free.set()
     assert len(block_files(tmp_path)) == 1 and gets(moto, bucket) == 1
