@@ -133,14 +133,12 @@ class BlockCache:
                 filling = await self._ensure(name, fetch, page_cache, background, reader=length > 0)
             if not length:  # a fill ahead of the reads
                 return b""
-            if filling is not None:
-                if offset + length >= len(filling.data):
-                    filling.read_to_end = True
-                return memoryview(filling.data)[offset:offset + length]
-            fresh = self._fresh.get(name)
+            fresh = filling.data if filling is not None else self._fresh.get(name)
             if fresh is not None:
                 if offset + length >= len(fresh):  # read to its end: most likely done with
                     self._forget_fresh(name)
+                    if filling is not None:
+                        filling.read_to_end = True
                 return memoryview(fresh)[offset:offset + length]  # a copy would cost a page fault a 4 KiB
             if self._verified[name]:
                 return self._db.execute("SELECT substr(data, ?, ?) FROM blocks WHERE name = ?",
