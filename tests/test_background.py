@@ -1,10 +1,12 @@
-"""The low-priority worker thread: results and errors come back to trio, and the work runs at nice 19."""
+"""Work in the background: bounded tasks, and the low-priority worker thread (results and errors come back, at nice 19)."""
 import os
 import threading
 
 import pytest
+import trio
+import trio.testing
 
-from fsmount.cache.background import run_in_background
+from fsmount.cache.background import BackgroundTasks, run_in_background
 
 
 async def test_work_runs_on_a_thread_of_its_own_at_the_lowest_priority():
@@ -16,3 +18,28 @@ async def test_work_runs_on_a_thread_of_its_own_at_the_lowest_priority():
 async def test_an_error_comes_back_to_the_caller():
     with pytest.raises(FileNotFoundError):
         await run_in_background(os.stat, "/no/such/path")
+
+
+async def test_tasks_beyond_the_limit_are_refused_not_queued_and_a_failure_frees_its_slot():
+    tasks = BackgroundTasks(2)
+    assert not tasks.start(trio.sleep_forever)  # not running yet
+    release, ran = trio.Event(), []
+
+    async def held():
+        await release.wait()
+        ran.append("held")
+
+    async def failing():
+        raise RuntimeError("a bug in a task")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tasks.run)
+        assert tasks.start(held) and tasks.start(held)
+        assert not tasks.start(held)
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran == ["held", "held"]
+        assert tasks.start(failing)
+        await trio.testing.wait_all_tasks_blocked()
+        assert tasks.start(held) and tasks.start(held)  # both slots free again, the nursery still running
+        nursery.cancel_scope.cancel()

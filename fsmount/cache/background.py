@@ -1,14 +1,62 @@
-"""A low-priority worker thread for work nobody waits on: the copy of a file just uploaded into the block cache.
+"""Work nobody waits on: bounded tasks that run for the daemon's life, and a low-priority worker thread.
 
-At normal priority that copy took the CPU from the requests that came next: 100 files of 16 KiB
-written right after `cp` of a 512 MiB file went at ~13.6 ms each, against ~10.1 ms 15 s later.
-At nice 19 the kernel serves those requests, and the store's server, first.
+The thread copies a file just uploaded into the block cache. At normal priority that copy took the CPU
+from the requests that came next: 100 files of 16 KiB written right after `cp` of a 512 MiB file went
+at ~13.6 ms each, against ~10.1 ms 15 s later. At nice 19 the kernel serves those requests, and the
+store's server, first.
 """
 import concurrent.futures
 import contextlib
+import logging
 import os
 
 import trio
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundTasks:
+    """A nursery that runs as long as the daemon, for tasks started by requests that do not wait on them.
+    At most LIMIT tasks hold a slot at a time; one that finds none is not started, never queued."""
+
+    def __init__(self, limit: int):
+        self.slots = trio.Semaphore(limit)
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED):
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def spawn(self, task):
+        """Runs TASK without a slot: its steps take slots of their own."""
+        if self._nursery is not None:
+            self._nursery.start_soon(_guarded, task)
+
+    def start(self, task) -> bool:
+        """Runs TASK in a slot if one is free now; False if none is, or if the tasks do not run."""
+        if self._nursery is None:
+            return False
+        try:
+            self.slots.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        self._nursery.start_soon(self._in_slot, task)
+        return True
+
+    async def _in_slot(self, task):
+        try:
+            await _guarded(task)
+        finally:
+            self.slots.release()
+
+
+async def _guarded(task):
+    try:
+        await task()
+    except Exception:  # work in the background must never take the daemon down
+        log.exception("a task in the background failed")
 
 
 def _lower_priority():

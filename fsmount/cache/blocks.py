@@ -30,7 +30,7 @@ import time
 import trio
 import xxhash
 
-from fsmount.cache.background import run_in_background
+from fsmount.cache.background import BackgroundTasks, run_in_background
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,7 @@ class BlockCache:
         self._fresh: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._fresh_size = 0
         self._memory = memory
-        self._behind: trio.Nursery | None = None  # where blocks are written behind their readers, while it runs
-        self._writes_behind = trio.Semaphore(_WRITES_BEHIND)
+        self._writes_behind = BackgroundTasks(_WRITES_BEHIND)
 
     def close(self):
         self._flush_touches()
@@ -191,8 +190,7 @@ class BlockCache:
                 filling.fetched.set()
                 raise
             filling.fetched.set()
-            if reader and self._room_behind():
-                self._behind.start_soon(self._write_behind, name, filling, page_cache)
+            if reader and self._writes_behind.start(functools.partial(self._write_behind, name, filling, page_cache)):
                 return filling
             await self._finish(name, filling, page_cache, background)
             return None
@@ -205,31 +203,16 @@ class BlockCache:
         finally:
             del self._fills[name]
 
-    def _room_behind(self) -> bool:
-        """Whether a block may be written behind its reader now; if so, it takes a place."""
-        if self._behind is None:
-            return False
-        try:
-            self._writes_behind.acquire_nowait()
-        except trio.WouldBlock:
-            return False
-        return True
-
     async def _write_behind(self, name: str, filling: _Fill, page_cache: bool):
         try:
             await self._finish(name, filling, page_cache, False)
         except Exception as error:  # its reader has its bytes; the next one fetches them again
             log.warning("cache block %s could not be written: %s", name, error, exc_info=not isinstance(error, OSError))
-        finally:
-            self._writes_behind.release()
 
     async def write_behind(self, task_status=trio.TASK_STATUS_IGNORED):
         """For as long as it runs, a reader that fetched a block is answered before the block is written
         (a 4 MiB object waited ~6 ms for its write); a few such writes at a time, so memory stays bounded."""
-        async with trio.open_nursery() as nursery:
-            self._behind = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        await self._writes_behind.run(task_status=task_status)
 
     async def _intact(self, name: str, size: int, checksum: int, in_index: bool) -> bool:
         if name in self._verified:

@@ -1,10 +1,10 @@
 """Background fills: the bounded Prefetcher, and DirectoryScans, which spots a directory's files opened in listing order."""
 import dataclasses
+import functools
 import logging
 import math
 
-import trio
-
+from fsmount.cache.background import BackgroundTasks
 from fsmount.cache.metadata import ExpiringCache
 
 log = logging.getLogger(__name__)
@@ -14,53 +14,28 @@ _SCAN_STEP = 8
 _SCAN_WINDOW = 32  # files fetched ahead of a scan at most
 
 
-class Prefetcher:
+class Prefetcher(BackgroundTasks):
     """Runs block fills in the background (read-ahead, whole objects), bounded so memory in flight stays flat."""
-
-    def __init__(self, max_fills: int):
-        self._slots = trio.Semaphore(max_fills)
-        self._nursery: trio.Nursery | None = None
 
     def spawn(self, task):
         """Runs TASK in the background; its fills go through `fill`, which waits for a slot."""
-        if self._nursery is not None:
-            self._nursery.start_soon(_in_background, task)
+        super().spawn(functools.partial(_quietly, task))
 
     async def fill(self, fill):
-        async with self._slots:
+        async with self.slots:
             return await fill()
-
-    async def run(self, task_status=trio.TASK_STATUS_IGNORED):
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
 
     def start(self, fill) -> bool:
         """Starts FILL unless every slot is busy (read-ahead is a hint, never a queue); False if not."""
-        if self._nursery is None:
-            return False
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            return False
-        self._nursery.start_soon(self._fill, fill)
-        return True
-
-    async def _fill(self, fill):
-        try:
-            await _in_background(fill)
-        finally:
-            self._slots.release()
+        return super().start(functools.partial(_quietly, fill))
 
 
-async def _in_background(task):
+async def _quietly(task):
+    """A fill that failed on the store's side is no news: its reader fetches the block again, and sees why."""
     try:
         await task()
     except OSError as error:
         log.debug("a background fill failed: %s", error)
-    except Exception:  # background work must never take the daemon down
-        log.exception("a background fill failed")
 
 
 @dataclasses.dataclass
