@@ -265,9 +265,13 @@ def _setup_logging(config: Config, options: MountOptions, foreground: bool) -> s
         handler = logging.FileHandler(log_file)
     if not isinstance(handler, logging.handlers.SysLogHandler):
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    level = logging.DEBUG if options.debug else logging.getLevelName(config.log_level.upper())
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if options.debug else config.log_level.upper())
+    # The libraries' own info and debug lines name every request, signatures and signed URLs among them
+    # (botocore's, urllib3's), or run to ~30 lines a request (Azure's): only their warnings are logged.
+    root.setLevel(max(level, logging.WARNING))
+    log.setLevel(level)
     if log_file and not foreground:
         print(f"fsmount: logging to {log_file}", file=sys.stderr)
     return log_file

@@ -314,6 +314,17 @@ def test_an_object_changed_while_its_pages_go_to_the_kernel_shows_only_its_new_b
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_even_the_debug_log_shows_no_signed_request_and_no_library_chatter(request, workspace, mount, kind):
+    bucket = new_bucket(request, kind, {"data/a.txt": b"a"})
+    daemon = mount(volume_config(workspace, bucket), workspace / "mnt", "-o", "debug")
+    root = workspace / "mnt" / "bucket"
+    assert os.listdir(root / "data") == ["a.txt"] and (root / "data" / "a.txt").read_bytes() == b"a"
+    logged = daemon.log()
+    for request_detail in ("Authorization", "Signature", "X-Amz-Credential", "sig=", "Request URL", "GET /"):
+        assert request_detail not in logged
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_store_that_goes_down_gives_eio_and_keeps_cached_bytes(workspace, mount, kind):
     server = serve(SERVER_SCRIPT_NAME[kind], workspace)
     try:
