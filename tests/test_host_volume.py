@@ -102,6 +102,27 @@ def test_times_set_by_tools_are_kept(host_tree):
     assert os.stat(target).st_mtime_ns == 1_577_934_245_000_000_789
 
 
+def test_hard_links_are_one_file_with_one_inode_number_and_a_true_link_count(host_tree):
+    mnt, links, _ = host_tree
+    first, second = mnt / "scratch" / "first", mnt / "scratch" / "second"
+    first.write_text("shared")
+    os.stat(first)  # the kernel has its attributes, with one link
+    os.link(first, second)
+    assert os.stat(first).st_nlink == 2 and os.stat(first).st_ino == os.stat(second).st_ino
+    os.chmod(second, 0o600)
+    assert stat.S_IMODE(os.stat(first).st_mode) == 0o600
+    os.link(links / "scratch" / "first", links / "scratch" / "third")  # made outside the mount
+    assert os.stat(mnt / "scratch" / "third").st_ino == os.stat(first).st_ino
+    assert os.stat(first).st_nlink == 3
+    os.unlink(first)
+    os.rename(second, mnt / "scratch" / "renamed")
+    assert (mnt / "scratch" / "renamed").read_text() == "shared"
+    assert os.stat(mnt / "scratch" / "third").st_nlink == 2
+    listed = subprocess.run(["du", "-b", "-s", "--apparent-size", str(mnt / "scratch")], check=True,
+                            capture_output=True, text=True).stdout
+    assert int(listed.split()[0]) < 2 * len("shared") + 4096  # du counts a file of two names once
+
+
 def test_rsync_round_trip_finds_nothing_to_change(host_tree, tmp_path):
     mnt, _, _ = host_tree
     source = tmp_path / "src"

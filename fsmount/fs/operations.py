@@ -96,10 +96,10 @@ class Operations(pyfuse3.Operations):
         self.inodes.remember(node)
         return self._entry(node, attrs)
 
-    def _child(self, parent: Node, name: str) -> Node:
+    def _child(self, parent: Node, name: str, attrs: Attrs) -> Node:
         if parent.entries is not None:
             return parent.entries[name]
-        return self.inodes.child(parent, name)
+        return self.inodes.child(parent, name, attrs)
 
     def _register(self, node: Node, handle) -> int:
         number = next(self._numbers)
@@ -128,7 +128,7 @@ class Operations(pyfuse3.Operations):
                 return negative
             return self._known(child, await self.namespace.attrs(child))
         attrs = await parent.volume.getattr(parent.path + (name,))
-        return self._known(self.inodes.child(parent, name), attrs)
+        return self._known(self.inodes.child(parent, name, attrs), attrs)
 
     async def forget(self, inode_list):
         for inode, count in inode_list:
@@ -189,7 +189,7 @@ class Operations(pyfuse3.Operations):
         position = max(start_id - 2, 0)
         while batch := await listing.entries(position):
             for entry in batch:
-                child = self._child(node, entry.name)
+                child = self._child(node, entry.name, entry.attrs)
                 if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), self._entry(child, entry.attrs), entry.offset + 2):
                     self.inodes.drop_if_unused(child)
                     return
@@ -231,7 +231,7 @@ class Operations(pyfuse3.Operations):
         volume = self._same_volume(node.parent, new_parent)
         new_name = os.fsdecode(new_name)
         attrs = await volume.link(node.path, new_parent.path + (new_name,))
-        return self._known(self.inodes.child(new_parent, new_name), attrs)
+        return self._known(self.inodes.linked(node, new_parent, new_name, attrs), attrs)
 
     @_errno_reply
     async def unlink(self, parent_inode, name, ctx):

@@ -21,11 +21,12 @@ class Attrs:
     atime_ns: int = 0
     mtime_ns: int = 0
     ctime_ns: int = 0
+    host_inode: tuple[int, int] | None = None  # (st_dev, st_ino) of a host file: its hard links share them
 
     @classmethod
     def from_stat(cls, st: os.stat_result) -> Attrs:
         return cls(st.st_mode, st.st_size, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
-                   st.st_blocks, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
+                   st.st_blocks, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, (st.st_dev, st.st_ino))
 
 
 @dataclass(frozen=True)
