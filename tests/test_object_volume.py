@@ -97,6 +97,20 @@ def test_cp_r_gives_identical_bytes(any_mount, tmp_path):
     assert (tmp_path / "copy" / "sub" / "small.csv").read_bytes() == OBJECTS["data/sub/small.csv"]
 
 
+def test_a_name_over_255_bytes_is_enametoolong_unless_an_object_has_it(workspace, moto, mount):
+    long_name = "l" * 300  # a key may hold one; no file system can make one
+    bucket = fill_bucket(moto, {f"dir/{long_name}": b"long"})
+    mount(s3_config(workspace, moto, bucket), workspace / "mnt")
+    root = workspace / "mnt" / "bucket"
+    assert (root / "dir" / long_name).read_bytes() == b"long"
+    for missing in (root / "dir" / ("m" * 256), workspace / "mnt" / ("m" * 256)):  # in a volume, above them
+        with pytest.raises(OSError) as error:
+            os.stat(missing)
+        assert error.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(FileNotFoundError):
+        os.stat(root / "dir" / ("m" * 255))
+
+
 def test_files_opened_in_listing_order_are_fetched_ahead_once_each(workspace, moto, mount):
     files = {f"scan/file-{index:02d}": os.urandom(3000 + index) for index in range(40)}
     bucket = fill_bucket(moto, {**files, "scan/sub/inner.txt": b"inner"})

@@ -157,6 +157,23 @@ def test_mkdir_rmdir_and_unlink(rw):
         os.unlink(root / "dir")
 
 
+def test_a_directory_s_time_moves_when_a_name_in_it_is_made_or_removed_here(rw):
+    root, _, _ = rw
+    os.mkdir(root / "timed")
+    os.mkdir(root / "other")
+    times = [os.stat(root / "timed").st_mtime_ns]
+    for change in (lambda: (root / "timed" / "f").write_bytes(b"x"), lambda: os.mkdir(root / "timed" / "sub"),
+                   lambda: os.rename(root / "timed" / "f", root / "other" / "f"), lambda: os.rmdir(root / "timed" / "sub")):
+        time.sleep(0.01)
+        change()
+        times.append(os.stat(root / "timed").st_mtime_ns)
+        assert os.stat(root / "timed").st_ctime_ns == times[-1]
+    assert times == sorted(set(times))  # each change moved it on
+    (root / "other" / "f").write_bytes(b"new bytes")  # a file's contents are no change to its directory
+    assert os.stat(root / "timed").st_mtime_ns == times[-1]
+    assert os.stat(root / "other").st_mtime_ns > times[2]  # the rename's other side
+
+
 def test_rename_a_file_replaces_the_target(rw):
     root, bucket, _ = rw
     (root / "target").write_bytes(b"to be replaced")

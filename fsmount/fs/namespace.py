@@ -5,7 +5,7 @@ import stat
 import time
 
 from fsmount.fs.inodes import InodeTable, Node
-from fsmount.volumes.base import Attrs, DirEntry, DirHandle, Path, Volume
+from fsmount.volumes.base import NAME_MAX, Attrs, DirEntry, DirHandle, Path, Volume
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Namespace:
             total = free = avail = _UNBOUNDED_BYTES
             files = ffree = _UNBOUNDED_BYTES // _STATFS_BLOCK
         return {
-            "f_bsize": _STATFS_BLOCK, "f_frsize": _STATFS_BLOCK, "f_namemax": 255,
+            "f_bsize": _STATFS_BLOCK, "f_frsize": _STATFS_BLOCK, "f_namemax": NAME_MAX,
             "f_blocks": total // _STATFS_BLOCK, "f_bfree": free // _STATFS_BLOCK, "f_bavail": avail // _STATFS_BLOCK,
             "f_files": files, "f_ffree": ffree, "f_favail": ffree,
         }

@@ -11,7 +11,7 @@ import trio
 
 from fsmount.fs.inodes import InodeTable, Node
 from fsmount.fs.namespace import Namespace
-from fsmount.volumes.base import Attrs, AttrChanges, DirHandle, FileHandle, Owner
+from fsmount.volumes.base import NAME_MAX, Attrs, AttrChanges, DirHandle, FileHandle, Owner
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +118,24 @@ class Operations(pyfuse3.Operations):
     @_errno_reply
     async def lookup(self, parent_inode, name, ctx):
         parent = self.inodes[parent_inode]
+        too_long = len(name) > NAME_MAX  # the kernel passes names of up to 1024 bytes
         name = os.fsdecode(name)
         if parent.entries is not None:
             child = parent.entries.get(name)
             if child is None:
+                if too_long:
+                    raise OSError(errno.ENAMETOOLONG, "name too long")
                 negative = pyfuse3.EntryAttributes()
                 negative.st_ino = 0
                 negative.entry_timeout = _VIRTUAL_TIMEOUT
                 return negative
             return self._known(child, await self.namespace.attrs(child))
-        attrs = await parent.volume.getattr(parent.path + (name,))
+        try:
+            attrs = await parent.volume.getattr(parent.path + (name,))
+        except OSError as error:
+            if too_long and error.errno == errno.ENOENT:  # an object's name may be longer, and is found
+                raise OSError(errno.ENAMETOOLONG, "name too long") from None
+            raise
         return self._known(self.inodes.child(parent, name, attrs), attrs)
 
     async def forget(self, inode_list):

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 Path = tuple[str, ...]  # names below the volume's root; () is the root
+NAME_MAX = 255  # bytes in a name, as statfs says: no longer name can be made, so none is found (ENAMETOOLONG)
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class ObjectVolume(Volume):
         self._mode_mask = 0o7555 if read_only else 0o7777  # a read-only volume shows no write bits
         self._dir_mode = 0o555 if read_only else 0o755
         self._started = time.time_ns()
+        self._changed = ExpiringCache(math.inf, _NAMES_KEPT)  # directory -> when this daemon last changed its entries
         self._stats = ExpiringCache(metadata_ttl, _NAMES_KEPT)  # path -> info; None: a directory
         self._missing = ExpiringCache(_NEGATIVE_TTL, _NAMES_KEPT)
         self._listings = ExpiringCache(metadata_ttl, _LISTINGS_KEPT)  # path -> [(name, info)], sorted by name
@@ -134,10 +135,12 @@ class ObjectVolume(Volume):
     def _dir_prefix(self, path: Path) -> str:
         return self._key(path) + "/" if path else self.prefix
 
-    def _attrs(self, info: ObjectInfo | None) -> Attrs:
+    def _attrs(self, info: ObjectInfo | None, path: Path) -> Attrs:
+        """The attributes of the object INFO at PATH, or of the directory PATH (INFO None)."""
         if info is None:
+            changed = self._changed.get(path, self._started)
             return Attrs(stat.S_IFDIR | self._dir_mode, nlink=2, uid=self.uid, gid=self.gid,
-                         atime_ns=self._started, mtime_ns=self._started, ctime_ns=self._started)
+                         atime_ns=self._started, mtime_ns=changed, ctime_ns=changed)
         mtime = self._mtime_ns(info)
         if info.link_target is not None:
             return Attrs(stat.S_IFLNK | 0o777, size=len(os.fsencode(info.link_target)), uid=self.uid, gid=self.gid,
@@ -217,7 +220,7 @@ class ObjectVolume(Volume):
         raise NotFound(self._key(path))
 
     async def getattr(self, path: Path) -> Attrs:
-        return self._attrs(await self._lookup(path))
+        return self._attrs(await self._lookup(path), path)
 
     async def opendir(self, path: Path) -> DirHandle:
         if await self._lookup(path) is not None:
@@ -363,6 +366,10 @@ class ObjectVolume(Volume):
             entries.insert(position, (path[-1], info))
         self._listings.update(path[:-1], entries)
 
+    def entries_changed(self, directory: Path):
+        """This daemon made or removed a name in DIRECTORY: its mtime and ctime are now (kept in memory only)."""
+        self._changed.put(directory, time.time_ns())
+
     def local_entries(self, path: Path) -> dict[str, ObjectInfo]:
         """Files of directory PATH that only this daemon knows yet, as they are now (staged ones)."""
         return {}
@@ -408,7 +415,7 @@ class _ObjectListing(DirHandle):
 
     async def entries(self, offset: int) -> list[DirEntry]:
         if self._cached is not None:
-            return [DirEntry(name, self.volume._attrs(info), index) for index, (name, info)
+            return [DirEntry(name, self.volume._attrs(info, self.path + (name,)), index) for index, (name, info)
                     in enumerate(self._cached[offset:offset + _BATCH], start=offset + 1)]
         rest = rest_of_batch(self._batch, offset)
         if rest is not None:
@@ -438,7 +445,7 @@ class _ObjectListing(DirHandle):
         entries = []
         for name, info in self._unlisted({name for name, _ in self._seen}):
             self._position += 1
-            entries.append(DirEntry(name, self.volume._attrs(info), self._position))
+            entries.append(DirEntry(name, self.volume._attrs(info, self.path + (name,)), self._position))
         return entries
 
     async def _next_page(self) -> list[DirEntry] | None:
@@ -462,7 +469,8 @@ class _ObjectListing(DirHandle):
                 continue
             self.volume._remember(self.path + (name,), named[name])
             self._seen.append((name, named[name]))
-            entries.append(DirEntry(name, self.volume._attrs(self._local.get(name, named[name])), self._position))
+            attrs = self.volume._attrs(self._local.get(name, named[name]), self.path + (name,))
+            entries.append(DirEntry(name, attrs, self._position))
         return entries
 
 
@@ -522,7 +530,7 @@ class _ObjectFile(FileHandle):
         self._window = min(self._window * 2, self.volume.read_ahead_blocks)
 
     async def getattr(self) -> Attrs:
-        return self.volume._attrs(self.info)
+        return self.volume._attrs(self.info, self.path)
 
     async def release(self):
         pass

@@ -29,7 +29,7 @@ import trio
 from fsmount.cache.background import run_in_background
 from fsmount.staging.area import CLOSED, DEFAULT_MODE, UPLOADED, StagedFile, StagingArea
 from fsmount.stores.base import NotFound, ObjectInfo
-from fsmount.volumes.base import AttrChanges, Attrs, FileHandle, Owner, Path
+from fsmount.volumes.base import NAME_MAX, AttrChanges, Attrs, FileHandle, Owner, Path
 from fsmount.volumes.objects import MODE, MTIME, ObjectVolume, format_mode, format_mtime
 from fsmount.volumes.streaming import PartStream
 
@@ -41,7 +41,6 @@ _RENAME_PARALLEL = 8  # server-side copies at once while a directory is renamed
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _INLINE_READ = 256 * 1024  # smaller staged files are read into the cache on the event loop
-_NAME_MAX = 255  # bytes in a name, as statvfs says
 _KEY_MAX = 1024  # bytes in a key: S3's, Azure's and GCS's bound alike
 _ABSENT = object()
 
@@ -127,6 +126,8 @@ class WritableObjectVolume(ObjectVolume):
             raise OSError(errno.EEXIST, "exists")
         kept_mode = mode & 0o7777 if existing is _ABSENT else self._permissions(existing)  # an existing file keeps its
         staged = await self.stage(path, None, mode=kept_mode)
+        if existing is _ABSENT:
+            self.entries_changed(path[:-1])
         if staged.size:
             staged.truncate(0)
         self._missing.pop(path)
@@ -293,7 +294,8 @@ class WritableObjectVolume(ObjectVolume):
         self._remember(path, None)
         self.relist(path, None)
         self.remember_listing(path, [])  # so the names made in it next need no request to be found new
-        return self._attrs(None)
+        self.entries_changed(path[:-1])
+        return self._attrs(None, path)
 
     async def mknod(self, path: Path, mode: int, rdev: int, owner: Owner) -> Attrs:
         if not stat.S_ISREG(mode):
@@ -309,7 +311,7 @@ class WritableObjectVolume(ObjectVolume):
         """The key of a name to be made at PATH, with SUFFIX (a marker's "/"): ENAMETOOLONG for a name or
         a key longer than may be."""
         key = self._key(path) + suffix
-        if len(os.fsencode(path[-1])) > _NAME_MAX or len(os.fsencode(key)) > _KEY_MAX:
+        if len(os.fsencode(path[-1])) > NAME_MAX or len(os.fsencode(key)) > _KEY_MAX:
             raise OSError(errno.ENAMETOOLONG, "a name is at most 255 bytes, an object's key 1024")
         return key
 
@@ -352,6 +354,7 @@ class WritableObjectVolume(ObjectVolume):
             await self.store.delete(key)
 
     def _forget(self, path: Path):
+        self.entries_changed(path[:-1])
         self._stats.pop(path)
         self._missing.put(path, True)
         self.relist(path)
@@ -374,6 +377,8 @@ class WritableObjectVolume(ObjectVolume):
             if target not in (None, _ABSENT):
                 raise OSError(errno.ENOTDIR, "not a directory")
             await self._rename_directory(path, new_path, target is None)
+        self.entries_changed(path[:-1])
+        self.entries_changed(new_path[:-1])
 
     async def _rename_file(self, path: Path, new_path: Path):
         replaced = self._staged.pop(new_path, None)
@@ -555,7 +560,7 @@ class _WritableFile(FileHandle):
     async def getattr(self) -> Attrs:
         if self.staged is None:
             return await self.reader.getattr()
-        return self.volume._attrs(self.volume._staged_info(self.staged))
+        return self.volume._attrs(self.volume._staged_info(self.staged), self.path)
 
     async def release(self):
         if self.staged is not None:
