@@ -11,7 +11,8 @@ Where POSIX and an object store part ways (README, "Writing", says the same to u
 - Renaming a file is a server-side copy and a delete; renaming a directory does that for each
   object under it, up to `rename_limit` objects, and fails with EXDEV above it, so `mv` copies.
 - A file's times and mode (chmod, or the mode it was created with) are kept in its `mtime` and `mode`
-  metadata; a directory's are not (a prefix has no metadata); chown succeeds and changes nothing.
+  metadata; a directory's are not (a prefix has no metadata), but its times move, in memory, when this
+  daemon makes or removes a name in it; chown succeeds and changes nothing.
 - Symbolic and hard links, FIFOs and devices cannot be made (EPERM).
 - A name of over 255 bytes, or one that would make a key of over 1024, cannot be made (ENAMETOOLONG).
 - A directory made here is a marker object (`dir/`); an implicit directory (a prefix) goes away
