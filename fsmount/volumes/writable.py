@@ -434,9 +434,13 @@ class WritableObjectVolume(ObjectVolume):
                 async with limit:
                     await self._delete(key)
 
-            for step in (copy, delete):
+            # Markers go first, as mkdir made them: SeaweedFS lists no key for a marker put into a directory
+            # that copying an object into it has made already.
+            markers = [key for key in keys if key.endswith("/")]
+            objects = [key for key in keys if not key.endswith("/")]
+            for step, group in ((copy, markers), (copy, objects), (delete, keys)):
                 async with trio.open_nursery() as nursery:
-                    for key in keys:
+                    for key in group:
                         nursery.start_soon(step, key)
             for staged_path, staged in moving:
                 moved = new_path + staged_path[len(path):]
