@@ -22,7 +22,7 @@ from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
 from fsmount.staging.area import StagingArea
 from fsmount.stores.aio import TrioStore, asyncio_loop
-from fsmount.stores.sources import store_for
+from fsmount.stores.sources import Stores
 from fsmount.volumes.base import Volume
 from fsmount.volumes.host import HostVolume
 from fsmount.volumes.objects import ObjectVolume
@@ -100,6 +100,7 @@ class Daemon:
         self.cache: BlockCache | None = None
         self.known_attributes: KnownAttributes | None = None
         self.staging: StagingArea | None = None
+        self.stores = Stores(config.cache.dir)
         self.prefetcher = Prefetcher(max(2, _READ_AHEAD_MEMORY // config.cache.block_size))
         volumes = []
         for volume in config.volumes:
@@ -115,7 +116,7 @@ class Daemon:
             self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY)
             self.known_attributes = KnownAttributes(cache.dir)
         source = volume.objects
-        store = TrioStore(store_for(source, cache.dir))
+        store = TrioStore(self.stores.store_for(source))
         metadata_ttl = math.inf if source.immutable else cache.metadata_ttl
         shared = dict(cache=self.cache, known_attributes=self.known_attributes, prefetcher=self.prefetcher,
                       metadata_ttl=metadata_ttl,

@@ -40,7 +40,7 @@ from make_demo_data import AZURITE_ACCOUNT, AZURITE_KEY  # noqa: E402
 from fsmount.credentials import AzureCredentials, GcsCredentials  # noqa: E402
 from fsmount.stores.azure import AzureStore  # noqa: E402
 from fsmount.stores.gcs import GcsStore  # noqa: E402
-from fsmount.stores.s3 import S3Store  # noqa: E402
+from fsmount.stores.s3 import S3Endpoint, S3Store  # noqa: E402
 
 BUCKET = "bench"
 KEY, SECRET = "bench", "bench"
@@ -143,7 +143,7 @@ class SeaweedFS(Server):
             aws_secret_access_key=SECRET).create_bucket(Bucket=BUCKET)
 
     def make_store(self):
-        return S3Store(BUCKET, endpoint=self.url, key=KEY, secret=SECRET)
+        return S3Store(BUCKET, S3Endpoint(self.url, key=KEY, secret=SECRET))
 
     def fsmount_volume(self) -> str:
         return f"""credentials {{ s3: [ {{ bucket: {BUCKET}, key: {KEY}, secret: {SECRET} }} ] }}

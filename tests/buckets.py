@@ -9,7 +9,7 @@ from fsmount.credentials import AzureCredentials, GcsCredentials
 from fsmount.stores.azure import AzureStore
 from fsmount.stores.base import Store
 from fsmount.stores.gcs import GcsStore
-from fsmount.stores.s3 import S3Store
+from fsmount.stores.s3 import S3Endpoint, S3Store
 from servers import AZURITE_ACCOUNT, AZURITE_KEY, Server, azure_admin, azurite_endpoint, gcs_create_bucket, s3_admin
 
 KINDS = ["s3", "azure", "gcs"]  # and "seaweedfs": S3 again, from a server with directories of its own, where a key
@@ -76,7 +76,7 @@ class S3Bucket(Bucket):
         return [entry["Key"] for entry in self.admin.list_objects_v2(Bucket=self.name).get("Contents", [])]
 
     def store(self):
-        return S3Store(self.name, endpoint=self.server.url, key="test", secret="test")
+        return S3Store(self.name, S3Endpoint(self.server.url, key="test", secret="test"))
 
     def config(self, extra="", url=None, volume="bucket"):
         return f"""credentials {{ s3: [ {{ bucket: {self.name}, key: test, secret: test }} ] }}

@@ -9,6 +9,7 @@ from conftest import FSMOUNT, write_config
 from fsmount.config import ConfigError, load_config
 from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials, choose_azure_credentials,
                                  choose_gcs_credentials, choose_s3_credentials, parse_connection_string)
+from fsmount.stores.sources import Stores
 
 ENTRIES = [
     S3Credentials(host="127.0.0.1:9000", key="minio-key", secure=False),
@@ -57,6 +58,23 @@ def test_endpoint_key_and_aws_default(tmp_path):
     assert (source.bucket, source.prefix, source.endpoint) == ("b", "p/", "https://s3.example.org:8443")
     aws = s3_volume(tmp_path, 'volumes { d { source: "s3://b" } }')
     assert aws.endpoint is None and aws.credentials.use_credentials_chain
+
+
+def test_s3_volumes_of_one_server_and_one_key_share_an_endpoint_sized_for_the_largest(tmp_path):
+    config = load_config(str(write_config(tmp_path, """
+        credentials { s3: [ { bucket: other-key, key: k2, secret: s }, { key: k1, secret: s } ] }
+        volumes {
+            a { source: "s3://one/", endpoint: "http://127.0.0.1:9000" }
+            b { source: "s3://two/p/", endpoint: "http://127.0.0.1:9000", max_connections: 64 }
+            c { source: "s3://other-key/", endpoint: "http://127.0.0.1:9000" }
+            d { source: "s3://one/", endpoint: "http://127.0.0.1:9001" }
+        }
+    """)))
+    stores = Stores(str(tmp_path / "cache"))
+    a, b, c, d = (stores.store_for(volume.objects) for volume in config.volumes)
+    assert a.endpoint is b.endpoint and a.endpoint.max_connections == 64
+    assert c.endpoint is not a.endpoint and d.endpoint is not a.endpoint
+    assert (c.endpoint.max_connections, d.endpoint.max_connections) == (32, 32)
 
 
 def test_check_never_prints_a_secret(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import trio_asyncio
 
 from fsmount.stores.aio import TrioStore
-from fsmount.stores.s3 import S3Store
+from fsmount.stores.s3 import S3Endpoint, S3Store
 from test_store_contract import AWKWARD_KEYS
 
 NOW = datetime.datetime(2026, 11, 22, 12, 0, 0)
@@ -22,7 +22,7 @@ async def test_a_read_url_is_the_one_botocore_presigns(monkeypatch, endpoint, re
     client = botocore.session.get_session().create_client("s3", config=botocore.config.Config(
         signature_version="s3v4", s3={"addressing_style": "path" if endpoint else "auto"}), **arguments)
     async with trio_asyncio.open_loop():
-        store = TrioStore(S3Store("my-bucket", endpoint=endpoint, region=region, key="AKIDEXAMPLE", secret="secret"))
+        store = TrioStore(S3Store("my-bucket", S3Endpoint(endpoint, region, "AKIDEXAMPLE", "secret")))
         await store.open()
         try:
             for key in ["plain/key.bin", *AWKWARD_KEYS]:

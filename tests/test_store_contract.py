@@ -11,7 +11,7 @@ import trio_asyncio
 from conftest import open_bucket
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, PreconditionFailed, Unavailable
-from fsmount.stores.s3 import S3Store
+from fsmount.stores.s3 import S3Endpoint, S3Store
 
 PART = 5 * 2**20  # the smallest part S3 accepts
 
@@ -169,7 +169,7 @@ async def test_listing_without_a_delimiter_goes_deep(store):
 
 async def test_a_server_that_is_down_gives_unavailable():
     async with trio_asyncio.open_loop():
-        down = TrioStore(S3Store("bucket", endpoint="http://127.0.0.1:9", key="test", secret="test"))
+        down = TrioStore(S3Store("bucket", S3Endpoint("http://127.0.0.1:9", key="test", secret="test")))
         await down.open()
         try:
             with pytest.raises(Unavailable) as error:

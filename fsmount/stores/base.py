@@ -97,7 +97,7 @@ class Store(abc.ABC):
     content_addressed = False  # True: a version names the bytes wherever they are (IPFS's CIDs), so caches key by it alone
     part_size = 8 * 2**20  # of uploads in parts, unless the config names one
     lists_metadata = True  # False: listings show no object's metadata (S3's), only a request per key does
-    fetcher: "RangeFetcher"  # the connection pool its signed requests go through; each store makes its own
+    fetcher: "RangeFetcher"  # the connection pool its signed requests go through
 
     @property
     @abc.abstractmethod

@@ -17,13 +17,13 @@ import asyncio
 import collections
 import contextlib
 import datetime
+import functools
 import threading
 import time
 import urllib.parse
 
 import botocore.auth
 import botocore.awsrequest
-import botocore.config
 import botocore.credentials
 import botocore.exceptions
 import botocore.session
@@ -73,56 +73,103 @@ def _parse_timestamp(text: str) -> datetime.datetime:
         return botocore.utils.parse_timestamp(text)
 
 
+@functools.cache
+def _session():
+    """The botocore session every S3 client is made in: each session parses S3's service model, ~13 MiB of the
+    daemon's memory, so one for each volume (and a second for presigning) held two S3 volumes at ~108 MiB idle."""
+    session = get_session()
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
+    return session
+
+
 def _info(key: str, size: int, etag: str, modified, metadata=None) -> ObjectInfo:
     return ObjectInfo(key, size, etag, int(modified.timestamp() * 1e9), dict(metadata or {}))
+
+
+class S3Endpoint:
+    """An S3 server as one set of credentials reaches it: the client and the connection pool that the stores of its
+    buckets share, opened with the first of them and closed with the last."""
+
+    def __init__(self, url: str | None = None, region: str | None = None, key: str | None = None,
+                 secret: str | None = None, verify: bool | str = True, max_connections: int = 32):
+        """URL None: AWS. KEY and SECRET None: botocore's default chain (env, files, instance metadata)."""
+        self.url = url
+        self.max_connections = max_connections  # may grow until the first store opens
+        self._client_args = dict(endpoint_url=url, region_name=region or "us-east-1", verify=verify,
+                                 aws_access_key_id=key, aws_secret_access_key=secret)
+        self._verify = verify
+        self._stores = 0
+        self._client_context = None
+        self.client = None
+        self.fetcher: RangeFetcher | None = None
+        self.credentials = None  # for presigning in worker threads: refreshed there, without the event loop
+        self._operations: dict[str, tuple[str, dict]] = {}  # operation -> (method, {param: (location, name)})
+
+    async def open(self):
+        self._stores += 1
+        if self._stores > 1:
+            return
+        config = AioConfig(signature_version="s3v4", max_pool_connections=self.max_connections, connect_timeout=5,
+                           read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
+                           s3={"addressing_style": "path" if self.url else "auto"})
+        self.fetcher = RangeFetcher(self.max_connections, self._verify)
+        self._client_context = _session().create_client("s3", config=config, **self._client_args)
+        self.client = await self._client_context.__aenter__()
+        key, secret = self._client_args["aws_access_key_id"], self._client_args["aws_secret_access_key"]
+        self.credentials = botocore.credentials.Credentials(key, secret) if key else \
+            botocore.session.get_session().get_credentials()
+
+    async def close(self):
+        self._stores -= 1
+        if self._stores == 0:
+            self.fetcher.close()
+            await self._client_context.__aexit__(None, None, None)
+            self._client_context = self.client = None
+
+    def operation(self, operation: str) -> tuple[str, dict[str, tuple[str | None, str]]]:
+        """OPERATION's HTTP method, and where each of its parameters goes in a request: (location, name)."""
+        if operation not in self._operations:
+            meta = self.client.meta
+            model = meta.service_model.operation_model(meta.method_to_api_mapping[operation])
+            self._operations[operation] = (model.http["method"], {
+                name: (shape.serialization.get("location"), shape.serialization.get("name", name))
+                for name, shape in model.input_shape.members.items()})
+        return self._operations[operation]
 
 
 class S3Store(Store):
     lists_metadata = False
 
-    def __init__(self, bucket: str, endpoint: str | None = None, region: str | None = None,
-                 key: str | None = None, secret: str | None = None, verify: bool | str = True,
-                 max_connections: int = 32, extra_args: dict | None = None):
-        """KEY and SECRET None: botocore's default chain (env, files, instance metadata)."""
+    def __init__(self, bucket: str, endpoint: S3Endpoint, extra_args: dict | None = None):
         self.bucket = bucket
         self.endpoint = endpoint
-        self._client_args = dict(endpoint_url=endpoint, region_name=region or "us-east-1", verify=verify,
-                                 aws_access_key_id=key, aws_secret_access_key=secret)
-        self._config = dict(signature_version="s3v4", max_pool_connections=max_connections, connect_timeout=5,
-                            read_timeout=60,
-                            retries={"max_attempts": 3, "mode": "standard"},
-                            s3={"addressing_style": "path" if endpoint else "auto"})
         self._extra_args = dict(extra_args or {})
-        self.fetcher = RangeFetcher(max_connections, verify)
-        self._client_context = None
         self._client = None
-        self._sync = None
-        self._credentials = None
-        self._signing: tuple[str, str, str] | None = None  # (where keys' URLs start, region, service)
-        self._operations: dict[str, tuple[str, dict]] = {}  # operation -> (method, {param: (location, name)})
+        self._signing: tuple[str, str, str] = ("", "", "")  # where keys' URLs start, and the region and service
         self._urls_lock = threading.Lock()
         self._urls: collections.OrderedDict[tuple[str, str | None], tuple[float, str]] = collections.OrderedDict()
 
     @property
     def identity(self) -> str:
-        return f"s3:{self.endpoint or 'aws'}/{self.bucket}"
+        return f"s3:{self.endpoint.url or 'aws'}/{self.bucket}"
+
+    @property
+    def fetcher(self) -> RangeFetcher:
+        return self.endpoint.fetcher
 
     async def open(self):
-        session = get_session()
-        session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
-        self._client_context = session.create_client("s3", config=AioConfig(**self._config), **self._client_args)
-        self._client = await self._client_context.__aenter__()
-        sync_session = botocore.session.get_session()
-        self._sync = sync_session.create_client("s3", config=botocore.config.Config(**self._config), **self._client_args)
-        key, secret = self._client_args["aws_access_key_id"], self._client_args["aws_secret_access_key"]
-        self._credentials = botocore.credentials.Credentials(key, secret) if key else sync_session.get_credentials()
+        await self.endpoint.open()
+        self._client = self.endpoint.client
+        if self.endpoint.credentials is not None:  # else every request is refused, as signing it fails
+            probe = await self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": _PROBE})
+            url, _, query = probe.partition("?")
+            *_, region, service, _ = urllib.parse.parse_qs(query)["X-Amz-Credential"][0].split("/")
+            self._signing = (url.removesuffix(_PROBE), region, service)
 
     async def close(self):
-        self.fetcher.close()
-        if self._client_context is not None:
-            await self._client_context.__aexit__(None, None, None)
-            self._sync.close()
-            self._client_context = self._client = self._sync = None
+        if self._client is not None:
+            self._client = None
+            await self.endpoint.close()
 
     def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
         if version.startswith(_VERSION_ID):  # a version id names bytes that never change
@@ -178,13 +225,8 @@ class S3Store(Store):
     def _presign(self, operation: str, params: dict) -> tuple[str, dict[str, str]]:
         """The URL of OPERATION with PARAMS, presigned as the client's `generate_presigned_url` would, and
         the headers the request must carry, as the signature covers them."""
-        if self._signing is None:
-            probe = self._sync.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": _PROBE})
-            url, _, query = probe.partition("?")
-            *_, region, service, _ = urllib.parse.parse_qs(query)["X-Amz-Credential"][0].split("/")
-            self._signing = (url.removesuffix(_PROBE), region, service)
         base, region, service = self._signing
-        method, members = self._operation(operation)
+        method, members = self.endpoint.operation(operation)
         headers, query = {}, {}
         for name, value in params.items():
             location, serialized = members[name]
@@ -196,18 +238,10 @@ class S3Store(Store):
                 query[serialized] = str(value)
         request = botocore.awsrequest.AWSRequest(
             method, base + botocore.utils.percent_encode(params["Key"], safe="/~"), headers=dict(headers), params=query)
-        credentials = self._credentials.get_frozen_credentials() if self._credentials is not None else None
+        credentials = self.endpoint.credentials
+        credentials = credentials.get_frozen_credentials() if credentials is not None else None
         botocore.auth.S3SigV4QueryAuth(credentials, service, region, expires=_URL_LIFETIME).add_auth(request)
         return request.prepare().url, headers
-
-    def _operation(self, operation: str) -> tuple[str, dict[str, tuple[str | None, str]]]:
-        """OPERATION's HTTP method, and where each of its parameters goes in a request: (location, name)."""
-        if operation not in self._operations:
-            model = self._sync.meta.service_model.operation_model(self._sync.meta.method_to_api_mapping[operation])
-            self._operations[operation] = (model.http["method"], {
-                name: (shape.serialization.get("location"), shape.serialization.get("name", name))
-                for name, shape in model.input_shape.members.items()})
-        return self._operations[operation]
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         with _errors(f"CREATE MULTIPART {key}"):

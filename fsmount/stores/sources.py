@@ -4,34 +4,55 @@ Each client's module is imported when a volume needs it: the Azure and Google SD
 ~22 MiB to the daemon's RSS, which a tree without such volumes should not pay.
 """
 import os
+from typing import TYPE_CHECKING
 
 from fsmount.config import AzureSource, GcsSource, IpfsSource, ObjectSource, S3Source, UrlSource
 from fsmount.stores.base import Store
 
+if TYPE_CHECKING:
+    from fsmount.stores.s3 import S3Endpoint
 
-def store_for(source: ObjectSource, cache_dir: str) -> Store:
-    """CACHE_DIR: the block cache's, beside which a store may keep files of its own."""
-    if isinstance(source, S3Source):
-        from fsmount.stores.s3 import S3Store
+
+class Stores:
+    """Makes the stores of a tree's volumes. The S3 volumes of one server with one set of credentials share a client and
+    a connection pool, as large as the largest `max_connections` among them."""
+
+    def __init__(self, cache_dir: str):
+        """CACHE_DIR: the block cache's, beside which a store may keep files of its own."""
+        self._cache_dir = cache_dir
+        self._s3_endpoints: dict[tuple, "S3Endpoint"] = {}
+
+    def store_for(self, source: ObjectSource) -> Store:
+        if isinstance(source, S3Source):
+            from fsmount.stores.s3 import S3Store
+            return S3Store(source.bucket, self._s3_endpoint(source), extra_args=source.extra_args)
+        if isinstance(source, AzureSource):
+            from fsmount.stores.azure import AzureStore
+            return AzureStore(source.account, source.bucket, source.credentials, endpoint=source.endpoint,
+                              max_connections=source.max_connections)
+        if isinstance(source, GcsSource):
+            from fsmount.stores.gcs import GcsStore
+            return GcsStore(source.bucket, source.credentials, endpoint=source.endpoint,
+                            max_connections=source.max_connections)
+        if isinstance(source, UrlSource):
+            from fsmount.stores.urls import UrlStore
+            return UrlStore(source.files, os.path.join(self._cache_dir, "spool"), verify=source.verify,
+                            max_connections=source.max_connections)
+        if isinstance(source, IpfsSource):
+            from fsmount.stores.ipfs import IpfsStore
+            return IpfsStore(source.bucket, source.path, os.path.join(self._cache_dir, "ipfs"), api=source.api,
+                             gateway=source.gateway, max_connections=source.max_connections)
+        raise TypeError(f"no store for {type(source).__name__}")
+
+    def _s3_endpoint(self, source: S3Source) -> "S3Endpoint":
+        from fsmount.stores.s3 import S3Endpoint
         credentials = source.credentials
         chain = credentials.use_credentials_chain
-        return S3Store(source.bucket, endpoint=source.endpoint, region=credentials.region,
-                       key=None if chain else credentials.key, secret=None if chain else credentials.secret,
-                       verify=credentials.verify, max_connections=source.max_connections, extra_args=source.extra_args)
-    if isinstance(source, AzureSource):
-        from fsmount.stores.azure import AzureStore
-        return AzureStore(source.account, source.bucket, source.credentials, endpoint=source.endpoint,
-                          max_connections=source.max_connections)
-    if isinstance(source, GcsSource):
-        from fsmount.stores.gcs import GcsStore
-        return GcsStore(source.bucket, source.credentials, endpoint=source.endpoint,
-                        max_connections=source.max_connections)
-    if isinstance(source, UrlSource):
-        from fsmount.stores.urls import UrlStore
-        return UrlStore(source.files, os.path.join(cache_dir, "spool"), verify=source.verify,
-                        max_connections=source.max_connections)
-    if isinstance(source, IpfsSource):
-        from fsmount.stores.ipfs import IpfsStore
-        return IpfsStore(source.bucket, source.path, os.path.join(cache_dir, "ipfs"), api=source.api,
-                         gateway=source.gateway, max_connections=source.max_connections)
-    raise TypeError(f"no store for {type(source).__name__}")
+        key, secret = (None, None) if chain else (credentials.key, credentials.secret)
+        reach = (source.endpoint, credentials.region, key, secret, credentials.verify)
+        endpoint = self._s3_endpoints.get(reach)
+        if endpoint is None:
+            endpoint = self._s3_endpoints[reach] = S3Endpoint(*reach, max_connections=source.max_connections)
+        endpoint.max_connections = max(endpoint.max_connections, source.max_connections)
+        return endpoint
+
