@@ -37,6 +37,7 @@ log = logging.getLogger("fsmount")
 # fills of 8 MiB read as fast as eight here, and a cold 1 GiB read peaked at ~178 MiB, not ~190.
 _READ_AHEAD_MEMORY = 48 * 2**20
 _FILLED_BLOCKS_MEMORY = 32 * 2**20
+_UNWRITTEN_MEMORY = 64 * 2**20  # of blocks fetched, for readers or ahead of them, and not yet on disk
 # The kernel's own read-ahead on the mount, so that it asks for 1 MiB reads.
 _KERNEL_READ_AHEAD_KB = 1024
 _M_ARENA_MAX = -8  # mallopt's parameter number
@@ -113,7 +114,8 @@ class Daemon:
             return HostVolume(volume.host_path, self.config.attr_timeout)
         cache = self.config.cache
         if self.cache is None:
-            self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY)
+            self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY,
+                                    max(2, _UNWRITTEN_MEMORY // cache.block_size))
             self.known_attributes = KnownAttributes(cache.dir)
         source = volume.objects
         store = TrioStore(self.stores.store_for(source))

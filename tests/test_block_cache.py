@@ -232,3 +232,44 @@ async def test_a_cache_made_by_an_older_version_is_dropped_not_misread(s3_bucket
     assert cache.size == 0 and block_files(tmp_path) == []
     assert await reader(cache, store, info, 0)() == data
     assert gets(moto, bucket) == 1
+
+
+async def test_however_many_readers_at_most_the_bound_of_blocks_is_fetched_and_unwritten(s3_bucket, tmp_path):
+    """Ten streams at once held 13 fetched 8 MiB blocks waiting for the disk; memory must not grow with readers."""
+    store, bucket = s3_bucket
+    data, info = await object_with_blocks(store, bucket, 12)
+    cache = BlockCache(str(tmp_path), 100 * BLOCK, BLOCK, unwritten=3)
+    held, most = 0, 0
+
+    async def read(index):
+        async def fetch():
+            nonlocal held, most
+            held += 1
+            most = max(most, held)
+            try:
+                return await fetcher(store, info, index)()
+            finally:
+                await trio.sleep(0.01)  # the write that follows; its slot is still held
+                held -= 1
+
+        name = block_name(store.identity, info.key, info.version, index)
+        assert await cache.read(name, 0, BLOCK, fetch) == data[index * BLOCK:(index + 1) * BLOCK]
+
+    async with trio.open_nursery() as nursery:
+        for index in range(12):
+            nursery.start_soon(read, index)
+    assert most == 3
+
+
+async def test_a_block_filled_ahead_stays_in_memory_until_read_and_read_ones_go_first(s3_bucket, tmp_path):
+    store, bucket = s3_bucket
+    data, info = await object_with_blocks(store, bucket, 4)
+    cache = BlockCache(str(tmp_path), 100 * BLOCK, BLOCK, memory=2 * BLOCK)
+    names = [block_name(store.identity, info.key, info.version, index) for index in range(4)]
+    await cache.read(names[0], 0, 0, fetcher(store, info, 0))  # ahead of its reader
+    await cache.read(names[1], 0, 10, fetcher(store, info, 1))  # read, not to its end
+    await cache.read(names[2], 0, 0, fetcher(store, info, 2))  # ahead: one of the two in memory must go
+    for path in block_files(tmp_path):
+        os.unlink(path)  # what is not in memory any more cannot be read
+    assert await cache.read(names[0], 0, BLOCK, fetcher(store, info, 0)) == data[:BLOCK]
+    assert await cache.read(names[2], 0, BLOCK, fetcher(store, info, 2)) == data[2 * BLOCK:3 * BLOCK]

@@ -260,7 +260,13 @@ class ObjectVolume(Volume):
     def fill_ahead(self, name: str, fetch) -> bool:
         """Starts filling block NAME in the background unless this process has it (one on disk is checked
         there, ahead of its reader); False when no slot is free."""
-        return self.cache.checked(name) or self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch))
+        if self.cache.checked(name):
+            return True
+        # Blocks filled ahead and not read yet keep their share of memory: starting more would push them
+        # out, and their readers would read them from disk (ten streams at once read 1.8x their bytes from it).
+        if len(self.cache.unread) >= self.prefetcher.slots.value:
+            return False
+        return self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch))
 
     async def readlink(self, path: Path) -> str:
         info = await self._lookup(path)
