@@ -273,3 +273,19 @@ async def test_a_block_filled_ahead_stays_in_memory_until_read_and_read_ones_go_
         os.unlink(path)  # what is not in memory any more cannot be read
     assert await cache.read(names[0], 0, BLOCK, fetcher(store, info, 0)) == data[:BLOCK]
     assert await cache.read(names[2], 0, BLOCK, fetcher(store, info, 2)) == data[2 * BLOCK:3 * BLOCK]
+
+
+async def test_a_block_filled_ahead_that_no_reader_came_for_is_given_up_on(s3_bucket, tmp_path, monkeypatch):
+    """A program that stopped reading must not hold memory, nor the read-ahead of others, for ever."""
+    monkeypatch.setattr(blocks, "_UNREAD_AWAITED", 0.0)
+    store, bucket = s3_bucket
+    data, info = await object_with_blocks(store, bucket, 3)
+    cache = BlockCache(str(tmp_path), 100 * BLOCK, BLOCK, memory=2 * BLOCK)
+    names = [block_name(store.identity, info.key, info.version, index) for index in range(3)]
+    await cache.read(names[0], 0, 0, fetcher(store, info, 0))  # ahead of a reader that never comes
+    await cache.read(names[1], 0, 10, fetcher(store, info, 1))
+    await cache.read(names[2], 0, 0, fetcher(store, info, 2))
+    assert cache.unread() == 0
+    for path in block_files(tmp_path):
+        os.unlink(path)
+    assert await cache.read(names[1], 10, BLOCK - 10, fetcher(store, info, 1)) == data[BLOCK + 10:2 * BLOCK]

@@ -50,10 +50,10 @@ _OPEN_BLOCKS = 256  # block files kept open for the reads that follow (2 GiB of 
 _INLINE_WRITE = 256 * 1024
 _IN_INDEX_BELOW = 64 * 1024  # blocks smaller than this live in the index, not in files of their own
 _ALIGNMENT = 4096  # of offsets, lengths and memory in O_DIRECT transfers
+_UNREAD_AWAITED = 5.0  # seconds a block filled ahead of its reader is kept for it over blocks read already
 # glibc keeps the blocks' buffers freed in the middle of its heap: ten streams read at once peaked at
-# ~220 MiB with ~40 of blocks alive. Handing free pages back every few blocks took that to ~190, at no
-# cost to a cold read that could be measured.
-_TRIM_EVERY = 4
+# ~220 MiB with ~40 of blocks alive. Handing its free pages back after each block written took that to
+# ~183 (~192 every fourth block), at no cost to a cold read that could be measured.
 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
@@ -95,11 +95,10 @@ class BlockCache:
         self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._fresh: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._fresh_size = 0
-        self.unread: set[str] = set()  # fresh blocks filled ahead of their readers, which none has read yet
+        self._unread: dict[str, float] = {}  # fresh blocks filled ahead of readers, none read yet -> when filled
         self._memory = memory
         self._writes_behind = BackgroundTasks(_WRITES_BEHIND)
         self._unwritten = trio.Semaphore(unwritten)
-        self._filled = 0
 
     def close(self):
         self._flush_touches()
@@ -145,7 +144,7 @@ class BlockCache:
                 return b""
             fresh = filling.data if filling is not None else self._fresh.get(name)
             if fresh is not None:
-                self.unread.discard(name)
+                self._unread.pop(name, None)
                 if filling is not None:
                     filling.read = True
                 if offset + length >= len(fresh):  # read to its end: most likely done with
@@ -218,12 +217,11 @@ class BlockCache:
         try:
             await self._fill(name, filling.data, page_cache, background)
             if not (background or filling.read_to_end):
-                self._keep_fresh(name, filling.data, unread=not filling.read)
+                self._keep_fresh(name, filling.data, unread=not (filling.read or page_cache))
         finally:
             del self._fills[name]
             self._unwritten.release()
-            self._filled += 1
-            if _malloc_trim is not None and not self._filled % _TRIM_EVERY:
+            if _malloc_trim is not None:
                 _malloc_trim(0)
 
     async def _write_behind(self, name: str, filling: _Fill, page_cache: bool):
@@ -266,14 +264,26 @@ class BlockCache:
 
     def _keep_fresh(self, name: str, data: bytes, unread: bool):
         """Keeps a block just filled in memory for the reads that wait for it. The oldest go first, those
-        read already before those filled ahead of their readers (from disk, those cost a read each)."""
+        read already before those filled ahead of readers that are still on their way (from disk, those
+        would cost a read each)."""
         self._fresh[name] = data
         self._fresh_size += len(data)
         if unread:
-            self.unread.add(name)
+            self._unread[name] = time.monotonic()
         while self._fresh_size > self._memory:
-            oldest = next((old for old in self._fresh if old not in self.unread), None) or next(iter(self._fresh))
-            self._forget_fresh(oldest)
+            awaited = self._awaited()
+            self._forget_fresh(next((old for old in self._fresh if old not in awaited), None) or next(iter(self._fresh)))
+
+    def _awaited(self) -> dict[str, float]:
+        """The blocks filled ahead of their readers lately that none has read yet; older ones were given up on."""
+        given_up = time.monotonic() - _UNREAD_AWAITED
+        for name in [name for name, filled in self._unread.items() if filled < given_up]:
+            del self._unread[name]
+        return self._unread
+
+    def unread(self) -> int:
+        """How many blocks filled ahead of their readers wait in memory for them."""
+        return len(self._awaited())
 
     async def _fill_file(self, name: str, data: bytes, page_cache: bool, background: bool):
         self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready) VALUES (?, ?, 0, ?, 0)",
@@ -325,7 +335,7 @@ class BlockCache:
         fresh = self._fresh.pop(name, None)
         if fresh is not None:
             self._fresh_size -= len(fresh)
-            self.unread.discard(name)
+            self._unread.pop(name, None)
 
     def _flush_touches(self):
         if self._touched:

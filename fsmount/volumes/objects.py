@@ -264,7 +264,7 @@ class ObjectVolume(Volume):
             return True
         # Blocks filled ahead and not read yet keep their share of memory: starting more would push them
         # out, and their readers would read them from disk (ten streams at once read 1.8x their bytes from it).
-        if len(self.cache.unread) >= self.prefetcher.slots.value:
+        if self.cache.unread() >= self.prefetcher.slots.value:
             return False
         return self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch))
 
