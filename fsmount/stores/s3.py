@@ -99,6 +99,7 @@ class S3Endpoint:
                                  aws_access_key_id=key, aws_secret_access_key=secret)
         self._verify = verify
         self._stores = 0
+        self._opening = asyncio.Lock()
         self._client_context = None
         self.client = None
         self.fetcher: RangeFetcher | None = None
@@ -106,9 +107,12 @@ class S3Endpoint:
         self._operations: dict[str, tuple[str, dict]] = {}  # operation -> (method, {param: (location, name)})
 
     async def open(self):
-        self._stores += 1
-        if self._stores > 1:
-            return
+        async with self._opening:  # a second store waits for the client the first is making
+            if not self._stores:
+                await self._connect()
+            self._stores += 1
+
+    async def _connect(self):
         config = AioConfig(signature_version="s3v4", max_pool_connections=self.max_connections, connect_timeout=5,
                            read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
                            s3={"addressing_style": "path" if self.url else "auto"})
