@@ -272,7 +272,8 @@ class BlockCache:
             self._unread[name] = time.monotonic()
         while self._fresh_size > self._memory:
             awaited = self._awaited()
-            self._forget_fresh(next((old for old in self._fresh if old not in awaited), None) or next(iter(self._fresh)))
+            oldest = next((old for old in self._fresh if old not in awaited), None) or next(iter(self._fresh))
+            self._forget_fresh(oldest)
 
     def _awaited(self) -> dict[str, float]:
         """The blocks filled ahead of their readers lately that none has read yet; older ones were given up on."""

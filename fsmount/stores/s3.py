@@ -165,7 +165,8 @@ class S3Store(Store):
         await self.endpoint.open()
         self._client = self.endpoint.client
         if self.endpoint.credentials is not None:  # else every request is refused, as signing it fails
-            probe = await self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": _PROBE})
+            probe = await self._client.generate_presigned_url("get_object",
+                                                              Params={"Bucket": self.bucket, "Key": _PROBE})
             url, _, query = probe.partition("?")
             *_, region, service, _ = urllib.parse.parse_qs(query)["X-Amz-Credential"][0].split("/")
             self._signing = (url.removesuffix(_PROBE), region, service)

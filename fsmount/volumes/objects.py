@@ -263,7 +263,7 @@ class ObjectVolume(Volume):
         if self.cache.checked(name):
             return True
         # Blocks filled ahead and not read yet keep their share of memory: starting more would push them
-        # out, and their readers would read them from disk (ten streams at once read 1.8x their bytes from it).
+        # out, and their readers would read them from disk (ten streams at once read up to half their bytes so).
         if self.cache.unread() >= self.prefetcher.slots.value:
             return False
         return self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch))
