@@ -97,7 +97,6 @@ class S3Endpoint:
         self.max_connections = max_connections  # may grow until the first store opens
         self._client_args = dict(endpoint_url=url, region_name=region or "us-east-1", verify=verify,
                                  aws_access_key_id=key, aws_secret_access_key=secret)
-        self._verify = verify
         self._stores = 0
         self._opening = asyncio.Lock()
         self._client_context = None
@@ -116,7 +115,7 @@ class S3Endpoint:
         config = AioConfig(signature_version="s3v4", max_pool_connections=self.max_connections, connect_timeout=5,
                            read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
                            s3={"addressing_style": "path" if self.url else "auto"})
-        self.fetcher = RangeFetcher(self.max_connections, self._verify)
+        self.fetcher = RangeFetcher(self.max_connections, self._client_args["verify"])
         self._client_context = _session().create_client("s3", config=config, **self._client_args)
         self.client = await self._client_context.__aenter__()
         key, secret = self._client_args["aws_access_key_id"], self._client_args["aws_secret_access_key"]

@@ -55,4 +55,3 @@ class Stores:
             endpoint = self._s3_endpoints[reach] = S3Endpoint(*reach, max_connections=source.max_connections)
         endpoint.max_connections = max(endpoint.max_connections, source.max_connections)
         return endpoint
-
