@@ -10,8 +10,10 @@ first and the second time, `cp -r` of 1,000 objects of 16 KiB, `cp` of a 512 MiB
 mount and 500 files of 16 KiB written by a shell loop (each timed until the server holds every
 byte), and the daemon's peak RSS. rclone is measured twice: with its full cache (every row) and
 with no cache (the write rows, where it is at its fastest: its cache holds uploads back for 5 s).
-The tools take turns, round after round (3 by default): a row shows the median of the rounds (the
-RSS row their largest), so a slow minute of the machine or the server does not decide a row.
+The tools take turns, round after round (3 by default), each round starting one tool further along:
+what the tool before leaves behind (a server still busy with its writes, or warm from its reads)
+falls on each in turn. A row shows the median of the rounds (the RSS row their largest), so a slow
+minute of the machine or the server does not decide a row.
 Prints a Markdown table with fsmount/peer ratios, and each round's numbers on stderr.
 """
 import argparse
@@ -417,7 +419,8 @@ def main():
         (source / "load").unlink()
         rounds = {tool.name: [] for tool in tools}
         for round_number in range(1, args.rounds + 1):
-            for tool in tools:
+            first = (round_number - 1) % len(tools)
+            for tool in tools[first:] + tools[:first]:
                 print(f"round {round_number}: measuring {tool.name} ...", file=sys.stderr, flush=True)
                 reads = not (tool.writes_only or args.writes_only)
                 measured = measure(tool, size, args.fio_seconds) if reads else {}
