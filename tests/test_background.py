@@ -1,4 +1,5 @@
-"""Work in the background: bounded tasks, and the low-priority worker thread (results and errors come back, at nice 19)."""
+"""Work in the background: bounded tasks, the low-priority worker thread (results and errors come back, at nice 19), and
+work that waits for the event loop to be idle."""
 import os
 import threading
 
@@ -6,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from fsmount.cache.background import BackgroundTasks, run_in_background
+from fsmount.cache.background import IDLE_WAIT_MOST, BackgroundTasks, run_in_background, when_idle
 
 
 async def test_work_runs_on_a_thread_of_its_own_at_the_lowest_priority():
@@ -43,3 +44,29 @@ async def test_tasks_beyond_the_limit_are_refused_not_queued_and_a_failure_frees
         await trio.testing.wait_all_tasks_blocked()
         assert tasks.start(held) and tasks.start(held)  # both slots free again, the nursery still running
         nursery.cancel_scope.cancel()
+
+
+async def test_work_waiting_for_idle_goes_after_every_runnable_task_and_not_forever():
+    order = []
+
+    async def busy(steps: int):
+        for _ in range(steps):
+            await trio.sleep(0)
+        order.append("busy")
+
+    async def idle_work():
+        await when_idle()
+        order.append("idle")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(idle_work)
+        nursery.start_soon(busy, 1000)
+    assert order == ["busy", "idle"]
+
+    async with trio.open_nursery() as nursery:  # a loop that is never idle still lets the work run
+        nursery.start_soon(busy, 10**9)
+        start = trio.current_time()
+        await when_idle()
+        waited = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert IDLE_WAIT_MOST <= waited < IDLE_WAIT_MOST + 1

@@ -31,7 +31,7 @@ import time
 import trio
 import xxhash
 
-from fsmount.cache.background import BackgroundTasks, run_in_background
+from fsmount.cache.background import BackgroundTasks, run_in_background, when_idle
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +215,15 @@ class BlockCache:
 
     async def _finish(self, name: str, filling: _Fill, page_cache: bool, background: bool):
         try:
+            if background:
+                await when_idle()  # readers of the block meanwhile have its bytes from the fill
             await self._fill(name, filling.data, page_cache, background)
             if not (background or filling.read_to_end):
                 self._keep_fresh(name, filling.data, unread=not (filling.read or page_cache))
         finally:
             del self._fills[name]
             self._unwritten.release()
-            if _malloc_trim is not None:
+            if _malloc_trim is not None and len(filling.data) >= _IN_INDEX_BELOW:  # a small block's memory is no matter
                 _malloc_trim(0)
 
     async def _write_behind(self, name: str, filling: _Fill, page_cache: bool):
