@@ -1,5 +1,4 @@
-"""Work in the background: bounded tasks, the low-priority worker thread (results and errors come back, at nice 19), and
-work that waits for the event loop to be idle."""
+"""Work in the background: bounded tasks, the low-priority thread (results and errors come back), the wait for idle."""
 import os
 import threading
 

@@ -1,4 +1,4 @@
-"""Work nobody waits on: bounded tasks that run for the daemon's life, a low-priority worker thread, and a wait for idle.
+"""Work nobody waits on: bounded tasks for the daemon's life, a low-priority worker thread, and a wait for idle.
 
 The thread copies a file just uploaded into the block cache. At normal priority that copy took the CPU
 from the requests that came next: 100 files of 16 KiB written right after `cp` of a 512 MiB file went

@@ -132,7 +132,8 @@ class BlockCache:
         `await fetch()` gets the block's bytes.
         PAGE_CACHE: the block is for reads at random, so it is written through the kernel's page cache
         and those reads find it in memory; a stream's blocks skip it (O_DIRECT costs less CPU).
-        BACKGROUND: no reader waits for the block; it is written at low priority and not kept in memory."""
+        BACKGROUND: no reader waits for the block; it is written at low priority once the daemon is idle, and
+        not kept in memory afterwards."""
         self._pins[name] += 1
         try:
             filling = None
@@ -223,7 +224,7 @@ class BlockCache:
         finally:
             del self._fills[name]
             self._unwritten.release()
-            if _malloc_trim is not None and len(filling.data) >= _IN_INDEX_BELOW:  # a small block's memory is no matter
+            if _malloc_trim is not None and len(filling.data) >= _IN_INDEX_BELOW:  # a trim costs ~40 us
                 _malloc_trim(0)
 
     async def _write_behind(self, name: str, filling: _Fill, page_cache: bool):
