@@ -62,7 +62,7 @@ async def _guarded(task):
 
 
 IDLE_FOR = 0.0005  # seconds: longer than the gap between a program's requests, shorter than a store's reply
-IDLE_WAIT_MOST = 1.0
+IDLE_WAIT_MOST = 0.1  # a block waiting holds one of the cache's slots for blocks not yet written, which readers need
 
 
 async def when_idle():

@@ -224,7 +224,7 @@ class BlockCache:
         finally:
             del self._fills[name]
             self._unwritten.release()
-            if _malloc_trim is not None and len(filling.data) >= _IN_INDEX_BELOW:  # a trim costs ~40 us
+            if _malloc_trim is not None and len(filling.data) >= _IN_INDEX_BELOW:  # a small block frees too little
                 _malloc_trim(0)
 
     async def _write_behind(self, name: str, filling: _Fill, page_cache: bool):
