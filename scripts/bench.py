@@ -10,10 +10,14 @@ first and the second time, `cp -r` of 1,000 objects of 16 KiB, `cp` of a 512 MiB
 mount and 500 files of 16 KiB written by a shell loop (each timed until the server holds every
 byte), and the daemon's peak RSS. rclone is measured twice: with its full cache (every row) and
 with no cache (the write rows, where it is at its fastest: its cache holds uploads back for 5 s).
-The tools take turns, round after round (3 by default), each round starting one tool further along:
-what the tool before leaves behind (a server still busy with its writes, or warm from its reads)
-falls on each in turn. A row shows the median of the rounds (the RSS row their largest), so a slow
-minute of the machine or the server does not decide a row.
+The server alone (`server-alone`) is measured too, through fsmount's store client with no mount and
+no cache: the 1 GiB object in eight ranged GETs of 8 MiB at once, the 512 MiB file in parts of 8
+MiB four at once, the 500 small files in PUTs one after another. That is about the most any tool
+could get from this server on this machine. The tools and the server alone take turns, round
+after round (3 by default), each round starting one further along: what the one before leaves
+behind (a server still busy with its writes, or warm from its reads) falls on each in turn. A row
+shows the median of the rounds (the RSS row their largest), so a slow minute of the machine or the
+server does not decide a row.
 Prints a Markdown table with fsmount/peer ratios, and each round's numbers on stderr.
 """
 import argparse
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import botocore.session
@@ -49,6 +54,9 @@ KEY, SECRET = "bench", "bench"
 BIG_KEY = "big/1GiB.bin"
 MANY, SMALL = 10_000, 1_000
 WRITTEN, WRITES = 512 * 2**20, 500
+SERVER_ALONE = "server-alone"
+# How the server alone is read and written: fsmount's own block size, ranged GETs at once, parts at once.
+BLOCK, PARALLEL_GETS, PARALLEL_PARTS = 8 * 2**20, 8, 4
 ROWS = [  # (row, unit, higher is better)
     ("sequential read 1 GiB, cold", "MB/s", True),
     ("sequential read 1 GiB, warm", "MB/s", True),
@@ -332,6 +340,32 @@ def measure_writes(tool: Tool, source: Path, round_number: int) -> dict:
     return results
 
 
+def measure_server_alone(server: Server, source: Path, size: int, round_number: int, reads: bool) -> dict:
+    """The cold read and the write rows as fsmount's store client gets them from the server when it does
+    nothing else (no mount, no cache): about the most any tool could get here."""
+    store, run = server.store, server.loop.run_until_complete
+    results = {}
+    if reads:
+        version = run(store.stat(BIG_KEY)).version
+        drop_page_cache()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(PARALLEL_GETS) as pool:
+            read = sum(map(len, pool.map(lambda offset: store.read_range(BIG_KEY, offset, BLOCK, version),
+                                         range(0, size, BLOCK))))
+        results["sequential read 1 GiB, cold"] = read / 1e6 / (time.perf_counter() - start)
+    subprocess.run(["cat", str(source / "big")], check=True, stdout=subprocess.DEVNULL)
+    prefix = f"written-{SERVER_ALONE}-{round_number}"
+    start = time.perf_counter()
+    run(store.put_in_parts(f"{prefix}/big", str(source / "big"), store.part_size, PARALLEL_PARTS))
+    results["cp 512 MiB into the mount"] = WRITTEN / 1e6 / (time.perf_counter() - start)
+    small = (source / "small").read_bytes()
+    start = time.perf_counter()
+    for number in range(1, WRITES + 1):
+        store.upload_bytes(f"{prefix}/small/file-{number}", small)
+    results["500 x 16 KiB written by a shell loop"] = time.perf_counter() - start
+    return results
+
+
 def measure(tool: Tool, size: int, fio_seconds: int) -> dict:
     results = {}
     big = tool.root / BIG_KEY
@@ -417,20 +451,25 @@ def main():
             print(f"loading data into {server.name} at {server.url} ...", file=sys.stderr, flush=True)
             server.load(source / "load", size)
         (source / "load").unlink()
-        rounds = {tool.name: [] for tool in tools}
+        turns = [*tools, None]  # None: the server alone, which takes its turn as the tools do
+        rounds = {name: [] for name in [*names, SERVER_ALONE]}
         for round_number in range(1, args.rounds + 1):
-            first = (round_number - 1) % len(tools)
-            for tool in tools[first:] + tools[:first]:
-                print(f"round {round_number}: measuring {tool.name} ...", file=sys.stderr, flush=True)
-                reads = not (tool.writes_only or args.writes_only)
-                measured = measure(tool, size, args.fio_seconds) if reads else {}
-                measured |= measure_writes(tool, source, round_number)
-                print(f"round {round_number}: {tool.name}: {json.dumps(measured)}", file=sys.stderr, flush=True)
-                rounds[tool.name].append(measured)
+            first = (round_number - 1) % len(turns)
+            for tool in turns[first:] + turns[:first]:
+                name = tool.name if tool else SERVER_ALONE
+                print(f"round {round_number}: measuring {name} ...", file=sys.stderr, flush=True)
+                if tool is None:
+                    measured = measure_server_alone(server, source, size, round_number, not args.writes_only)
+                else:
+                    reads = not (tool.writes_only or args.writes_only)
+                    measured = measure(tool, size, args.fio_seconds) if reads else {}
+                    measured |= measure_writes(tool, source, round_number)
+                print(f"round {round_number}: {name}: {json.dumps(measured)}", file=sys.stderr, flush=True)
+                rounds[name].append(measured)
         print(f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB, "
               f"{server.name} on loopback, {time.strftime('%Y-%m-%d')}, median of {args.rounds} rounds\n")
         results = {name: summary(measured) for name, measured in rounds.items()}
-        print(table(results, [tool.name for tool in tools if tool.name != "fsmount"]))
+        print(table(results, [name for name in rounds if name != "fsmount"]))
     finally:
         for tool in tools:
             tool.stop()
