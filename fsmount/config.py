@@ -19,6 +19,8 @@ from fsmount.units import parse_duration, parse_size
 
 LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
 IPFS_API_ENV = "FSMOUNT_IPFS_API"
+DEFAULT_BLOCK_SIZE = 8 * 2**20  # of the block cache
+DEFAULT_PARALLEL_PARTS = 4  # of an upload in parts, sent at once
 
 
 class ConfigError(Exception):
@@ -255,7 +257,7 @@ class _Reader:
         return CacheConfig(
             dir=os.path.expanduser(cache_dir),
             max_size=size("max_size", 10 * 2**30),
-            block_size=size("block_size", 8 * 2**20),
+            block_size=size("block_size", DEFAULT_BLOCK_SIZE),
             read_ahead=size("read_ahead", 64 * 2**20),
             metadata_ttl=self.value(section, ("cache", "metadata_ttl"), parse_duration, 60.0),
         )
@@ -275,7 +277,7 @@ class _Reader:
             max_size=size("max_size", 10 * 2**30),
             multipart_threshold=size("multipart_threshold", 16 * 2**20),
             part_size=part_size,
-            parallel_parts=self.value(section, ("staging", "parallel_parts"), _positive, 4),
+            parallel_parts=self.value(section, ("staging", "parallel_parts"), _positive, DEFAULT_PARALLEL_PARTS),
         )
 
     def link_mounts(self, tree: ConfigTree) -> tuple[LinkMount, ...]:

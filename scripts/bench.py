@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from free_port import free_base  # noqa: E402
 from make_demo_data import AZURITE_ACCOUNT, AZURITE_KEY  # noqa: E402
 
+from fsmount.config import DEFAULT_BLOCK_SIZE, DEFAULT_PARALLEL_PARTS  # noqa: E402
 from fsmount.credentials import AzureCredentials, GcsCredentials  # noqa: E402
 from fsmount.stores.azure import AzureStore  # noqa: E402
 from fsmount.stores.gcs import GcsStore  # noqa: E402
@@ -55,8 +56,7 @@ BIG_KEY = "big/1GiB.bin"
 MANY, SMALL = 10_000, 1_000
 WRITTEN, WRITES = 512 * 2**20, 500
 SERVER_ALONE = "server-alone"
-# How the server alone is read and written: fsmount's own block size, ranged GETs at once, parts at once.
-BLOCK, PARALLEL_GETS, PARALLEL_PARTS = 8 * 2**20, 8, 4
+PARALLEL_GETS = 8  # of the server alone's read, each of a block as fsmount's cache holds it by default
 ROWS = [  # (row, unit, higher is better)
     ("sequential read 1 GiB, cold", "MB/s", True),
     ("sequential read 1 GiB, warm", "MB/s", True),
@@ -306,6 +306,11 @@ def random_reads(path: Path, seconds: int) -> float:
     return json.loads(result.stdout)["jobs"][0]["read"]["iops"]
 
 
+def into_page_cache(source: Path):
+    """The files the write rows write, read once so that they come from memory, not the local disk."""
+    subprocess.run(["cat", str(source / "big"), str(source / "small")], check=True, stdout=subprocess.DEVNULL)
+
+
 def until_stored(server: Server, prefix: str, count: int, size: int, start: float, timeout: float = 600) -> float:
     """Seconds from START until the server lists COUNT objects of SIZE bytes under PREFIX (directory
     markers aside)."""
@@ -321,7 +326,7 @@ def measure_writes(tool: Tool, source: Path, round_number: int) -> dict:
     """The write rows, each timed from the program's start until the server holds every byte. The
     files written come from the page cache, so the local disk does not set the pace."""
     results = {}
-    subprocess.run(["cat", str(source / "big"), str(source / "small")], check=True, stdout=subprocess.DEVNULL)
+    into_page_cache(source)
     prefix = f"written-{tool.name}-{round_number}"
     tool.start()
     try:
@@ -350,13 +355,13 @@ def measure_server_alone(server: Server, source: Path, size: int, round_number: 
         drop_page_cache()
         start = time.perf_counter()
         with ThreadPoolExecutor(PARALLEL_GETS) as pool:
-            read = sum(map(len, pool.map(lambda offset: store.read_range(BIG_KEY, offset, BLOCK, version),
-                                         range(0, size, BLOCK))))
+            read = sum(map(len, pool.map(lambda offset: store.read_range(BIG_KEY, offset, DEFAULT_BLOCK_SIZE, version),
+                                         range(0, size, DEFAULT_BLOCK_SIZE))))
         results["sequential read 1 GiB, cold"] = read / 1e6 / (time.perf_counter() - start)
-    subprocess.run(["cat", str(source / "big")], check=True, stdout=subprocess.DEVNULL)
+    into_page_cache(source)
     prefix = f"written-{SERVER_ALONE}-{round_number}"
     start = time.perf_counter()
-    run(store.put_in_parts(f"{prefix}/big", str(source / "big"), store.part_size, PARALLEL_PARTS))
+    run(store.put_in_parts(f"{prefix}/big", str(source / "big"), store.part_size, DEFAULT_PARALLEL_PARTS))
     results["cp 512 MiB into the mount"] = WRITTEN / 1e6 / (time.perf_counter() - start)
     small = (source / "small").read_bytes()
     start = time.perf_counter()
