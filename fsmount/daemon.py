@@ -22,6 +22,7 @@ from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
 from fsmount.staging.area import StagingArea
 from fsmount.stores.aio import TrioStore, asyncio_loop
+from fsmount.stores.ranges import receive_buffers
 from fsmount.stores.sources import Stores
 from fsmount.volumes.base import Volume
 from fsmount.volumes.host import HostVolume
@@ -40,6 +41,7 @@ _FILLED_BLOCKS_MEMORY = 32 * 2**20
 _UNWRITTEN_MEMORY = 64 * 2**20  # of blocks fetched, for readers or ahead of them, and not yet on disk
 # The kernel's own read-ahead on the mount, so that it asks for 1 MiB reads.
 _KERNEL_READ_AHEAD_KB = 1024
+_IDLE_BUFFERS_CHECK = 10  # seconds between hand-backs of the receive buffers nobody holds
 _M_ARENA_MAX = -8  # mallopt's parameter number
 _MALLOC_ARENAS = 2
 
@@ -144,6 +146,7 @@ class Daemon:
                 async with trio.open_nursery() as nursery:
                     self.operations.after_init = lambda: nursery.start_soon(_raise_kernel_read_ahead, mountpoint)
                     await nursery.start(_terminate_on_signal)
+                    nursery.start_soon(_hand_back_idle_buffers)
                     await nursery.start(self.prefetcher.run)
                     if self.cache is not None:
                         await nursery.start(self.cache.write_behind)
@@ -216,6 +219,14 @@ async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):
             log.info("%s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
+
+
+async def _hand_back_idle_buffers():
+    """A daemon that stopped reading keeps no receive buffers (~100 MiB after a large read); one reading
+    makes a few anew after each check, ~6 ms of page faults each."""
+    while True:
+        await trio.sleep(_IDLE_BUFFERS_CHECK)
+        receive_buffers.release_idle()
 
 
 async def _raise_kernel_read_ahead(mountpoint: str):

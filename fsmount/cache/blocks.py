@@ -53,7 +53,8 @@ _ALIGNMENT = 4096  # of offsets, lengths and memory in O_DIRECT transfers
 _UNREAD_AWAITED = 5.0  # seconds a block filled ahead of its reader is kept for it over blocks read already
 # glibc keeps the blocks' buffers freed in the middle of its heap: ten streams read at once peaked at
 # ~220 MiB with ~40 of blocks alive. Handing its free pages back after each block written took that to
-# ~183 (~192 every fourth block), at no cost to a cold read that could be measured.
+# ~183 (~192 every fourth block), at no cost to a cold read that could be measured. A block fetched
+# into a receive buffer (a memoryview: fsmount.stores.ranges) was never glibc's.
 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
@@ -224,7 +225,8 @@ class BlockCache:
         finally:
             del self._fills[name]
             self._unwritten.release()
-            if _malloc_trim is not None and len(filling.data) >= _IN_INDEX_BELOW:  # a small block frees too little
+            # a small block frees too little
+            if _malloc_trim is not None and isinstance(filling.data, bytes) and len(filling.data) >= _IN_INDEX_BELOW:
                 _malloc_trim(0)
 
     async def _write_behind(self, name: str, filling: _Fill, page_cache: bool):

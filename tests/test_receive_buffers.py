@@ -1,0 +1,47 @@
+"""ReceiveBuffers: large bodies reuse memory, never memory that something still holds."""
+import weakref
+
+from fsmount.stores.ranges import ReceiveBuffers
+
+MIB = 2**20
+
+
+def test_a_buffer_dropped_by_everything_is_taken_again():
+    buffers = ReceiveBuffers(2)
+    first = weakref.ref(buffers.take(MIB))
+    assert buffers.take(MIB) is first()
+
+
+def test_a_buffer_still_viewed_is_not_taken_again():
+    buffers = ReceiveBuffers(2)
+    body = memoryview(buffers.take(MIB))[:10]  # as a block of the cache holds it, or a reply to the kernel
+    body[:] = b"0123456789"
+    other = buffers.take(MIB)
+    other[:10] = b"xxxxxxxxxx"
+    assert bytes(body) == b"0123456789"
+
+
+def test_a_buffer_too_small_is_not_taken():
+    buffers = ReceiveBuffers(2)
+    buffers.take(MIB)
+    assert len(buffers.take(2 * MIB)) >= 2 * MIB
+
+
+def test_beyond_those_kept_buffers_are_made_and_dropped():
+    buffers = ReceiveBuffers(1)
+    held = buffers.take(MIB)
+    extra = weakref.ref(buffers.take(MIB))
+    assert extra() is None  # nothing keeps it: its memory went back at once
+    assert held is not None
+
+
+def test_idle_buffers_are_handed_back_and_held_ones_kept():
+    buffers = ReceiveBuffers(2)
+    held = buffers.take(MIB)
+    was_held = weakref.ref(held)
+    idle = weakref.ref(buffers.take(MIB))
+    assert idle() is not None
+    buffers.release_idle()
+    assert idle() is None
+    del held
+    assert buffers.take(MIB) is was_held()
