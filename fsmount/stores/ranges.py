@@ -21,7 +21,7 @@ _BUFFERS_KEPT = 12  # the cache's bound on blocks fetched and not yet on disk (8
 
 
 class ReceiveBuffers:
-    """Memory that large bodies are read into, reused. Fresh memory costs a page fault every 4 KiB: reading
+    """Memory that large bodies are read into, in whole pages, reused. Fresh memory costs a page fault every 4 KiB: reading
     each block into new bytes took ~200,000 faults and ~0.5 s of CPU a GiB here, as much as the rest of
     the fetch. A buffer is free again once nothing but this pool refers to it: no block of the cache,
     no view of it on its way to the kernel. A few are kept; beyond them, buffers are made and dropped."""
@@ -39,7 +39,7 @@ class ReceiveBuffers:
             for buffer in self._buffers:
                 if sys.getrefcount(buffer) == self._UNUSED and len(buffer) >= size:
                     return buffer
-            fresh = mmap.mmap(-1, size)
+            fresh = mmap.mmap(-1, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)  # whole pages: O_DIRECT writes them
             if len(self._buffers) < self._kept:
                 self._buffers.append(fresh)
             return fresh
