@@ -35,13 +35,18 @@ def test_beyond_those_kept_buffers_are_made_and_dropped():
     assert held is not None
 
 
-def test_idle_buffers_are_handed_back_and_held_ones_kept():
-    buffers = ReceiveBuffers(2)
+def test_buffers_idle_since_the_last_release_are_handed_back_held_and_used_ones_kept():
+    buffers = ReceiveBuffers(3)
     held = buffers.take(MIB)
     was_held = weakref.ref(held)
     idle = weakref.ref(buffers.take(MIB))
+    buffers.release_idle()  # each was taken since the pool began
     assert idle() is not None
+    used = weakref.ref(buffers.take(MIB))
+    assert used() is idle()
+    buffers.release_idle()  # taken since the last release, it stays
+    assert used() is not None
     buffers.release_idle()
-    assert idle() is None
+    assert used() is None
     del held
     assert buffers.take(MIB) is was_held()

@@ -21,16 +21,17 @@ _BUFFERS_KEPT = 12  # the cache's bound on blocks fetched and not yet on disk (8
 
 
 class ReceiveBuffers:
-    """Memory that large bodies are read into, in whole pages, reused. Fresh memory costs a page fault every 4 KiB: reading
-    each block into new bytes took ~200,000 faults and ~0.5 s of CPU a GiB here, as much as the rest of
-    the fetch. A buffer is free again once nothing but this pool refers to it: no block of the cache,
-    no view of it on its way to the kernel. A few are kept; beyond them, buffers are made and dropped."""
+    """Memory that large bodies are read into, in whole pages, reused. Fresh memory costs a page fault
+    every 4 KiB: reading each block into new bytes took ~200,000 faults and ~0.3 s of CPU a GiB here. A
+    buffer is free again once nothing but this pool refers to it: no block of the cache, no view of it on
+    its way to the kernel. A few are kept; beyond them, buffers are made and dropped."""
 
     _UNUSED = 3  # references to a buffer nobody else holds: the pool's list, the loop's name, getrefcount's own
 
     def __init__(self, kept: int):
         self._kept = kept
         self._buffers: list[mmap.mmap] = []
+        self._taken: set[int] = set()  # ids of the buffers taken since the last release_idle
         self._lock = threading.Lock()
 
     def take(self, size: int) -> mmap.mmap:
@@ -38,16 +39,20 @@ class ReceiveBuffers:
         with self._lock:
             for buffer in self._buffers:
                 if sys.getrefcount(buffer) == self._UNUSED and len(buffer) >= size:
+                    self._taken.add(id(buffer))
                     return buffer
             fresh = mmap.mmap(-1, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)  # whole pages: O_DIRECT writes them
             if len(self._buffers) < self._kept:
                 self._buffers.append(fresh)
+                self._taken.add(id(fresh))
             return fresh
 
     def release_idle(self):
-        """Hands the memory of the buffers nobody holds back to the system; they are made anew when needed."""
+        """Hands back to the system the memory of the buffers nobody holds and nobody took since the last call."""
         with self._lock:
-            self._buffers = [buffer for buffer in self._buffers if sys.getrefcount(buffer) > self._UNUSED]
+            self._buffers = [buffer for buffer in self._buffers
+                             if id(buffer) in self._taken or sys.getrefcount(buffer) > self._UNUSED]
+            self._taken.clear()
 
 
 receive_buffers = ReceiveBuffers(_BUFFERS_KEPT)
