@@ -13,11 +13,13 @@ with no cache (the write rows, where it is at its fastest: its cache holds uploa
 The server alone (`server-alone`) is measured too, through fsmount's store client with no mount and
 no cache: the 1 GiB object in eight ranged GETs of 8 MiB at once, the 512 MiB file in parts of 8
 MiB four at once, the 500 small files in PUTs one after another. That is about the most any tool
-could get from this server on this machine. The tools and the server alone take turns, round
-after round (3 by default), each round starting one further along: what the one before leaves
-behind (a server still busy with its writes, or warm from its reads) falls on each in turn. A row
-shows the median of the rounds (the RSS row their largest), so a slow minute of the machine or the
-server does not decide a row.
+could get from this server on this machine. The cold read is also measured through the least work
+a pyfuse3 daemon can do (`pyfuse3-floor`, scripts/pyfuse3_floor.py: ranged GETs into reused memory,
+reads answered from there, no cache): about the most fsmount, a pyfuse3 daemon, could get. The
+tools, the floor and the server alone take turns, round after round (3 by default), each round
+starting one further along: what the one before leaves behind (a server still busy with its writes,
+or warm from its reads) falls on each in turn. A row shows the median of the rounds (the RSS row
+their largest), so a slow minute of the machine or the server does not decide a row.
 Prints a Markdown table with fsmount/peer ratios, and each round's numbers on stderr.
 """
 import argparse
@@ -56,6 +58,7 @@ BIG_KEY = "big/1GiB.bin"
 MANY, SMALL = 10_000, 1_000
 WRITTEN, WRITES = 512 * 2**20, 500
 SERVER_ALONE = "server-alone"
+FLOOR = "pyfuse3-floor"  # measured for the cold read alone
 PARALLEL_GETS = 8  # of the server alone's read, each of a block as fsmount's cache holds it by default
 ROWS = [  # (row, unit, higher is better)
     ("sequential read 1 GiB, cold", "MB/s", True),
@@ -235,6 +238,13 @@ class Tool:
         return self.name == "rclone-nocache"
 
     def command(self) -> tuple[list[str], dict]:
+        if self.name == FLOOR:
+            store, run = self.server.store, self.server.loop.run_until_complete
+            info = run(store.stat(BIG_KEY))
+            request = store.range_request(BIG_KEY, 0, info.size, info.version)
+            floor = {"path": BIG_KEY, "size": info.size, "url": request.url, "headers": request.headers}
+            return [str(BIN / "python"), str(ROOT / "scripts" / "pyfuse3_floor.py"), str(self.mnt),
+                    json.dumps(floor)], {}
         if self.name == "fsmount":
             config = self.work / "fsmount.conf"
             config.write_text(f"""
@@ -371,6 +381,14 @@ def measure_server_alone(server: Server, source: Path, size: int, round_number: 
     return results
 
 
+def measure_floor(tool: Tool, size: int) -> dict:
+    tool.start()
+    try:
+        return {"sequential read 1 GiB, cold": sequential(tool.root / BIG_KEY, size)}
+    finally:
+        tool.stop()
+
+
 def measure(tool: Tool, size: int, fio_seconds: int) -> dict:
     results = {}
     big = tool.root / BIG_KEY
@@ -441,7 +459,7 @@ def main():
     work = Path(args.work or tempfile.mkdtemp(prefix="fsmount-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     server = SERVERS[args.store](work)
-    names = args.tools.split(",") if args.tools else ["fsmount", *server.peers]
+    names = args.tools.split(",") if args.tools else ["fsmount", *server.peers, *([] if args.writes_only else [FLOOR])]
     tools = [Tool(name, work, server) for name in names]
     try:
         server.start()
@@ -465,6 +483,8 @@ def main():
                 print(f"round {round_number}: measuring {name} ...", file=sys.stderr, flush=True)
                 if tool is None:
                     measured = measure_server_alone(server, source, size, round_number, not args.writes_only)
+                elif tool.name == FLOOR:
+                    measured = measure_floor(tool, size)
                 else:
                     reads = not (tool.writes_only or args.writes_only)
                     measured = measure(tool, size, args.fio_seconds) if reads else {}
