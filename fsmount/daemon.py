@@ -41,8 +41,8 @@ _FILLED_BLOCKS_MEMORY = 32 * 2**20
 _UNWRITTEN_MEMORY = 64 * 2**20  # of blocks fetched, for readers or ahead of them, and not yet on disk
 # The kernel's own read-ahead on the mount, so that it asks for 1 MiB reads.
 _KERNEL_READ_AHEAD_KB = 1024
-# Seconds between hand-backs of the receive buffers nobody took since the last: between a cold read and
-# the next reads (from the cache, into memory of their own), the daemon held ~33 MiB more without.
+# Seconds between hand-backs of the receive buffers nobody took since the last: a daemon done fetching
+# holds them 2-4 s longer at most, and a stream keeps those it cycles through.
 _IDLE_BUFFERS_CHECK = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number
 _MALLOC_ARENAS = 2
