@@ -27,6 +27,14 @@ def test_a_buffer_too_small_is_not_taken():
     assert len(buffers.take(2 * MIB)) >= 2 * MIB
 
 
+def test_a_full_pool_keeps_a_larger_buffer_in_place_of_a_free_one_too_small():
+    buffers = ReceiveBuffers(1)
+    small = weakref.ref(buffers.take(MIB))
+    larger = weakref.ref(buffers.take(2 * MIB))
+    assert small() is None
+    assert buffers.take(MIB) is larger()
+
+
 def test_beyond_those_kept_buffers_are_made_and_dropped():
     buffers = ReceiveBuffers(1)
     held = buffers.take(MIB)

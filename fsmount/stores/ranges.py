@@ -37,14 +37,22 @@ class ReceiveBuffers:
     def take(self, size: int) -> mmap.mmap:
         """A buffer of SIZE bytes or more, for the caller alone until it drops every reference to it."""
         with self._lock:
-            for buffer in self._buffers:
-                if sys.getrefcount(buffer) == self._UNUSED and len(buffer) >= size:
-                    self._taken.add(id(buffer))
-                    return buffer
+            too_small = None  # a free buffer that a larger one would better replace
+            for index in range(len(self._buffers)):  # not enumerate: its tuple would hold a reference
+                buffer = self._buffers[index]
+                if sys.getrefcount(buffer) == self._UNUSED:
+                    if len(buffer) >= size:
+                        self._taken.add(id(buffer))
+                        return buffer
+                    too_small = index
             fresh = mmap.mmap(-1, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)  # whole pages: O_DIRECT writes them
             if len(self._buffers) < self._kept:
                 self._buffers.append(fresh)
-                self._taken.add(id(fresh))
+            elif too_small is not None:
+                self._buffers[too_small] = fresh
+            else:
+                return fresh
+            self._taken.add(id(fresh))
             return fresh
 
     def release_idle(self):
