@@ -63,7 +63,10 @@ class Floor(pyfuse3.Operations):
         response = self.pool.request("GET", self.request["url"], headers=headers, preload_content=False)
         view, received = memoryview(buffer)[:length], 0
         while received < length:
-            received += response._fp.readinto(view[received:])  # as fsmount.stores.ranges reads a body
+            count = response._fp.readinto(view[received:])  # as fsmount.stores.ranges reads a body
+            if not count:
+                raise OSError(errno.EIO, f"the server sent {received} of {length} bytes")
+            received += count
         response.release_conn()
         return view
 
