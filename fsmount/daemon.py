@@ -119,7 +119,7 @@ class Daemon:
         cache = self.config.cache
         if self.cache is None:
             self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY,
-                                    max(2, _UNWRITTEN_MEMORY // cache.block_size))
+                                    max(2 * cache.block_size, _UNWRITTEN_MEMORY))
             self.known_attributes = KnownAttributes(cache.dir)
         source = volume.objects
         store = TrioStore(self.stores.store_for(source))

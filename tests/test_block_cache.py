@@ -1,4 +1,5 @@
 """The block cache against a real S3 server: hits, single flight, eviction, restarts and damage."""
+import contextlib
 import os
 import sqlite3
 import threading
@@ -180,7 +181,7 @@ async def test_a_damaged_small_block_is_fetched_again_not_served(s3_bucket, moto
     first.close()
     damaged = bytearray(data)
     damaged[1000] ^= 0xFF
-    with sqlite3.connect(tmp_path / "index.sqlite") as index:
+    with contextlib.closing(sqlite3.connect(tmp_path / "index.sqlite")) as index, index:
         index.execute("UPDATE blocks SET data = ?", (bytes(damaged),))
     again = BlockCache(str(tmp_path), 10 * SMALL, SMALL)
     assert await reader(again, store, info, 0, block=SMALL)() == data
@@ -233,6 +234,7 @@ async def test_readers_of_a_block_being_written_get_its_bytes_without_waiting_fo
     finally:
         disk_free.set()
     assert len(block_files(tmp_path)) == 1 and gets(moto, bucket) == 1
+    cache.close()
     again = BlockCache(str(tmp_path), 10 * large, large)
     assert await reader(again, store, info, 0, block=large)() == data
     assert gets(moto, bucket) == 1
@@ -245,7 +247,7 @@ async def test_a_cache_made_by_an_older_version_is_dropped_not_misread(s3_bucket
     path = tmp_path / "blocks" / name[:2] / name[2:4] / name
     path.parent.mkdir(parents=True)
     path.write_bytes(data)
-    with sqlite3.connect(tmp_path / "index.sqlite") as index:  # as fsmount kept it before checksums were XXH3
+    with contextlib.closing(sqlite3.connect(tmp_path / "index.sqlite")) as index, index:  # as fsmount kept it before checksums were XXH3
         index.execute("CREATE TABLE blocks (name TEXT PRIMARY KEY, size INTEGER NOT NULL, crc INTEGER NOT NULL, "
                       "used REAL NOT NULL, ready INTEGER NOT NULL, data BLOB)")
         index.execute("INSERT INTO blocks VALUES (?, ?, ?, 0, 1, NULL)", (name, BLOCK, zlib.crc32(data)))
@@ -259,7 +261,7 @@ async def test_however_many_readers_at_most_the_bound_of_blocks_is_fetched_and_u
     """Ten streams at once held 13 fetched 8 MiB blocks waiting for the disk; memory must not grow with readers."""
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 12)
-    cache = BlockCache(str(tmp_path), 100 * BLOCK, BLOCK, unwritten=3)
+    cache = BlockCache(str(tmp_path), 100 * BLOCK, BLOCK, unwritten=3 * BLOCK)
     held, most = 0, 0
 
     async def read(index):

@@ -11,16 +11,21 @@ a block a reader holds. Ten readers of one missing block cause one fetch.
 Block files are written with O_DIRECT where the file system allows it: filling the page cache
 cost ~2 s of CPU per GiB here, half of what a cold read cost in all. Readers of a block are answered
 from memory while it is written, and the blocks filled last stay there, a bounded amount, for the
-reads that asked for them.
+reads that asked for them. Fetched blocks are written by writers of their own, a batch at a time:
+one index transaction before their files are written and one after, the files in one trip to a
+worker thread. Written on the event loop, one by one, a shuffled epoch of 128 KiB objects spent a
+third of the loop's time on creating their files and committing their rows.
 """
 import collections
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import functools
 import glob
 import hashlib
 import logging
+import math
 import mmap
 import os
 import queue
@@ -31,7 +36,7 @@ import time
 import trio
 import xxhash
 
-from fsmount.cache.background import BackgroundTasks, run_in_background, when_idle
+from fsmount.cache.background import run_in_background, when_idle
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +47,20 @@ CREATE TABLE blocks (
 CREATE INDEX blocks_by_use ON blocks (used);
 """
 _INDEX_VERSION = 1  # 1: XXH3 checksums; zlib's CRC-32 before took 6% of the CPU of a cold sequential read
-_WRITES_BEHIND = 4  # blocks whose readers had them before they were written, at most
+_WRITERS = 2  # tasks writing fetched blocks to the cache, each a batch at a time
+_BATCH_MOST = 64  # blocks a writer takes at once
 _EVICTION_BATCH = 64
 _TOUCHES_KEPT = 4096  # uses of blocks held in memory before they are written to the index
 _OPEN_BLOCKS = 256  # block files kept open for the reads that follow (2 GiB of 8 MiB blocks)
-# Smaller blocks are written on the event loop: a trip to a worker thread costs more than the write.
-_INLINE_WRITE = 256 * 1024
 _IN_INDEX_BELOW = 64 * 1024  # blocks smaller than this live in the index, not in files of their own
 _ALIGNMENT = 4096  # of offsets, lengths and memory in O_DIRECT transfers
 _UNREAD_AWAITED = 5.0  # seconds a block filled ahead of its reader is kept for it over blocks read already
 # glibc keeps the blocks' buffers freed in the middle of its heap: ten streams read at once peaked at
 # ~220 MiB with ~40 of blocks alive. Handing its free pages back after each block written took that to
 # ~183 (~192 every fourth block), at no cost to a cold read that could be measured. A block fetched
-# into a receive buffer (a memoryview: fsmount.stores.ranges) was never glibc's.
+# into a receive buffer (a memoryview: fsmount.stores.ranges) was never glibc's; small ones free too little
+# to trim after each, so a batch is trimmed once it freed this much.
+_TRIM_FROM = 2**20
 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
@@ -70,18 +76,44 @@ class _Fill:
     data: bytes | None = None
     read: bool = False  # by a reader, as it was being written
     read_to_end: bool = False  # by a reader, which most likely is done with it
+    reserved: int = 0  # bytes of the budget of unwritten blocks it holds
+
+
+class _Budget:
+    """Bytes that may be taken at once, at most LIMIT; one taker may go past it when nothing else is taken."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.taken = 0
+        self._waiting = trio.lowlevel.ParkingLot()
+
+    async def acquire(self, size: int):
+        while self.taken and self.taken + size > self.limit:
+            await self._waiting.park()
+        self.taken += size
+
+    def release(self, size: int):
+        self.taken -= size
+        self._waiting.unpark_all()
 
 
 class BlockCache:
-    def __init__(self, directory: str, max_size: int, block_size: int, memory: int = 0, unwritten: int = 8):
-        """MEMORY: bytes of the blocks filled last kept in memory. UNWRITTEN: blocks being fetched or written
-        at once, at most: ten streams at once held 13 fetched blocks waiting for the disk."""
+    def __init__(self, directory: str, max_size: int, block_size: int, memory: int = 0, unwritten: int = 2**26):
+        """MEMORY: bytes of the blocks filled last kept in memory. UNWRITTEN: bytes of blocks being fetched or
+        written at once, at most: ten streams at once held 13 fetched blocks waiting for the disk."""
         self.block_size = block_size
         self.max_size = max_size
         self._blocks_dir = os.path.join(directory, "blocks")
         os.makedirs(directory, exist_ok=True)
         self._db = sqlite3.connect(os.path.join(directory, "index.sqlite"), isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # One daemon uses the index at a time: it holds the file's locks, so no statement takes or drops them
+        # (WAL's locks took ~14 fcntl calls a block, on the event loop), and a second daemon is refused.
+        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as error:
+            self._db.close()
+            raise OSError(errno.EBUSY, f"the cache in {directory} is in use by another fsmount ({error})") from None
         self._db.execute("PRAGMA synchronous=NORMAL")
         if self._db.execute("PRAGMA user_version").fetchone()[0] != _INDEX_VERSION:
             self._forget_everything(directory)
@@ -98,8 +130,8 @@ class BlockCache:
         self._fresh_size = 0
         self._unread: dict[str, float] = {}  # fresh blocks filled ahead of readers, none read yet -> when filled
         self._memory = memory
-        self._writes_behind = BackgroundTasks(_WRITES_BEHIND)
-        self._unwritten = trio.Semaphore(unwritten)
+        self._unwritten = _Budget(unwritten)
+        self._queued: trio.MemorySendChannel | None = None  # to the writers, while they run
 
     def close(self):
         self._flush_touches()
@@ -128,9 +160,9 @@ class BlockCache:
         self._db.execute("DELETE FROM blocks WHERE ready = 0")
 
     async def read(self, name: str, offset: int, length: int, fetch, page_cache: bool = False,
-                   background: bool = False) -> bytes | memoryview:
+                   background: bool = False, size: int | None = None) -> bytes | memoryview:
         """LENGTH bytes from OFFSET of block NAME (a view of them while the block is in memory); on a miss
-        `await fetch()` gets the block's bytes.
+        `await fetch()` gets the block's bytes, SIZE of them (a whole block if None) or fewer.
         PAGE_CACHE: the block is for reads at random, so it is written through the kernel's page cache
         and those reads find it in memory; a stream's blocks skip it (O_DIRECT costs less CPU).
         BACKGROUND: no reader waits for the block; it is written at low priority once the daemon is idle, and
@@ -141,7 +173,8 @@ class BlockCache:
             if name in self._verified and name not in self._fills:
                 self._touch(name)  # a block this process has checked: no index lookup
             else:
-                filling = await self._ensure(name, fetch, page_cache, background, reader=length > 0)
+                filling = await self._ensure(name, fetch, page_cache, background, reader=length > 0,
+                                             size=self.block_size if size is None else size)
             if not length:  # a fill ahead of the reads
                 return b""
             fresh = filling.data if filling is not None else self._fresh.get(name)
@@ -182,9 +215,10 @@ class BlockCache:
             return True
         return self._db.execute("SELECT 1 FROM blocks WHERE name = ? AND ready = 1", (name,)).fetchone() is not None
 
-    async def _ensure(self, name: str, fetch, page_cache: bool, background: bool, reader: bool) -> _Fill | None:
-        """Makes sure block NAME is in the cache. A fill whose bytes are fetched and still being written,
-        if there is one: its READER need not wait for the disk."""
+    async def _ensure(self, name: str, fetch, page_cache: bool, background: bool, reader: bool,
+                      size: int) -> _Fill | None:
+        """Makes sure block NAME (of about SIZE bytes) is in the cache. A fill whose bytes are fetched and
+        still being written, if there is one: its READER need not wait for the disk."""
         while True:
             filling = self._fills.get(name)
             if filling is not None:
@@ -197,48 +231,129 @@ class BlockCache:
             if row is not None and await self._intact(name, *row):
                 self._touch(name)
                 return None
-            filling = self._fills[name] = _Fill()
+            filling = self._fills[name] = _Fill(reserved=size)
             try:
-                await self._unwritten.acquire()  # released once the block is written, in _finish
+                await self._unwritten.acquire(size)  # released once the block is written
                 try:
                     filling.data = await fetch()
                 except BaseException:
-                    self._unwritten.release()
+                    self._unwritten.release(size)
                     raise
             except BaseException:
                 del self._fills[name]
                 filling.fetched.set()
                 raise
             filling.fetched.set()
-            if reader and self._writes_behind.start(functools.partial(self._write_behind, name, filling, page_cache)):
-                return filling
-            await self._finish(name, filling, page_cache, background)
+            if self._queued is not None and not background:
+                self._queued.send_nowait((name, filling, page_cache))
+                return filling if reader else None
+            await self._write([(name, filling, page_cache)], background)
             return None
 
-    async def _finish(self, name: str, filling: _Fill, page_cache: bool, background: bool):
+    async def write_behind(self, task_status=trio.TASK_STATUS_IGNORED):
+        """For as long as it runs, fetched blocks are written by writers of their own, in batches, while
+        their readers are answered from memory: no reader waits for the disk or the index."""
+        send, receive = trio.open_memory_channel(math.inf)  # the budget of unwritten bytes bounds it
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(_WRITERS):
+                    nursery.start_soon(self._write_queued, receive)
+                self._queued = send
+                task_status.started()
+        finally:
+            self._queued = None
+
+    async def _write_queued(self, receive):
+        async for first in receive:
+            batch = [first]
+            with contextlib.suppress(trio.WouldBlock):
+                while len(batch) < _BATCH_MOST:
+                    batch.append(receive.receive_nowait())
+            try:
+                await self._write(batch, background=False)
+            except Exception as error:  # the readers have their bytes; the next ones fetch them again
+                log.warning("%d cache blocks could not be written: %s", len(batch), error,
+                            exc_info=not isinstance(error, OSError))
+
+    async def _write(self, batch: list[tuple[str, _Fill, bool]], background: bool):
+        """Puts the fetched blocks of BATCH ((name, fill, page_cache) each) into the cache: one index
+        transaction before their files are written and one after, and one trip to a worker thread,
+        however many they are. BACKGROUND: once the daemon is idle, by the low-priority thread."""
         try:
             if background:
-                await when_idle()  # readers of the block meanwhile have its bytes from the fill
-            await self._fill(name, filling.data, page_cache, background)
-            if not (background or filling.read_to_end):
-                self._keep_fresh(name, filling.data, unread=not (filling.read or page_cache))
+                await when_idle()  # readers of the blocks meanwhile have their bytes from the fills
+            self._make_room(sum(len(filling.data) for _, filling, _ in batch))
+            files = self._record(batch)
+            if files:
+                write = run_in_background if background else trio.to_thread.run_sync
+                try:
+                    checksums = await write(_write_files, [(self._path(name), data, direct)
+                                                           for name, data, direct in files])
+                    self._record_written(files, checksums)
+                except BaseException:
+                    for name, data, _ in files:
+                        if name not in self._verified:
+                            self._remove(name, len(data))
+                    raise
         finally:
+            self._release(batch, background)
+
+    def _record(self, batch: list[tuple[str, _Fill, bool]]) -> list[tuple[str, bytes, int]]:
+        """Enters BATCH's blocks into the index: small ones whole, the others as not ready until their files
+        are written. Returns those: (name, data, O_DIRECT or 0) each."""
+        files, in_index = [], []
+        with self._transaction():
+            for name, filling, page_cache in batch:
+                data = filling.data
+                if len(data) < _IN_INDEX_BELOW:
+                    self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready, data) "
+                                     "VALUES (?, ?, ?, ?, 1, ?)", (name, len(data), _checksum(data), time.time(), data))
+                    in_index.append(name)
+                else:
+                    self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready) "
+                                     "VALUES (?, ?, 0, ?, 0)", (name, len(data), time.time()))
+                    files.append((name, data, 0 if page_cache else self._direct))
+        self.size += sum(len(filling.data) for _, filling, _ in batch)
+        self._verified.update(dict.fromkeys(in_index, True))
+        return files
+
+    def _record_written(self, files: list[tuple[str, bytes, int]], checksums: list[int | OSError]):
+        failed = []
+        with self._transaction():
+            for (name, data, _), checksum in zip(files, checksums):
+                if isinstance(checksum, OSError):
+                    failed.append((name, data, checksum))
+                else:
+                    self._db.execute("UPDATE blocks SET checksum = ?, ready = 1 WHERE name = ?", (checksum, name))
+        self._verified.update((name, False) for (name, _, _), checksum in zip(files, checksums)
+                              if not isinstance(checksum, OSError))
+        for name, data, error in failed:
+            log.warning("cache block %s could not be written: %s", name, error)
+            self._remove(name, len(data))
+
+    def _release(self, batch: list[tuple[str, _Fill, bool]], background: bool):
+        """The fills of BATCH are over: blocks written stay in memory a while for their readers (unless read
+        to the end already), and their bytes leave the budget of unwritten ones."""
+        glibc_bytes = 0
+        for name, filling, page_cache in batch:
+            if name in self._verified and not (background or filling.read_to_end):
+                self._keep_fresh(name, filling.data, unread=not (filling.read or page_cache))
             del self._fills[name]
-            self._unwritten.release()
-            # a small block frees too little
-            if _malloc_trim is not None and isinstance(filling.data, bytes) and len(filling.data) >= _IN_INDEX_BELOW:
-                _malloc_trim(0)
+            self._unwritten.release(filling.reserved)
+            if isinstance(filling.data, bytes):
+                glibc_bytes += len(filling.data)
+        if _malloc_trim is not None and glibc_bytes >= _TRIM_FROM:
+            _malloc_trim(0)
 
-    async def _write_behind(self, name: str, filling: _Fill, page_cache: bool):
+    @contextlib.contextmanager
+    def _transaction(self):
+        self._db.execute("BEGIN")
         try:
-            await self._finish(name, filling, page_cache, False)
-        except Exception as error:  # its reader has its bytes; the next one fetches them again
-            log.warning("cache block %s could not be written: %s", name, error, exc_info=not isinstance(error, OSError))
-
-    async def write_behind(self, task_status=trio.TASK_STATUS_IGNORED):
-        """For as long as it runs, a reader that fetched a block is answered before the block is written
-        (a 4 MiB object waited ~6 ms for its write); a few such writes at a time, so memory stays bounded."""
-        await self._writes_behind.run(task_status=task_status)
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     async def _intact(self, name: str, size: int, checksum: int, in_index: bool) -> bool:
         if name in self._verified:
@@ -256,16 +371,6 @@ class BlockCache:
         log.warning("cache block %s is damaged or missing; fetching it again", name)
         self._remove(name, size)
         return False
-
-    async def _fill(self, name: str, data: bytes, page_cache: bool, background: bool):
-        self._make_room(len(data))
-        self.size += len(data)
-        if len(data) < _IN_INDEX_BELOW:
-            self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready, data) "
-                             "VALUES (?, ?, ?, ?, 1, ?)", (name, len(data), _checksum(data), time.time(), data))
-            self._verified[name] = True
-        else:
-            await self._fill_file(name, data, page_cache, background)
 
     def _keep_fresh(self, name: str, data: bytes, unread: bool):
         """Keeps a block just filled in memory for the reads that wait for it. The oldest go first, those
@@ -291,21 +396,6 @@ class BlockCache:
         """How many blocks filled ahead of their readers wait in memory for them."""
         return len(self._awaited())
 
-    async def _fill_file(self, name: str, data: bytes, page_cache: bool, background: bool):
-        self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready) VALUES (?, ?, 0, ?, 0)",
-                         (name, len(data), time.time()))
-        try:
-            if len(data) <= _INLINE_WRITE:
-                checksum = _write_atomically(self._path(name), data, 0)  # a small write: buffered costs little
-            else:
-                write = run_in_background if background else trio.to_thread.run_sync
-                checksum = await write(_write_atomically, self._path(name), data, 0 if page_cache else self._direct)
-        except BaseException:
-            self._remove(name, len(data))
-            raise
-        self._db.execute("UPDATE blocks SET checksum = ?, ready = 1 WHERE name = ?", (checksum, name))
-        self._verified[name] = False
-
     def _touch(self, name: str):
         """Records a use of block NAME; the index learns of uses in batches, which only eviction reads."""
         self._touched[name] = time.time()
@@ -321,10 +411,11 @@ class BlockCache:
             if not victims:
                 log.warning("cache is over its bound (%d bytes): every block is in use", self.size)
                 return
-            for name, size in victims:
-                self._remove(name, size)
-                if self.size + needed <= self.max_size:
-                    return
+            with self._transaction():
+                for name, size in victims:
+                    self._remove(name, size)
+                    if self.size + needed <= self.max_size:
+                        return
 
     def _remove(self, name: str, size: int):
         fd = self._open.pop(name, None)
@@ -418,6 +509,17 @@ def _direct_io_flag(directory: str) -> int:
 def _read_whole(path: str) -> bytes:
     with open(path, "rb") as block:
         return block.read()
+
+
+def _write_files(files: list[tuple[str, bytes, int]]) -> list[int | OSError]:
+    """Writes each (path, data, O_DIRECT or 0) of FILES by `_write_atomically`: its checksum, or why not."""
+    results = []
+    for path, data, direct in files:
+        try:
+            results.append(_write_atomically(path, data, direct))
+        except OSError as error:
+            results.append(error)
+    return results
 
 
 def _write_atomically(path: str, data: bytes, direct: int) -> int:

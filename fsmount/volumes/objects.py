@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import time
+import typing
 
 import trio
 
@@ -90,6 +91,12 @@ def parse_mode(text: str) -> int:
 def _time_and_mode(metadata: dict[str, str]) -> dict[str, str]:
     """What of METADATA fsmount shows: S3 listings carry none of it."""
     return {name: metadata[name] for name in (MTIME, MODE) if name in metadata}
+
+
+class Piece(typing.NamedTuple):
+    name: str  # in the block cache
+    fetch: typing.Callable[[], typing.Awaitable[bytes | memoryview]]
+    size: int  # of the bytes it fetches
 
 
 class ObjectVolume(Volume):
@@ -257,7 +264,7 @@ class ObjectVolume(Volume):
 
         self._scans.opened(path[:-1], position, fetch_ahead)
 
-    def fill_ahead(self, name: str, fetch) -> bool:
+    def fill_ahead(self, name: str, fetch, size: int) -> bool:
         """Starts filling block NAME in the background unless this process has it (one on disk is checked
         there, ahead of its reader); False when no slot is free."""
         if self.cache.checked(name):
@@ -266,7 +273,7 @@ class ObjectVolume(Volume):
         # out, and their readers would read them from disk (ten streams at once read up to half their bytes so).
         if self.cache.unread() >= self.prefetcher.slots.value:
             return False
-        return self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch))
+        return self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch, size=size))
 
     async def readlink(self, path: Path) -> str:
         info = await self._lookup(path)
@@ -283,19 +290,20 @@ class ObjectVolume(Volume):
         key = "" if self.store.content_addressed else info.key
         return block_name(self.store.identity, key, info.version, f"{tag}{index}")
 
-    def piece(self, path: Path, info: ObjectInfo, index: int, size: int, tag: str = ""):
-        """(cache name, fetch) for piece INDEX of SIZE bytes of the object."""
+    def piece(self, path: Path, info: ObjectInfo, index: int, size: int, tag: str = "") -> "Piece":
+        """Piece INDEX of SIZE bytes of the object: its cache name, its fetch and its length."""
         name = self.block(info, index, tag)
+        length = max(0, min(size, info.size - index * size))  # as the listing says: a range no longer than the object
 
         async def fetch():
             try:
-                return await self.store.read(info.key, index * size, size, info.version)
+                return await self.store.read(info.key, index * size, length or size, info.version)
             except PreconditionFailed:
                 self.forget_stat(path)
                 log.info("%s changed while open; its old version is gone", info.key)
                 raise OSError(errno.ESTALE, "the object changed") from None
 
-        return name, fetch
+        return Piece(name, fetch, length)
 
     def fill_whole(self, path: Path, info: ObjectInfo, store_pages=None):
         """Fills every block of an object read at random, a few at a time, once per version. With
@@ -309,14 +317,14 @@ class ObjectVolume(Volume):
             feed = self._feeds[path] = _PageFeed(info.version, store_pages)
         block_size = self.cache.block_size
 
-        async def fill_one(index, name, fetch, limit, nursery):
+        async def fill_one(index, name, fetch, size, limit, nursery):
             try:
                 async with limit:
                     if feed is None or feed.stopped:
                         if not self.cache.contains(name):
-                            await self.prefetcher.fill(lambda: self.cache.read(name, 0, 0, fetch, page_cache=True))
+                            await self.prefetcher.fill(lambda: self.cache.read(name, 0, 0, fetch, page_cache=True, size=size))
                         return
-                    data = await self.prefetcher.fill(lambda: self.cache.read(name, 0, block_size, fetch))
+                    data = await self.prefetcher.fill(lambda: self.cache.read(name, 0, block_size, fetch, size=size))
                     await feed.store(index * block_size, data)
             except Exception as error:  # the first failure stops the rest: the store may be down
                 log.info("filling %s in the background stopped: %s", info.key, error,
@@ -505,13 +513,13 @@ class _ObjectFile(FileHandle):
         end = offset + size
         while offset < end:
             index, inner = divmod(offset, cache.block_size)
-            name, fetch = self._reader(index, cache.block_size)
+            piece = self._reader(index, cache.block_size)
             length = min(cache.block_size - inner, end - offset)
-            if not self._sequential and not cache.contains(name):
+            if not self._sequential and not cache.contains(piece.name):
                 index, inner = divmod(offset, RANDOM_CHUNK)
-                name, fetch = self._reader(index, RANDOM_CHUNK, tag="chunk")
+                piece = self._reader(index, RANDOM_CHUNK, tag="chunk")
                 length = min(RANDOM_CHUNK - inner, end - offset)
-            parts.append(await cache.read(name, inner, length, fetch))
+            parts.append(await cache.read(piece.name, inner, length, piece.fetch, size=piece.size))
             offset += length
         return parts[0] if len(parts) == 1 else b"".join(parts)
 

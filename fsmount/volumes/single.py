@@ -54,8 +54,8 @@ class SingleObjectVolume(ObjectVolume):
         digest = hashlib.sha256()
         block_size = self.cache.block_size
         for index in range(-(-info.size // block_size)):
-            name, fetch = self.piece(path, info, index, block_size)
-            await trio.to_thread.run_sync(digest.update, await self.cache.read(name, 0, block_size, fetch))
+            name, fetch, size = self.piece(path, info, index, block_size)
+            await trio.to_thread.run_sync(digest.update, await self.cache.read(name, 0, block_size, fetch, size=size))
         if digest.digest() != self.checksum_sha256:
             log.error("%s: SHA-256 %s, not the %s the config asks for; reads fail with EIO",
                       info.key, digest.hexdigest(), self.checksum_sha256.hex())

@@ -158,8 +158,9 @@ class WritableObjectVolume(ObjectVolume):
                 return staged
             try:
                 for index in range(-(-info.size // self.cache.block_size)):
-                    name, fetch = self.piece(path, info, index, self.cache.block_size)
-                    staged.write(index * self.cache.block_size, await self.cache.read(name, 0, self.cache.block_size, fetch))
+                    name, fetch, size = self.piece(path, info, index, self.cache.block_size)
+                    staged.write(index * self.cache.block_size,
+                                 await self.cache.read(name, 0, self.cache.block_size, fetch, size=size))
             except BaseException:
                 if self._staged.get(path) is staged:
                     del self._staged[path]
