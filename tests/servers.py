@@ -83,7 +83,7 @@ def serve(name: str, log_dir: Path) -> Server:
     if name != "seaweedfs":
         return Server(name, log_dir)
     server = Server(name, log_dir, tempfile.mkdtemp(prefix="seaweedfs-", dir=log_dir), "32",
-                    port_offsets=(1, 2, 3, 10000, 10001, 10002, 10003))
+                    port_offsets=(1, 2, 3, 4, 10000, 10001, 10002, 10003))
     admin, deadline = s3_admin(server), time.monotonic() + 60
     while True:
         try:
@@ -129,7 +129,7 @@ _REQUESTS_KEPT = 4 * 2**20
 class Proxy:
     """A TCP relay on 127.0.0.1 in front of a server, to take the server away and give it back: `down()`
     drops every connection and refuses new ones; `stall_after(n)` stops passing requests on once N more
-    bytes of them have gone through; `up()` ends both."""
+    bytes of them have gone through; `up()` ends both. `connections` counts those it accepted."""
 
     def __init__(self, target_port: int):
         self._target = target_port
@@ -141,6 +141,7 @@ class Proxy:
         self._refusing = False
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self.connections = 0
         self.sent = 0  # bytes of requests passed on
         self.requests = bytearray()  # the first MiBs of them, as sent
         self._stall_at: int | None = None
@@ -155,6 +156,7 @@ class Proxy:
             if self._refusing:
                 client.close()
                 continue
+            self.connections += 1
             upstream = socket.create_connection(("127.0.0.1", self._target))
             with self._lock:
                 self._open |= {client, upstream}

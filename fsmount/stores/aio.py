@@ -17,6 +17,7 @@ import trio_asyncio
 from trio_asyncio import aio_as_trio
 
 from fsmount.stores.base import AccessDenied, ListPage, ObjectInfo, Store
+from fsmount.stores.ranges import SMALL_GET
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,13 @@ class TrioStore:
                 return
 
     async def read(self, key: str, start: int, length: int, version: str) -> bytes:
-        """LENGTH bytes (fewer at the end) from START of KEY at VERSION; PreconditionFailed if it changed."""
+        """LENGTH bytes (fewer at the end) from START of KEY at VERSION; PreconditionFailed if it changed. A
+        small range whose request can be signed at once is fetched on the event loop, the rest from worker threads."""
         for fresh in (False, True):
             try:
+                if length < SMALL_GET and self.store.signs_at_once():
+                    request = self.store.range_request(key, start, length, version, fresh)
+                    return await self.store.fetcher.small_gets.get(request)
                 return await trio.to_thread.run_sync(self.store.read_range, key, start, length, version, fresh,
                                                      abandon_on_cancel=True)
             except AccessDenied:  # perhaps a signature that expired early, with the credentials it was made with

@@ -129,6 +129,11 @@ class Store(abc.ABC):
         changed. FRESH: the last one was refused; sign it anew rather than from a cache. Called from
         worker threads, right before the GET is sent: thread-safe, and it may block."""
 
+    def signs_at_once(self) -> bool:
+        """Whether `range_request` may be called on the event loop now: it would not wait for anything (a
+        credential to refresh, a token to fetch)."""
+        return False
+
     def read_range(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> bytes:
         """The bytes of `range_request`, sent from this (worker) thread; fewer at the end, b"" past it."""
         return self.fetcher.get(self.range_request(key, start, length, version, fresh))

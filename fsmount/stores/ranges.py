@@ -14,9 +14,11 @@ from typing import NamedTuple
 import urllib3
 
 from fsmount.stores.base import ATTEMPTS, RangeRequest, Throttled, Unavailable, backoff, status_error
+from fsmount.stores.curl import CurlGets
 
 _ANSWERS = {200, 201, 308}  # 308: a resumable upload (GCS) took a chunk and wants the next
 _REUSED_FROM = 1024 * 1024  # bodies of this many bytes or more are read into ReceiveBuffers
+SMALL_GET = _REUSED_FROM  # GETs of fewer bytes are libcurl's, on the event loop (`small_gets`)
 _BUFFERS_KEPT = 12  # the cache's bound on blocks fetched and not yet on disk (8), and those kept in memory (4)
 
 
@@ -77,6 +79,7 @@ class RangeFetcher:
         tls = {"cert_reqs": "CERT_NONE"} if verify is False else {"ca_certs": verify} if isinstance(verify, str) else {}
         self._pool = urllib3.PoolManager(num_pools=4, maxsize=max_connections, block=True, retries=False,
                                          timeout=urllib3.Timeout(connect=5, read=60), **tls)
+        self.small_gets = CurlGets(max_connections, verify)
 
     def get(self, request: RangeRequest) -> bytes | memoryview:
         """The bytes REQUEST asks for (blocking: call it in a worker thread), retried while the server

@@ -175,6 +175,10 @@ class S3Store(Store):
             self._client = None
             await self.endpoint.close()
 
+    def signs_at_once(self) -> bool:
+        credentials = self.endpoint.credentials
+        return not isinstance(credentials, botocore.credentials.RefreshableCredentials) or not credentials.refresh_needed()
+
     def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
         if version.startswith(_VERSION_ID):  # a version id names bytes that never change
             return RangeRequest(key, start, length, self._url(key, version.removeprefix(_VERSION_ID), fresh))
