@@ -8,24 +8,41 @@ Rows: sequential read of a 1 GiB object cold (empty tool cache) and warm (tool c
 cache dropped), random 4 KiB reads cold and warm (fio), `ls -l` of a 10,000-object prefix the
 first and the second time, `cp -r` of 1,000 objects of 16 KiB, `cp` of a 512 MiB file into the
 mount and 500 files of 16 KiB written by a shell loop (each timed until the server holds every
-byte), and the daemon's peak RSS. rclone is measured twice: with its full cache (every row) and
-with no cache (the write rows, where it is at its fastest: its cache holds uploads back for 5 s).
-The server alone (`server-alone`) is measured too, through fsmount's store client with no mount and
-no cache: the 1 GiB object in eight ranged GETs of 8 MiB at once, the 512 MiB file in parts of 8
-MiB four at once, the 500 small files in PUTs one after another. That is about the most any tool
-could get from this server on this machine. The cold read is also measured through the least work
-a pyfuse3 daemon can do (`pyfuse3-floor`, scripts/pyfuse3_floor.py: ranged GETs into reused memory,
-reads answered from there, no cache): about the most fsmount, a pyfuse3 daemon, could get. The
-tools, the floor and the server alone take turns, round after round (3 by default), each round
+byte), and the daemon's peak RSS.
+
+The data-loader rows read datasets as training jobs do, each group on a fresh mount: a shuffled
+epoch over 4,000 objects of 128 KiB in 40 directories by 8 and by 16 threads, cold and again from
+the tool's cache (the page cache dropped before each), after one `find` and stat of the tree, a
+loader's index; an epoch over 200 objects of 4 MiB by 8 threads; 8 threads each reading a 256 MiB
+object of its own; the time to the first byte of the 1 GiB object. With SeaweedFS each of those
+rows is followed by the requests the server answered during it, as the server counts them (its
+Prometheus metrics).
+
+rclone is measured twice: with its full cache (every row) and with no cache (the write rows, where
+it is at its fastest: its cache holds uploads back for 5 s, and the data-loader rows). The server
+alone (`server-alone`) is measured through fsmount's store client with no mount and no cache: the
+1 GiB object in eight ranged GETs of 8 MiB at once, the 512 MiB file in parts of 8 MiB four at
+once, the 500 small files in PUTs one after another; about the most any tool could get from this
+server on this machine. `pyfuse3-floor` is the least work a pyfuse3 daemon can do, about the most
+fsmount could get: for the cold read scripts/pyfuse3_floor.py (ranged GETs into reused memory, reads
+answered from there, no cache), for the cold epochs scripts/pyfuse3_tree_floor.py (the tree known
+from the start, one GET a file by fsmount's client of small GETs, reads answered from memory, no
+cache). `fsmount-host` reads the small-object epoch from a local copy through a linked host volume
+of fsmount: what its warm epoch is held to.
+
+The tools, the floor and the server alone take turns, round after round (3 by default), each round
 starting one further along: what the one before leaves behind (a server still busy with its writes,
 or warm from its reads) falls on each in turn. A row shows the median of the rounds (the RSS row
-their largest), so a slow minute of the machine or the server does not decide a row.
+their largest), so a slow minute of the machine or the server does not decide a row. `--rows`
+picks groups of rows (default: all): read, random, ls, cp, writes, epoch, mid, parallel, ttfb.
 Prints a Markdown table with fsmount/peer ratios, and each round's numbers on stderr.
 """
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -53,6 +70,7 @@ from fsmount.stores.gcs import GcsStore  # noqa: E402
 from fsmount.stores.s3 import S3Endpoint, S3Store  # noqa: E402
 
 BUCKET = "bench"
+HOST = "fsmount-host"  # fsmount over a linked host copy of the epoch's objects: the data-loader rows' floor
 KEY, SECRET = "bench", "bench"
 BIG_KEY = "big/1GiB.bin"
 MANY, SMALL = 10_000, 1_000
@@ -60,6 +78,27 @@ WRITTEN, WRITES = 512 * 2**20, 500
 SERVER_ALONE = "server-alone"
 FLOOR = "pyfuse3-floor"  # measured for the cold read alone
 PARALLEL_GETS = 8  # of the server alone's read, each of a block as fsmount's cache holds it by default
+EPOCH_FILES, EPOCH_SIZE, EPOCH_DIRS = 4000, 128 * 1024, 40
+MID_FILES, MID_SIZE = 200, 4 * 2**20
+PARALLEL_FILES, PARALLEL_SIZE = 8, 256 * 2**20
+SHUFFLE_SEED = 26
+FIND_ROW = "find + stat of the 4,000 objects, cold"
+TTFB_ROW = "time to first byte of 1 GiB, cold"
+PARALLEL_ROW = "8 readers of 8 x 256 MiB, cold"
+GROUPS = {
+    "read": ["sequential read 1 GiB, cold", "sequential read 1 GiB, warm"],
+    "random": ["random 4 KiB reads, cold", "random 4 KiB reads, warm"],
+    "ls": ["ls -l 10,000 objects, first", "ls -l 10,000 objects, again"],
+    "cp": ["cp -r 1,000 x 16 KiB"],
+    "writes": ["cp 512 MiB into the mount", "500 x 16 KiB written by a shell loop"],
+    "epoch": [FIND_ROW] + [f"small-object epoch, {readers} readers, {state}" for readers in (8, 16)
+                           for state in ("cold", "warm")],
+    "mid": ["mid-size epoch, 8 readers, cold", "mid-size epoch, 8 readers, warm"],
+    "parallel": [PARALLEL_ROW],
+    "ttfb": [TTFB_ROW],
+}
+LOADER_GROUPS = {"epoch", "mid", "parallel", "ttfb"}
+REQUESTS = ", requests"  # ends the name of the row that counts the server's requests during the row before
 ROWS = [  # (row, unit, higher is better)
     ("sequential read 1 GiB, cold", "MB/s", True),
     ("sequential read 1 GiB, warm", "MB/s", True),
@@ -70,6 +109,15 @@ ROWS = [  # (row, unit, higher is better)
     ("cp -r 1,000 x 16 KiB", "s", False),
     ("cp 512 MiB into the mount", "MB/s", True),
     ("500 x 16 KiB written by a shell loop", "s", False),
+    (FIND_ROW, "s", False),
+    ("small-object epoch, 8 readers, cold", "files/s", True),
+    ("small-object epoch, 8 readers, warm", "files/s", True),
+    ("small-object epoch, 16 readers, cold", "files/s", True),
+    ("small-object epoch, 16 readers, warm", "files/s", True),
+    ("mid-size epoch, 8 readers, cold", "MB/s", True),
+    ("mid-size epoch, 8 readers, warm", "MB/s", True),
+    (PARALLEL_ROW, "MB/s", True),
+    (TTFB_ROW, "ms", False),
     ("daemon peak RSS", "MiB", False),
 ]
 PEAK_ROW = "daemon peak RSS"  # the largest of the rounds, where other rows show their median
@@ -114,12 +162,35 @@ class Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
-    def load(self, big: Path, size: int):
-        """The 1 GiB object (from the file BIG), 10,000 empty objects and 1,000 of 16 KiB."""
-        self.loop.run_until_complete(self.store.put_in_parts(BIG_KEY, str(big), 64 * 2**20, 4))
+    def requests(self) -> int | None:
+        """How many requests the server has answered so far, if it counts them."""
+        return None
+
+    def load(self, big: Path, size: int, groups: set[str], host_copy: Path):
+        """What the rows of GROUPS read: the 1 GiB object (from the file BIG), 10,000 empty objects and
+        1,000 of 16 KiB; the data-loader rows' objects, the small ones also under HOST_COPY."""
+        if groups & {"read", "random", "ttfb"}:
+            self.loop.run_until_complete(self.store.put_in_parts(BIG_KEY, str(big), 64 * 2**20, 4))
+        if "parallel" in groups:
+            part = big.with_name("parallel")
+            random_file(part, PARALLEL_SIZE)
+            for index in range(PARALLEL_FILES):
+                self.loop.run_until_complete(self.store.put_in_parts(f"parallel/object-{index}", str(part), 64 * 2**20, 4))
+            part.unlink()
         small = os.urandom(16 * 1024)
-        jobs = [(f"many/object-{index:05d}", b"") for index in range(MANY)]
-        jobs += [(f"small/file-{index:04d}", small) for index in range(SMALL)]
+        jobs = []
+        if "ls" in groups:
+            jobs += [(f"many/object-{index:05d}", b"") for index in range(MANY)]
+        if "cp" in groups:
+            jobs += [(f"small/file-{index:04d}", small) for index in range(SMALL)]
+        if "epoch" in groups:
+            for key in epoch_keys():
+                data = os.urandom(EPOCH_SIZE)
+                jobs.append((key, data))
+                (host_copy / key).parent.mkdir(parents=True, exist_ok=True)
+                (host_copy / key).write_bytes(data)
+        if "mid" in groups:
+            jobs += [(f"mid/d{index % 4}/object-{index:03d}", os.urandom(MID_SIZE)) for index in range(MID_FILES)]
         slots = asyncio.Semaphore(16)
 
         async def put(key, data):
@@ -133,11 +204,15 @@ class Server:
 
     def listed(self, prefix: str) -> list[tuple[str, int]]:
         """(key, size) of every object under PREFIX."""
+        return [(info.key, info.size) for info in self.infos(prefix)]
+
+    def infos(self, prefix: str) -> list:
+        """The ObjectInfo of every object under PREFIX."""
         async def every_page():
             found, token = [], None
             while True:
                 page = await self.store.list_page(prefix, "", token)
-                found += [(info.key, info.size) for info in page.objects]
+                found += page.objects
                 token = page.next_token
                 if token is None:
                     return found
@@ -147,8 +222,13 @@ class Server:
 
 class SeaweedFS(Server):
     name = "seaweedfs"
-    ports = (1, 2, 3, 10000, 10001, 10002, 10003)
+    ports = (1, 2, 3, 4, 10000, 10001, 10002, 10003)
     peers = ("rclone", "s3fs", "rclone-nocache")
+
+    def requests(self) -> int:
+        metrics = urllib3.request("GET", f"http://127.0.0.1:{self.port + 4}/metrics").data.decode()
+        return sum(int(float(line.split()[-1])) for line in metrics.splitlines()
+                   if line.startswith("SeaweedFS_s3_request_total{"))
 
     def create_bucket(self):
         botocore.session.get_session().create_client(
@@ -209,6 +289,16 @@ class FakeGcs(Server):
 SERVERS = {"s3": SeaweedFS, "azure": Azurite, "gcs": FakeGcs}
 
 
+def random_file(path: Path, length: int):
+    with open(path, "wb") as stream:
+        for _ in range(0, length, 2**20):
+            stream.write(os.urandom(min(2**20, length)))
+
+
+def epoch_keys() -> list[str]:
+    return [f"epoch/d{index % EPOCH_DIRS:02d}/object-{index:04d}" for index in range(EPOCH_FILES)]
+
+
 def drop_page_cache():
     subprocess.run(["sync"], check=True)
     Path("/proc/sys/vm/drop_caches").write_text("3")
@@ -227,17 +317,23 @@ class Tool:
         self.cache = work / f"cache-{name}"
         self.peak_rss = 0
         self.process = None
+        self.floor_of_tree = False  # the floor's file system: the epoch's tree, or the one big object
 
     @property
     def root(self) -> Path:
         """Where the bucket's keys appear: fsmount shows the bucket as one volume of its tree."""
-        return self.mnt / "bench" if self.name == "fsmount" else self.mnt
-
-    @property
-    def writes_only(self) -> bool:
-        return self.name == "rclone-nocache"
+        return self.mnt / "bench" if self.name in ("fsmount", HOST) else self.mnt
 
     def command(self) -> tuple[list[str], dict]:
+        if self.name == FLOOR and self.floor_of_tree:
+            store, run = self.server.store, self.server.loop.run_until_complete
+            objects = [{"path": info.key, "size": info.size, "url": request.url, "headers": request.headers}
+                       for info in self.server.infos("epoch/")
+                       for request in [store.range_request(info.key, 0, info.size, info.version)]]
+            listing = self.work / "floor-objects.json"
+            listing.write_text(json.dumps(objects))
+            return [str(BIN / "python"), str(ROOT / "scripts" / "pyfuse3_tree_floor.py"), str(self.mnt),
+                    str(listing)], {}
         if self.name == FLOOR:
             store, run = self.server.store, self.server.loop.run_until_complete
             info = run(store.stat(BIG_KEY))
@@ -245,11 +341,14 @@ class Tool:
             floor = {"path": BIG_KEY, "size": info.size, "url": request.url, "headers": request.headers}
             return [str(BIN / "python"), str(ROOT / "scripts" / "pyfuse3_floor.py"), str(self.mnt),
                     json.dumps(floor)], {}
-        if self.name == "fsmount":
-            config = self.work / "fsmount.conf"
+        if self.name in ("fsmount", HOST):
+            config = self.work / f"{self.name}.conf"
+            volume = self.server.fsmount_volume() if self.name == "fsmount" else \
+                f"""link_mounts: ["{self.work / 'host'}"]
+                    volumes {{ bench {{ source: "file://{self.work / 'host'}" }} }}"""
             config.write_text(f"""
                 cache {{ dir: "{self.cache}" }}
-                {self.server.fsmount_volume()}
+                {volume}
             """)
             return [str(BIN / "fsmount"), "mount", str(config), str(self.mnt), "--foreground"], {}
         if self.name.startswith("rclone"):
@@ -351,11 +450,108 @@ def measure_writes(tool: Tool, source: Path, round_number: int) -> dict:
                                                                        16 * 1024, start)
     finally:
         tool.stop()
-    results["daemon peak RSS"] = tool.peak_rss
     return results
 
 
-def measure_server_alone(server: Server, source: Path, size: int, round_number: int, reads: bool) -> dict:
+@contextlib.contextmanager
+def mounted_session(tool: Tool):
+    tool.start()
+    try:
+        yield
+    finally:
+        tool.stop()
+
+
+def counted(server: Server, row: str, measurement) -> dict:
+    """ROW's value, `measurement()`, and the requests the server answered meanwhile where it counts them."""
+    before = server.requests()
+    results = {row: measurement()}
+    if before is not None:
+        results[row + REQUESTS] = server.requests() - before
+    return results
+
+
+def read_whole(path: Path) -> int:
+    with open(path, "rb", buffering=0) as stream:
+        read = 0
+        while chunk := stream.read(2**20):
+            read += len(chunk)
+        return read
+
+
+def shuffled(files) -> list[Path]:
+    """FILES in one fixed shuffled order, whatever order they came in: a data loader's epoch."""
+    files = sorted(files)
+    random.Random(SHUFFLE_SEED).shuffle(files)
+    return files
+
+
+def shuffled_files(directory: Path) -> list[Path]:
+    """Every file under DIRECTORY, listed, in the epoch's order."""
+    return shuffled(Path(parent) / name for parent, _, names in os.walk(directory) for name in names)
+
+
+def epoch(files: list[Path], readers: int) -> tuple[float, int]:
+    """Seconds and bytes of READERS threads reading FILES whole, in their order, after the page cache is dropped."""
+    drop_page_cache()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(readers) as pool:
+        read = sum(pool.map(read_whole, files))
+    return time.perf_counter() - start, read
+
+
+def files_per_second(files: list[Path], readers: int) -> float:
+    seconds, _ = epoch(files, readers)
+    return len(files) / seconds
+
+
+def megabytes_per_second(files: list[Path], readers: int) -> float:
+    seconds, read = epoch(files, readers)
+    return read / 1e6 / seconds
+
+
+def find_and_stat(directory: Path) -> float:
+    drop_page_cache()
+    return timed(["find", str(directory), "-type", "f", "-printf", "%s %T@\n"])
+
+
+def first_byte(path: Path) -> float:
+    drop_page_cache()
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as stream:
+        stream.read(1)
+    return time.perf_counter() - start
+
+
+def measure_loader(tool: Tool, groups: set[str]) -> dict:
+    """The data-loader rows, each group on a fresh mount with an empty cache."""
+    results, server, root = {}, tool.server, tool.root
+    if "epoch" in groups:
+        for readers in (8, 16):
+            with mounted_session(tool):
+                if readers == 8:
+                    results |= counted(server, FIND_ROW, lambda: find_and_stat(root / "epoch"))
+                files = shuffled_files(root / "epoch")
+                for state in ("cold", "warm"):
+                    results |= counted(server, f"small-object epoch, {readers} readers, {state}",
+                                       lambda: files_per_second(files, readers))
+    if "mid" in groups:
+        with mounted_session(tool):
+            files = shuffled_files(root / "mid")
+            for state in ("cold", "warm"):
+                results |= counted(server, f"mid-size epoch, 8 readers, {state}", lambda: megabytes_per_second(files, 8))
+    if "parallel" in groups:
+        with mounted_session(tool):
+            files = [root / "parallel" / f"object-{index}" for index in range(PARALLEL_FILES)]
+            results |= counted(server, PARALLEL_ROW, lambda: megabytes_per_second(files, PARALLEL_FILES))
+    if "ttfb" in groups:
+        with mounted_session(tool):
+            results |= counted(server, TTFB_ROW, lambda: first_byte(root / BIG_KEY) * 1000)
+    return results
+
+
+def measure_server_alone(server: Server, source: Path, size: int, round_number: int, reads: bool,
+                         writes: bool) -> dict:
     """The cold read and the write rows as fsmount's store client gets them from the server when it does
     nothing else (no mount, no cache): about the most any tool could get here."""
     store, run = server.store, server.loop.run_until_complete
@@ -368,6 +564,8 @@ def measure_server_alone(server: Server, source: Path, size: int, round_number: 
             read = sum(map(len, pool.map(lambda offset: store.read_range(BIG_KEY, offset, DEFAULT_BLOCK_SIZE, version),
                                          range(0, size, DEFAULT_BLOCK_SIZE))))
         results["sequential read 1 GiB, cold"] = read / 1e6 / (time.perf_counter() - start)
+    if not writes:
+        return results
     into_page_cache(source)
     prefix = f"written-{SERVER_ALONE}-{round_number}"
     start = time.perf_counter()
@@ -381,37 +579,58 @@ def measure_server_alone(server: Server, source: Path, size: int, round_number: 
     return results
 
 
-def measure_floor(tool: Tool, size: int) -> dict:
-    tool.start()
-    try:
-        return {"sequential read 1 GiB, cold": sequential(tool.root / BIG_KEY, size)}
-    finally:
-        tool.stop()
+def measure_floor(tool: Tool, size: int, groups: set[str]) -> dict:
+    """The cold rows through the least a pyfuse3 daemon can do: of the big object, and of the epoch's tree."""
+    results = {}
+    if "read" in groups:
+        tool.floor_of_tree = False
+        with mounted_session(tool):
+            results["sequential read 1 GiB, cold"] = sequential(tool.root / BIG_KEY, size)
+    if "epoch" in groups:
+        tool.floor_of_tree = True
+        for readers in (8, 16):
+            with mounted_session(tool):
+                files = shuffled(tool.root / key for key in epoch_keys())
+                results |= counted(tool.server, f"small-object epoch, {readers} readers, cold",
+                                   lambda: files_per_second(files, readers))
+    return results
 
 
-def measure(tool: Tool, size: int, fio_seconds: int) -> dict:
+def measure(tool: Tool, size: int, fio_seconds: int, groups: set[str]) -> dict:
+    """The read rows of GROUPS: a mount for the cold random reads, another for the rest."""
     results = {}
     big = tool.root / BIG_KEY
-    tool.start()
-    try:
-        results["random 4 KiB reads, cold"] = random_reads(big, fio_seconds)
-    finally:
-        tool.stop()
-    tool.start()
-    try:
-        results["sequential read 1 GiB, cold"] = sequential(big, size)
-        results["sequential read 1 GiB, warm"] = sequential(big, size)
-        results["random 4 KiB reads, warm"] = random_reads(big, fio_seconds)
-        results["ls -l 10,000 objects, first"] = timed(["ls", "-l", str(tool.root / "many")])
-        results["ls -l 10,000 objects, again"] = timed(["ls", "-l", str(tool.root / "many")])
-        copy = tool.work / f"copy-{tool.name}"
-        shutil.rmtree(copy, ignore_errors=True)
-        results["cp -r 1,000 x 16 KiB"] = timed(["cp", "-r", str(tool.root / "small"), str(copy)])
-        shutil.rmtree(copy)
-    finally:
-        tool.stop()
-    results["daemon peak RSS"] = tool.peak_rss
+    if "random" in groups:
+        with mounted_session(tool):
+            results["random 4 KiB reads, cold"] = random_reads(big, fio_seconds)
+    if not groups & {"read", "random", "ls", "cp"}:
+        return results
+    with mounted_session(tool):
+        if "read" in groups:
+            results["sequential read 1 GiB, cold"] = sequential(big, size)
+            results["sequential read 1 GiB, warm"] = sequential(big, size)
+        if "random" in groups:
+            results["random 4 KiB reads, warm"] = random_reads(big, fio_seconds)
+        if "ls" in groups:
+            results["ls -l 10,000 objects, first"] = timed(["ls", "-l", str(tool.root / "many")])
+            results["ls -l 10,000 objects, again"] = timed(["ls", "-l", str(tool.root / "many")])
+        if "cp" in groups:
+            copy = tool.work / f"copy-{tool.name}"
+            shutil.rmtree(copy, ignore_errors=True)
+            results["cp -r 1,000 x 16 KiB"] = timed(["cp", "-r", str(tool.root / "small"), str(copy)])
+            shutil.rmtree(copy)
     return results
+
+
+def groups_of(tool: Tool) -> set[str]:
+    """The groups of rows TOOL is measured in: rclone without its cache where it is at its best."""
+    if tool.name == HOST:
+        return {"epoch"}
+    if tool.name == FLOOR:
+        return {"read", "epoch"}
+    if tool.name == "rclone-nocache":
+        return {"writes"} | LOADER_GROUPS
+    return set(GROUPS)
 
 
 def summary(rounds: list[dict]) -> dict:
@@ -421,18 +640,20 @@ def summary(rounds: list[dict]) -> dict:
 
 
 def table(results: dict[str, dict], peers: list[str]) -> str:
+    """The rows fsmount has, each followed by the requests the server answered during it where counted."""
     lines = ["| row | unit | fsmount | " + " | ".join(peers) + " | " + " | ".join(f"fsmount/{p}" for p in peers) + " |",
              "|---|---|---:|" + "---:|" * (2 * len(peers))]
     for row, unit, higher in ROWS:
-        ours = results["fsmount"].get(row)
-        if ours is None:
-            continue
-        values = [results[peer].get(row) for peer in peers]
-        ratios = [f"{ours / value:.2f}" if value else "n/a" for value in values]
-        better = "higher is better" if higher else "lower is better"
-        cells = ["n/a" if value is None else f"{value:.0f}" if unit in ("IOPS", "MiB") else f"{value:.2f}"
-                 for value in [ours] + values]
-        lines.append(f"| {row} | {unit} ({better}) | " + " | ".join(cells + ratios) + " |")
+        for name, unit in ((row, unit), (row + REQUESTS, "requests")):
+            ours = results["fsmount"].get(name)
+            if ours is None:
+                continue
+            values = [results[peer].get(name) for peer in peers]
+            ratios = [f"{ours / value:.2f}" if value else "n/a" for value in values]
+            better = "higher is better" if higher and unit != "requests" else "lower is better"
+            cells = ["n/a" if value is None else f"{value:.0f}" if unit in ("IOPS", "MiB", "requests", "files/s")
+                     else f"{value:.2f}" for value in [ours] + values]
+            lines.append(f"| {name} | {unit} ({better}) | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines)
 
 
@@ -453,13 +674,18 @@ def main():
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the big object")
     parser.add_argument("--fio-seconds", type=int, default=10)
     parser.add_argument("--tools", default=None, help="default: fsmount and every peer the store has")
-    parser.add_argument("--writes-only", action="store_true", help="only the write rows (and RSS)")
+    parser.add_argument("--writes-only", action="store_true", help="only the write rows (and RSS): --rows writes")
+    parser.add_argument("--rows", default=None, help=f"groups of rows, comma-separated (default: all): {', '.join(GROUPS)}")
     parser.add_argument("--rounds", type=int, default=3, help="how many times each tool runs every row (default: 3)")
     args = parser.parse_args()
+    groups = {"writes"} if args.writes_only else set(args.rows.split(",")) if args.rows else set(GROUPS)
+    if groups - set(GROUPS):
+        parser.error(f"unknown groups of rows: {', '.join(sorted(groups - set(GROUPS)))}; known: {', '.join(GROUPS)}")
     work = Path(args.work or tempfile.mkdtemp(prefix="fsmount-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     server = SERVERS[args.store](work)
-    names = args.tools.split(",") if args.tools else ["fsmount", *server.peers, *([] if args.writes_only else [FLOOR])]
+    names = args.tools.split(",") if args.tools else ["fsmount", *server.peers, FLOOR, HOST]
+    names = [name for name in names if groups_of(Tool(name, work, server)) & groups]
     tools = [Tool(name, work, server) for name in names]
     try:
         server.start()
@@ -467,14 +693,12 @@ def main():
         source = work / "source"
         source.mkdir(exist_ok=True)
         for name, length in (("big", WRITTEN), ("small", 16 * 1024), ("load", size)):
-            with open(source / name, "wb") as stream:
-                for _ in range(0, length, 2**20):
-                    stream.write(os.urandom(min(2**20, length)))
-        if not args.writes_only:
-            print(f"loading data into {server.name} at {server.url} ...", file=sys.stderr, flush=True)
-            server.load(source / "load", size)
+            random_file(source / name, length)
+        print(f"loading data into {server.name} at {server.url} ...", file=sys.stderr, flush=True)
+        server.load(source / "load", size, groups, work / "host")
         (source / "load").unlink()
-        turns = [*tools, None]  # None: the server alone, which takes its turn as the tools do
+        alone = [None] if groups & {"read", "writes"} else []  # the server alone, which takes its turn as the tools do
+        turns = [*tools, *alone]
         rounds = {name: [] for name in [*names, SERVER_ALONE]}
         for round_number in range(1, args.rounds + 1):
             first = (round_number - 1) % len(turns)
@@ -482,19 +706,23 @@ def main():
                 name = tool.name if tool else SERVER_ALONE
                 print(f"round {round_number}: measuring {name} ...", file=sys.stderr, flush=True)
                 if tool is None:
-                    measured = measure_server_alone(server, source, size, round_number, not args.writes_only)
+                    measured = measure_server_alone(server, source, size, round_number, "read" in groups,
+                                                    "writes" in groups)
                 elif tool.name == FLOOR:
-                    measured = measure_floor(tool, size)
+                    measured = measure_floor(tool, size, groups)
                 else:
-                    reads = not (tool.writes_only or args.writes_only)
-                    measured = measure(tool, size, args.fio_seconds) if reads else {}
-                    measured |= measure_writes(tool, source, round_number)
+                    measured_groups = groups_of(tool) & groups
+                    measured = measure(tool, size, args.fio_seconds, measured_groups)
+                    measured |= measure_loader(tool, measured_groups)
+                    if "writes" in measured_groups:
+                        measured |= measure_writes(tool, source, round_number)
+                    measured["daemon peak RSS"] = tool.peak_rss
                 print(f"round {round_number}: {name}: {json.dumps(measured)}", file=sys.stderr, flush=True)
                 rounds[name].append(measured)
         print(f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB, "
               f"{server.name} on loopback, {time.strftime('%Y-%m-%d')}, median of {args.rounds} rounds\n")
-        results = {name: summary(measured) for name, measured in rounds.items()}
-        print(table(results, [name for name in rounds if name != "fsmount"]))
+        results = {name: summary(measured) for name, measured in rounds.items() if measured}
+        print(table(results, [name for name in results if name != "fsmount"]))
     finally:
         for tool in tools:
             tool.stop()

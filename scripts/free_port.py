@@ -1,6 +1,6 @@
 """Prints a loopback port that is free together with the ports a server derives from it.
 
-Usage: free_port.py [OFFSET ...]; SeaweedFS (scripts/serve) needs 1 2 3 10000 10001 10002 10003."""
+Usage: free_port.py [OFFSET ...]; SeaweedFS (scripts/serve) needs 1 2 3 4 10000 10001 10002 10003."""
 import random
 import socket
 import sys
