@@ -148,7 +148,8 @@ class S3Store(Store):
         self.endpoint = endpoint
         self._extra_args = dict(extra_args or {})
         self._client = None
-        self._signing: tuple[str, str, str] = ("", "", "")  # where keys' URLs start, and the region and service
+        # Where keys' URLs start, their Host header, and the region and service they are signed for.
+        self._signing: tuple[str, str, str, str] = ("", "", "", "")
         self._urls_lock = threading.Lock()
         self._urls: collections.OrderedDict[tuple[str, str | None], tuple[float, str]] = collections.OrderedDict()
 
@@ -168,7 +169,8 @@ class S3Store(Store):
                                                               Params={"Bucket": self.bucket, "Key": _PROBE})
             url, _, query = probe.partition("?")
             *_, region, service, _ = urllib.parse.parse_qs(query)["X-Amz-Credential"][0].split("/")
-            self._signing = (url.removesuffix(_PROBE), region, service)
+            base = url.removesuffix(_PROBE)
+            self._signing = (base, botocore.auth._host_from_url(base), region, service)
 
     async def close(self):
         if self._client is not None:
@@ -233,7 +235,7 @@ class S3Store(Store):
     def _presign(self, operation: str, params: dict) -> tuple[str, dict[str, str]]:
         """The URL of OPERATION with PARAMS, presigned as the client's `generate_presigned_url` would, and
         the headers the request must carry, as the signature covers them."""
-        base, region, service = self._signing
+        base, host, region, service = self._signing
         method, members = self.endpoint.operation(operation)
         headers, query = {}, {}
         for name, value in params.items():
@@ -244,8 +246,9 @@ class S3Store(Store):
                 headers.update({serialized + key: text for key, text in value.items()})
             elif location == "querystring":
                 query[serialized] = str(value)
-        request = botocore.awsrequest.AWSRequest(
-            method, base + botocore.utils.percent_encode(params["Key"], safe="/~"), headers=dict(headers), params=query)
+        # The Host header the client will send, given: botocore would parse it out of the URL twice a signature.
+        request = botocore.awsrequest.AWSRequest(method, base + botocore.utils.percent_encode(params["Key"], safe="/~"),
+                                                 headers={**headers, "host": host}, params=query)
         credentials = self.endpoint.credentials
         credentials = credentials.get_frozen_credentials() if credentials is not None else None
         botocore.auth.S3SigV4QueryAuth(credentials, service, region, expires=_URL_LIFETIME).add_auth(request)
