@@ -10,11 +10,12 @@ import trio
 import trio.testing
 
 from fsmount.cache import blocks
+from fsmount.cache import segments as segments_module
 from fsmount.cache.blocks import BlockCache, block_name
 from fsmount.stores.ranges import receive_buffers
 
-BLOCK = 64 * 1024  # the smallest block kept in a file of its own
-SMALL = 16 * 1024  # a block kept in the index
+BLOCK = blocks.PACKED_BELOW  # the smallest block kept in a file of its own
+SMALL = 64 * 1024  # a block packed into a segment
 
 
 async def object_with_blocks(store, bucket, count, block=BLOCK):
@@ -41,7 +42,13 @@ def reader(cache, store, info, index, fetches=None, block=BLOCK):
 
 
 def block_files(directory):
-    return [os.path.join(parent, name) for parent, _, names in os.walk(directory / "blocks") for name in names]
+    """The files of blocks of their own, segments aside."""
+    return [os.path.join(parent, name) for parent, _, names in os.walk(directory / "blocks") for name in names
+            if os.path.basename(parent) != "segments"]
+
+
+def segments(directory):
+    return sorted((directory / "blocks" / "segments").iterdir())
 
 
 def gets(moto, bucket):
@@ -158,13 +165,15 @@ async def test_a_fill_cut_short_by_a_crash_is_forgotten(s3_bucket, tmp_path):
     assert fetches == [0]
 
 
-async def test_small_blocks_live_in_the_index_and_survive_a_restart(s3_bucket, moto, tmp_path):
+async def test_small_blocks_are_packed_into_one_segment_and_survive_a_restart(s3_bucket, moto, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 2, SMALL)
     first = BlockCache(str(tmp_path), 10 * SMALL, SMALL)
     for index in (0, 1):
         assert await reader(first, store, info, index, block=SMALL)() == data[index * SMALL:(index + 1) * SMALL]
     assert block_files(tmp_path) == []
+    [segment] = segments(tmp_path)
+    assert segment.read_bytes() == data
     first.close()
     again = BlockCache(str(tmp_path), 10 * SMALL, SMALL)
     name = block_name(store.identity, info.key, info.version, 1)
@@ -179,10 +188,10 @@ async def test_a_damaged_small_block_is_fetched_again_not_served(s3_bucket, moto
     first = BlockCache(str(tmp_path), 10 * SMALL, SMALL)
     await reader(first, store, info, 0, block=SMALL)()
     first.close()
-    damaged = bytearray(data)
-    damaged[1000] ^= 0xFF
-    with contextlib.closing(sqlite3.connect(tmp_path / "index.sqlite")) as index, index:
-        index.execute("UPDATE blocks SET data = ?", (bytes(damaged),))
+    [segment] = segments(tmp_path)
+    with open(segment, "r+b") as packed:
+        packed.seek(1000)
+        packed.write(bytes([data[1000] ^ 0xFF]))
     again = BlockCache(str(tmp_path), 10 * SMALL, SMALL)
     assert await reader(again, store, info, 0, block=SMALL)() == data
     assert gets(moto, bucket) == 2
@@ -199,6 +208,26 @@ async def test_small_blocks_are_evicted_within_the_bound(s3_bucket, tmp_path):
     for index in (2, 3, 4):
         assert await reader(cache, store, info, index, fetches, block=SMALL)() == data[index * SMALL:(index + 1) * SMALL]
     assert fetches == [0, 1, 2, 3, 4]
+
+
+async def test_evicted_small_blocks_give_their_space_back_and_an_emptied_segment_goes(s3_bucket, tmp_path, monkeypatch):
+    store, bucket = s3_bucket
+    data, info = await object_with_blocks(store, bucket, 8, SMALL)
+    monkeypatch.setattr(segments_module, "SEGMENT_SIZE", 4 * SMALL)  # blocks 0-3 in one segment, 4-7 in the next
+    cache = BlockCache(str(tmp_path), 6 * SMALL, SMALL)
+    for index in range(6):
+        await reader(cache, store, info, index, block=SMALL)()
+    first, second = segments(tmp_path)
+    assert first.stat().st_size == 4 * SMALL and second.stat().st_size == 2 * SMALL
+    allocated = first.stat().st_blocks
+    for index in (6, 7):  # evicts 0 and 1: their bytes are punched out of the first segment
+        await reader(cache, store, info, index, block=SMALL)()
+    assert first.stat().st_blocks * 512 <= allocated * 512 - 2 * SMALL
+    cache.close()
+    cache = BlockCache(str(tmp_path), 2 * SMALL, SMALL)  # a smaller bound: 2-5 must go, and the first segment with them
+    name = block_name(store.identity, info.key, info.version, 0)
+    assert await cache.read(name, 0, SMALL, fetcher(store, info, 0, block=SMALL)) == data[:SMALL]
+    assert segments(tmp_path)[0] != first and not first.exists()
 
 
 @pytest.mark.parametrize("fetched_by", ["a fill ahead of the reads", "the reader"])

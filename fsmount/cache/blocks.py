@@ -1,11 +1,10 @@
 """The block cache: object data in fixed-size blocks on local disk, shared by every object volume.
 
-A block is named by (store, key, version, index), so blocks of two versions never mix. Its
-file is written to a temporary name and renamed; the SQLite index (WAL) records its size, XXH3
-checksum and last use. A small block (a small object's only one) is kept in the index itself: creating
-two inodes for it (the file and its directory) was a third of the daemon's CPU in a `cp -r` of
-small objects. A process checks each block's checksum the first time it uses it, so a block torn by a
-crash or damaged on disk is refetched, never served. Eviction is least recently used, never of
+A block is named by (store, key, version, index), so blocks of two versions never mix. A large
+block's file is written to a temporary name and renamed; a small one (under 1 MiB: a small object's
+only one) is packed into a segment with others (fsmount/cache/segments.py). The SQLite index (WAL)
+records each block's size, XXH3 checksum, last use and place. A process checks each block's checksum
+the first time it uses it, so a block torn by a crash or damaged on disk is refetched, never served. Eviction is least recently used, never of
 a block a reader holds. Ten readers of one missing block cause one fetch.
 
 Block files are written with O_DIRECT where the file system allows it: filling the page cache
@@ -37,22 +36,25 @@ import trio
 import xxhash
 
 from fsmount.cache.background import run_in_background, when_idle
+from fsmount.cache.segments import Segments, write_packed
 
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE blocks (
     name TEXT PRIMARY KEY, size INTEGER NOT NULL, checksum INTEGER NOT NULL, used REAL NOT NULL, ready INTEGER NOT NULL,
-    data BLOB);
+    segment INTEGER, position INTEGER);  -- segment NULL: a file of its own
 CREATE INDEX blocks_by_use ON blocks (used);
 """
-_INDEX_VERSION = 1  # 1: XXH3 checksums; zlib's CRC-32 before took 6% of the CPU of a cold sequential read
+# 1: XXH3 checksums; zlib's CRC-32 before took 6% of the CPU of a cold sequential read. 2: small blocks in
+# segments, not in the index.
+_INDEX_VERSION = 2
 _WRITERS = 2  # tasks writing fetched blocks to the cache, each a batch at a time
 _BATCH_MOST = 64  # blocks a writer takes at once
 _EVICTION_BATCH = 64
 _TOUCHES_KEPT = 4096  # uses of blocks held in memory before they are written to the index
-_OPEN_BLOCKS = 256  # block files kept open for the reads that follow (2 GiB of 8 MiB blocks)
-_IN_INDEX_BELOW = 64 * 1024  # blocks smaller than this live in the index, not in files of their own
+_OPEN_FILES = 256  # block files and segments kept open for the reads that follow (2 GiB of 8 MiB blocks)
+PACKED_BELOW = 2**20  # blocks smaller than this go into segments, not into files of their own
 _ALIGNMENT = 4096  # of offsets, lengths and memory in O_DIRECT transfers
 _UNREAD_AWAITED = 5.0  # seconds a block filled ahead of its reader is kept for it over blocks read already
 # glibc keeps the blocks' buffers freed in the middle of its heap: ten streams read at once peaked at
@@ -120,10 +122,12 @@ class BlockCache:
         os.makedirs(self._blocks_dir, exist_ok=True)
         self._direct = _direct_io_flag(self._blocks_dir)
         self._forget_unfinished()
+        self._segments = Segments(os.path.join(self._blocks_dir, "segments"), dict(self._db.execute(
+            "SELECT segment, count(*) FROM blocks WHERE segment IS NOT NULL GROUP BY segment")))
         self.size = self._db.execute("SELECT coalesce(sum(size), 0) FROM blocks").fetchone()[0]
         self._fills: dict[str, _Fill] = {}
         self._pins: collections.Counter[str] = collections.Counter()
-        self._verified: dict[str, bool] = {}  # blocks this process has checked -> kept in the index
+        self._verified: dict[str, tuple[int, int] | None] = {}  # blocks this process has checked -> (segment, position)
         self._touched: dict[str, float] = {}
         self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._fresh: collections.OrderedDict[str, bytes] = collections.OrderedDict()
@@ -152,7 +156,8 @@ class BlockCache:
         self._db.execute(f"PRAGMA user_version = {_INDEX_VERSION}")
 
     def _forget_unfinished(self):
-        """Fills a killed daemon left halfway: their files may be torn, so they go."""
+        """Fills of files a killed daemon left halfway: they may be torn, so they go. (A packed block is entered
+        once its segment holds it.)"""
         for (name,) in self._db.execute("SELECT name FROM blocks WHERE ready = 0").fetchall():
             for path in [self._path(name), *glob.glob(glob.escape(self._path(name)) + ".*.tmp")]:
                 with contextlib.suppress(FileNotFoundError):
@@ -187,24 +192,31 @@ class BlockCache:
                     if filling is not None:
                         filling.read_to_end = True
                 return memoryview(fresh)[offset:offset + length]  # a copy would cost a page fault a 4 KiB
-            if self._verified[name]:
-                return self._db.execute("SELECT substr(data, ?, ?) FROM blocks WHERE name = ?",
-                                        (offset + 1, length, name)).fetchone()[0]
-            return os.pread(self._fd(name), length, offset)
+            place = self._verified[name]
+            if place is None:
+                return os.pread(self._fd(self._path(name)), length, offset)
+            segment, position = place
+            return os.pread(self._fd(self._segments.path(segment), writable=True), length, position + offset)
         finally:
             self._pins[name] -= 1
             if not self._pins[name]:
                 del self._pins[name]
 
-    def _fd(self, name: str) -> int:
-        fd = self._open.get(name)
+    def _fd(self, path: str, writable: bool = False) -> int:
+        """An open descriptor of the block file or segment at PATH; WRITABLE for segments, whose holes are punched."""
+        fd = self._open.get(path)
         if fd is None:
-            fd = self._open[name] = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
-            if len(self._open) > _OPEN_BLOCKS:
+            fd = self._open[path] = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+            if len(self._open) > _OPEN_FILES:
                 os.close(self._open.popitem(last=False)[1])
         else:
-            self._open.move_to_end(name)
+            self._open.move_to_end(path)
         return fd
+
+    def _close(self, path: str):
+        fd = self._open.pop(path, None)
+        if fd is not None:
+            os.close(fd)
 
     def checked(self, name: str) -> bool:
         """Whether this process has block NAME and has checked it: known without asking the index."""
@@ -226,7 +238,7 @@ class BlockCache:
                 if filling.data is not None:
                     return filling
                 continue  # its fetch failed: this reader tries
-            row = self._db.execute("SELECT size, checksum, data IS NOT NULL FROM blocks WHERE name = ? AND ready = 1",
+            row = self._db.execute("SELECT size, checksum, segment, position FROM blocks WHERE name = ? AND ready = 1",
                                    (name,)).fetchone()
             if row is not None and await self._intact(name, *row):
                 self._touch(name)
@@ -276,60 +288,61 @@ class BlockCache:
                             exc_info=not isinstance(error, OSError))
 
     async def _write(self, batch: list[tuple[str, _Fill, bool]], background: bool):
-        """Puts the fetched blocks of BATCH ((name, fill, page_cache) each) into the cache: one index
-        transaction before their files are written and one after, and one trip to a worker thread,
-        however many they are. BACKGROUND: once the daemon is idle, by the low-priority thread."""
+        """Puts the fetched blocks of BATCH ((name, fill, page_cache) each) into the cache, however many they
+        are, in one trip to a worker thread: the small ones packed into segments, one write for those
+        of a segment, entered in the index once written; the large ones in files of their own, entered as
+        not ready before. BACKGROUND: once the daemon is idle, by the low-priority thread."""
         try:
             if background:
                 await when_idle()  # readers of the blocks meanwhile have their bytes from the fills
             self._make_room(sum(len(filling.data) for _, filling, _ in batch))
-            files = self._record(batch)
-            if files:
+            packed = [(name, filling.data) for name, filling, _ in batch if len(filling.data) < PACKED_BELOW]
+            files = [(name, filling.data, 0 if page_cache else self._direct)
+                     for name, filling, page_cache in batch if len(filling.data) >= PACKED_BELOW]
+            places = self._segments.place([len(data) for _, data in packed])
+            self.size += sum(len(filling.data) for _, filling, _ in batch)
+            try:
+                if files:
+                    with self._transaction():
+                        self._db.executemany("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready) "
+                                             "VALUES (?, ?, 0, ?, 0)", [(name, len(data), time.time())
+                                                                        for name, data, _ in files])
+                runs = [(self._segments.path(segment), position, blocks)
+                        for segment, position, blocks in _runs([data for _, data in packed], places)]
                 write = run_in_background if background else trio.to_thread.run_sync
-                try:
-                    checksums = await write(_write_files, [(self._path(name), data, direct)
-                                                           for name, data, direct in files])
-                    self._record_written(files, checksums)
-                except BaseException:
-                    for name, data, _ in files:
-                        if name not in self._verified:
-                            self._remove(name, len(data))
-                    raise
+                written = await write(_write_blocks, runs, [(self._path(name), data, direct)
+                                                            for name, data, direct in files])
+            except BaseException:
+                for (name, data), place in zip(packed, places):
+                    self._remove(name, len(data), place)
+                for name, data, _ in files:
+                    self._remove(name, len(data), None)
+                raise
+            self._record_written(packed, places, files, written)
         finally:
             self._release(batch, background)
 
-    def _record(self, batch: list[tuple[str, _Fill, bool]]) -> list[tuple[str, bytes, int]]:
-        """Enters BATCH's blocks into the index: small ones whole, the others as not ready until their files
-        are written. Returns those: (name, data, O_DIRECT or 0) each."""
-        files, in_index = [], []
-        with self._transaction():
-            for name, filling, page_cache in batch:
-                data = filling.data
-                if len(data) < _IN_INDEX_BELOW:
-                    self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready, data) "
-                                     "VALUES (?, ?, ?, ?, 1, ?)", (name, len(data), _checksum(data), time.time(), data))
-                    in_index.append(name)
-                else:
-                    self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready) "
-                                     "VALUES (?, ?, 0, ?, 0)", (name, len(data), time.time()))
-                    files.append((name, data, 0 if page_cache else self._direct))
-        self.size += sum(len(filling.data) for _, filling, _ in batch)
-        self._verified.update(dict.fromkeys(in_index, True))
-        return files
-
-    def _record_written(self, files: list[tuple[str, bytes, int]], checksums: list[int | OSError]):
+    def _record_written(self, packed: list[tuple[str, bytes]], places: list[tuple[int, int]],
+                        files: list[tuple[str, bytes, int]], written: list[int | OSError]):
+        """Enters what `_write_blocks` wrote (WRITTEN: a checksum, or why not, a block: the packed ones
+        first) in one transaction; what it could not write leaves the cache."""
+        blocks = [(name, data, place) for (name, data), place in zip(packed, places)]
+        blocks += [(name, data, None) for name, data, _ in files]
         failed = []
         with self._transaction():
-            for (name, data, _), checksum in zip(files, checksums):
+            for (name, data, place), checksum in zip(blocks, written):
                 if isinstance(checksum, OSError):
-                    failed.append((name, data, checksum))
-                else:
+                    failed.append((name, data, place, checksum))
+                elif place is None:
                     self._db.execute("UPDATE blocks SET checksum = ?, ready = 1 WHERE name = ?", (checksum, name))
-        self._verified.update((name, False) for (name, _, _), checksum in zip(files, checksums)
+                else:
+                    self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready, segment, position)"
+                                     " VALUES (?, ?, ?, ?, 1, ?, ?)", (name, len(data), checksum, time.time(), *place))
+        self._verified.update((name, place) for (name, _, place), checksum in zip(blocks, written)
                               if not isinstance(checksum, OSError))
-        for name, data, error in failed:
+        for name, data, place, error in failed:
             log.warning("cache block %s could not be written: %s", name, error)
-            self._remove(name, len(data))
+            self._remove(name, len(data), place)
 
     def _release(self, batch: list[tuple[str, _Fill, bool]], background: bool):
         """The fills of BATCH are over: blocks written stay in memory a while for their readers (unless read
@@ -355,21 +368,20 @@ class BlockCache:
             raise
         self._db.execute("COMMIT")
 
-    async def _intact(self, name: str, size: int, checksum: int, in_index: bool) -> bool:
+    async def _intact(self, name: str, size: int, checksum: int, segment: int | None, position: int | None) -> bool:
         if name in self._verified:
             return True
-        if in_index:
-            data = self._db.execute("SELECT data FROM blocks WHERE name = ?", (name,)).fetchone()[0]
-        else:
-            try:
-                data = await trio.to_thread.run_sync(_read_whole, self._path(name))
-            except FileNotFoundError:
-                data = None
+        place = None if segment is None else (segment, position)
+        path = self._path(name) if place is None else self._segments.path(segment)
+        try:
+            data = await trio.to_thread.run_sync(_read_range, path, position or 0, size)
+        except FileNotFoundError:
+            data = None
         if data is not None and len(data) == size and _checksum(data) == checksum:
-            self._verified[name] = in_index
+            self._verified[name] = place
             return True
         log.warning("cache block %s is damaged or missing; fetching it again", name)
-        self._remove(name, size)
+        self._remove(name, size, place)
         return False
 
     def _keep_fresh(self, name: str, data: bytes, unread: bool):
@@ -405,25 +417,34 @@ class BlockCache:
     def _make_room(self, needed: int):
         while self.size + needed > self.max_size:
             self._flush_touches()  # only the order of eviction needs them
-            rows = self._db.execute("SELECT name, size FROM blocks WHERE ready = 1 ORDER BY used LIMIT ?",
-                                    (_EVICTION_BATCH + len(self._pins),)).fetchall()
-            victims = [(name, size) for name, size in rows if name not in self._pins]
+            rows = self._db.execute("SELECT name, size, segment, position FROM blocks WHERE ready = 1 ORDER BY used "
+                                    "LIMIT ?", (_EVICTION_BATCH + len(self._pins),)).fetchall()
+            victims = [row for row in rows if row[0] not in self._pins]
             if not victims:
                 log.warning("cache is over its bound (%d bytes): every block is in use", self.size)
                 return
             with self._transaction():
-                for name, size in victims:
-                    self._remove(name, size)
+                for name, size, segment, position in victims:
+                    self._remove(name, size, None if segment is None else (segment, position))
                     if self.size + needed <= self.max_size:
                         return
 
-    def _remove(self, name: str, size: int):
-        fd = self._open.pop(name, None)
-        if fd is not None:
-            os.close(fd)
+    def _remove(self, name: str, size: int, place: tuple[int, int] | None):
+        """Block NAME of SIZE bytes leaves the cache, from its segment PLACE or its own file (None)."""
         self._forget_fresh(name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(name))
+        if place is None:
+            self._close(self._path(name))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path(name))
+        else:
+            segment, position = place
+            path = self._segments.path(segment)
+            try:
+                fd = self._fd(path, writable=True)
+            except FileNotFoundError:  # never written, or gone (damage): nothing to give back
+                fd = None
+            if self._segments.drop(segment, position, size, fd):
+                self._close(path)
         self._db.execute("DELETE FROM blocks WHERE name = ?", (name,))
         self._verified.pop(name, None)
         self.size -= size
@@ -506,14 +527,32 @@ def _direct_io_flag(directory: str) -> int:
             os.unlink(probe)
 
 
-def _read_whole(path: str) -> bytes:
-    with open(path, "rb") as block:
-        return block.read()
+def _read_range(path: str, position: int, size: int) -> bytes:
+    with open(path, "rb", buffering=0) as stream:
+        return os.pread(stream.fileno(), size, position)
 
 
-def _write_files(files: list[tuple[str, bytes, int]]) -> list[int | OSError]:
-    """Writes each (path, data, O_DIRECT or 0) of FILES by `_write_atomically`: its checksum, or why not."""
+def _runs(blocks: list[bytes], places: list[tuple[int, int]]) -> list[tuple[int, int, list[bytes]]]:
+    """(segment, position, blocks) of BLOCKS one after another in a segment, at their PLACES."""
+    runs = []
+    for block, (segment, position) in zip(blocks, places):
+        if runs and runs[-1][0] == segment:
+            runs[-1][2].append(block)
+        else:
+            runs.append((segment, position, [block]))
+    return runs
+
+
+def _write_blocks(runs: list[tuple[str, int, list]], files: list[tuple[str, bytes, int]]) -> list[int | OSError]:
+    """Writes each run of packed blocks ((segment's path, position, blocks)) in one call, and each of FILES
+    ((path, data, O_DIRECT or 0)) by `_write_atomically`: a checksum, or why not, a block, in that order."""
     results = []
+    for path, position, blocks in runs:
+        try:
+            write_packed(path, position, blocks)
+            results += [_checksum(block) for block in blocks]
+        except OSError as error:
+            results += [error] * len(blocks)
     for path, data, direct in files:
         try:
             results.append(_write_atomically(path, data, direct))
