@@ -5,12 +5,13 @@ import subprocess
 import sys
 import time
 
+from fsmount.cache.listings import counts as listing_counts
 from fsmount.config import Config, ConfigError, load_config, redact_url
 from fsmount.daemon import MountError, mount, parse_mount_options
 from fsmount.staging.area import CLOSED, read_journal
 from fsmount.stores.base import Store
 from fsmount.stores.gcs import GcsStore
-from fsmount.units import format_size
+from fsmount.units import format_size, format_ttl
 
 
 def main(argv=None) -> int:
@@ -89,7 +90,7 @@ def describe(config: Config) -> str:
         f"mountpoint   {config.mountpoint or '(given on the command line)'}",
         f"access       uid {config.uid}, gid {config.gid}, allow_other {'yes' if config.allow_other else 'no'}",
         f"cache        {cache.dir}: at most {format_size(cache.max_size)}, blocks of {format_size(cache.block_size)}, "
-        f"read-ahead {format_size(cache.read_ahead)}, metadata ttl {cache.metadata_ttl:g}s",
+        f"read-ahead {format_size(cache.read_ahead)}, metadata ttl {format_ttl(cache.metadata_ttl)}",
         f"staging      {config.staging.dir}: at most {format_size(config.staging.max_size)}, parts of "
         f"{parts} above {format_size(config.staging.multipart_threshold)}",
         f"link mounts  {links}",
@@ -98,7 +99,9 @@ def describe(config: Config) -> str:
     width = max(len("PATH"), *(len(volume.name) for volume in config.volumes))
     lines.append(f"{'PATH':<{width}}  MODE  SOURCE")
     for volume in sorted(config.volumes, key=lambda v: v.path):
-        lines.append(f"{volume.name:<{width}}  {'ro' if volume.read_only else 'rw'}    {redact_url(volume.source)}")
+        ttl = volume.objects.metadata_ttl if volume.objects is not None else None
+        note = "" if ttl is None else f"  (metadata ttl {format_ttl(ttl)})"
+        lines.append(f"{volume.name:<{width}}  {'ro' if volume.read_only else 'rw'}    {redact_url(volume.source)}{note}")
     return "\n".join(lines)
 
 
@@ -115,4 +118,6 @@ def status(config: Config) -> str:
     lines.append(f"kept aside   {len(kept)} files that were never closed, so never uploaded"
                  + (":" if kept else ""))
     lines += [f"  {path}" for path in kept]
+    directories, entries = listing_counts(config.cache.dir)
+    lines.append(f"listings     {directories} directories of {entries} entries kept in {config.cache.dir}")
     return "\n".join(lines)

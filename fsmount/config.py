@@ -3,6 +3,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import math
 import os
 import re
 import urllib.parse
@@ -15,7 +16,7 @@ from pyhocon.exceptions import ConfigException
 from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials, azure_environment_credentials,
                                  choose_azure_credentials, choose_gcs_credentials, choose_s3_credentials,
                                  parse_connection_string)
-from fsmount.units import parse_duration, parse_size
+from fsmount.units import parse_duration, parse_size, parse_ttl
 
 LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
 IPFS_API_ENV = "FSMOUNT_IPFS_API"
@@ -50,6 +51,7 @@ class ObjectSource:
     max_connections: int
     rename_limit: int  # objects a directory rename may copy; EXDEV above
     filter: re.Pattern | None = None  # only objects whose full key it matches (re.search) are shown
+    metadata_ttl: float | None = None  # the cache's when None; math.inf: `never`, for data that does not change
 
     @property
     def single_object(self) -> bool:
@@ -59,6 +61,12 @@ class ObjectSource:
     def immutable(self) -> bool:
         """Content addressed: what it lists and holds never changes, so nothing about it expires."""
         return False
+
+    def effective_ttl(self, cache_ttl: float) -> float:
+        """How long its listings and attributes are trusted, given the cache's `metadata_ttl`."""
+        if self.immutable:
+            return math.inf
+        return cache_ttl if self.metadata_ttl is None else self.metadata_ttl
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,7 +165,7 @@ _STAGING_KEYS = {"dir", "max_size", "multipart_threshold", "part_size", "paralle
 _SMALLEST_PART = 5 * 2**20  # S3's least part size but for the last
 _PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of it
 _VOLUME_KEYS = {"source", "mode", "path"}
-_OBJECT_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "filter"}
+_OBJECT_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "filter", "metadata_ttl"}
 _VOLUME_KEYS_OF = {"s3": _OBJECT_VOLUME_KEYS | {"extra_args", "version_id", "checksum_sha256"},
                    "azure": _OBJECT_VOLUME_KEYS, "gs": _OBJECT_VOLUME_KEYS,
                    "ipfs": _VOLUME_KEYS | {"api", "gateway", "max_connections"}}
@@ -259,7 +267,7 @@ class _Reader:
             max_size=size("max_size", 10 * 2**30),
             block_size=size("block_size", DEFAULT_BLOCK_SIZE),
             read_ahead=size("read_ahead", 64 * 2**20),
-            metadata_ttl=self.value(section, ("cache", "metadata_ttl"), parse_duration, 60.0),
+            metadata_ttl=self.value(section, ("cache", "metadata_ttl"), parse_ttl, 60.0),
         )
 
     def staging(self, tree: ConfigTree, cache: CacheConfig) -> StagingConfig:
@@ -416,7 +424,8 @@ class _Reader:
         """The keys every object store volume has."""
         return dict(max_connections=self.value(spec, keys + ("max_connections",), _positive, 32),
                     rename_limit=self.value(spec, keys + ("rename_limit",), _positive, 1000),
-                    filter=self.value(spec, keys + ("filter",), _regex, None))
+                    filter=self.value(spec, keys + ("filter",), _regex, None),
+                    metadata_ttl=self.value(spec, keys + ("metadata_ttl",), parse_ttl, None))
 
     def s3_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> S3Source:
         """`s3://bucket/prefix`, or ClearML's `s3://host:port/bucket/prefix` for a non-AWS endpoint."""

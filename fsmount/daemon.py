@@ -3,7 +3,6 @@ import contextlib
 import ctypes
 import logging
 import logging.handlers
-import math
 import os
 import resource
 import signal
@@ -16,6 +15,7 @@ import trio
 
 from fsmount.cache.attributes import KnownAttributes
 from fsmount.cache.blocks import BlockCache
+from fsmount.cache.listings import KnownListings
 from fsmount.config import Config, VolumeConfig
 from fsmount.fs.inodes import InodeTable
 from fsmount.fs.namespace import Namespace
@@ -104,6 +104,7 @@ class Daemon:
         self.gid = config.gid if options.gid is None else options.gid
         self.cache: BlockCache | None = None
         self.known_attributes: KnownAttributes | None = None
+        self.known_listings: KnownListings | None = None
         self.staging: StagingArea | None = None
         self.stores = Stores(config.cache.dir)
         self.prefetcher = Prefetcher(max(2, _READ_AHEAD_MEMORY // config.cache.block_size))
@@ -121,14 +122,15 @@ class Daemon:
             self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY,
                                     max(2 * cache.block_size, _UNWRITTEN_MEMORY))
             self.known_attributes = KnownAttributes(cache.dir)
+            self.known_listings = KnownListings(cache.dir)
         source = volume.objects
         store = TrioStore(self.stores.store_for(source))
-        metadata_ttl = math.inf if source.immutable else cache.metadata_ttl
         shared = dict(cache=self.cache, known_attributes=self.known_attributes, prefetcher=self.prefetcher,
-                      metadata_ttl=metadata_ttl,
+                      metadata_ttl=source.effective_ttl(cache.metadata_ttl),
                       read_ahead=cache.read_ahead, uid=self.uid, gid=self.gid)
         if source.single_object:
             return SingleObjectVolume(store, source.prefix, source.version_id, source.checksum_sha256, **shared)
+        shared["known_listings"] = self.known_listings  # not a single object's: its volume's listing is its own
         if read_only:
             return ObjectVolume(store, source.prefix, read_only=True, key_filter=source.filter, **shared)
         staging = self.config.staging
@@ -165,6 +167,7 @@ class Daemon:
                 if self.cache is not None:
                     self.cache.close()
                     self.known_attributes.close()
+                    self.known_listings.close()
                 if self.staging is not None:
                     self.staging.close()
 
@@ -186,7 +189,10 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
     except OSError as error:
         raise MountError(f"mount point {mountpoint}: {error.strerror}") from None
     log_file = _setup_logging(config, options, foreground)
-    daemon = Daemon(config, options)
+    try:
+        daemon = Daemon(config, options)
+    except OSError as error:  # the cache's directory: unusable, or another daemon's
+        raise MountError(error.strerror or str(error)) from None
     fuse_options = set(pyfuse3.default_options) | options.kernel_flags
     fuse_options |= {f"fsname={config.file}", "subtype=fsmount"}
     if config.allow_other if options.allow_other is None else options.allow_other:

@@ -1,5 +1,6 @@
 """Sizes (`8MiB`, `20GB`) and durations (`60s`, `500ms`) as written in config files and mount options."""
 import datetime
+import math
 import re
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
@@ -50,6 +51,17 @@ def parse_duration(value) -> float:
     if not match or match.group(2) not in _DURATION_UNITS:
         raise ValueError(f"expected a duration such as 500ms, 60s or 5m, got {value!r}")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_ttl(value) -> float:
+    """A duration as `parse_duration` reads it, or `never` (gcsfuse's -1): trusted for as long as mounted."""
+    if isinstance(value, str) and value.strip().lower() == "never":
+        return math.inf
+    return parse_duration(value)
+
+
+def format_ttl(seconds: float) -> str:
+    return "never" if seconds == math.inf else f"{seconds:g}s"
 
 
 def format_size(size: int) -> str:

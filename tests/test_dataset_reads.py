@@ -2,9 +2,12 @@
 shuffled order, by several threads at once; what the server is asked, counted in its request log."""
 import os
 import random
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import wait_for
+from buckets import S3Bucket
+from conftest import FSMOUNT, wait_for
 from servers import Proxy
 from test_object_volume import drop_page_cache, fill_bucket, s3_config
 
@@ -70,3 +73,90 @@ def test_eight_readers_of_eight_small_objects_keep_eight_gets_in_flight(workspac
             assert list(reads) == [DATASET[key] for key in keys]
     finally:
         proxy.close()
+
+
+def listed(root) -> dict[str, int]:
+    """Every file under ROOT (a `find` with a stat of each): path -> size."""
+    return {os.path.relpath(os.path.join(parent, name), root): os.stat(os.path.join(parent, name)).st_size
+            for parent, _, names in os.walk(root) for name in names}
+
+
+def lists(moto, bucket) -> int:
+    return moto.requests(f"GET /{bucket}?list-type=2")
+
+
+def test_a_remount_finds_the_tree_without_listing_it_again(workspace, moto, mount):
+    bucket = fill_bucket(moto, DATASET)
+    config = s3_config(workspace, moto, bucket, ttl="1h")
+    first = mount(config, workspace / "mnt")
+    sizes = {key: len(data) for key, data in DATASET.items()}
+    assert listed(workspace / "mnt" / "bucket") == sizes
+    first.stop()
+    listings, heads = lists(moto, bucket), moto.requests(f"HEAD /{bucket}/")
+    assert listings > 0
+    mount(config, workspace / "mnt")
+    assert listed(workspace / "mnt" / "bucket") == sizes
+    assert epoch(workspace / "mnt" / "bucket", shuffled(DATASET)) == DATASET
+    assert (lists(moto, bucket), moto.requests(f"HEAD /{bucket}/")) == (listings, heads)
+    status = subprocess.run([FSMOUNT, "status", str(config)], check=True, capture_output=True, text=True).stdout
+    assert "listings     6 directories of 69 entries kept" in status  # the root, train and its 4 classes
+
+
+def test_a_kept_listing_older_than_the_ttl_is_listed_again_in_the_background(workspace, moto, mount):
+    bucket = fill_bucket(moto, DATASET)
+    config = s3_config(workspace, moto, bucket, ttl="1s")
+    first = mount(config, workspace / "mnt")
+    directory = workspace / "mnt" / "bucket" / "train" / "class-0"
+    assert len(os.listdir(directory)) == 16
+    first.stop()
+    S3Bucket(moto, name=bucket).put("train/class-0/new-sample", b"added while unmounted")
+    listings = lists(moto, bucket)
+    wait_for(lambda: moto.requests(f"PUT /{bucket}/train/class-0/new-sample") == 1, 10, "the new object")
+    mount(config, workspace / "mnt")
+    time.sleep(1.1)  # the kept listing is older than the TTL now, however fast the remount was
+    wait_for(lambda: "new-sample" in os.listdir(directory), 10, "the listing made again to show the new object")
+    assert (directory / "new-sample").read_bytes() == b"added while unmounted"
+    assert lists(moto, bucket) > listings
+
+
+def test_metadata_ttl_never_keeps_a_listing_for_good(workspace, moto, mount):
+    bucket = fill_bucket(moto, DATASET)
+    config = s3_config(workspace, moto, bucket, ttl="1s", extra="metadata_ttl: never")
+    check = subprocess.run([FSMOUNT, "check", str(config)], check=True, capture_output=True, text=True).stdout
+    assert "(metadata ttl never)" in check
+    first = mount(config, workspace / "mnt")
+    listed(workspace / "mnt" / "bucket")
+    directory = workspace / "mnt" / "bucket" / "train" / "class-1"
+    before = sorted(os.listdir(directory))
+    first.stop()
+    S3Bucket(moto, name=bucket).put("train/class-1/new-sample", b"never listed")
+    listings = lists(moto, bucket)
+    mount(config, workspace / "mnt")
+    time.sleep(1.1)  # longer than the cache's TTL: the volume's own, never, is what counts
+    assert sorted(os.listdir(directory)) == before
+    assert lists(moto, bucket) == listings
+
+
+def test_a_file_made_through_the_mount_is_listed_after_a_remount(workspace, moto, mount):
+    bucket = fill_bucket(moto, DATASET)
+    config = s3_config(workspace, moto, bucket, ttl="1h", extra="mode: rw")
+    first = mount(config, workspace / "mnt")
+    directory = workspace / "mnt" / "bucket" / "train" / "class-2"
+    names = os.listdir(directory)
+    (directory / "written").write_bytes(b"made here")
+    first.stop()  # waits for the upload
+    mount(config, workspace / "mnt")
+    assert sorted(os.listdir(directory)) == sorted(names + ["written"])
+    assert (directory / "written").read_bytes() == b"made here"
+
+
+def test_a_second_daemon_on_the_same_cache_is_refused_with_a_clear_error(workspace, moto, mount):
+    bucket = fill_bucket(moto, DATASET)
+    config = s3_config(workspace, moto, bucket)
+    mount(config, workspace / "mnt")
+    (workspace / "other").mkdir()
+    result = subprocess.run([FSMOUNT, "mount", str(config), str(workspace / "other"), "--foreground"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"the cache in {workspace}/cache is in use by another fsmount" in result.stderr
+    assert "Traceback" not in result.stderr

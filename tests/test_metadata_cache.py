@@ -30,3 +30,14 @@ def test_pop_of_a_missing_key_is_harmless():
     cache.put("k", 1)
     cache.pop("k")
     assert "k" not in cache
+
+
+def test_weighed_entries_keep_their_sum_within_the_bound():
+    cache = ExpiringCache(math.inf, 10, weigh=len)
+    cache.put("a", [1] * 4)
+    cache.put("b", [1] * 4)
+    cache.put("a", [1] * 5)  # replaced, not counted twice: 9, and b is now the least recently used
+    cache.put("c", [1] * 3)  # 12 > 10: b goes
+    assert "b" not in cache and "a" in cache and "c" in cache
+    cache.put("huge", [1] * 20)  # more than the bound alone: kept, the rest go
+    assert [key for key in ("a", "c", "huge") if key in cache] == ["huge"]

@@ -3,7 +3,8 @@
 Names: a key with an empty, "." or ".." segment cannot be a file name and is not shown; a name
 that is both an object and a prefix ("a" and "a/b") shows as the directory. A `dir/` marker
 object makes an empty directory exist. Attributes and listings are trusted for `metadata_ttl`,
-misses for a shorter while. A file's time is its `mtime` metadata (rclone's, in seconds) where it
+misses for a shorter while. A whole listing is also kept on disk (fsmount/cache/listings.py): after
+a remount it is used at once, and listed again in the background once older than `metadata_ttl`. A file's time is its `mtime` metadata (rclone's, in seconds) where it
 has one, else the time the store last wrote it; its mode is its `mode` metadata (s3fs's) where it
 has one, else 0644 (0444 read-only); both outlive the daemon where listings show no metadata
 (fsmount/cache/attributes.py). An object with a link target (IPFS has them) is a
@@ -12,6 +13,7 @@ symlink, which the kernel resolves in the reader's view.
 import bisect
 import contextlib
 import errno
+import functools
 import logging
 import math
 import os
@@ -24,6 +26,7 @@ import trio
 
 from fsmount.cache.attributes import KnownAttributes
 from fsmount.cache.blocks import BlockCache, block_name
+from fsmount.cache.listings import KnownListings
 from fsmount.cache.metadata import ExpiringCache
 from fsmount.staging.area import DEFAULT_MODE
 from fsmount.stores.aio import TrioStore
@@ -37,8 +40,9 @@ _NEGATIVE_TTL = 1.0
 _KERNEL_TTL_MAX = 86400.0  # what the kernel is told of entries that never expire (IPFS)
 # What the metadata caches keep at most: memory stays bounded however many objects a volume has.
 _NAMES_KEPT = 100_000
-_LISTINGS_KEPT = 16
-_LISTING_CACHE_ENTRIES = 20_000  # a longer listing streams from the store every time
+_LISTINGS_KEPT = 16  # directories whose scans are followed
+_LISTED_ENTRIES_KEPT = 200_000  # of every listing kept in memory, in all
+_LISTING_CACHE_ENTRIES = 120_000  # a longer listing streams from the store every time
 # A handle that seeks fetches this much around a read, not a whole block: one short GET per random read.
 RANDOM_CHUNK = 128 * 1024
 # An object read at random is filled whole in the background when it is at most this share of the cache.
@@ -102,10 +106,14 @@ class Piece(typing.NamedTuple):
 class ObjectVolume(Volume):
     def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, known_attributes: KnownAttributes,
                  prefetcher: Prefetcher, metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool,
-                 key_filter: re.Pattern | None = None):
-        """KEY_FILTER: only objects whose full key it matches (re.search) are shown."""
+                 key_filter: re.Pattern | None = None, known_listings: KnownListings | None = None):
+        """KEY_FILTER: only objects whose full key it matches (re.search) are shown. KNOWN_LISTINGS: where whole
+        listings are kept across mounts (content-addressed stores keep their own)."""
         self.store = store
         self.known_attributes = known_attributes
+        self.known_listings = None if store.content_addressed else known_listings
+        # Listings on disk are the store's as this volume shows them: a filter shows fewer objects.
+        self._listed_as = store.identity + (f"\0{key_filter.pattern}" if key_filter is not None else "")
         self.key_filter = key_filter
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.cache = cache
@@ -120,7 +128,7 @@ class ObjectVolume(Volume):
         self._changed = ExpiringCache(math.inf, _NAMES_KEPT)  # directory -> when this daemon last changed its entries
         self._stats = ExpiringCache(metadata_ttl, _NAMES_KEPT)  # path -> info; None: a directory
         self._missing = ExpiringCache(_NEGATIVE_TTL, _NAMES_KEPT)
-        self._listings = ExpiringCache(metadata_ttl, _LISTINGS_KEPT)  # path -> [(name, info)], sorted by name
+        self._listings = ExpiringCache(metadata_ttl, _LISTED_ENTRIES_KEPT, weigh=len)  # path -> sorted [(name, info)]
         self._scans = DirectoryScans(_LISTINGS_KEPT)
         self._opened_versions = ExpiringCache(math.inf, _NAMES_KEPT)
         self._whole = ExpiringCache(math.inf, _NAMES_KEPT)  # (key, version) of objects filled, or being filled, whole
@@ -203,9 +211,14 @@ class ObjectVolume(Volume):
             return info
         if path in self._missing:
             raise NotFound(self._key(path))
-        listing = self._listings.get(path[:-1])
-        if listing is not None and not _find(listing, path[-1])[1]:  # the whole directory is known
-            raise NotFound(self._key(path))
+        listing = self.cached_listing(path[:-1])
+        if listing is not None:  # the whole directory is known
+            position, found = _find(listing, path[-1])
+            if not found:
+                raise NotFound(self._key(path))
+            info = listing[position][1]
+            self._remember(path, info)
+            return info
         found = {}
 
         async def directory():
@@ -359,16 +372,50 @@ class ObjectVolume(Volume):
         self._stats.pop(path)
 
     def cached_listing(self, path: Path) -> list[tuple[str, ObjectInfo | None]] | None:
-        return self._listings.get(path)
+        """Directory PATH's whole listing, if one is kept: in memory, else on disk (an earlier mount's, which
+        is listed again in the background once older than the TTL)."""
+        listing = self._listings.get(path)
+        if listing is not None or self.known_listings is None:
+            return listing
+        known = self.known_listings.recall(self._listed_as, self._dir_prefix(path))
+        if known is None:
+            return None
+        age, listing = known
+        self._listings.put(path, listing)
+        self._recall([info for _, info in listing if info is not None])
+        if age >= self.metadata_ttl:
+            self.prefetcher.spawn(functools.partial(self._list_again, path))
+        return listing
+
+    async def _list_again(self, path: Path):
+        listing, offset = _ObjectListing(self, path, fresh=True), 0
+        while batch := await listing.entries(offset):
+            offset = batch[-1].offset
 
     def remember_listing(self, path: Path, entries: list[tuple[str, ObjectInfo | None]]):
         """Keeps a directory's listing, sorted by name: a store lists in key order, where `a/` comes after `a.b`."""
         if len(entries) <= _LISTING_CACHE_ENTRIES:
-            self._listings.put(path, sorted(entries, key=_entry_name))
+            entries = sorted(entries, key=_entry_name)
+            self._listings.put(path, entries)
+            if self.known_listings is not None:
+                self.known_listings.keep(self._listed_as, self._dir_prefix(path), entries)
+
+    def forget_listings(self, path: Path, below: bool = False):
+        """Drops the listing of directory PATH, and with BELOW those of every directory under it, from memory
+        and disk: this daemon changed them in ways a listing cannot follow."""
+        if below:
+            self._listings.pop_where(lambda cached: cached[:len(path)] == path)
+        else:
+            self._listings.pop(path)
+        if self.known_listings is not None:
+            self.known_listings.forget(self._listed_as, self._dir_prefix(path), below)
 
     def relist(self, path: Path, info=GONE):
         """Keeps the cached listing of PATH's directory true to a change this daemon made: PATH holds
-        INFO now (None: a directory), or nothing. Readers of the listing keep the one they had."""
+        INFO now (None: a directory), or nothing. Readers of the listing keep the one they had; the one on
+        disk goes, so a remount lists the directory again."""
+        if self.known_listings is not None:
+            self.known_listings.forget(self._listed_as, self._dir_prefix(path[:-1]))
         listing = self._listings.get(path[:-1])
         if listing is None:
             return
@@ -413,11 +460,12 @@ class _ObjectListing(DirHandle):
     """Streams a prefix's listing a page at a time, or serves it from the volume's listing cache;
     offsets count entries from the start."""
 
-    def __init__(self, volume: ObjectVolume, path: Path):
+    def __init__(self, volume: ObjectVolume, path: Path, fresh: bool = False):
+        """FRESH: from the store, whatever listing is kept."""
         self.volume = volume
         self.path = path
         self._local = volume.local_entries(path)
-        self._cached = volume.cached_listing(path)
+        self._cached = None if fresh else volume.cached_listing(path)
         if self._cached is not None and self._local:
             self._cached = [(name, self._local.get(name, info)) for name, info in self._cached]
             self._cached += self._unlisted({name for name, _ in self._cached})

@@ -349,7 +349,7 @@ class WritableObjectVolume(ObjectVolume):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
         await self._delete(prefix)
         self._forget(path)
-        self._listings.pop(path)
+        self.forget_listings(path)
 
     async def _delete(self, key: str):
         with contextlib.suppress(NotFound):
@@ -449,8 +449,10 @@ class WritableObjectVolume(ObjectVolume):
                 self.staging.rename(staged, self._key(moved))
                 self._staged[moved] = self._staged.pop(staged_path)
         self._move_writers(path, new_path)
-        for cache in (self._stats, self._listings, self._opened_versions, self._missing):
+        for cache in (self._stats, self._opened_versions, self._missing):
             cache.pop_where(lambda cached: cached[:len(path)] == path or cached[:len(new_path)] == new_path)
+        self.forget_listings(path, below=True)
+        self.forget_listings(new_path, below=True)
         self._missing.put(path, True)
         self.relist(path)
         self.relist(new_path, None)
