@@ -14,7 +14,9 @@ The data-loader rows read datasets as training jobs do, each group on a fresh mo
 epoch over 4,000 objects of 128 KiB in 40 directories by 8 and by 16 threads, cold and again from
 the tool's cache (the page cache dropped before each), after one `find` and stat of the tree, a
 loader's index; an epoch over 200 objects of 4 MiB by 8 threads; 8 threads each reading a 256 MiB
-object of its own; the time to the first byte of the 1 GiB object. With SeaweedFS each of those
+object of its own; the time to the first byte of the 1 GiB object; pyarrow reading 3 of the 16
+columns of a 1 GiB Parquet file (its footer, then those columns' chunks of each of its 16 row
+groups, by ranged reads). With SeaweedFS each of those
 rows is followed by the requests the server answered during it, as the server counts them (its
 Prometheus metrics).
 
@@ -34,7 +36,7 @@ The tools, the floor and the server alone take turns, round after round (3 by de
 starting one further along: what the one before leaves behind (a server still busy with its writes,
 or warm from its reads) falls on each in turn. A row shows the median of the rounds (the RSS row
 their largest), so a slow minute of the machine or the server does not decide a row. `--rows`
-picks groups of rows (default: all): read, random, ls, cp, writes, epoch, mid, parallel, ttfb.
+picks groups of rows (default: all): read, random, ls, cp, writes, epoch, mid, parallel, ttfb, parquet.
 Prints a Markdown table with fsmount/peer ratios, and each round's numbers on stderr.
 """
 import argparse
@@ -85,6 +87,9 @@ SHUFFLE_SEED = 26
 FIND_ROW = "find + stat of the 4,000 objects, cold"
 TTFB_ROW = "time to first byte of 1 GiB, cold"
 PARALLEL_ROW = "8 readers of 8 x 256 MiB, cold"
+PARQUET_ROW = "pyarrow: 3 of 16 columns of a 1 GiB Parquet file, cold"
+PARQUET_KEY, PARQUET_COLUMNS, PARQUET_ROWS, PARQUET_ROW_GROUP = "parquet/table.parquet", 16, 2**23, 2**19
+PARQUET_READ = ["c00", "c07", "c13"]
 GROUPS = {
     "read": ["sequential read 1 GiB, cold", "sequential read 1 GiB, warm"],
     "random": ["random 4 KiB reads, cold", "random 4 KiB reads, warm"],
@@ -96,8 +101,9 @@ GROUPS = {
     "mid": ["mid-size epoch, 8 readers, cold", "mid-size epoch, 8 readers, warm"],
     "parallel": [PARALLEL_ROW],
     "ttfb": [TTFB_ROW],
+    "parquet": [PARQUET_ROW],
 }
-LOADER_GROUPS = {"epoch", "mid", "parallel", "ttfb"}
+LOADER_GROUPS = {"epoch", "mid", "parallel", "ttfb", "parquet"}
 REQUESTS = ", requests"  # ends the name of the row that counts the server's requests during the row before
 ROWS = [  # (row, unit, higher is better)
     ("sequential read 1 GiB, cold", "MB/s", True),
@@ -118,6 +124,7 @@ ROWS = [  # (row, unit, higher is better)
     ("mid-size epoch, 8 readers, warm", "MB/s", True),
     (PARALLEL_ROW, "MB/s", True),
     (TTFB_ROW, "ms", False),
+    (PARQUET_ROW, "s", False),
     ("daemon peak RSS", "MiB", False),
 ]
 PEAK_ROW = "daemon peak RSS"  # the largest of the rounds, where other rows show their median
@@ -189,6 +196,11 @@ class Server:
                 jobs.append((key, data))
                 (host_copy / key).parent.mkdir(parents=True, exist_ok=True)
                 (host_copy / key).write_bytes(data)
+        if "parquet" in groups:
+            table = big.with_name("table.parquet")
+            write_parquet(table)
+            self.loop.run_until_complete(self.store.put_in_parts(PARQUET_KEY, str(table), 64 * 2**20, 4))
+            table.unlink()
         if "mid" in groups:
             jobs += [(f"mid/d{index % 4}/object-{index:03d}", os.urandom(MID_SIZE)) for index in range(MID_FILES)]
         slots = asyncio.Semaphore(16)
@@ -547,7 +559,38 @@ def measure_loader(tool: Tool, groups: set[str]) -> dict:
     if "ttfb" in groups:
         with mounted_session(tool):
             results |= counted(server, TTFB_ROW, lambda: first_byte(root / BIG_KEY) * 1000)
+    if "parquet" in groups:
+        with mounted_session(tool):
+            results |= counted(server, PARQUET_ROW, lambda: columns_read(root / PARQUET_KEY))
     return results
+
+
+def write_parquet(path: Path):
+    """A table of PARQUET_COLUMNS float64 columns of random bits (1 GiB), uncompressed, in row groups of 64 MiB."""
+    import pyarrow
+    import pyarrow.parquet
+
+    def column():
+        return pyarrow.Array.from_buffers(pyarrow.float64(), PARQUET_ROW_GROUP,
+                                          [None, pyarrow.py_buffer(os.urandom(8 * PARQUET_ROW_GROUP))])
+
+    schema = pyarrow.schema([(f"c{index:02d}", pyarrow.float64()) for index in range(PARQUET_COLUMNS)])
+    with pyarrow.parquet.ParquetWriter(path, schema, compression="none", use_dictionary=False,
+                                       write_statistics=False) as writer:
+        for _ in range(PARQUET_ROWS // PARQUET_ROW_GROUP):
+            writer.write_table(pyarrow.table([column() for _ in schema], schema=schema), row_group_size=PARQUET_ROW_GROUP)
+
+
+def columns_read(path: Path) -> float:
+    """Seconds for pyarrow to read PARQUET_READ of every row group: the footer, then those columns' chunks."""
+    import pyarrow.parquet
+    drop_page_cache()
+    start = time.perf_counter()
+    table = pyarrow.parquet.read_table(path, columns=PARQUET_READ, memory_map=False, use_threads=True)
+    seconds = time.perf_counter() - start
+    if table.num_rows != PARQUET_ROWS:
+        raise RuntimeError(f"pyarrow read {table.num_rows} rows of {path}, not {PARQUET_ROWS}")
+    return seconds
 
 
 def measure_server_alone(server: Server, source: Path, size: int, round_number: int, reads: bool,
