@@ -310,7 +310,7 @@ class ObjectVolume(Volume):
 
         async def fetch():
             try:
-                return await self.store.read(info.key, index * size, length or size, info.version)
+                return await self.store.read(info.key, index * size, length, info.version)
             except PreconditionFailed:
                 self.forget_stat(path)
                 log.info("%s changed while open; its old version is gone", info.key)
