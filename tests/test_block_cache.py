@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from fsmount.cache import blocks
+from fsmount.cache import blockio, blocks
 from fsmount.cache import segments as segments_module
 from fsmount.cache.blocks import BlockCache, block_name
 from fsmount.stores.ranges import receive_buffers
@@ -242,8 +242,8 @@ async def test_readers_of_a_block_being_written_get_its_bytes_without_waiting_fo
         disk_free.wait(30)
         return write(*args)
 
-    write = blocks._write_atomically
-    monkeypatch.setattr(blocks, "_write_atomically", held_write)
+    write = blockio.write_atomically
+    monkeypatch.setattr(blockio, "write_atomically", held_write)
     cache = BlockCache(str(tmp_path), 10 * large, large)
     name = block_name(store.identity, info.key, info.version, 0)
     try:

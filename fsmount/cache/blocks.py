@@ -4,16 +4,18 @@ A block is named by (store, key, version, index), so blocks of two versions neve
 block's file is written to a temporary name and renamed; a small one (under 1 MiB: a small object's
 only one) is packed into a segment with others (fsmount/cache/segments.py). The SQLite index (WAL)
 records each block's size, XXH3 checksum, last use and place. A process checks each block's checksum
-the first time it uses it, so a block torn by a crash or damaged on disk is refetched, never served. Eviction is least recently used, never of
-a block a reader holds. Ten readers of one missing block cause one fetch.
+the first time it uses it, so a block torn by a crash or damaged on disk is refetched, never served.
+Eviction is least recently used, never of a block a reader holds. Ten readers of one missing block
+cause one fetch.
 
 Block files are written with O_DIRECT where the file system allows it: filling the page cache
 cost ~2 s of CPU per GiB here, half of what a cold read cost in all. Readers of a block are answered
 from memory while it is written, and the blocks filled last stay there, a bounded amount, for the
-reads that asked for them. Fetched blocks are written by writers of their own, a batch at a time:
-one index transaction before their files are written and one after, the files in one trip to a
-worker thread. Written on the event loop, one by one, a shuffled epoch of 128 KiB objects spent a
-third of the loop's time on creating their files and committing their rows.
+reads that asked for them. Fetched blocks are written by writers of their own, a batch at a time, in
+one trip to a worker thread (fsmount/cache/blockio.py) and one index transaction after it (and one
+before, for blocks in files of their own). Written on the event loop, one by one, a shuffled epoch
+of 128 KiB objects spent a third of the loop's time on creating their files and committing their
+rows.
 """
 import collections
 import contextlib
@@ -25,18 +27,16 @@ import glob
 import hashlib
 import logging
 import math
-import mmap
 import os
-import queue
 import shutil
 import sqlite3
 import time
 
 import trio
-import xxhash
 
 from fsmount.cache.background import run_in_background, when_idle
-from fsmount.cache.segments import Segments, write_packed
+from fsmount.cache import blockio
+from fsmount.cache.segments import Segments
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ _EVICTION_BATCH = 64
 _TOUCHES_KEPT = 4096  # uses of blocks held in memory before they are written to the index
 _OPEN_FILES = 256  # block files and segments kept open for the reads that follow (2 GiB of 8 MiB blocks)
 PACKED_BELOW = 2**20  # blocks smaller than this go into segments, not into files of their own
-_ALIGNMENT = 4096  # of offsets, lengths and memory in O_DIRECT transfers
 _UNREAD_AWAITED = 5.0  # seconds a block filled ahead of its reader is kept for it over blocks read already
 # glibc keeps the blocks' buffers freed in the middle of its heap: ten streams read at once peaked at
 # ~220 MiB with ~40 of blocks alive. Handing its free pages back after each block written took that to
@@ -120,7 +119,7 @@ class BlockCache:
         if self._db.execute("PRAGMA user_version").fetchone()[0] != _INDEX_VERSION:
             self._forget_everything(directory)
         os.makedirs(self._blocks_dir, exist_ok=True)
-        self._direct = _direct_io_flag(self._blocks_dir)
+        self._direct = blockio.direct_io_flag(self._blocks_dir)
         self._forget_unfinished()
         self._segments = Segments(os.path.join(self._blocks_dir, "segments"), dict(self._db.execute(
             "SELECT segment, count(*) FROM blocks WHERE segment IS NOT NULL GROUP BY segment")))
@@ -310,7 +309,7 @@ class BlockCache:
                 runs = [(self._segments.path(segment), position, blocks)
                         for segment, position, blocks in _runs([data for _, data in packed], places)]
                 write = run_in_background if background else trio.to_thread.run_sync
-                written = await write(_write_blocks, runs, [(self._path(name), data, direct)
+                written = await write(blockio.write_blocks, runs, [(self._path(name), data, direct)
                                                             for name, data, direct in files])
             except BaseException:
                 for (name, data), place in zip(packed, places):
@@ -324,7 +323,7 @@ class BlockCache:
 
     def _record_written(self, packed: list[tuple[str, bytes]], places: list[tuple[int, int]],
                         files: list[tuple[str, bytes, int]], written: list[int | OSError]):
-        """Enters what `_write_blocks` wrote (WRITTEN: a checksum, or why not, a block: the packed ones
+        """Enters what `blockio.write_blocks` wrote (WRITTEN: a checksum, or why not, a block: the packed ones
         first) in one transaction; what it could not write leaves the cache."""
         blocks = [(name, data, place) for (name, data), place in zip(packed, places)]
         blocks += [(name, data, None) for name, data, _ in files]
@@ -336,8 +335,9 @@ class BlockCache:
                 elif place is None:
                     self._db.execute("UPDATE blocks SET checksum = ?, ready = 1 WHERE name = ?", (checksum, name))
                 else:
-                    self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready, segment, position)"
-                                     " VALUES (?, ?, ?, ?, 1, ?, ?)", (name, len(data), checksum, time.time(), *place))
+                    self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready, segment, "
+                                     "position) VALUES (?, ?, ?, ?, 1, ?, ?)",
+                                     (name, len(data), checksum, time.time(), *place))
         self._verified.update((name, place) for (name, _, place), checksum in zip(blocks, written)
                               if not isinstance(checksum, OSError))
         for name, data, place, error in failed:
@@ -374,10 +374,10 @@ class BlockCache:
         place = None if segment is None else (segment, position)
         path = self._path(name) if place is None else self._segments.path(segment)
         try:
-            data = await trio.to_thread.run_sync(_read_range, path, position or 0, size)
+            data = await trio.to_thread.run_sync(blockio.read_range, path, position or 0, size)
         except FileNotFoundError:
             data = None
-        if data is not None and len(data) == size and _checksum(data) == checksum:
+        if data is not None and len(data) == size and blockio.checksum(data) == checksum:
             self._verified[name] = place
             return True
         log.warning("cache block %s is damaged or missing; fetching it again", name)
@@ -462,76 +462,6 @@ class BlockCache:
             self._touched.clear()
 
 
-class _AlignedBuffers:
-    """Page-aligned memory, as O_DIRECT needs: DATA's own where it lies so (a receive buffer's, see
-    fsmount.stores.ranges; copying 8 MiB took ~5% of a cold read's CPU), else buffers kept for reuse
-    (fresh memory costs page faults) and few, so memory stays bounded however many threads write."""
-
-    def __init__(self, count: int):
-        self._free: queue.LifoQueue[mmap.mmap] = queue.LifoQueue()
-        for _ in range(count):
-            self._free.put(mmap.mmap(-1, _ALIGNMENT))
-
-    @contextlib.contextmanager
-    def padded(self, data: bytes | memoryview):
-        """A view of DATA padded to whole pages: of its own memory if that allows, else of a copy (which
-        waits while every buffer is in use)."""
-        in_place = _padded_in_place(data)
-        if in_place is not None:
-            with in_place:
-                yield in_place
-            return
-        buffer = self._free.get()
-        if len(buffer) < len(data):
-            buffer = mmap.mmap(-1, _aligned(len(data)))
-        try:
-            with memoryview(buffer) as view:
-                view[:len(data)] = data
-                with view[:_aligned(len(data))] as padded:
-                    yield padded
-        finally:
-            self._free.put(buffer)
-
-
-_buffers = _AlignedBuffers(1)
-
-
-def _aligned(size: int) -> int:
-    return -(-size // _ALIGNMENT) * _ALIGNMENT
-
-
-def _padded_in_place(data: bytes | memoryview) -> memoryview | None:
-    """A view of DATA's own memory padded to whole pages, if DATA starts on a page and its memory goes on
-    to the padding's end; else None."""
-    if not isinstance(data, memoryview) or data.readonly or not data.contiguous or not data.nbytes:
-        return None
-    whole = memoryview(data.obj).cast("B")
-    address = ctypes.addressof(ctypes.c_char.from_buffer(data))
-    start = address - ctypes.addressof(ctypes.c_char.from_buffer(whole))
-    end = start + _aligned(data.nbytes)
-    if address % _ALIGNMENT or end > whole.nbytes:
-        return None
-    return whole[start:end]
-
-
-def _direct_io_flag(directory: str) -> int:
-    """O_DIRECT if the file system under DIRECTORY takes it (tmpfs, for one, may not), else 0."""
-    probe = os.path.join(directory, f".direct-io-probe.{os.getpid()}")
-    try:
-        os.close(os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC, 0o600))
-        return os.O_DIRECT
-    except OSError:
-        return 0
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(probe)
-
-
-def _read_range(path: str, position: int, size: int) -> bytes:
-    with open(path, "rb", buffering=0) as stream:
-        return os.pread(stream.fileno(), size, position)
-
-
 def _runs(blocks: list[bytes], places: list[tuple[int, int]]) -> list[tuple[int, int, list[bytes]]]:
     """(segment, position, blocks) of BLOCKS one after another in a segment, at their PLACES."""
     runs = []
@@ -541,51 +471,3 @@ def _runs(blocks: list[bytes], places: list[tuple[int, int]]) -> list[tuple[int,
         else:
             runs.append((segment, position, [block]))
     return runs
-
-
-def _write_blocks(runs: list[tuple[str, int, list]], files: list[tuple[str, bytes, int]]) -> list[int | OSError]:
-    """Writes each run of packed blocks ((segment's path, position, blocks)) in one call, and each of FILES
-    ((path, data, O_DIRECT or 0)) by `_write_atomically`: a checksum, or why not, a block, in that order."""
-    results = []
-    for path, position, blocks in runs:
-        try:
-            write_packed(path, position, blocks)
-            results += [_checksum(block) for block in blocks]
-        except OSError as error:
-            results += [error] * len(blocks)
-    for path, data, direct in files:
-        try:
-            results.append(_write_atomically(path, data, direct))
-        except OSError as error:
-            results.append(error)
-    return results
-
-
-def _write_atomically(path: str, data: bytes, direct: int) -> int:
-    """Writes DATA to PATH by a rename, with DIRECT (O_DIRECT or 0) among the open flags; returns its checksum."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | direct, 0o600)
-    try:
-        if direct:
-            with _buffers.padded(data) as padded:
-                _write_all(fd, padded)
-            os.ftruncate(fd, len(data))
-        else:
-            _write_all(fd, data)
-    finally:
-        os.close(fd)
-    os.rename(temporary, path)
-    return _checksum(data)
-
-
-def _checksum(data) -> int:
-    """DATA's XXH3 hash, as the signed 64-bit integer SQLite keeps."""
-    return int.from_bytes(xxhash.xxh3_64_digest(data), "big", signed=True)
-
-
-def _write_all(fd: int, data):
-    with memoryview(data) as view:
-        written = 0
-        while written < len(view):
-            written += os.write(fd, view[written:])

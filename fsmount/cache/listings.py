@@ -1,4 +1,4 @@
-"""KnownListings: whole listings of object store prefixes, kept on disk beside the block cache, so a remount lists nothing again.
+"""KnownListings: whole listings of object store prefixes, on disk beside the block cache, for the mounts that follow.
 
 A listing is kept as the store gave it (names, sizes, versions, times, metadata), with when it was
 made; the volume decides whether it is fresh. At most `_ENTRIES_KEPT` entries are kept in all, the
@@ -36,8 +36,9 @@ class KnownListings:
     def keep(self, store: str, prefix: str, entries: Entries):
         rows = [[name] if info is None else [name, info.size, info.version, info.mtime_ns, info.metadata,
                                              info.link_target] for name, info in entries]
-        self._db.execute("INSERT OR REPLACE INTO listings (store, prefix, listed, count, entries) VALUES (?, ?, ?, ?, ?)",
-                         (store, prefix, time.time(), len(rows), json.dumps(rows, separators=(",", ":"))))
+        self._db.execute("INSERT OR REPLACE INTO listings (store, prefix, listed, count, entries) "
+                         "VALUES (?, ?, ?, ?, ?)", (store, prefix, time.time(), len(rows),
+                                                    json.dumps(rows, separators=(",", ":"))))
         kept = self._db.execute("SELECT coalesce(sum(count), 0) FROM listings").fetchone()[0]
         while kept > _ENTRIES_KEPT:
             oldest, count = self._db.execute("SELECT rowid, count FROM listings ORDER BY listed LIMIT 1").fetchone()
@@ -59,7 +60,8 @@ class KnownListings:
     def forget(self, store: str, prefix: str, below: bool = False):
         """Drops PREFIX's listing, and with BELOW those of every prefix under it."""
         if below:
-            self._db.execute("DELETE FROM listings WHERE store = ? AND substr(prefix, 1, ?) = ?", (store, len(prefix), prefix))
+            self._db.execute("DELETE FROM listings WHERE store = ? AND substr(prefix, 1, ?) = ?",
+                             (store, len(prefix), prefix))
         else:
             self._db.execute("DELETE FROM listings WHERE store = ? AND prefix = ?", (store, prefix))
 

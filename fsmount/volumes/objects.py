@@ -1,14 +1,14 @@
 """ObjectVolume: an object store seen as a tree. Prefixes become directories; data comes through the block cache.
 
-Names: a key with an empty, "." or ".." segment cannot be a file name and is not shown; a name
-that is both an object and a prefix ("a" and "a/b") shows as the directory. A `dir/` marker
-object makes an empty directory exist. Attributes and listings are trusted for `metadata_ttl`,
-misses for a shorter while. A whole listing is also kept on disk (fsmount/cache/listings.py): after
-a remount it is used at once, and listed again in the background once older than `metadata_ttl`. A file's time is its `mtime` metadata (rclone's, in seconds) where it
-has one, else the time the store last wrote it; its mode is its `mode` metadata (s3fs's) where it
-has one, else 0644 (0444 read-only); both outlive the daemon where listings show no metadata
-(fsmount/cache/attributes.py). An object with a link target (IPFS has them) is a
-symlink, which the kernel resolves in the reader's view.
+Names: a key with an empty, "." or ".." segment cannot be a file name and is not shown; a name that
+is both an object and a prefix ("a" and "a/b") shows as the directory. A `dir/` marker object makes
+an empty directory exist. Attributes and listings are trusted for `metadata_ttl`, misses for a
+shorter while. A whole listing is also kept on disk (fsmount/cache/listings.py): after a remount it
+is used at once, and listed again in the background once older than `metadata_ttl`. A file's time is
+its `mtime` metadata (rclone's, in seconds) where it has one, else the time the store last wrote it;
+its mode is its `mode` metadata (s3fs's) where it has one, else 0644 (0444 read-only); both outlive
+the daemon where listings show no metadata (fsmount/cache/attributes.py). An object with a link
+target (IPFS has them) is a symlink, which the kernel resolves in the reader's view.
 """
 import bisect
 import contextlib
@@ -335,7 +335,8 @@ class ObjectVolume(Volume):
                 async with limit:
                     if feed is None or feed.stopped:
                         if not self.cache.contains(name):
-                            await self.prefetcher.fill(lambda: self.cache.read(name, 0, 0, fetch, page_cache=True, size=size))
+                            await self.prefetcher.fill(
+                                lambda: self.cache.read(name, 0, 0, fetch, page_cache=True, size=size))
                         return
                     data = await self.prefetcher.fill(lambda: self.cache.read(name, 0, block_size, fetch, size=size))
                     await feed.store(index * block_size, data)
