@@ -75,6 +75,47 @@ def test_eight_readers_of_eight_small_objects_keep_eight_gets_in_flight(workspac
         proxy.close()
 
 
+SWEPT = {f"shuffled/file-{index:02d}": os.urandom(3000 + index) for index in range(40)}
+
+
+def test_a_directory_read_whole_in_any_order_is_fetched_ahead_each_file_once(workspace, moto, mount):
+    bucket = fill_bucket(moto, SWEPT)
+    mount(s3_config(workspace, moto, bucket, ttl="1h"), workspace / "mnt")
+    root = workspace / "mnt" / "bucket"
+    assert len(os.listdir(root / "shuffled")) == len(SWEPT)
+    keys = shuffled(SWEPT)
+    for key in keys[:3]:
+        assert (root / key).read_bytes() == SWEPT[key]
+    wait_for(lambda: moto.requests(f"GET /{bucket}/shuffled/") > 3, 10, "files fetched ahead once three were read")
+    assert epoch(root, keys[3:]) == {key: SWEPT[key] for key in keys[3:]}
+    assert [moto.requests(f"GET /{bucket}/{key}?") for key in sorted(SWEPT)] == [1] * len(SWEPT)
+
+
+def test_fetching_ahead_stops_soon_after_the_reads_stop(workspace, moto, mount):
+    bucket = fill_bucket(moto, SWEPT)
+    mount(s3_config(workspace, moto, bucket, ttl="1h"), workspace / "mnt")
+    root = workspace / "mnt" / "bucket"
+    os.listdir(root / "shuffled")
+
+    def gets() -> int:
+        return moto.requests(f"GET /{bucket}/shuffled/")
+
+    keys = shuffled(SWEPT)
+    for key in keys[:2]:
+        assert (root / key).read_bytes() == SWEPT[key]
+    time.sleep(0.5)  # nothing may come, and nothing does: two files read are no sweep yet
+    assert gets() == 2
+    assert (root / keys[2]).read_bytes() == SWEPT[keys[2]]
+    wait_for(lambda: gets() >= 3 + 8, 10, "eight files fetched ahead once a third was read")
+    time.sleep(0.5)  # the reads stopped: no more may come
+    assert gets() == 3 + 8
+    unfetched = next(key for key in keys if moto.requests(f"GET /{bucket}/{key}?") == 0)
+    assert (root / unfetched).read_bytes() == SWEPT[unfetched]
+    wait_for(lambda: gets() >= 3 + 8 + 1 + 4, 10, "four more fetched ahead for the one read")
+    time.sleep(0.5)
+    assert gets() == 3 + 8 + 1 + 4
+
+
 def listed(root) -> dict[str, int]:
     """Every file under ROOT (a `find` with a stat of each): path -> size."""
     return {os.path.relpath(os.path.join(parent, name), root): os.stat(os.path.join(parent, name)).st_size

@@ -130,18 +130,6 @@ def test_files_opened_in_listing_order_are_fetched_ahead_once_each(workspace, mo
     assert [gets(name) for name in names if name != "sub"] == [1] * 40
 
 
-def test_files_opened_out_of_order_are_not_fetched_ahead(workspace, moto, mount):
-    files = {f"shuffled/file-{index:02d}": os.urandom(3000) for index in range(20)}
-    bucket = fill_bucket(moto, files)
-    mount(s3_config(workspace, moto, bucket), workspace / "mnt")
-    directory = workspace / "mnt" / "bucket" / "shuffled"
-    os.listdir(directory)
-    for index in (15, 2, 12, 0):  # no step forward is short enough to look like a scan
-        assert (directory / f"file-{index:02d}").read_bytes() == files[f"shuffled/file-{index:02d}"]
-    time.sleep(0.5)
-    assert moto.requests(f"GET /{bucket}/shuffled/") == 4
-
-
 def test_reads_across_block_boundaries(any_mount):
     root, _, _ = any_mount
     with open(root / "data" / "big.bin", "rb", buffering=0) as stream:

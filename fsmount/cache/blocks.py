@@ -221,6 +221,10 @@ class BlockCache:
         """Whether this process has block NAME and has checked it: known without asking the index."""
         return name in self._verified
 
+    def filling(self, name: str) -> bool:
+        """Whether block NAME is being fetched, or written after its fetch."""
+        return name in self._fills
+
     def contains(self, name: str) -> bool:
         if name in self._verified:
             return True

@@ -20,7 +20,6 @@ import os
 import re
 import stat
 import time
-import typing
 
 import trio
 
@@ -32,7 +31,7 @@ from fsmount.staging.area import DEFAULT_MODE
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, ObjectInfo, PreconditionFailed
 from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, Volume, rest_of_batch
-from fsmount.volumes.prefetch import DirectoryScans, Prefetcher
+from fsmount.volumes.prefetch import DirectorySweeps, Piece, Prefetcher
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ _NEGATIVE_TTL = 1.0
 _KERNEL_TTL_MAX = 86400.0  # what the kernel is told of entries that never expire (IPFS)
 # What the metadata caches keep at most: memory stays bounded however many objects a volume has.
 _NAMES_KEPT = 100_000
-_LISTINGS_KEPT = 16  # directories whose scans are followed
 _LISTED_ENTRIES_KEPT = 200_000  # of every listing kept in memory, in all
 _LISTING_CACHE_ENTRIES = 120_000  # a longer listing streams from the store every time
 # A handle that seeks fetches this much around a read, not a whole block: one short GET per random read.
@@ -49,6 +47,7 @@ RANDOM_CHUNK = 128 * 1024
 _WHOLE_OBJECT_SHARE = 4
 _WHOLE_OBJECT_MAX = 4 * 2**30
 _WHOLE_OBJECT_FILLS = 4
+_AHEAD_SHARE = 4  # of the cache, what a volume's sweeps may fetch ahead of their readers
 _PAGE_FEED_SHARE = 8  # an object filled whole goes into the kernel's pages too when at most this share of memory
 _BATCH = 512
 _UNKNOWN = object()
@@ -97,12 +96,6 @@ def _time_and_mode(metadata: dict[str, str]) -> dict[str, str]:
     return {name: metadata[name] for name in (MTIME, MODE) if name in metadata}
 
 
-class Piece(typing.NamedTuple):
-    name: str  # in the block cache
-    fetch: typing.Callable[[], typing.Awaitable[bytes | memoryview]]
-    size: int  # of the bytes it fetches
-
-
 class ObjectVolume(Volume):
     def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, known_attributes: KnownAttributes,
                  prefetcher: Prefetcher, metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool,
@@ -129,7 +122,7 @@ class ObjectVolume(Volume):
         self._stats = ExpiringCache(metadata_ttl, _NAMES_KEPT)  # path -> info; None: a directory
         self._missing = ExpiringCache(_NEGATIVE_TTL, _NAMES_KEPT)
         self._listings = ExpiringCache(metadata_ttl, _LISTED_ENTRIES_KEPT, weigh=len)  # path -> sorted [(name, info)]
-        self._scans = DirectoryScans(_LISTINGS_KEPT)
+        self._sweeps = DirectorySweeps(prefetcher, self._fill_ahead_of_readers, cache.max_size // _AHEAD_SHARE)
         self._opened_versions = ExpiringCache(math.inf, _NAMES_KEPT)
         self._whole = ExpiringCache(math.inf, _NAMES_KEPT)  # (key, version) of objects filled, or being filled, whole
         # (key, version) -> the time and mode its metadata holds, which S3 listings do not show
@@ -256,26 +249,30 @@ class ObjectVolume(Volume):
             await self.stop_feeding(path)
         keep_cache = self._opened_versions.get(path) == info.version
         self._opened_versions.put(path, info.version)
-        self._fetch_ahead_in_directory(path)
         return _ObjectFile(self, path, info, keep_cache)
 
-    def _fetch_ahead_in_directory(self, path: Path):
-        """Tells the directory's scan that PATH was opened; the first blocks of the files it says come next
-        are fetched in the background."""
-        entries = self._listings.get(path[:-1])
+    def read_whole(self, path: Path, info: ObjectInfo):
+        """A handle read the file at PATH (INFO) from its start to its end: its directory's sweep learns of it."""
+        directory = path[:-1]
+        entries = self._listings.get(directory)
         if entries is None:
             return
         position, found = _find(entries, path[-1])
-        if not found:
-            return
+        if found:
+            self._sweeps.read_whole(directory, position, self.block(info, 0), len(entries),
+                                    functools.partial(self._first_piece_to_fetch, directory, entries))
 
-        def fetch_ahead(ahead: int) -> bool:
-            if ahead >= len(entries) or entries[ahead][1] is None or entries[ahead][1].size == 0:
-                return True
-            name, info = entries[ahead]
-            return self.fill_ahead(*self.piece(path[:-1] + (name,), info, 0, self.cache.block_size))
+    def _first_piece_to_fetch(self, directory: Path, entries: list[tuple[str, ObjectInfo | None]],
+                              position: int) -> Piece | None:
+        name, info = entries[position]
+        if info is None or info.size == 0 or info.link_target is not None:
+            return None
+        piece = self.piece(directory + (name,), info, 0, self.cache.block_size)
+        return None if self.cache.checked(piece.name) or self.cache.filling(piece.name) else piece
 
-        self._scans.opened(path[:-1], position, fetch_ahead)
+    async def _fill_ahead_of_readers(self, piece: Piece):
+        """Through the page cache (no O_DIRECT): its reader is on its way."""
+        await self.cache.read(piece.name, 0, 0, piece.fetch, page_cache=True, size=piece.size)
 
     def fill_ahead(self, name: str, fetch, size: int) -> bool:
         """Starts filling block NAME in the background unless this process has it (one on disk is checked
@@ -548,6 +545,8 @@ class _ObjectFile(FileHandle):
         self._sequential = True
         self._ahead_until = 0  # the last block read-ahead has started, or found cached
         self._filling_whole = False
+        self._read_from_start = False
+        self._read_whole = False
 
     def _reader(self, index: int, size: int, tag: str = ""):
         return self.volume.piece(self.path, self.info, index, size, tag)
@@ -558,6 +557,10 @@ class _ObjectFile(FileHandle):
             return b""
         cache = self.volume.cache
         self._plan_read_ahead(offset, size)
+        self._read_from_start |= offset == 0
+        if self._read_from_start and offset + size == self.info.size and not self._read_whole:
+            self._read_whole = True
+            self.volume.read_whole(self.path, self.info)
         parts = []
         end = offset + size
         while offset < end:
