@@ -39,6 +39,7 @@ log = logging.getLogger("fsmount")
 _READ_AHEAD_MEMORY = 48 * 2**20
 _FILLED_BLOCKS_MEMORY = 32 * 2**20
 _UNWRITTEN_MEMORY = 64 * 2**20  # of blocks fetched, for readers or ahead of them, and not yet on disk
+_WRITE_QUEUED_MOST = 10  # seconds an unmount waits for fetched blocks to reach the cache
 # The kernel's own read-ahead on the mount, so that it asks for 1 MiB reads.
 _KERNEL_READ_AHEAD_KB = 1024
 # Seconds between hand-backs of the receive buffers nobody took since the last: a daemon done fetching
@@ -160,6 +161,9 @@ class Daemon:
                         os.write(ready, b"1")
                         os.close(ready)
                     await pyfuse3.main()
+                    if self.cache is not None:
+                        with trio.move_on_after(_WRITE_QUEUED_MOST):
+                            await self.cache.write_queued()
                     nursery.cancel_scope.cancel()
             finally:
                 for volume in self.volumes:

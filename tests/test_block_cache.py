@@ -182,6 +182,20 @@ async def test_small_blocks_are_packed_into_one_segment_and_survive_a_restart(s3
     assert gets(moto, bucket) == 2
 
 
+async def test_a_read_past_a_small_blocks_end_gets_none_of_the_next_blocks_bytes(s3_bucket, tmp_path):
+    """A page feed asks for a whole block of an object's last, shorter one: the segment goes on with others."""
+    store, _ = s3_bucket
+    data, info = await object_with_blocks(store, None, 2, SMALL)
+    first = BlockCache(str(tmp_path), 10 * SMALL, SMALL)
+    for index in (0, 1):
+        await reader(first, store, info, index, block=SMALL)()
+    name = block_name(store.identity, info.key, info.version, 0)
+    assert await first.read(name, SMALL - 10, 100, None) == data[SMALL - 10:SMALL]
+    first.close()
+    again = BlockCache(str(tmp_path), 10 * SMALL, SMALL)
+    assert await again.read(name, 0, 2 * SMALL, None) == data[:SMALL]
+
+
 async def test_a_damaged_small_block_is_fetched_again_not_served(s3_bucket, moto, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 1, SMALL)

@@ -126,7 +126,8 @@ class BlockCache:
         self.size = self._db.execute("SELECT coalesce(sum(size), 0) FROM blocks").fetchone()[0]
         self._fills: dict[str, _Fill] = {}
         self._pins: collections.Counter[str] = collections.Counter()
-        self._verified: dict[str, tuple[int, int] | None] = {}  # blocks this process has checked -> (segment, position)
+        # blocks this process has checked -> (segment, position, size) of a packed one, None for a file of its own
+        self._verified: dict[str, tuple[int, int, int] | None] = {}
         self._touched: dict[str, float] = {}
         self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._fresh: collections.OrderedDict[str, bytes] = collections.OrderedDict()
@@ -135,6 +136,7 @@ class BlockCache:
         self._memory = memory
         self._unwritten = _Budget(unwritten)
         self._queued: trio.MemorySendChannel | None = None  # to the writers, while they run
+        self._writers_done = trio.Event()
 
     def close(self):
         self._flush_touches()
@@ -194,8 +196,9 @@ class BlockCache:
             place = self._verified[name]
             if place is None:
                 return os.pread(self._fd(self._path(name)), length, offset)
-            segment, position = place
-            return os.pread(self._fd(self._segments.path(segment), writable=True), length, position + offset)
+            segment, position, size = place  # the segment goes on with other blocks: none of theirs is read
+            return os.pread(self._fd(self._segments.path(segment), writable=True), max(0, min(length, size - offset)),
+                            position + offset)
         finally:
             self._pins[name] -= 1
             if not self._pins[name]:
@@ -269,6 +272,7 @@ class BlockCache:
         """For as long as it runs, fetched blocks are written by writers of their own, in batches, while
         their readers are answered from memory: no reader waits for the disk or the index."""
         send, receive = trio.open_memory_channel(math.inf)  # the budget of unwritten bytes bounds it
+        self._writers_done = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
                 for _ in range(_WRITERS):
@@ -277,6 +281,15 @@ class BlockCache:
                 task_status.started()
         finally:
             self._queued = None
+            self._writers_done.set()
+
+    async def write_queued(self):
+        """Writes the blocks fetched and not yet written, and ends `write_behind`: a daemon stopping keeps
+        what it fetched (a remount read them again from the store otherwise)."""
+        if self._queued is not None:
+            await self._queued.aclose()  # the writers take what is queued, then stop
+            self._queued = None
+            await self._writers_done.wait()
 
     async def _write_queued(self, receive):
         async for first in receive:
@@ -342,7 +355,8 @@ class BlockCache:
                     self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready, segment, "
                                      "position) VALUES (?, ?, ?, ?, 1, ?, ?)",
                                      (name, len(data), checksum, time.time(), *place))
-        self._verified.update((name, place) for (name, _, place), checksum in zip(blocks, written)
+        self._verified.update((name, None if place is None else (*place, len(data)))
+                              for (name, data, place), checksum in zip(blocks, written)
                               if not isinstance(checksum, OSError))
         for name, data, place, error in failed:
             log.warning("cache block %s could not be written: %s", name, error)
@@ -382,7 +396,7 @@ class BlockCache:
         except FileNotFoundError:
             data = None
         if data is not None and len(data) == size and blockio.checksum(data) == checksum:
-            self._verified[name] = place
+            self._verified[name] = None if place is None else (segment, position, size)
             return True
         log.warning("cache block %s is damaged or missing; fetching it again", name)
         self._remove(name, size, place)
