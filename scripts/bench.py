@@ -13,12 +13,21 @@ byte), and the daemon's peak RSS.
 The data-loader rows read datasets as training jobs do, each group on a fresh mount: a shuffled
 epoch over 4,000 objects of 128 KiB in 40 directories by 8 and by 16 threads, cold and again from
 the tool's cache (the page cache dropped before each), after one `find` and stat of the tree, a
-loader's index; an epoch over 200 objects of 4 MiB by 8 threads; 8 threads each reading a 256 MiB
+loader's index; the cold epoch by 8 threads once more, with the server 20 ms away (each request held
+that long by scripts/delay_relay.py, as a cloud region's round trip); an epoch over 200 objects of 4 MiB by 8
+threads; 8 threads each reading a 256 MiB
 object of its own; the time to the first byte of the 1 GiB object; pyarrow reading 3 of the 16
 columns of a 1 GiB Parquet file (its footer, then those columns' chunks of each of its 16 row
 groups, by ranged reads). With SeaweedFS each of those
 rows is followed by the requests the server answered during it, as the server counts them (its
 Prometheus metrics).
+
+The scale rows: `ls -l` of a prefix of 100,000 objects on a fresh mount, then `ls -l` and `find` of it, each
+after a remount with the cache the mount before left (a tool that keeps listings on disk answers from them),
+with their requests and the peak RSS of those mounts; and fsmount's warm random 4 KiB reads of the 1 GiB
+object with a million more blocks entered in its block index (rows only: a cache of that many blocks,
+as far as lookups go). rclone's `ls -l` asks a HEAD of every object (10,000 took ~10 s here), so it is left
+out of them.
 
 rclone is measured twice: with its full cache (every row) and with no cache (the write rows, where
 it is at its fastest: its cache holds uploads back for 5 s, and the data-loader rows). The server
@@ -36,7 +45,8 @@ The tools, the floor and the server alone take turns, round after round (3 by de
 starting one further along: what the one before leaves behind (a server still busy with its writes,
 or warm from its reads) falls on each in turn. A row shows the median of the rounds (the RSS row
 their largest), so a slow minute of the machine or the server does not decide a row. `--rows`
-picks groups of rows (default: all): read, random, ls, cp, writes, epoch, mid, parallel, ttfb, parquet.
+picks groups of rows (default: all): read, random, ls, cp, writes, epoch, far, mid, parallel, ttfb, parquet,
+scale.
 Prints a Markdown table with fsmount/peer ratios, and each round's numbers on stderr.
 """
 import argparse
@@ -90,6 +100,14 @@ PARALLEL_ROW = "8 readers of 8 x 256 MiB, cold"
 PARQUET_ROW = "pyarrow: 3 of 16 columns of a 1 GiB Parquet file, cold"
 PARQUET_KEY, PARQUET_COLUMNS, PARQUET_ROWS, PARQUET_ROW_GROUP = "parquet/table.parquet", 16, 2**23, 2**19
 PARQUET_READ = ["c00", "c07", "c13"]
+HUGE = 100_000  # objects of the prefix the scale rows list
+SEEDED_BLOCKS = 1_000_000  # in fsmount's index for the scale rows' random reads
+LS_HUGE_ROW, LS_HUGE_AGAIN_ROW = "ls -l 100,000 objects, first", "ls -l 100,000 objects, after a remount"
+FIND_HUGE_ROW = "find 100,000 objects, after a remount"
+HUGE_RSS_ROW = "daemon peak RSS, 100,000 objects"
+SEEDED_ROW = "random 4 KiB reads, warm, 1,000,000 more blocks indexed"
+FAR_MS = 20  # each request held this long on its way to the server: a cloud region's round trip
+FAR_ROW = f"small-object epoch, 8 readers, cold, {FAR_MS} ms from the server"
 GROUPS = {
     "read": ["sequential read 1 GiB, cold", "sequential read 1 GiB, warm"],
     "random": ["random 4 KiB reads, cold", "random 4 KiB reads, warm"],
@@ -102,8 +120,10 @@ GROUPS = {
     "parallel": [PARALLEL_ROW],
     "ttfb": [TTFB_ROW],
     "parquet": [PARQUET_ROW],
+    "far": [FAR_ROW],
+    "scale": [LS_HUGE_ROW, LS_HUGE_AGAIN_ROW, FIND_HUGE_ROW, HUGE_RSS_ROW, SEEDED_ROW],
 }
-LOADER_GROUPS = {"epoch", "mid", "parallel", "ttfb", "parquet"}
+LOADER_GROUPS = {"epoch", "mid", "parallel", "ttfb", "parquet", "far"}
 REQUESTS = ", requests"  # ends the name of the row that counts the server's requests during the row before
 ROWS = [  # (row, unit, higher is better)
     ("sequential read 1 GiB, cold", "MB/s", True),
@@ -120,14 +140,20 @@ ROWS = [  # (row, unit, higher is better)
     ("small-object epoch, 8 readers, warm", "files/s", True),
     ("small-object epoch, 16 readers, cold", "files/s", True),
     ("small-object epoch, 16 readers, warm", "files/s", True),
+    (FAR_ROW, "files/s", True),
     ("mid-size epoch, 8 readers, cold", "MB/s", True),
     ("mid-size epoch, 8 readers, warm", "MB/s", True),
     (PARALLEL_ROW, "MB/s", True),
     (TTFB_ROW, "ms", False),
     (PARQUET_ROW, "s", False),
+    (LS_HUGE_ROW, "s", False),
+    (LS_HUGE_AGAIN_ROW, "s", False),
+    (FIND_HUGE_ROW, "s", False),
+    (HUGE_RSS_ROW, "MiB", False),
+    (SEEDED_ROW, "IOPS", True),
     ("daemon peak RSS", "MiB", False),
 ]
-PEAK_ROW = "daemon peak RSS"  # the largest of the rounds, where other rows show their median
+PEAK_ROWS = {"daemon peak RSS", HUGE_RSS_ROW}  # the largest of the rounds, where other rows show their median
 WRITE_ROWS = {"cp 512 MiB into the mount", "500 x 16 KiB written by a shell loop"}
 
 
@@ -141,6 +167,8 @@ class Server:
         self.work = work
         self.port = free_base(list(self.ports))
         self.url = f"http://127.0.0.1:{self.port}"
+        self.tool_url = self.url  # where the tools reach it: its own port, or the relay's (`far`)
+        self.relay = None
         self.process = None
         self.loop = asyncio.new_event_loop()
         self.store = None
@@ -149,16 +177,30 @@ class Server:
         self.process = subprocess.Popen([str(ROOT / "scripts" / "serve"), self.name, str(self.port), str(self.work / self.name)],
                                         stdout=open(self.work / f"{self.name}.log", "wb"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        deadline = time.monotonic() + 120
-        while subprocess.run(["bash", "-c", f"echo > /dev/tcp/127.0.0.1/{self.port}"], capture_output=True).returncode:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not start; see {self.work / self.name}.log")
-            time.sleep(0.5)
+        wait_for_port(self.port, self.process, f"see {self.work / self.name}.log")
         self.create_bucket()
         self.store = self.make_store()
         self.loop.run_until_complete(self.store.open())
 
+    @contextlib.contextmanager
+    def far(self):
+        """Tools mounted meanwhile reach the server through a relay that holds each request FAR_MS."""
+        if self.relay is None:
+            port = free_base([])
+            self.relay = subprocess.Popen([str(BIN / "python"), str(ROOT / "scripts" / "delay_relay.py"), str(port),
+                                           str(self.port), str(FAR_MS)])
+            self.relay_url = f"http://127.0.0.1:{port}"
+            wait_for_port(port, self.relay)
+        self.tool_url = self.relay_url
+        try:
+            yield
+        finally:
+            self.tool_url = self.url
+
     def stop(self):
+        if self.relay is not None:
+            self.relay.terminate()
+            self.relay.wait()
         if self.store is not None:
             self.loop.run_until_complete(self.store.close())
         if self.process is not None:
@@ -176,7 +218,7 @@ class Server:
     def load(self, big: Path, size: int, groups: set[str], host_copy: Path):
         """What the rows of GROUPS read: the 1 GiB object (from the file BIG), 10,000 empty objects and
         1,000 of 16 KiB; the data-loader rows' objects, the small ones also under HOST_COPY."""
-        if groups & {"read", "random", "ttfb"}:
+        if groups & {"read", "random", "ttfb", "scale"}:
             self.loop.run_until_complete(self.store.put_in_parts(BIG_KEY, str(big), 64 * 2**20, 4))
         if "parallel" in groups:
             part = big.with_name("parallel")
@@ -190,7 +232,9 @@ class Server:
             jobs += [(f"many/object-{index:05d}", b"") for index in range(MANY)]
         if "cp" in groups:
             jobs += [(f"small/file-{index:04d}", small) for index in range(SMALL)]
-        if "epoch" in groups:
+        if "scale" in groups:
+            jobs += [(f"huge/object-{index:06d}", b"") for index in range(HUGE)]
+        if groups & {"epoch", "far"}:
             for key in epoch_keys():
                 data = os.urandom(EPOCH_SIZE)
                 jobs.append((key, data))
@@ -252,10 +296,10 @@ class SeaweedFS(Server):
 
     def fsmount_volume(self) -> str:
         return f"""credentials {{ s3: [ {{ bucket: {BUCKET}, key: {KEY}, secret: {SECRET} }} ] }}
-                   volumes {{ bench {{ source: "s3://{BUCKET}/", endpoint: "{self.url}", mode: rw }} }}"""
+                   volumes {{ bench {{ source: "s3://{BUCKET}/", endpoint: "{self.tool_url}", mode: rw }} }}"""
 
     def rclone_remote(self) -> dict:
-        return {"TYPE": "s3", "PROVIDER": "SeaweedFS", "ENDPOINT": self.url, "ACCESS_KEY_ID": KEY,
+        return {"TYPE": "s3", "PROVIDER": "SeaweedFS", "ENDPOINT": self.tool_url, "ACCESS_KEY_ID": KEY,
                 "SECRET_ACCESS_KEY": SECRET}
 
 
@@ -276,10 +320,11 @@ class Azurite(Server):
 
     def fsmount_volume(self) -> str:
         return f"""credentials {{ azure: [ {{ account_name: {AZURITE_ACCOUNT}, account_key: "{AZURITE_KEY}" }} ] }}
-                   volumes {{ bench {{ source: "azure://{BUCKET}/", endpoint: "{self.account_url}", mode: rw }} }}"""
+                   volumes {{ bench {{ source: "azure://{BUCKET}/", endpoint: "{self.tool_url}/{AZURITE_ACCOUNT}", mode: rw }} }}"""
 
     def rclone_remote(self) -> dict:
-        return {"TYPE": "azureblob", "ACCOUNT": AZURITE_ACCOUNT, "KEY": AZURITE_KEY, "ENDPOINT": self.account_url}
+        return {"TYPE": "azureblob", "ACCOUNT": AZURITE_ACCOUNT, "KEY": AZURITE_KEY,
+                "ENDPOINT": f"{self.tool_url}/{AZURITE_ACCOUNT}"}
 
 
 class FakeGcs(Server):
@@ -292,13 +337,22 @@ class FakeGcs(Server):
         return GcsStore(BUCKET, GcsCredentials(), endpoint=self.url)
 
     def fsmount_volume(self) -> str:
-        return f"""volumes {{ bench {{ source: "gs://{BUCKET}/", endpoint: "{self.url}", mode: rw }} }}"""
+        return f"""volumes {{ bench {{ source: "gs://{BUCKET}/", endpoint: "{self.tool_url}", mode: rw }} }}"""
 
     def rclone_remote(self) -> dict:
-        return {"TYPE": "google cloud storage", "ANONYMOUS": "true", "ENDPOINT": f"{self.url}/storage/v1/"}
+        return {"TYPE": "google cloud storage", "ANONYMOUS": "true", "ENDPOINT": f"{self.tool_url}/storage/v1/"}
 
 
 SERVERS = {"s3": SeaweedFS, "azure": Azurite, "gcs": FakeGcs}
+
+
+def wait_for_port(port: int, process: subprocess.Popen, hint: str = ""):
+    """Waits until PROCESS accepts connections on PORT."""
+    deadline = time.monotonic() + 120
+    while subprocess.run(["bash", "-c", f"echo > /dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{process.args[0]} did not start on port {port}; {hint}")
+        time.sleep(0.5)
 
 
 def random_file(path: Path, length: int):
@@ -328,6 +382,7 @@ class Tool:
         self.mnt = work / f"mnt-{name}"
         self.cache = work / f"cache-{name}"
         self.peak_rss = 0
+        self.session_rss = 0  # of the mount stopped last
         self.process = None
         self.floor_of_tree = False  # the floor's file system: the epoch's tree, or the one big object
 
@@ -371,12 +426,14 @@ class Tool:
         passwords = self.work / "s3fs.passwd"
         passwords.write_text(f"{KEY}:{SECRET}\n")
         passwords.chmod(0o600)
-        return ["s3fs", BUCKET, str(self.mnt), "-f", "-o", f"url={self.server.url}", "-o", "use_path_request_style",
+        return ["s3fs", BUCKET, str(self.mnt), "-f", "-o", f"url={self.server.tool_url}", "-o", "use_path_request_style",
                 "-o", f"use_cache={self.cache}", "-o", f"passwd_file={passwords}"], {}
 
-    def start(self):
-        shutil.rmtree(self.cache, ignore_errors=True)
-        self.cache.mkdir(parents=True)
+    def start(self, keep_cache: bool = False):
+        """Mounts with an empty cache, or with KEEP_CACHE the one the mount before left."""
+        if not keep_cache:
+            shutil.rmtree(self.cache, ignore_errors=True)
+        self.cache.mkdir(parents=True, exist_ok=True)
         self.mnt.mkdir(exist_ok=True)
         command, environment = self.command()
         log = open(self.work / f"{self.name}.log", "ab")
@@ -390,7 +447,8 @@ class Tool:
     def stop(self):
         if self.process is None:
             return
-        self.peak_rss = max(self.peak_rss, self._peak_rss())
+        self.session_rss = self._peak_rss()
+        self.peak_rss = max(self.peak_rss, self.session_rss)
         subprocess.run(["umount", "-l", str(self.mnt)], check=False)
         try:
             self.process.wait(timeout=30)
@@ -466,8 +524,8 @@ def measure_writes(tool: Tool, source: Path, round_number: int) -> dict:
 
 
 @contextlib.contextmanager
-def mounted_session(tool: Tool):
-    tool.start()
+def mounted_session(tool: Tool, keep_cache: bool = False):
+    tool.start(keep_cache)
     try:
         yield
     finally:
@@ -547,6 +605,10 @@ def measure_loader(tool: Tool, groups: set[str]) -> dict:
                 for state in ("cold", "warm"):
                     results |= counted(server, f"small-object epoch, {readers} readers, {state}",
                                        lambda: files_per_second(files, readers))
+    if "far" in groups:
+        with server.far(), mounted_session(tool):
+            files = shuffled_files(root / "epoch")
+            results |= counted(server, FAR_ROW, lambda: files_per_second(files, 8))
     if "mid" in groups:
         with mounted_session(tool):
             files = shuffled_files(root / "mid")
@@ -665,20 +727,52 @@ def measure(tool: Tool, size: int, fio_seconds: int, groups: set[str]) -> dict:
     return results
 
 
+def measure_scale(tool: Tool, fio_seconds: int) -> dict:
+    """`ls -l` of the 100,000-object prefix on a fresh mount, then again and `find` of it each after a remount
+    (a tool that keeps listings on disk answers from them), the peak RSS of those mounts; fsmount's warm random
+    reads with a million more blocks in its index."""
+    server, huge, results, rss = tool.server, tool.root / "huge", {}, 0
+    for row, command, keep_cache in ((LS_HUGE_ROW, ["ls", "-l"], False), (LS_HUGE_AGAIN_ROW, ["ls", "-l"], True),
+                                     (FIND_HUGE_ROW, ["find"], True)):
+        with mounted_session(tool, keep_cache):
+            results |= counted(server, row, lambda: timed(command + [str(huge)]))
+        rss = max(rss, tool.session_rss)
+    results[HUGE_RSS_ROW] = rss
+    if tool.name == "fsmount":
+        with mounted_session(tool):
+            read_whole(tool.root / BIG_KEY)
+        seed_index(tool.cache / "index.sqlite", SEEDED_BLOCKS)
+        with mounted_session(tool, keep_cache=True):
+            read_whole(tool.root / BIG_KEY)  # each block checked once, as a warm mount does
+            results[SEEDED_ROW] = random_reads(tool.root / BIG_KEY, fio_seconds)
+    return results
+
+
+def seed_index(index: Path, count: int):
+    """COUNT blocks of 4 KiB of no object entered in fsmount's block index, as a cache that holds them has them."""
+    import sqlite3
+    with contextlib.closing(sqlite3.connect(index)) as database, database:
+        database.executemany("INSERT INTO blocks (name, size, checksum, used, ready) VALUES (?, 4096, 0, 0, 1)",
+                             ((f"seeded-{number:064d}",) for number in range(count)))
+
+
 def groups_of(tool: Tool) -> set[str]:
-    """The groups of rows TOOL is measured in: rclone without its cache where it is at its best."""
+    """The groups of rows TOOL is measured in: rclone without its cache where it is at its best; rclone's `ls -l`
+    asks a HEAD of every object (10,000 took ~10 s), so the 100,000-object rows leave it out."""
     if tool.name == HOST:
         return {"epoch"}
     if tool.name == FLOOR:
         return {"read", "epoch"}
     if tool.name == "rclone-nocache":
         return {"writes"} | LOADER_GROUPS
+    if tool.name == "rclone":
+        return set(GROUPS) - {"scale"}
     return set(GROUPS)
 
 
 def summary(rounds: list[dict]) -> dict:
     """One tool's rows over the rounds: the median of each, the largest peak RSS."""
-    return {row: (max if row == PEAK_ROW else statistics.median)([values[row] for values in rounds])
+    return {row: (max if row in PEAK_ROWS else statistics.median)([values[row] for values in rounds])
             for row in rounds[0]}
 
 
@@ -757,6 +851,8 @@ def main():
                     measured_groups = groups_of(tool) & groups
                     measured = measure(tool, size, args.fio_seconds, measured_groups)
                     measured |= measure_loader(tool, measured_groups)
+                    if "scale" in measured_groups:
+                        measured |= measure_scale(tool, args.fio_seconds)
                     if "writes" in measured_groups:
                         measured |= measure_writes(tool, source, round_number)
                     measured["daemon peak RSS"] = tool.peak_rss
