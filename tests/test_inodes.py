@@ -43,7 +43,7 @@ def test_open_handles_keep_a_forgotten_node():
     table = InodeTable()
     node = table.child(volume_root(table), "open")
     table.remember(node)
-    node.handles.add(7)
+    node.handles = {7}  # as an open makes it
     table.forget(node.inode, 1)
     assert table[node.inode] is node
     node.handles.clear()

@@ -23,9 +23,9 @@ class Node:
         self.entries: dict[str, Node] | None = None
         self.lookups = 0
         self.pinned = pinned
-        self.handles: set = set()
+        self.handles: set | None = None  # made at the first open: most nodes are never opened
         self.orphan = False
-        self.links: list[tuple[Node, str]] = []  # its names besides (parent, name), the one its path follows
+        self.links: tuple[tuple[Node, str], ...] = ()  # its names besides (parent, name), the one its path follows
         self.identity = None  # (volume, device, inode) of a host file with several hard links
 
     @property
@@ -140,7 +140,7 @@ class InodeTable:
     def _name(self, node: Node, parent: Node, name: str):
         """Gives NODE the name NAME in PARENT, which its path follows from now on: it has just been seen."""
         if (node.parent, node.name) != (parent, name) and self._by_name.get((node.parent.inode, node.name)) is node:
-            node.links.append((node.parent, node.name))
+            node.links += ((node.parent, node.name),)
         node.parent, node.name = parent, name
         self._by_name[(parent.inode, name)] = node
 
@@ -148,10 +148,11 @@ class InodeTable:
         """Takes the name NAME in PARENT from NODE; whether it has another left, which its path follows."""
         self._unmap(node, parent, name)
         if (parent, name) in node.links:
-            node.links.remove((parent, name))
+            position = node.links.index((parent, name))
+            node.links = node.links[:position] + node.links[position + 1:]
             return True
         if node.links:
-            node.parent, node.name = node.links.pop()
+            (node.parent, node.name), node.links = node.links[-1], node.links[:-1]
             return True
         return False
 

@@ -104,6 +104,8 @@ class Operations(pyfuse3.Operations):
     def _register(self, node: Node, handle) -> int:
         number = next(self._numbers)
         self._handles[number] = _Open(node, handle)
+        if node.handles is None:
+            node.handles = set()
         node.handles.add(number)
         return number
 

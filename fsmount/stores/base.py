@@ -18,7 +18,7 @@ if typing.TYPE_CHECKING:
     from fsmount.stores.ranges import RangeFetcher
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a volume may hold a few hundred thousand
 class ObjectInfo:
     key: str
     size: int

@@ -93,6 +93,8 @@ def parse_mode(text: str) -> int:
 
 def _time_and_mode(metadata: dict[str, str]) -> dict[str, str]:
     """What of METADATA fsmount shows: S3 listings carry none of it."""
+    if not metadata:
+        return {}
     return {name: metadata[name] for name in (MTIME, MODE) if name in metadata}
 
 
@@ -149,25 +151,34 @@ class ObjectVolume(Volume):
             changed = self._changed.get(path, self._started)
             return Attrs(stat.S_IFDIR | self._dir_mode, nlink=2, uid=self.uid, gid=self.gid,
                          atime_ns=self._started, mtime_ns=changed, ctime_ns=changed)
-        mtime = self._mtime_ns(info)
+        kept = self._kept(info)
+        mtime = self._mtime_ns(info, kept)
         if info.link_target is not None:
             return Attrs(stat.S_IFLNK | 0o777, size=len(os.fsencode(info.link_target)), uid=self.uid, gid=self.gid,
                          atime_ns=mtime, mtime_ns=mtime, ctime_ns=mtime)
-        return Attrs(stat.S_IFREG | self._permissions(info), size=info.size, uid=self.uid, gid=self.gid,
+        return Attrs(stat.S_IFREG | self._permissions(info, kept), size=info.size, uid=self.uid, gid=self.gid,
                      blocks=(info.size + 511) // 512, atime_ns=mtime, mtime_ns=mtime, ctime_ns=mtime)
 
     def _kept(self, info: ObjectInfo) -> dict[str, str]:
         """INFO's time and mode metadata: its own, else what was learnt of its version."""
-        return _time_and_mode(info.metadata) or self._known.get((info.key, info.version), {})
+        kept = _time_and_mode(info.metadata)
+        if kept or not len(self._known):  # nothing learnt: no lookup (a listing of 100,000 asks for each)
+            return kept
+        return self._known.get((info.key, info.version), {})
 
-    def _mtime_ns(self, info: ObjectInfo) -> int:
-        with contextlib.suppress(KeyError, ValueError):
-            return parse_mtime(self._kept(info)[MTIME])
+    def _mtime_ns(self, info: ObjectInfo, kept: dict[str, str] | None = None) -> int:
+        """INFO's time; KEPT: what `_kept` gave for it, if asked already."""
+        text = (self._kept(info) if kept is None else kept).get(MTIME)
+        if text is not None:
+            with contextlib.suppress(ValueError):
+                return parse_mtime(text)
         return info.mtime_ns
 
-    def _permissions(self, info: ObjectInfo) -> int:
-        with contextlib.suppress(KeyError, ValueError):
-            return parse_mode(self._kept(info)[MODE]) & self._mode_mask
+    def _permissions(self, info: ObjectInfo, kept: dict[str, str] | None = None) -> int:
+        text = (self._kept(info) if kept is None else kept).get(MODE)
+        if text is not None:
+            with contextlib.suppress(ValueError):
+                return parse_mode(text) & self._mode_mask
         return DEFAULT_MODE & self._mode_mask
 
     def _learn(self, info: ObjectInfo):
@@ -474,12 +485,13 @@ class _ObjectListing(DirHandle):
         self._listed = False  # every page has been read
 
     async def entries(self, offset: int) -> list[DirEntry]:
-        if self._cached is not None:
-            return [DirEntry(name, self.volume._attrs(info, self.path + (name,)), index) for index, (name, info)
-                    in enumerate(self._cached[offset:offset + _BATCH], start=offset + 1)]
         rest = rest_of_batch(self._batch, offset)
         if rest is not None:
             return rest
+        if self._cached is not None:
+            self._batch = [DirEntry(name, self.volume._attrs(info, self.path + (name,)), index) for index, (name, info)
+                           in enumerate(self._cached[offset:offset + _BATCH], start=offset + 1)]
+            return self._batch
         if self._pages is None or offset < self._position:
             self._pages = aiter(self.volume.store.list(self.volume._dir_prefix(self.path)))
             self._position = 0
