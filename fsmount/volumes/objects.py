@@ -559,6 +559,7 @@ class _ObjectFile(FileHandle):
         self._filling_whole = False
         self._read_from_start = False
         self._read_whole = False
+        self._first_read_done = False
 
     def _reader(self, index: int, size: int, tag: str = ""):
         return self.volume.piece(self.path, self.info, index, size, tag)
@@ -574,6 +575,7 @@ class _ObjectFile(FileHandle):
             self._read_whole = True
             self.volume.read_whole(self.path, self.info)
         parts = []
+        first_read = not self._first_read_done
         end = offset + size
         while offset < end:
             index, inner = divmod(offset, cache.block_size)
@@ -585,6 +587,10 @@ class _ObjectFile(FileHandle):
                 length = min(RANDOM_CHUNK - inner, end - offset)
             parts.append(await cache.read(piece.name, inner, length, piece.fetch, size=piece.size))
             offset += length
+        if first_read and not self._first_read_done:
+            self._first_read_done = True
+            if self._sequential:
+                self._fetch_ahead(end - 1)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _plan_read_ahead(self, offset: int, size: int):
@@ -600,6 +606,13 @@ class _ObjectFile(FileHandle):
                 self._filling_whole = True
                 self.volume.fill_whole(self.path, self.info, self.store_pages)
             return
+        if self._first_read_done:  # until then its block is fetched alone: the first byte comes sooner
+            self._fetch_ahead(offset)
+
+    def _fetch_ahead(self, offset: int):
+        """Starts fetching the window of blocks after the one at OFFSET, and widens the window."""
+        block_size = self.volume.cache.block_size
+        current = offset // block_size
         last_block = (self.info.size - 1) // block_size
         for index in range(max(current, self._ahead_until) + 1, min(current + self._window, last_block) + 1):
             if not self.volume.fill_ahead(*self._reader(index, block_size)):
