@@ -443,6 +443,7 @@ class Tool:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not mount; see {self.work / (self.name + '.log')}")
             time.sleep(0.1)
+        os.stat(self.mnt)  # answered once the tool serves the mount: a daemon still starting is not measured
 
     def stop(self):
         if self.process is None:
