@@ -79,14 +79,14 @@ def direct_io_flag(directory: str) -> int:
             os.unlink(probe)
 
 
-def read_if_cached(fd: int, position: int, size: int) -> bytes | None:
+def read_if_cached(fd: int, position: int, size: int) -> bytearray | None:
     """SIZE bytes from POSITION of FD if the page cache holds them all, else None (or BlockingIOError)."""
     data = bytearray(size)
     read = os.preadv(fd, [data], position, os.RWF_NOWAIT)
     if read < size and read < os.fstat(fd).st_size - position:
         return None
     del data[read:]
-    return bytes(data)
+    return data
 
 
 def read_range(path: str, position: int, size: int) -> bytes:

@@ -204,7 +204,7 @@ class BlockCache:
             if not self._pins[name]:
                 del self._pins[name]
 
-    async def _read_file(self, name: str, offset: int, length: int) -> bytes:
+    async def _read_file(self, name: str, offset: int, length: int) -> bytes | bytearray:
         """LENGTH bytes from OFFSET of block NAME's own file: on the event loop when the page cache has them,
         else by a worker thread. Blocks were written with O_DIRECT, so one that left memory before its
         reader came is read from the disk: eight streams at once waited on each other's disk reads so."""

@@ -282,8 +282,7 @@ class ObjectVolume(Volume):
         return None if self.cache.checked(piece.name) or self.cache.filling(piece.name) else piece
 
     async def _fill_ahead_of_readers(self, piece: Piece):
-        """Through the page cache (no O_DIRECT): its reader is on its way."""
-        await self.cache.read(piece.name, 0, 0, piece.fetch, page_cache=True, size=piece.size)
+        await self.cache.read(piece.name, 0, 0, piece.fetch, size=piece.size)
 
     def fill_ahead(self, name: str, fetch, size: int) -> bool:
         """Starts filling block NAME in the background unless this process has it (one on disk is checked
