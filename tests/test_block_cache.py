@@ -12,6 +12,8 @@ import trio.testing
 from fsmount.cache import blockio, blocks
 from fsmount.cache import segments as segments_module
 from fsmount.cache.blocks import BlockCache, block_name
+from fsmount.stores import arrival
+from fsmount.stores.arrival import Arrival
 from fsmount.stores.ranges import receive_buffers
 
 BLOCK = blocks.PACKED_BELOW  # the smallest block kept in a file of its own
@@ -281,6 +283,80 @@ async def test_readers_of_a_block_being_written_get_its_bytes_without_waiting_fo
     again = BlockCache(str(tmp_path), 10 * large, large)
     assert await reader(again, store, info, 0, block=large)() == data
     assert gets(moto, bucket) == 1
+
+
+class CountedArrival(Arrival):
+    def __init__(self):
+        super().__init__()
+        self.reports = []
+
+    def received(self, count: int):
+        self.reports.append(count)
+        super().received(count)
+
+
+async def test_a_large_body_is_reported_as_it_arrives(s3_bucket):
+    store, bucket = s3_bucket
+    data, info = await object_with_blocks(store, bucket, 2)
+    report = CountedArrival()
+    arrival.current.set(report)
+    assert await store.read(info.key, 0, len(data), info.version) == data
+    assert len(report.reports) > 1 and report.reports == sorted(report.reports) and report.reports[-1] == len(data)
+    assert await report.first(len(data)) == data
+
+
+@pytest.mark.parametrize("fetched_by", ["a fill ahead of the reads", "the reader"])
+async def test_a_reader_of_a_large_block_on_its_way_has_its_bytes_before_the_rest_arrives(fetched_by, tmp_path):
+    size, part = 4 * BLOCK, 128 * 1024
+    data = os.urandom(size)
+    rest_may_come = trio.Event()
+
+    async def fetch():
+        body = memoryview(bytearray(size))
+        report = arrival.current.get()
+        report.receiving(body)
+        body[:2 * part] = data[:2 * part]
+        report.received(2 * part)
+        await rest_may_come.wait()
+        body[2 * part:] = data[2 * part:]
+        report.received(size)
+        return body
+
+    cache = BlockCache(str(tmp_path), 10 * size, size)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.write_behind)
+        if fetched_by != "the reader":
+            nursery.start_soon(cache.read, "block", 0, 0, fetch)
+            await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(10):
+            assert await cache.read("block", part, part, fetch) == data[part:2 * part]
+        assert not cache.checked("block")
+        rest_may_come.set()
+        with trio.fail_after(10):
+            assert await cache.read("block", size - part, part, fetch) == data[-part:]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_fetch_of_a_large_block_fails_its_reader_and_the_next_one_fetches_again(tmp_path):
+    size = 4 * BLOCK
+    data = os.urandom(size)
+    fetches = []
+
+    async def fetch():
+        fetches.append(True)
+        if len(fetches) == 1:
+            raise OSError(5, "the store is down")
+        return data
+
+    cache = BlockCache(str(tmp_path), 10 * size, size)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.write_behind)
+        with trio.fail_after(10), pytest.raises(OSError, match="the store is down"):
+            await cache.read("block", 0, 4096, fetch)
+        with trio.fail_after(10):
+            assert await cache.read("block", 0, 4096, fetch) == data[:4096]
+        nursery.cancel_scope.cancel()
+    assert len(fetches) == 2
 
 
 async def test_a_cache_made_by_an_older_version_is_dropped_not_misread(s3_bucket, moto, tmp_path):

@@ -9,9 +9,9 @@ Eviction is least recently used, never of a block a reader holds. Ten readers of
 cause one fetch.
 
 Block files are written with O_DIRECT where the file system allows it: filling the page cache
-cost ~2 s of CPU per GiB here, half of what a cold read cost in all. Readers of a block are answered
-from memory while it is written, and the blocks filled last stay there, a bounded amount, for the
-reads that asked for them. Fetched blocks are written by writers of their own, a batch at a time, in
+cost ~2 s of CPU per GiB here, half of what a cold read cost in all. Readers of a large block are
+answered as soon as their bytes have arrived (fsmount/stores/arrival.py), and from memory while it is
+written; the blocks filled last stay there, a bounded amount, for the reads that asked for them. Fetched blocks are written by writers of their own, a batch at a time, in
 one trip to a worker thread (fsmount/cache/blockio.py) and one index transaction after it (and one
 before, for blocks in files of their own). Written on the event loop, one by one, a shuffled epoch
 of 128 KiB objects spent a third of the loop's time on creating their files and committing their
@@ -37,6 +37,8 @@ import trio
 from fsmount.cache.background import run_in_background, when_idle
 from fsmount.cache import blockio
 from fsmount.cache.segments import Segments
+from fsmount.stores import arrival
+from fsmount.stores.arrival import Arrival
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class _Fill:
     read: bool = False  # by a reader, as it was being written
     read_to_end: bool = False  # by a reader, which most likely is done with it
     reserved: int = 0  # bytes of the budget of unwritten blocks it holds
+    arrival: Arrival = dataclasses.field(default_factory=Arrival)  # of its bytes, while they are fetched
+    error: BaseException | None = None  # why its fetch failed
 
 
 class _Budget:
@@ -136,6 +140,7 @@ class BlockCache:
         self._memory = memory
         self._unwritten = _Budget(unwritten)
         self._queued: trio.MemorySendChannel | None = None  # to the writers, while they run
+        self._fetchers: trio.Nursery | None = None  # where large blocks are fetched while their readers go on
         self._writers_done = trio.Event()
 
     def close(self):
@@ -167,7 +172,8 @@ class BlockCache:
 
     async def read(self, name: str, offset: int, length: int, fetch, page_cache: bool = False,
                    background: bool = False, size: int | None = None) -> bytes | memoryview:
-        """LENGTH bytes from OFFSET of block NAME (a view of them while the block is in memory); on a miss
+        """LENGTH bytes from OFFSET of block NAME (a view of them while the block is in memory, as soon as
+        they have arrived when it is on its way); on a miss
         `await fetch()` gets the block's bytes, SIZE of them (a whole block if None) or fewer.
         PAGE_CACHE: the block is for reads at random, so it is written through the kernel's page cache
         and those reads find it in memory; a stream's blocks skip it (O_DIRECT costs less CPU).
@@ -175,23 +181,21 @@ class BlockCache:
         not kept in memory afterwards."""
         self._pins[name] += 1
         try:
-            filling = None
+            in_memory = None
             if name in self._verified and name not in self._fills:
                 self._touch(name)  # a block this process has checked: no index lookup
             else:
-                filling = await self._ensure(name, fetch, page_cache, background, reader=length > 0,
-                                             size=self.block_size if size is None else size)
+                in_memory = await self._ensure(name, fetch, page_cache, background, offset, length,
+                                               size=self.block_size if size is None else size)
             if not length:  # a fill ahead of the reads
                 return b""
-            fresh = filling.data if filling is not None else self._fresh.get(name)
+            if in_memory is not None:
+                return in_memory
+            fresh = self._fresh.get(name)
             if fresh is not None:
                 self._unread.pop(name, None)
-                if filling is not None:
-                    filling.read = True
                 if offset + length >= len(fresh):  # read to its end: most likely done with
                     self._forget_fresh(name)
-                    if filling is not None:
-                        filling.read_to_end = True
                 return memoryview(fresh)[offset:offset + length]  # a copy would cost a page fault a 4 KiB
             place = self._verified[name]
             if place is None:
@@ -246,40 +250,78 @@ class BlockCache:
             return True
         return self._db.execute("SELECT 1 FROM blocks WHERE name = ? AND ready = 1", (name,)).fetchone() is not None
 
-    async def _ensure(self, name: str, fetch, page_cache: bool, background: bool, reader: bool,
-                      size: int) -> _Fill | None:
-        """Makes sure block NAME (of about SIZE bytes) is in the cache. A fill whose bytes are fetched and
-        still being written, if there is one: its READER need not wait for the disk."""
+    async def _ensure(self, name: str, fetch, page_cache: bool, background: bool, offset: int, length: int,
+                      size: int) -> memoryview | None:
+        """Makes sure block NAME (of about SIZE bytes) is in the cache, or on its way with the LENGTH bytes from
+        OFFSET in. Those bytes while the block is on its way or being written (its reader need not wait for
+        the rest, or for the disk); None once it is written."""
+        started = None
         while True:
             filling = self._fills.get(name)
-            if filling is not None:
-                await filling.fetched.wait()
-                if filling.data is not None:
-                    return filling
-                continue  # its fetch failed: this reader tries
-            row = self._db.execute("SELECT size, checksum, segment, position FROM blocks WHERE name = ? AND ready = 1",
-                                   (name,)).fetchone()
-            if row is not None and await self._intact(name, *row):
-                self._touch(name)
-                return None
-            filling = self._fills[name] = _Fill(reserved=size)
+            if filling is None:
+                row = self._db.execute("SELECT size, checksum, segment, position FROM blocks WHERE name = ? "
+                                       "AND ready = 1", (name,)).fetchone()
+                if row is not None and await self._intact(name, *row):
+                    self._touch(name)
+                    return None
+                filling = started = self._fills[name] = _Fill(reserved=size)
+                # A large block arrives over ~20 ms: its reader is answered once its part is in, and the rest
+                # comes in a task of its own. A small one comes in one piece.
+                if length and size >= PACKED_BELOW and self._fetchers is not None and not background:
+                    self._fetchers.start_soon(self._fill, name, filling, fetch, page_cache, background)
+                else:
+                    await self._fill(name, filling, fetch, page_cache, background)
+                    if filling.data is not None and (not length or self._queued is None or background):
+                        return None  # written already, or not wanted now
+            if length and not filling.fetched.is_set():
+                arrived = await filling.arrival.first(offset + length)
+                if arrived is not None and filling.data is None:
+                    filling.read = True
+                    self._unread.pop(name, None)
+                    return arrived[offset:]
+            await filling.fetched.wait()
+            if filling.data is not None:
+                if not length:
+                    return None
+                filling.read = True
+                self._unread.pop(name, None)
+                if offset + length >= len(filling.data):  # read to its end: most likely done with
+                    self._forget_fresh(name)
+                    filling.read_to_end = True
+                return memoryview(filling.data)[offset:offset + length]
+            if filling is started:
+                if isinstance(filling.error, Exception):
+                    raise filling.error
+                raise OSError(errno.EIO, "the fetch was cancelled: the daemon is stopping")
+            # its fetch failed: this reader tries
+
+    async def _fill(self, name: str, filling: _Fill, fetch, page_cache: bool, background: bool):
+        """Fetches block NAME into FILLING and has it written; a failure of the fetch is kept in FILLING for
+        its reader (the fill leaves the cache, and other readers try again)."""
+        try:
+            await self._unwritten.acquire(filling.reserved)  # released once the block is written
+            reporting = arrival.current.set(filling.arrival)
             try:
-                await self._unwritten.acquire(size)  # released once the block is written
-                try:
-                    filling.data = await fetch()
-                except BaseException:
-                    self._unwritten.release(size)
-                    raise
+                filling.data = await fetch()
             except BaseException:
-                del self._fills[name]
-                filling.fetched.set()
+                self._unwritten.release(filling.reserved)
                 raise
+            finally:
+                arrival.current.reset(reporting)
+        except BaseException as error:
+            del self._fills[name]
+            filling.error = error
+            filling.arrival.end()
             filling.fetched.set()
-            if self._queued is not None and not background:
-                self._queued.send_nowait((name, filling, page_cache))
-                return filling if reader else None
+            if not isinstance(error, Exception):
+                raise
+            return
+        filling.arrival.end()
+        filling.fetched.set()
+        if self._queued is not None and not background:
+            self._queued.send_nowait((name, filling, page_cache))
+        else:
             await self._write([(name, filling, page_cache)], background)
-            return None
 
     async def write_behind(self, task_status=trio.TASK_STATUS_IGNORED):
         """For as long as it runs, fetched blocks are written by writers of their own, in batches, while
@@ -290,18 +332,18 @@ class BlockCache:
             async with trio.open_nursery() as nursery:
                 for _ in range(_WRITERS):
                     nursery.start_soon(self._write_queued, receive)
-                self._queued = send
+                self._queued, self._fetchers = send, nursery
                 task_status.started()
         finally:
-            self._queued = None
+            self._queued = self._fetchers = None
             self._writers_done.set()
 
     async def write_queued(self):
         """Writes the blocks fetched and not yet written, and ends `write_behind`: a daemon stopping keeps
         what it fetched (a remount read them again from the store otherwise)."""
         if self._queued is not None:
-            await self._queued.aclose()  # the writers take what is queued, then stop
-            self._queued = None
+            queued, self._queued = self._queued, None  # a fetch that ends meanwhile writes its block itself
+            await queued.aclose()  # the writers take what is queued, then stop
             await self._writers_done.wait()
 
     async def _write_queued(self, receive):

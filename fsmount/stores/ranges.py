@@ -15,12 +15,14 @@ from typing import NamedTuple
 
 import urllib3
 
+from fsmount.stores import arrival
 from fsmount.stores.base import ATTEMPTS, RangeRequest, Throttled, Unavailable, backoff, status_error
 from fsmount.stores.curl import CurlGets
 
 _ANSWERS = {200, 201, 308}  # 308: a resumable upload (GCS) took a chunk and wants the next
 _REUSED_FROM = 1024 * 1024  # bodies of this many bytes or more are read into ReceiveBuffers
 SMALL_GET = _REUSED_FROM  # GETs of fewer bytes are libcurl's, on the event loop (`small_gets`)
+_PART = 128 * 1024  # a body is read, and reported, this much at a time: what the kernel asks a read for
 _BUFFERS_KEPT = 12  # the cache's bound on blocks fetched and not yet on disk (8), and those kept in memory (4)
 
 
@@ -135,18 +137,23 @@ class RangeFetcher:
 
 def _body(response: urllib3.BaseHTTPResponse) -> bytes | memoryview:
     """RESPONSE's body; a large one in a ReceiveBuffer, read from the socket by http.client (urllib3's
-    readinto reads into new bytes and copies)."""
+    readinto reads into new bytes and copies), and reported part by part to the current Arrival."""
     length = int(response.headers.get("content-length", 0))
     if length < _REUSED_FROM:
         return response.read()
     body = memoryview(receive_buffers.take(length))[:length]
+    report = arrival.current.get()
+    if report is not None:
+        report.receiving(body)
     received = 0
     try:
         while received < length:
-            count = response._fp.readinto(body[received:])
+            count = response._fp.readinto(body[received:received + _PART])
             if not count:
                 raise http.client.IncompleteRead(b"", length - received)
             received += count
+            if report is not None:
+                report.received(received)
     except BaseException:
         response.close()  # its connection holds the rest of a body: it must not be reused
         raise
