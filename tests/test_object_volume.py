@@ -12,6 +12,7 @@ import pytest
 
 from buckets import BUCKETS, KINDS, SERVER_SCRIPT_NAME, Bucket, S3Bucket, new_bucket
 from conftest import wait_for, write_config
+from fsmount.volumes.objects import SEEKS_AT_RANDOM
 from servers import s3_admin, serve
 
 BLOCK = 2**20
@@ -234,10 +235,14 @@ def test_the_cache_survives_a_remount(workspace, moto, mount):
     assert moto.requests(f"GET /{bucket}/data/big.bin") == gets
 
 
+CHUNK = 128 * 1024  # what a random read fetches
+RANDOM_OFFSETS = [((index * 7 + 3) % 39 + 1) * CHUNK + 100 for index in range(SEEKS_AT_RANDOM)]  # chunks of BIG
+
+
 def random_reads(path):
+    """Enough reads at random, each in a chunk of its own, that the handle is taken to read at random."""
     with open(path, "rb", buffering=0) as stream:
-        for block in (4, 1, 3):
-            offset = block * BLOCK + 100
+        for offset in RANDOM_OFFSETS:
             assert os.pread(stream.fileno(), 4096, offset) == BIG[offset:offset + 4096]
 
 
@@ -246,7 +251,27 @@ def test_random_reads_of_a_large_object_fetch_one_chunk_each(workspace, moto, mo
     mount(s3_config(workspace, moto, bucket, max_size="8MiB"), workspace / "mnt")  # too big to fill whole
     random_reads(workspace / "mnt" / "bucket" / "big.bin")
     time.sleep(0.5)
-    assert moto.requests(f"GET /{bucket}/big.bin") == 3
+    assert moto.requests(f"GET /{bucket}/big.bin") == len(RANDOM_OFFSETS)
+
+
+def test_streams_read_at_once_from_seeks_on_one_handle_fetch_whole_blocks_and_not_the_whole_object(
+        workspace, moto, mount):
+    """As pyarrow reads three column chunks of a Parquet file from three threads: each a seek, then on from there."""
+    data = os.urandom(16 * BLOCK)
+    bucket = fill_bucket(moto, {"table.parquet": data})
+    mount(s3_config(workspace, moto, bucket), workspace / "mnt")
+    starts = [2 * BLOCK + 100, 7 * BLOCK + 100, 12 * BLOCK + 100]
+    descriptor = os.open(workspace / "mnt" / "bucket" / "table.parquet", os.O_RDONLY | os.O_DIRECT)
+    try:
+        for step in range(0, BLOCK, CHUNK):
+            for start in starts:
+                assert os.pread(descriptor, CHUNK, start + step) == data[start + step:start + step + CHUNK]
+    finally:
+        os.close(descriptor)
+    time.sleep(0.5)
+    # each stream: the two chunks of its first read, then its block and those read ahead of it (4 MiB); read
+    # as one stream, the reads would each fetch a chunk, and the object would be filled whole
+    assert moto.requests(f"GET /{bucket}/table.parquet") <= len(starts) * (2 + 1 + 4)
 
 
 def test_an_object_read_at_random_is_filled_whole_in_the_background(s3_mount, moto):
@@ -290,8 +315,8 @@ def test_an_object_read_at_random_through_o_direct_is_filled_whole_without_its_p
     path = root / "data" / "big.bin"
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECT)
     try:
-        for block in (4, 1, 3):
-            assert os.pread(descriptor, 4096, block * BLOCK) == BIG[block * BLOCK:block * BLOCK + 4096]
+        for offset in RANDOM_OFFSETS:
+            assert os.pread(descriptor, 4096, offset) == BIG[offset:offset + 4096]
     finally:
         os.close(descriptor)
     wait_for(lambda: moto.requests(f"GET /{bucket}/data/big.bin") >= len(BIG) // BLOCK + 1, 30,

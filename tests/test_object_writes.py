@@ -19,6 +19,7 @@ import pytest
 from conftest import FSMOUNT, wait_for, write_config
 from buckets import KINDS, S3Bucket, new_bucket
 from servers import Proxy
+from fsmount.volumes.objects import SEEKS_AT_RANDOM
 from test_object_volume import drop_page_cache, volume_config
 
 PART = 5 * 2**20
@@ -103,7 +104,7 @@ def test_a_file_read_at_random_and_then_written_keeps_the_written_bytes(s3_rw):
     bucket.put("random.bin", bytes(data))
     path = root / "random.bin"
     with open(path, "rb", buffering=0) as reader:
-        for offset in (9 * 2**20, 2**20, 5 * 2**20):
+        for offset in [(index * 7 + 3) % 128 * 2**17 for index in range(SEEKS_AT_RANDOM)]:  # read at random
             assert os.pread(reader.fileno(), 4096, offset) == data[offset:offset + 4096]
         with open(path, "r+b", buffering=0) as writer:
             for offset in range(0, len(data), 2**20 + 4096):

@@ -9,6 +9,7 @@ import trio
 from fsmount.cache.blocks import BlockCache
 from fsmount.cache.attributes import KnownAttributes
 from fsmount.staging.area import StagingArea
+from fsmount.volumes.objects import SEEKS_AT_RANDOM
 from fsmount.volumes.prefetch import Prefetcher
 from fsmount.volumes.writable import Uploads, WritableObjectVolume
 
@@ -53,7 +54,8 @@ async def test_no_old_pages_reach_the_kernel_once_the_file_is_opened_anew(s3_buc
         await volume.start(nursery)
         reader = await volume.open(PATH, os.O_RDONLY)
         reader.store_pages = store_pages
-        assert await reader.read(2 * BLOCK + 5, 4096) == data[2 * BLOCK + 5:2 * BLOCK + 4101]  # a seek: at random
+        for offset in [(index * 7 + 3) % 32 * BLOCK // 8 + 5 for index in range(SEEKS_AT_RANDOM)]:  # read at random
+            assert await reader.read(offset, 4096) == data[offset:offset + 4096]
         with trio.fail_after(10):
             while not stored:
                 await trio.sleep(0.01)

@@ -12,6 +12,7 @@ target (IPFS has them) is a symlink, which the kernel resolves in the reader's v
 """
 import bisect
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
@@ -43,6 +44,8 @@ _LISTED_ENTRIES_KEPT = 200_000  # of every listing kept in memory, in all
 _LISTING_CACHE_ENTRIES = 120_000  # a longer listing streams from the store every time
 # A handle that seeks fetches this much around a read, not a whole block: one short GET per random read.
 RANDOM_CHUNK = 128 * 1024
+_STREAMS = 16  # streams of reads a handle follows at once: pyarrow reads up to 8 column chunks at once
+SEEKS_AT_RANDOM = 16  # a handle whose seeks this many more than its streams is read at random
 # An object read at random is filled whole in the background when it is at most this share of the cache.
 _WHOLE_OBJECT_SHARE = 4
 _WHOLE_OBJECT_MAX = 4 * 2**30
@@ -545,16 +548,28 @@ class _ObjectListing(DirHandle):
         return entries
 
 
+@dataclasses.dataclass(eq=False)
+class _Stream:
+    """Reads of a handle that follow one another: where the next one is expected, and what is fetched ahead."""
+    next_offset: int
+    window: int = 1  # blocks fetched ahead of it, doubling with each read up to the volume's read-ahead
+    ahead_until: int = 0  # the last block read-ahead has started, or found cached
+    reads: int = 1  # 2: one it went on with (the one a handle expects from its start counts so)
+
+
 class _ObjectFile(FileHandle):
+    """A handle follows streams of reads, several at once: pyarrow reads the column chunks of a Parquet file
+    from threads of its own, each from a seek on. A read that follows none starts a stream of its own. Once
+    SEEKS_AT_RANDOM more reads started a stream than went on with one, the handle reads at random, and its
+    object is filled whole."""
+
     def __init__(self, volume: ObjectVolume, path: Path, info: ObjectInfo, keep_cache: bool):
         self.volume = volume
         self.path = path
         self.info = info
         self.keep_cache = keep_cache
-        self._next_offset = 0
-        self._window = 1
-        self._sequential = True
-        self._ahead_until = 0  # the last block read-ahead has started, or found cached
+        self._streams: list[_Stream] = [_Stream(0, reads=2)]  # the most recent last
+        self._seeks_alone = 0  # reads that started a stream, less streams that went on
         self._filling_whole = False
         self._read_from_start = False
         self._read_whole = False
@@ -568,7 +583,7 @@ class _ObjectFile(FileHandle):
         if size <= 0:
             return b""
         cache = self.volume.cache
-        self._plan_read_ahead(offset, size)
+        stream, sequential = self._follow(offset, size)
         self._read_from_start |= offset == 0
         if self._read_from_start and offset + size == self.info.size and not self._read_whole:
             self._read_whole = True
@@ -580,7 +595,7 @@ class _ObjectFile(FileHandle):
             index, inner = divmod(offset, cache.block_size)
             piece = self._reader(index, cache.block_size)
             length = min(cache.block_size - inner, end - offset)
-            if not self._sequential and not cache.contains(piece.name):
+            if not sequential and not cache.contains(piece.name):
                 index, inner = divmod(offset, RANDOM_CHUNK)
                 piece = self._reader(index, RANDOM_CHUNK, tag="chunk")
                 length = min(RANDOM_CHUNK - inner, end - offset)
@@ -588,36 +603,46 @@ class _ObjectFile(FileHandle):
             offset += length
         if first_read and not self._first_read_done:
             self._first_read_done = True
-            if self._sequential:
-                self._fetch_ahead(end - 1)
+            if sequential:
+                self._fetch_ahead(stream, end - 1)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _plan_read_ahead(self, offset: int, size: int):
-        """Sequential reads widen the window of blocks fetched ahead; a seek closes it again."""
-        block_size = self.volume.cache.block_size
-        self._sequential = offset == self._next_offset
-        self._next_offset = offset + size
-        current = offset // block_size
-        if not self._sequential:
-            self._window = 1
-            self._ahead_until = current
-            if not self._filling_whole:
-                self._filling_whole = True
-                self.volume.fill_whole(self.path, self.info, self.store_pages)
-            return
+    def _follow(self, offset: int, size: int) -> tuple[_Stream, bool]:
+        """The stream a read of SIZE bytes at OFFSET continues, or the one it starts; and whether it continues
+        one. A stream's window of blocks fetched ahead widens with each read."""
+        stream = next((stream for stream in reversed(self._streams) if stream.next_offset == offset), None)
+        if stream is None:
+            stream = _Stream(offset + size, ahead_until=offset // self.volume.cache.block_size)
+            self._streams = self._streams[-(_STREAMS - 1):] + [stream]
+            self._seeks_alone += 1
+            if self._seeks_alone >= SEEKS_AT_RANDOM:
+                self._fill_whole()
+            return stream, False
+        self._streams.remove(stream)
+        self._streams.append(stream)
+        stream.next_offset = offset + size
+        stream.reads += 1
+        if stream.reads == 2:
+            self._seeks_alone -= 1
         if self._first_read_done:  # until then its block is fetched alone: the first byte comes sooner
-            self._fetch_ahead(offset)
+            self._fetch_ahead(stream, offset)
+        return stream, True
 
-    def _fetch_ahead(self, offset: int):
-        """Starts fetching the window of blocks after the one at OFFSET, and widens the window."""
+    def _fill_whole(self):
+        if not self._filling_whole:
+            self._filling_whole = True
+            self.volume.fill_whole(self.path, self.info, self.store_pages)
+
+    def _fetch_ahead(self, stream: _Stream, offset: int):
+        """Starts fetching STREAM's window of blocks after the one at OFFSET, and widens the window."""
         block_size = self.volume.cache.block_size
         current = offset // block_size
         last_block = (self.info.size - 1) // block_size
-        for index in range(max(current, self._ahead_until) + 1, min(current + self._window, last_block) + 1):
+        for index in range(max(current, stream.ahead_until) + 1, min(current + stream.window, last_block) + 1):
             if not self.volume.fill_ahead(*self._reader(index, block_size)):
                 break
-            self._ahead_until = index
-        self._window = min(self._window * 2, self.volume.read_ahead_blocks)
+            stream.ahead_until = index
+        stream.window = min(stream.window * 2, self.volume.read_ahead_blocks)
 
     async def getattr(self) -> Attrs:
         return self.volume._attrs(self.info, self.path)
