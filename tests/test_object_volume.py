@@ -256,22 +256,23 @@ def test_random_reads_of_a_large_object_fetch_one_chunk_each(workspace, moto, mo
 
 def test_streams_read_at_once_from_seeks_on_one_handle_fetch_whole_blocks_and_not_the_whole_object(
         workspace, moto, mount):
-    """As pyarrow reads three column chunks of a Parquet file from three threads: each a seek, then on from there."""
-    data = os.urandom(16 * BLOCK)
+    """As pyarrow reads column chunks of a Parquet file from threads of its own: each a seek, then on from there,
+    in reads as large as the kernel sends (1 MiB)."""
+    data = os.urandom(32 * BLOCK)
     bucket = fill_bucket(moto, {"table.parquet": data})
     mount(s3_config(workspace, moto, bucket), workspace / "mnt")
-    starts = [2 * BLOCK + 100, 7 * BLOCK + 100, 12 * BLOCK + 100]
+    starts = [2 * BLOCK + 100, 12 * BLOCK + 100, 22 * BLOCK + 100]
     descriptor = os.open(workspace / "mnt" / "bucket" / "table.parquet", os.O_RDONLY | os.O_DIRECT)
     try:
-        for step in range(0, BLOCK, CHUNK):
+        for step in range(0, 4 * BLOCK, BLOCK):
             for start in starts:
-                assert os.pread(descriptor, CHUNK, start + step) == data[start + step:start + step + CHUNK]
+                assert os.pread(descriptor, BLOCK, start + step) == data[start + step:start + step + BLOCK]
     finally:
         os.close(descriptor)
     time.sleep(0.5)
-    # each stream: the two chunks of its first read, then its block and those read ahead of it (4 MiB); read
-    # as one stream, the reads would each fetch a chunk, and the object would be filled whole
-    assert moto.requests(f"GET /{bucket}/table.parquet") <= len(starts) * (2 + 1 + 4)
+    # each stream: the 5 blocks it reads from and at most 4 read ahead of them (read_ahead: 4MiB). Read as one
+    # stream, every read would fetch 128 KiB chunks, and the object would be filled whole.
+    assert moto.requests(f"GET /{bucket}/table.parquet") <= len(starts) * (5 + 4)
 
 
 def test_an_object_read_at_random_is_filled_whole_in_the_background(s3_mount, moto):

@@ -44,8 +44,9 @@ _LISTED_ENTRIES_KEPT = 200_000  # of every listing kept in memory, in all
 _LISTING_CACHE_ENTRIES = 120_000  # a longer listing streams from the store every time
 # A handle that seeks fetches this much around a read, not a whole block: one short GET per random read.
 RANDOM_CHUNK = 128 * 1024
-_STREAMS = 16  # streams of reads a handle follows at once: pyarrow reads up to 8 column chunks at once
-SEEKS_AT_RANDOM = 16  # a handle whose seeks this many more than its streams is read at random
+_RUN_PIECE = 2**20  # what a stream fetches at a time, from a seek with a larger read, until it has read a block
+_STREAMS = 64  # streams of reads a handle follows at once
+SEEKS_AT_RANDOM = 16  # a handle with this many more small reads from seeks than streams they started is read at random
 # An object read at random is filled whole in the background when it is at most this share of the cache.
 _WHOLE_OBJECT_SHARE = 4
 _WHOLE_OBJECT_MAX = 4 * 2**30
@@ -550,26 +551,28 @@ class _ObjectListing(DirHandle):
 
 @dataclasses.dataclass(eq=False)
 class _Stream:
-    """Reads of a handle that follow one another: where the next one is expected, and what is fetched ahead."""
-    next_offset: int
+    """Reads of a handle that follow one another, from its start or from a seek: what they fetch."""
+    piece_size: int | None  # of the pieces its reads fetch where not cached whole; None: whole blocks, read ahead
+    read: int = 0  # bytes, so far
     window: int = 1  # blocks fetched ahead of it, doubling with each read up to the volume's read-ahead
     ahead_until: int = 0  # the last block read-ahead has started, or found cached
-    reads: int = 1  # 2: one it went on with (the one a handle expects from its start counts so)
+    alone: bool = False  # a small read from a seek that no read went on with yet
 
 
 class _ObjectFile(FileHandle):
-    """A handle follows streams of reads, several at once: pyarrow reads the column chunks of a Parquet file
-    from threads of its own, each from a seek on. A read that follows none starts a stream of its own. Once
-    SEEKS_AT_RANDOM more reads started a stream than went on with one, the handle reads at random, and its
-    object is filled whole."""
+    """A handle follows streams of reads, many at once: pyarrow reads every column chunk of a Parquet file
+    it wants at once, from threads of its own, each from a seek on. A read that follows none starts a
+    stream of its own, which fetches pieces as large as its reads (a small one RANDOM_CHUNK) until it has
+    read a block's worth, then whole blocks with read-ahead. Once SEEKS_AT_RANDOM more small reads started
+    a stream than went on with one, the handle reads at random, and its object is filled whole."""
 
     def __init__(self, volume: ObjectVolume, path: Path, info: ObjectInfo, keep_cache: bool):
         self.volume = volume
         self.path = path
         self.info = info
         self.keep_cache = keep_cache
-        self._streams: list[_Stream] = [_Stream(0, reads=2)]  # the most recent last
-        self._seeks_alone = 0  # reads that started a stream, less streams that went on
+        self._streams: dict[int, _Stream] = {0: _Stream(None)}  # by the offset each expects next, the latest last
+        self._seeks_alone = 0
         self._filling_whole = False
         self._read_from_start = False
         self._read_whole = False
@@ -583,7 +586,7 @@ class _ObjectFile(FileHandle):
         if size <= 0:
             return b""
         cache = self.volume.cache
-        stream, sequential = self._follow(offset, size)
+        stream = self._follow(offset, size)
         self._read_from_start |= offset == 0
         if self._read_from_start and offset + size == self.info.size and not self._read_whole:
             self._read_whole = True
@@ -595,38 +598,42 @@ class _ObjectFile(FileHandle):
             index, inner = divmod(offset, cache.block_size)
             piece = self._reader(index, cache.block_size)
             length = min(cache.block_size - inner, end - offset)
-            if not sequential and not cache.contains(piece.name):
-                index, inner = divmod(offset, RANDOM_CHUNK)
-                piece = self._reader(index, RANDOM_CHUNK, tag="chunk")
-                length = min(RANDOM_CHUNK - inner, end - offset)
+            if stream.piece_size is not None and not cache.contains(piece.name):
+                index, inner = divmod(offset, stream.piece_size)
+                piece = self._reader(index, stream.piece_size, tag=f"piece{stream.piece_size}")
+                length = min(stream.piece_size - inner, end - offset)
             parts.append(await cache.read(piece.name, inner, length, piece.fetch, size=piece.size))
             offset += length
         if first_read and not self._first_read_done:
             self._first_read_done = True
-            if sequential:
+            if stream.piece_size is None:
                 self._fetch_ahead(stream, end - 1)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _follow(self, offset: int, size: int) -> tuple[_Stream, bool]:
-        """The stream a read of SIZE bytes at OFFSET continues, or the one it starts; and whether it continues
-        one. A stream's window of blocks fetched ahead widens with each read."""
-        stream = next((stream for stream in reversed(self._streams) if stream.next_offset == offset), None)
+    def _follow(self, offset: int, size: int) -> _Stream:
+        """The stream a read of SIZE bytes at OFFSET goes on with, or the one it starts."""
+        block_size = self.volume.cache.block_size
+        stream = self._streams.pop(offset, None)
         if stream is None:
-            stream = _Stream(offset + size, ahead_until=offset // self.volume.cache.block_size)
-            self._streams = self._streams[-(_STREAMS - 1):] + [stream]
-            self._seeks_alone += 1
+            piece_size = RANDOM_CHUNK if size <= RANDOM_CHUNK else _RUN_PIECE
+            stream = _Stream(piece_size if piece_size < block_size else None, ahead_until=offset // block_size,
+                             alone=size <= RANDOM_CHUNK)
+            if len(self._streams) >= _STREAMS:
+                del self._streams[next(iter(self._streams))]
+            self._seeks_alone += stream.alone
             if self._seeks_alone >= SEEKS_AT_RANDOM:
                 self._fill_whole()
-            return stream, False
-        self._streams.remove(stream)
-        self._streams.append(stream)
-        stream.next_offset = offset + size
-        stream.reads += 1
-        if stream.reads == 2:
-            self._seeks_alone -= 1
-        if self._first_read_done:  # until then its block is fetched alone: the first byte comes sooner
-            self._fetch_ahead(stream, offset)
-        return stream, True
+        else:
+            if stream.alone:
+                stream.alone = False
+                self._seeks_alone -= 1
+            if stream.piece_size is None and self._first_read_done:  # the first read's block comes alone
+                self._fetch_ahead(stream, offset)
+        stream.read += size
+        if stream.piece_size is not None and stream.read >= block_size:
+            stream.piece_size = None
+        self._streams[offset + size] = stream
+        return stream
 
     def _fill_whole(self):
         if not self._filling_whole:
