@@ -12,7 +12,7 @@ import pytest
 
 from buckets import BUCKETS, KINDS, SERVER_SCRIPT_NAME, Bucket, S3Bucket, new_bucket
 from conftest import wait_for, write_config
-from fsmount.volumes.objects import SEEKS_AT_RANDOM
+from fsmount.volumes.object_reads import SEEKS_AT_RANDOM
 from servers import s3_admin, serve
 
 BLOCK = 2**20

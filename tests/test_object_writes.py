@@ -19,7 +19,7 @@ import pytest
 from conftest import FSMOUNT, wait_for, write_config
 from buckets import KINDS, S3Bucket, new_bucket
 from servers import Proxy
-from fsmount.volumes.objects import SEEKS_AT_RANDOM
+from fsmount.volumes.object_reads import SEEKS_AT_RANDOM
 from test_object_volume import drop_page_cache, volume_config
 
 PART = 5 * 2**20

@@ -9,7 +9,7 @@ import trio
 from fsmount.cache.blocks import BlockCache
 from fsmount.cache.attributes import KnownAttributes
 from fsmount.staging.area import StagingArea
-from fsmount.volumes.objects import SEEKS_AT_RANDOM
+from fsmount.volumes.object_reads import SEEKS_AT_RANDOM
 from fsmount.volumes.prefetch import Prefetcher
 from fsmount.volumes.writable import Uploads, WritableObjectVolume
 

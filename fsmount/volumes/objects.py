@@ -8,11 +8,11 @@ is used at once, and listed again in the background once older than `metadata_tt
 its `mtime` metadata (rclone's, in seconds) where it has one, else the time the store last wrote it;
 its mode is its `mode` metadata (s3fs's) where it has one, else 0644 (0444 read-only); both outlive
 the daemon where listings show no metadata (fsmount/cache/attributes.py). An object with a link
-target (IPFS has them) is a symlink, which the kernel resolves in the reader's view.
+target (IPFS has them) is a symlink, which the kernel resolves in the reader's view. Its handles are
+ObjectFile (fsmount/volumes/object_reads.py) and ObjectListing (fsmount/volumes/object_listing.py).
 """
 import bisect
 import contextlib
-import dataclasses
 import errno
 import functools
 import logging
@@ -31,7 +31,9 @@ from fsmount.cache.metadata import ExpiringCache
 from fsmount.staging.area import DEFAULT_MODE
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, ObjectInfo, PreconditionFailed
-from fsmount.volumes.base import Attrs, DirEntry, DirHandle, FileHandle, Path, Volume, rest_of_batch
+from fsmount.volumes.base import Attrs, DirHandle, FileHandle, Path, Volume
+from fsmount.volumes.object_listing import ObjectListing, valid_name
+from fsmount.volumes.object_reads import ObjectFile, PageFeed
 from fsmount.volumes.prefetch import DirectorySweeps, Piece, Prefetcher
 
 log = logging.getLogger(__name__)
@@ -42,18 +44,12 @@ _KERNEL_TTL_MAX = 86400.0  # what the kernel is told of entries that never expir
 _NAMES_KEPT = 100_000
 _LISTED_ENTRIES_KEPT = 200_000  # of every listing kept in memory, in all
 _LISTING_CACHE_ENTRIES = 120_000  # a longer listing streams from the store every time
-# A handle that seeks fetches this much around a read, not a whole block: one short GET per random read.
-RANDOM_CHUNK = 128 * 1024
-_RUN_PIECE = 2**20  # what a stream fetches at a time, from a seek with a larger read, until it has read a block
-_STREAMS = 64  # streams of reads a handle follows at once
-SEEKS_AT_RANDOM = 16  # a handle with this many more small reads from seeks than streams they started is read at random
 # An object read at random is filled whole in the background when it is at most this share of the cache.
 _WHOLE_OBJECT_SHARE = 4
 _WHOLE_OBJECT_MAX = 4 * 2**30
 _WHOLE_OBJECT_FILLS = 4
 _AHEAD_SHARE = 4  # of the cache, what a volume's sweeps may fetch ahead of their readers
 _PAGE_FEED_SHARE = 8  # an object filled whole goes into the kernel's pages too when at most this share of memory
-_BATCH = 512
 _UNKNOWN = object()
 GONE = object()
 MTIME = "mtime"
@@ -68,10 +64,6 @@ def _find(entries: list[tuple[str, ObjectInfo | None]], name: str) -> tuple[int,
     """Where NAME is in ENTRIES (sorted by name), or would go, and whether it is there."""
     position = bisect.bisect_left(entries, name, key=_entry_name)
     return position, position < len(entries) and entries[position][0] == name
-
-
-def valid_name(name: str) -> bool:
-    return name not in ("", ".", "..") and "\0" not in name
 
 
 def format_mtime(mtime_ns: int) -> str:
@@ -135,7 +127,7 @@ class ObjectVolume(Volume):
         self._known = ExpiringCache(math.inf, _NAMES_KEPT)
         self.whole_object_limit = min(_WHOLE_OBJECT_MAX, cache.max_size // _WHOLE_OBJECT_SHARE)
         self.page_feed_limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // _PAGE_FEED_SHARE
-        self._feeds: dict[Path, _PageFeed] = {}
+        self._feeds: dict[Path, PageFeed] = {}
 
     async def start(self, nursery: trio.Nursery):
         await self.store.open()
@@ -146,10 +138,10 @@ class ObjectVolume(Volume):
     def _key(self, path: Path) -> str:
         return self.prefix + "/".join(path)
 
-    def _dir_prefix(self, path: Path) -> str:
+    def dir_prefix(self, path: Path) -> str:
         return self._key(path) + "/" if path else self.prefix
 
-    def _attrs(self, info: ObjectInfo | None, path: Path) -> Attrs:
+    def attrs(self, info: ObjectInfo | None, path: Path) -> Attrs:
         """The attributes of the object INFO at PATH, or of the directory PATH (INFO None)."""
         if info is None:
             changed = self._changed.get(path, self._started)
@@ -194,7 +186,7 @@ class ObjectVolume(Volume):
             if not self.store.lists_metadata:
                 self.known_attributes.keep(self.store.identity, info.key, info.version, kept)
 
-    def _recall(self, listed: list[ObjectInfo]):
+    def recall_attributes(self, listed: list[ObjectInfo]):
         """Learns what was kept on disk of the time and mode of objects a listing gave without metadata."""
         if self.store.lists_metadata:
             return
@@ -202,7 +194,7 @@ class ObjectVolume(Volume):
         for key, kept in self.known_attributes.recall(self.store.identity, unknown).items():
             self._known.put((key, unknown[key]), kept)
 
-    def _remember(self, path: Path, info: ObjectInfo | None):
+    def remember(self, path: Path, info: ObjectInfo | None):
         self._stats.put(path, info)
         self._missing.pop(path)
         if info is not None:
@@ -225,7 +217,7 @@ class ObjectVolume(Volume):
             if not found:
                 raise NotFound(self._key(path))
             info = listing[position][1]
-            self._remember(path, info)
+            self.remember(path, info)
             return info
         found = {}
 
@@ -242,18 +234,18 @@ class ObjectVolume(Volume):
             nursery.start_soon(file)
         info = None if found["directory"] else found.get("file")
         if found["directory"] or (info is not None and self.shows(info.key)):
-            self._remember(path, info)
+            self.remember(path, info)
             return info
         self._missing.put(path, True)
         raise NotFound(self._key(path))
 
     async def getattr(self, path: Path) -> Attrs:
-        return self._attrs(await self._lookup(path), path)
+        return self.attrs(await self._lookup(path), path)
 
     async def opendir(self, path: Path) -> DirHandle:
         if await self._lookup(path) is not None:
             raise OSError(errno.ENOTDIR, "not a directory")
-        return _ObjectListing(self, path)
+        return ObjectListing(self, path)
 
     async def open(self, path: Path, flags: int) -> FileHandle:
         info = await self._lookup(path)
@@ -264,7 +256,7 @@ class ObjectVolume(Volume):
             await self.stop_feeding(path)
         keep_cache = self._opened_versions.get(path) == info.version
         self._opened_versions.put(path, info.version)
-        return _ObjectFile(self, path, info, keep_cache)
+        return ObjectFile(self, path, info, keep_cache)
 
     def read_whole(self, path: Path, info: ObjectInfo):
         """A handle read the file at PATH (INFO) from its start to its end: its directory's sweep learns of it."""
@@ -338,7 +330,7 @@ class ObjectVolume(Volume):
         self._whole.put((info.key, info.version), True)
         feed = None
         if store_pages is not None and info.size <= self.page_feed_limit and self.may_feed(path):
-            feed = self._feeds[path] = _PageFeed(info.version, store_pages)
+            feed = self._feeds[path] = PageFeed(info.version, store_pages)
         block_size = self.cache.block_size
 
         async def fill_one(index, name, fetch, size, limit, nursery):
@@ -389,18 +381,18 @@ class ObjectVolume(Volume):
         listing = self._listings.get(path)
         if listing is not None or self.known_listings is None:
             return listing
-        known = self.known_listings.recall(self._listed_as, self._dir_prefix(path))
+        known = self.known_listings.recall(self._listed_as, self.dir_prefix(path))
         if known is None:
             return None
         age, listing = known
         self._listings.put(path, listing)
-        self._recall([info for _, info in listing if info is not None])
+        self.recall_attributes([info for _, info in listing if info is not None])
         if age >= self.metadata_ttl:
             self.prefetcher.spawn(functools.partial(self._list_again, path))
         return listing
 
     async def _list_again(self, path: Path):
-        listing, offset = _ObjectListing(self, path, fresh=True), 0
+        listing, offset = ObjectListing(self, path, fresh=True), 0
         while batch := await listing.entries(offset):
             offset = batch[-1].offset
 
@@ -410,7 +402,7 @@ class ObjectVolume(Volume):
             entries = sorted(entries, key=_entry_name)
             self._listings.put(path, entries)
             if self.known_listings is not None:
-                self.known_listings.keep(self._listed_as, self._dir_prefix(path), entries)
+                self.known_listings.keep(self._listed_as, self.dir_prefix(path), entries)
 
     def forget_listings(self, path: Path, below: bool = False):
         """Drops the listing of directory PATH, and with BELOW those of every directory under it, from memory
@@ -420,14 +412,14 @@ class ObjectVolume(Volume):
         else:
             self._listings.pop(path)
         if self.known_listings is not None:
-            self.known_listings.forget(self._listed_as, self._dir_prefix(path), below)
+            self.known_listings.forget(self._listed_as, self.dir_prefix(path), below)
 
     def relist(self, path: Path, info=GONE):
         """Keeps the cached listing of PATH's directory true to a change this daemon made: PATH holds
         INFO now (None: a directory), or nothing. Readers of the listing keep the one they had; the one on
         disk goes, so a remount lists the directory again."""
         if self.known_listings is not None:
-            self.known_listings.forget(self._listed_as, self._dir_prefix(path[:-1]))
+            self.known_listings.forget(self._listed_as, self.dir_prefix(path[:-1]))
         listing = self._listings.get(path[:-1])
         if listing is None:
             return
@@ -446,213 +438,3 @@ class ObjectVolume(Volume):
     def local_entries(self, path: Path) -> dict[str, ObjectInfo]:
         """Files of directory PATH that only this daemon knows yet, as they are now (staged ones)."""
         return {}
-
-
-class _PageFeed:
-    """The blocks of one version of an object on their way into the kernel's pages of the file."""
-
-    def __init__(self, version: str, store_pages):
-        self.version = version
-        self.stopped = False
-        self._store_pages = store_pages
-        self._storing = trio.Lock()
-
-    async def store(self, offset: int, data: bytes):
-        async with self._storing:
-            if not self.stopped and not await self._store_pages(offset, data):
-                self.stopped = True
-
-    async def stop(self):
-        self.stopped = True
-        async with self._storing:
-            pass
-
-
-class _ObjectListing(DirHandle):
-    """Streams a prefix's listing a page at a time, or serves it from the volume's listing cache;
-    offsets count entries from the start."""
-
-    def __init__(self, volume: ObjectVolume, path: Path, fresh: bool = False):
-        """FRESH: from the store, whatever listing is kept."""
-        self.volume = volume
-        self.path = path
-        self._local = volume.local_entries(path)
-        self._cached = None if fresh else volume.cached_listing(path)
-        if self._cached is not None and self._local:
-            self._cached = [(name, self._local.get(name, info)) for name, info in self._cached]
-            self._cached += self._unlisted({name for name, _ in self._cached})
-        self._pages = None
-        self._batch: list[DirEntry] = []
-        self._position = 0
-        self._seen: list[tuple[str, ObjectInfo | None]] = []
-        self._listed = False  # every page has been read
-
-    async def entries(self, offset: int) -> list[DirEntry]:
-        rest = rest_of_batch(self._batch, offset)
-        if rest is not None:
-            return rest
-        if self._cached is not None:
-            self._batch = [DirEntry(name, self.volume._attrs(info, self.path + (name,)), index) for index, (name, info)
-                           in enumerate(self._cached[offset:offset + _BATCH], start=offset + 1)]
-            return self._batch
-        if self._pages is None or offset < self._position:
-            self._pages = aiter(self.volume.store.list(self.volume._dir_prefix(self.path)))
-            self._position = 0
-            self._seen = []
-            self._listed = False
-        while not self._listed:
-            batch = await self._next_page()
-            if batch is None:
-                self._listed = True
-                self.volume.remember_listing(self.path, self._seen)
-                batch = self._last_batch()
-            batch = [entry for entry in batch if entry.offset > offset]
-            if batch:
-                self._batch = batch
-                return batch
-        return []
-
-    def _unlisted(self, listed: set[str]) -> list[tuple[str, ObjectInfo]]:
-        return sorted((name, info) for name, info in self._local.items() if name not in listed)
-
-    def _last_batch(self) -> list[DirEntry]:
-        """The local files the store did not list, after everything it did."""
-        entries = []
-        for name, info in self._unlisted({name for name, _ in self._seen}):
-            self._position += 1
-            entries.append(DirEntry(name, self.volume._attrs(info, self.path + (name,)), self._position))
-        return entries
-
-    async def _next_page(self) -> list[DirEntry] | None:
-        page = await anext(self._pages, None)
-        if page is None:
-            return None
-        base = self.volume._dir_prefix(self.path)
-        directories = {p[len(base):-1] for p in page.prefixes}
-        named: dict[str, ObjectInfo | None] = {}
-        self.volume._recall(page.objects)
-        for info in page.objects:
-            name = info.key[len(base):]
-            if "/" not in name and name not in directories and self.volume.shows(info.key):
-                named[name] = info
-        for name in directories:
-            named[name] = None
-        entries = []
-        for name in sorted(named):
-            self._position += 1
-            if not valid_name(name):
-                continue
-            self.volume._remember(self.path + (name,), named[name])
-            self._seen.append((name, named[name]))
-            attrs = self.volume._attrs(self._local.get(name, named[name]), self.path + (name,))
-            entries.append(DirEntry(name, attrs, self._position))
-        return entries
-
-
-@dataclasses.dataclass(eq=False)
-class _Stream:
-    """Reads of a handle that follow one another, from its start or from a seek: what they fetch."""
-    piece_size: int | None  # of the pieces its reads fetch where not cached whole; None: whole blocks, read ahead
-    read: int = 0  # bytes, so far
-    window: int = 1  # blocks fetched ahead of it, doubling with each read up to the volume's read-ahead
-    ahead_until: int = 0  # the last block read-ahead has started, or found cached
-    alone: bool = False  # a small read from a seek that no read went on with yet
-
-
-class _ObjectFile(FileHandle):
-    """A handle follows streams of reads, many at once: pyarrow reads every column chunk of a Parquet file
-    it wants at once, from threads of its own, each from a seek on. A read that follows none starts a
-    stream of its own, which fetches pieces as large as its reads (a small one RANDOM_CHUNK) until it has
-    read a block's worth, then whole blocks with read-ahead. Once SEEKS_AT_RANDOM more small reads started
-    a stream than went on with one, the handle reads at random, and its object is filled whole."""
-
-    def __init__(self, volume: ObjectVolume, path: Path, info: ObjectInfo, keep_cache: bool):
-        self.volume = volume
-        self.path = path
-        self.info = info
-        self.keep_cache = keep_cache
-        self._streams: dict[int, _Stream] = {0: _Stream(None)}  # by the offset each expects next, the latest last
-        self._seeks_alone = 0
-        self._filling_whole = False
-        self._read_from_start = False
-        self._read_whole = False
-        self._first_read_done = False
-
-    def _reader(self, index: int, size: int, tag: str = ""):
-        return self.volume.piece(self.path, self.info, index, size, tag)
-
-    async def read(self, offset: int, size: int) -> bytes | memoryview:
-        size = min(size, self.info.size - offset)
-        if size <= 0:
-            return b""
-        cache = self.volume.cache
-        stream = self._follow(offset, size)
-        self._read_from_start |= offset == 0
-        if self._read_from_start and offset + size == self.info.size and not self._read_whole:
-            self._read_whole = True
-            self.volume.read_whole(self.path, self.info)
-        parts = []
-        first_read = not self._first_read_done
-        end = offset + size
-        while offset < end:
-            index, inner = divmod(offset, cache.block_size)
-            piece = self._reader(index, cache.block_size)
-            length = min(cache.block_size - inner, end - offset)
-            if stream.piece_size is not None and not cache.contains(piece.name):
-                index, inner = divmod(offset, stream.piece_size)
-                piece = self._reader(index, stream.piece_size, tag=f"piece{stream.piece_size}")
-                length = min(stream.piece_size - inner, end - offset)
-            parts.append(await cache.read(piece.name, inner, length, piece.fetch, size=piece.size))
-            offset += length
-        if first_read and not self._first_read_done:
-            self._first_read_done = True
-            if stream.piece_size is None:
-                self._fetch_ahead(stream, end - 1)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _follow(self, offset: int, size: int) -> _Stream:
-        """The stream a read of SIZE bytes at OFFSET goes on with, or the one it starts."""
-        block_size = self.volume.cache.block_size
-        stream = self._streams.pop(offset, None)
-        if stream is None:
-            piece_size = RANDOM_CHUNK if size <= RANDOM_CHUNK else _RUN_PIECE
-            stream = _Stream(piece_size if piece_size < block_size else None, ahead_until=offset // block_size,
-                             alone=size <= RANDOM_CHUNK)
-            if len(self._streams) >= _STREAMS:
-                del self._streams[next(iter(self._streams))]
-            self._seeks_alone += stream.alone
-            if self._seeks_alone >= SEEKS_AT_RANDOM:
-                self._fill_whole()
-        else:
-            if stream.alone:
-                stream.alone = False
-                self._seeks_alone -= 1
-            if stream.piece_size is None and self._first_read_done:  # the first read's block comes alone
-                self._fetch_ahead(stream, offset)
-        stream.read += size
-        if stream.piece_size is not None and stream.read >= block_size:
-            stream.piece_size = None
-        self._streams[offset + size] = stream
-        return stream
-
-    def _fill_whole(self):
-        if not self._filling_whole:
-            self._filling_whole = True
-            self.volume.fill_whole(self.path, self.info, self.store_pages)
-
-    def _fetch_ahead(self, stream: _Stream, offset: int):
-        """Starts fetching STREAM's window of blocks after the one at OFFSET, and widens the window."""
-        block_size = self.volume.cache.block_size
-        current = offset // block_size
-        last_block = (self.info.size - 1) // block_size
-        for index in range(max(current, stream.ahead_until) + 1, min(current + stream.window, last_block) + 1):
-            if not self.volume.fill_ahead(*self._reader(index, block_size)):
-                break
-            stream.ahead_until = index
-        stream.window = min(stream.window * 2, self.volume.read_ahead_blocks)
-
-    async def getattr(self) -> Attrs:
-        return self.volume._attrs(self.info, self.path)
-
-    async def release(self):
-        pass

@@ -33,7 +33,7 @@ class SingleObjectVolume(ObjectVolume):
         info = self._stats.get(path, None)
         if info is None:
             info = await self.store.stat(self._key(path), self.version_id)
-            self._remember(path, info)
+            self.remember(path, info)
         return info
 
     async def opendir(self, path: Path) -> DirHandle:

@@ -233,7 +233,7 @@ class WritableObjectVolume(ObjectVolume):
 
     def _now_stored(self, path: Path, info: ObjectInfo):
         """The store holds INFO at PATH, written by this daemon."""
-        self._remember(path, info)
+        self.remember(path, info)
         self.relist(path, info)
         self._opened_versions.put(path, info.version)
 
@@ -293,11 +293,11 @@ class WritableObjectVolume(ObjectVolume):
         if await self._lookup_or_absent(path) is not _ABSENT:
             raise OSError(errno.EEXIST, "exists")
         await self.store.put(marker, b"")
-        self._remember(path, None)
+        self.remember(path, None)
         self.relist(path, None)
         self.remember_listing(path, [])  # so the names made in it next need no request to be found new
         self.entries_changed(path[:-1])
-        return self._attrs(None, path)
+        return self.attrs(None, path)
 
     async def mknod(self, path: Path, mode: int, rdev: int, owner: Owner) -> Attrs:
         if not stat.S_ISREG(mode):
@@ -343,7 +343,7 @@ class WritableObjectVolume(ObjectVolume):
             raise OSError(errno.ENOTDIR, "not a directory")
         if any(staged_path[:len(path)] == path for staged_path in self._staged):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
-        prefix = self._dir_prefix(path)
+        prefix = self.dir_prefix(path)
         page = await self.store.list_page(prefix, page_size=2)
         if page.prefixes or any(info.key != prefix for info in page.objects):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
@@ -405,7 +405,7 @@ class WritableObjectVolume(ObjectVolume):
         self._forget(path)
 
     async def _rename_directory(self, path: Path, new_path: Path, target_exists: bool):
-        old_prefix, new_prefix = self._dir_prefix(path), self._dir_prefix(new_path)
+        old_prefix, new_prefix = self.dir_prefix(path), self.dir_prefix(new_path)
         if target_exists:
             page = await self.store.list_page(new_prefix, page_size=2)
             if page.prefixes or any(info.key != new_prefix for info in page.objects):
@@ -568,7 +568,7 @@ class _WritableFile(FileHandle):
     async def getattr(self) -> Attrs:
         if self.staged is None:
             return await self.reader.getattr()
-        return self.volume._attrs(self.volume._staged_info(self.staged), self.path)
+        return self.volume.attrs(self.volume._staged_info(self.staged), self.path)
 
     async def release(self):
         if self.staged is not None:

@@ -1,0 +1,97 @@
+"""ObjectListing: an object volume's directory handle, which streams a prefix's listing a page at a time or serves a kept one."""
+from __future__ import annotations
+
+import typing
+
+from fsmount.stores.base import ObjectInfo
+from fsmount.volumes.base import DirEntry, DirHandle, Path, rest_of_batch
+
+if typing.TYPE_CHECKING:
+    from fsmount.volumes.objects import ObjectVolume
+
+_BATCH = 512  # entries made at once from a kept listing
+
+
+def valid_name(name: str) -> bool:
+    return name not in ("", ".", "..") and "\0" not in name
+
+
+class ObjectListing(DirHandle):
+    """Streams a prefix's listing a page at a time, or serves it from the volume's listing cache;
+    offsets count entries from the start."""
+
+    def __init__(self, volume: ObjectVolume, path: Path, fresh: bool = False):
+        """FRESH: from the store, whatever listing is kept."""
+        self.volume = volume
+        self.path = path
+        self._local = volume.local_entries(path)
+        self._cached = None if fresh else volume.cached_listing(path)
+        if self._cached is not None and self._local:
+            self._cached = [(name, self._local.get(name, info)) for name, info in self._cached]
+            self._cached += self._unlisted({name for name, _ in self._cached})
+        self._pages = None
+        self._batch: list[DirEntry] = []
+        self._position = 0
+        self._seen: list[tuple[str, ObjectInfo | None]] = []
+        self._listed = False  # every page has been read
+
+    async def entries(self, offset: int) -> list[DirEntry]:
+        rest = rest_of_batch(self._batch, offset)
+        if rest is not None:
+            return rest
+        if self._cached is not None:
+            self._batch = [DirEntry(name, self.volume.attrs(info, self.path + (name,)), index) for index, (name, info)
+                           in enumerate(self._cached[offset:offset + _BATCH], start=offset + 1)]
+            return self._batch
+        if self._pages is None or offset < self._position:
+            self._pages = aiter(self.volume.store.list(self.volume.dir_prefix(self.path)))
+            self._position = 0
+            self._seen = []
+            self._listed = False
+        while not self._listed:
+            batch = await self._next_page()
+            if batch is None:
+                self._listed = True
+                self.volume.remember_listing(self.path, self._seen)
+                batch = self._last_batch()
+            batch = [entry for entry in batch if entry.offset > offset]
+            if batch:
+                self._batch = batch
+                return batch
+        return []
+
+    def _unlisted(self, listed: set[str]) -> list[tuple[str, ObjectInfo]]:
+        return sorted((name, info) for name, info in self._local.items() if name not in listed)
+
+    def _last_batch(self) -> list[DirEntry]:
+        """The local files the store did not list, after everything it did."""
+        entries = []
+        for name, info in self._unlisted({name for name, _ in self._seen}):
+            self._position += 1
+            entries.append(DirEntry(name, self.volume.attrs(info, self.path + (name,)), self._position))
+        return entries
+
+    async def _next_page(self) -> list[DirEntry] | None:
+        page = await anext(self._pages, None)
+        if page is None:
+            return None
+        base = self.volume.dir_prefix(self.path)
+        directories = {p[len(base):-1] for p in page.prefixes}
+        named: dict[str, ObjectInfo | None] = {}
+        self.volume.recall_attributes(page.objects)
+        for info in page.objects:
+            name = info.key[len(base):]
+            if "/" not in name and name not in directories and self.volume.shows(info.key):
+                named[name] = info
+        for name in directories:
+            named[name] = None
+        entries = []
+        for name in sorted(named):
+            self._position += 1
+            if not valid_name(name):
+                continue
+            self.volume.remember(self.path + (name,), named[name])
+            self._seen.append((name, named[name]))
+            attrs = self.volume.attrs(self._local.get(name, named[name]), self.path + (name,))
+            entries.append(DirEntry(name, attrs, self._position))
+        return entries
