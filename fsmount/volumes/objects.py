@@ -375,6 +375,29 @@ class ObjectVolume(Volume):
     def forget_stat(self, path: Path):
         self._stats.pop(path)
 
+    def remembered(self, path: Path) -> ObjectInfo | None:
+        """What is known of the object at PATH, while it is fresh."""
+        return self._stats.get(path, None)
+
+    def made(self, path: Path):
+        """This daemon made a name at PATH: a miss kept for it no longer holds."""
+        self._missing.pop(path)
+
+    def pages_hold(self, path: Path, version: str):
+        """The kernel's pages of PATH hold the bytes of VERSION (this daemon stored them): an open keeps them."""
+        self._opened_versions.put(path, version)
+
+    def gone(self, path: Path):
+        """This daemon removed the name at PATH: what was known of it goes, and it is known to be missing."""
+        self._stats.pop(path)
+        self._opened_versions.pop(path)
+        self._missing.put(path, True)
+
+    def forget_below(self, *paths: Path):
+        """What is known of every name at or under PATHS goes: this daemon moved them."""
+        for cache in (self._stats, self._opened_versions, self._missing):
+            cache.pop_where(lambda cached: any(cached[:len(path)] == path for path in paths))
+
     def cached_listing(self, path: Path) -> list[tuple[str, ObjectInfo | None]] | None:
         """Directory PATH's whole listing, if one is kept: in memory, else on disk (an earlier mount's, which
         is listed again in the background once older than the TTL)."""

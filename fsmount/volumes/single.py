@@ -30,7 +30,7 @@ class SingleObjectVolume(ObjectVolume):
             return None
         if path != (self.name,):
             raise NotFound(f"{'/'.join(path)}: this volume holds {self.name} alone")
-        info = self._stats.get(path, None)
+        info = self.remembered(path)
         if info is None:
             info = await self.store.stat(self._key(path), self.version_id)
             self.remember(path, info)

@@ -131,7 +131,7 @@ class WritableObjectVolume(ObjectVolume):
             self.entries_changed(path[:-1])
         if staged.size:
             staged.truncate(0)
-        self._missing.pop(path)
+        self.made(path)
         handle = _WritableFile(self, path, None, staged, writing=True)
         return handle, await handle.getattr()
 
@@ -235,7 +235,7 @@ class WritableObjectVolume(ObjectVolume):
         """The store holds INFO at PATH, written by this daemon."""
         self.remember(path, info)
         self.relist(path, info)
-        self._opened_versions.put(path, info.version)
+        self.pages_hold(path, info.version)
 
     async def handle_closed(self, staged: StagedFile):
         """A handle of STAGED is gone. The last one uploads what a close has not (times set after it)."""
@@ -357,10 +357,8 @@ class WritableObjectVolume(ObjectVolume):
 
     def _forget(self, path: Path):
         self.entries_changed(path[:-1])
-        self._stats.pop(path)
-        self._missing.put(path, True)
+        self.gone(path)
         self.relist(path)
-        self._opened_versions.pop(path)
 
     async def rename(self, path: Path, new_path: Path, flags: int):
         if flags & _RENAME_EXCHANGE:
@@ -449,11 +447,10 @@ class WritableObjectVolume(ObjectVolume):
                 self.staging.rename(staged, self._key(moved))
                 self._staged[moved] = self._staged.pop(staged_path)
         self._move_writers(path, new_path)
-        for cache in (self._stats, self._opened_versions, self._missing):
-            cache.pop_where(lambda cached: cached[:len(path)] == path or cached[:len(new_path)] == new_path)
+        self.forget_below(path, new_path)
         self.forget_listings(path, below=True)
         self.forget_listings(new_path, below=True)
-        self._missing.put(path, True)
+        self.gone(path)
         self.relist(path)
         self.relist(new_path, None)
 
