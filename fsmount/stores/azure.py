@@ -26,7 +26,7 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from fsmount.credentials import AzureCredentials
 from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store,
-                                 Unavailable, content_md5, read_part, status_error, uploaded)
+                                 Unavailable, content_md5, metadata_of, read_part, status_error, uploaded)
 from fsmount.stores.ranges import RangeFetcher
 
 _SAS_LIFETIME = datetime.timedelta(hours=2)
@@ -66,7 +66,7 @@ def _name(entry: ElementTree.Element) -> str:
 
 
 def _info(key: str, size: int, etag: str, modified: datetime.datetime, metadata=None) -> ObjectInfo:
-    return ObjectInfo(key, size, _etag(etag), int(modified.timestamp() * 1e9), dict(metadata or {}))
+    return ObjectInfo(key, size, _etag(etag), int(modified.timestamp() * 1e9), metadata_of(metadata))
 
 
 class AzureStore(Store):

@@ -11,11 +11,20 @@ import errno
 import hashlib
 import os
 import time
+import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 if typing.TYPE_CHECKING:
     from fsmount.stores.ranges import RangeFetcher
+
+
+NO_METADATA: Mapping[str, str] = types.MappingProxyType({})  # one for every object a listing gives without any
+
+
+def metadata_of(metadata: Mapping[str, str] | None) -> Mapping[str, str]:
+    return dict(metadata) if metadata else NO_METADATA
 
 
 @dataclass(frozen=True, slots=True)  # a volume may hold a few hundred thousand
@@ -24,7 +33,7 @@ class ObjectInfo:
     size: int
     version: str  # what a read can be pinned to: an ETag, a generation, a version id, a CID
     mtime_ns: int
-    metadata: dict[str, str] = field(default_factory=dict, compare=False)
+    metadata: Mapping[str, str] = field(default_factory=lambda: NO_METADATA, compare=False)
     link_target: str | None = None  # a symlink's (IPFS has them): the object is the link, not a file
 
 
@@ -233,7 +242,7 @@ def _read_only() -> OSError:
 
 def uploaded(key: str, size: int, version: str, metadata: dict[str, str] | None) -> ObjectInfo:
     """What an upload made, from its response: the time is ours, as not every server's answer has one."""
-    return ObjectInfo(key, size, version, time.time_ns(), dict(metadata or {}))
+    return ObjectInfo(key, size, version, time.time_ns(), metadata_of(metadata))
 
 
 def content_md5(body: bytes) -> str:

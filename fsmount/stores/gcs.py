@@ -27,7 +27,8 @@ import urllib3
 
 from fsmount.credentials import GcsCredentials
 from fsmount.stores.base import (ATTEMPTS, AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest,
-                                 Store, Throttled, Unavailable, backoff, content_md5, read_part, status_error)
+                                 Store, Throttled, Unavailable, backoff, content_md5, metadata_of, read_part,
+                                 status_error)
 from fsmount.stores.ranges import RangeFetcher
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ _BOUNDARY = "fsmount-object-boundary"
 def _info(resource: dict) -> ObjectInfo:
     updated = datetime.datetime.fromisoformat(resource["updated"])
     return ObjectInfo(resource["name"], int(resource["size"]), str(resource["generation"]),
-                      int(updated.timestamp() * 1e9), dict(resource.get("metadata") or {}))
+                      int(updated.timestamp() * 1e9), metadata_of(resource.get("metadata")))
 
 
 class GcsStore(Store):

@@ -32,7 +32,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store,
-                                 Throttled, Unavailable, content_md5, read_part, status_error, uploaded)
+                                 Throttled, Unavailable, content_md5, metadata_of, read_part, status_error, uploaded)
 from fsmount.stores.ranges import RangeFetcher
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "NoSuchBucket"}
@@ -83,7 +83,7 @@ def _session():
 
 
 def _info(key: str, size: int, etag: str, modified, metadata=None) -> ObjectInfo:
-    return ObjectInfo(key, size, etag, int(modified.timestamp() * 1e9), dict(metadata or {}))
+    return ObjectInfo(key, size, etag, int(modified.timestamp() * 1e9), metadata_of(metadata))
 
 
 class S3Endpoint:

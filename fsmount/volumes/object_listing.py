@@ -32,7 +32,7 @@ class ObjectListing(DirHandle):
         self._pages = None
         self._batch: list[DirEntry] = []
         self._position = 0
-        self._seen: list[tuple[str, ObjectInfo | None]] = []
+        self._seen: dict[str, ObjectInfo | None] = {}  # what the store listed so far, in its order
         self._listed = False  # every page has been read
 
     async def entries(self, offset: int) -> list[DirEntry]:
@@ -46,13 +46,15 @@ class ObjectListing(DirHandle):
         if self._pages is None or offset < self._position:
             self._pages = aiter(self.volume.store.list(self.volume.dir_prefix(self.path)))
             self._position = 0
-            self._seen = []
+            self._end_stream()
+            self._seen = {}
+            self.volume.listing_streams(self.path, self._seen)
             self._listed = False
         while not self._listed:
             batch = await self._next_page()
             if batch is None:
                 self._listed = True
-                self.volume.remember_listing(self.path, self._seen)
+                self._end_stream(kept=self.volume.remember_listing(self.path, list(self._seen.items())))
                 batch = self._last_batch()
             batch = [entry for entry in batch if entry.offset > offset]
             if batch:
@@ -60,13 +62,21 @@ class ObjectListing(DirHandle):
                 return batch
         return []
 
+    async def close(self):
+        self._end_stream()
+
+    def _end_stream(self, kept: bool = False):
+        """The listing under way is over, read whole and KEPT by the volume, or not."""
+        if self._pages is not None:
+            self.volume.listing_ended(self.path, self._seen, kept)
+
     def _unlisted(self, listed: set[str]) -> list[tuple[str, ObjectInfo]]:
         return sorted((name, info) for name, info in self._local.items() if name not in listed)
 
     def _last_batch(self) -> list[DirEntry]:
         """The local files the store did not list, after everything it did."""
         entries = []
-        for name, info in self._unlisted({name for name, _ in self._seen}):
+        for name, info in self._unlisted(set(self._seen)):
             self._position += 1
             entries.append(DirEntry(name, self.volume.attrs(info, self.path + (name,)), self._position))
         return entries
@@ -90,8 +100,8 @@ class ObjectListing(DirHandle):
             self._position += 1
             if not valid_name(name):
                 continue
-            self.volume.remember(self.path + (name,), named[name])
-            self._seen.append((name, named[name]))
+            self._seen[name] = named[name]
+            self.volume.listed(self.path + (name,))
             attrs = self.volume.attrs(self._local.get(name, named[name]), self.path + (name,))
             entries.append(DirEntry(name, attrs, self._position))
         return entries

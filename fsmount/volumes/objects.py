@@ -120,6 +120,9 @@ class ObjectVolume(Volume):
         self._stats = ExpiringCache(metadata_ttl, _NAMES_KEPT)  # path -> info; None: a directory
         self._missing = ExpiringCache(_NEGATIVE_TTL, _NAMES_KEPT)
         self._listings = ExpiringCache(metadata_ttl, _LISTED_ENTRIES_KEPT, weigh=len)  # path -> sorted [(name, info)]
+        # directory -> {name: info} of its listing under way, so far: what a lookup finds there costs no request,
+        # and ~200 bytes less a name than a remembered attribute (100,000 names: ~24 MiB)
+        self._streaming: dict[Path, dict[str, ObjectInfo | None]] = {}
         self._sweeps = DirectorySweeps(prefetcher, self._fill_ahead_of_readers, cache.max_size // _AHEAD_SHARE)
         self._opened_versions = ExpiringCache(math.inf, _NAMES_KEPT)
         self._whole = ExpiringCache(math.inf, _NAMES_KEPT)  # (key, version) of objects filled, or being filled, whole
@@ -217,6 +220,11 @@ class ObjectVolume(Volume):
             if not found:
                 raise NotFound(self._key(path))
             info = listing[position][1]
+            self.remember(path, info)
+            return info
+        streaming = self._streaming.get(path[:-1])
+        if streaming is not None and path[-1] in streaming:
+            info = streaming[path[-1]]
             self.remember(path, info)
             return info
         found = {}
@@ -416,16 +424,39 @@ class ObjectVolume(Volume):
 
     async def _list_again(self, path: Path):
         listing, offset = ObjectListing(self, path, fresh=True), 0
-        while batch := await listing.entries(offset):
-            offset = batch[-1].offset
+        try:
+            while batch := await listing.entries(offset):
+                offset = batch[-1].offset
+        finally:
+            await listing.close()
 
-    def remember_listing(self, path: Path, entries: list[tuple[str, ObjectInfo | None]]):
-        """Keeps a directory's listing, sorted by name: a store lists in key order, where `a/` comes after `a.b`."""
-        if len(entries) <= _LISTING_CACHE_ENTRIES:
-            entries = sorted(entries, key=_entry_name)
-            self._listings.put(path, entries)
-            if self.known_listings is not None:
-                self.known_listings.keep(self._listed_as, self.dir_prefix(path), entries)
+    def remember_listing(self, path: Path, entries: list[tuple[str, ObjectInfo | None]]) -> bool:
+        """Keeps a directory's listing, sorted by name (a store lists in key order, where `a/` comes after
+        `a.b`), unless it is too long to; whether it did."""
+        if len(entries) > _LISTING_CACHE_ENTRIES:
+            return False
+        entries.sort(key=_entry_name)
+        self._listings.put(path, entries)
+        if self.known_listings is not None:
+            self.known_listings.keep(self._listed_as, self.dir_prefix(path), entries)
+        return True
+
+    def listing_streams(self, path: Path, seen: dict[str, ObjectInfo | None]):
+        """A listing of directory PATH is under way; SEEN holds what it gave so far."""
+        self._streaming[path] = seen
+
+    def listed(self, path: Path):
+        """A listing under way gave the name PATH."""
+        if len(self._missing):
+            self._missing.pop(path)
+
+    def listing_ended(self, path: Path, seen: dict[str, ObjectInfo | None], kept: bool):
+        """The listing of directory PATH that gave SEEN is over; unless KEPT, what it gave is remembered name by name."""
+        if self._streaming.get(path) is seen:
+            del self._streaming[path]
+            if not kept:
+                for name, info in seen.items():
+                    self.remember(path + (name,), info)
 
     def forget_listings(self, path: Path, below: bool = False):
         """Drops the listing of directory PATH, and with BELOW those of every directory under it, from memory
