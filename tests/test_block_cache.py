@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from fsmount.cache import blockio, blocks
+from fsmount.cache import blockio, blocks, filled
 from fsmount.cache import segments as segments_module
 from fsmount.cache.blocks import BlockCache, block_name
 from fsmount.stores import arrival
@@ -419,7 +419,7 @@ async def test_a_block_filled_ahead_stays_in_memory_until_read_and_read_ones_go_
 
 async def test_a_block_filled_ahead_that_no_reader_came_for_is_given_up_on(s3_bucket, tmp_path, monkeypatch):
     """A program that stopped reading must not hold memory, nor the read-ahead of others, for ever."""
-    monkeypatch.setattr(blocks, "_UNREAD_AWAITED", 0.0)
+    monkeypatch.setattr(filled, "_UNREAD_AWAITED", 0.0)
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 3)
     cache = BlockCache(str(tmp_path), 100 * BLOCK, BLOCK, memory=2 * BLOCK)

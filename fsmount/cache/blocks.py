@@ -11,7 +11,8 @@ cause one fetch.
 Block files are written with O_DIRECT where the file system allows it: filling the page cache
 cost ~2 s of CPU per GiB here, half of what a cold read cost in all. Readers of a large block are
 answered as soon as their bytes have arrived (fsmount/stores/arrival.py), and from memory while it is
-written; the blocks filled last stay there, a bounded amount, for the reads that asked for them. Fetched blocks are written by writers of their own, a batch at a time, in
+written; the blocks filled last stay there, a bounded amount, for the reads that asked for them
+(fsmount/cache/filled.py). Fetched blocks are written by writers of their own, a batch at a time, in
 one trip to a worker thread (fsmount/cache/blockio.py) and one index transaction after it (and one
 before, for blocks in files of their own). Written on the event loop, one by one, a shuffled epoch
 of 128 KiB objects spent a third of the loop's time on creating their files and committing their
@@ -36,6 +37,7 @@ import trio
 
 from fsmount.cache.background import run_in_background, when_idle
 from fsmount.cache import blockio
+from fsmount.cache.filled import FilledBlocks
 from fsmount.cache.segments import Segments
 from fsmount.stores import arrival
 from fsmount.stores.arrival import Arrival
@@ -57,7 +59,6 @@ _EVICTION_BATCH = 64
 _TOUCHES_KEPT = 4096  # uses of blocks held in memory before they are written to the index
 _OPEN_FILES = 256  # block files and segments kept open for the reads that follow (2 GiB of 8 MiB blocks)
 PACKED_BELOW = 2**20  # blocks smaller than this go into segments, not into files of their own
-_UNREAD_AWAITED = 5.0  # seconds a block filled ahead of its reader is kept for it over blocks read already
 # glibc keeps the blocks' buffers freed in the middle of its heap: ten streams read at once peaked at
 # ~220 MiB with ~40 of blocks alive. Handing its free pages back after each block written took that to
 # ~183 (~192 every fourth block), at no cost to a cold read that could be measured. A block fetched
@@ -134,10 +135,7 @@ class BlockCache:
         self._verified: dict[str, tuple[int, int, int] | None] = {}
         self._touched: dict[str, float] = {}
         self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self._fresh: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._fresh_size = 0
-        self._unread: dict[str, float] = {}  # fresh blocks filled ahead of readers, none read yet -> when filled
-        self._memory = memory
+        self._filled = FilledBlocks(memory)
         self._unwritten = _Budget(unwritten)
         self._queued: trio.MemorySendChannel | None = None  # to the writers, while they run
         self._fetchers: trio.Nursery | None = None  # where large blocks are fetched while their readers go on
@@ -191,11 +189,11 @@ class BlockCache:
                 return b""
             if in_memory is not None:
                 return in_memory
-            fresh = self._fresh.get(name)
+            fresh = self._filled.get(name)
             if fresh is not None:
-                self._unread.pop(name, None)
+                self._filled.read(name)
                 if offset + length >= len(fresh):  # read to its end: most likely done with
-                    self._forget_fresh(name)
+                    self._filled.forget(name)
                 return memoryview(fresh)[offset:offset + length]  # a copy would cost a page fault a 4 KiB
             place = self._verified[name]
             if place is None:
@@ -277,16 +275,16 @@ class BlockCache:
                 arrived = await filling.arrival.first(offset + length)
                 if arrived is not None and filling.data is None:
                     filling.read = True
-                    self._unread.pop(name, None)
+                    self._filled.read(name)
                     return arrived[offset:]
             await filling.fetched.wait()
             if filling.data is not None:
                 if not length:
                     return None
                 filling.read = True
-                self._unread.pop(name, None)
+                self._filled.read(name)
                 if offset + length >= len(filling.data):  # read to its end: most likely done with
-                    self._forget_fresh(name)
+                    self._filled.forget(name)
                     filling.read_to_end = True
                 return memoryview(filling.data)[offset:offset + length]
             if filling is started:
@@ -423,7 +421,7 @@ class BlockCache:
         glibc_bytes = 0
         for name, filling, page_cache in batch:
             if name in self._verified and not (background or filling.read_to_end):
-                self._keep_fresh(name, filling.data, unread=not (filling.read or page_cache))
+                self._filled.keep(name, filling.data, unread=not (filling.read or page_cache))
             del self._fills[name]
             self._unwritten.release(filling.reserved)
             if isinstance(filling.data, bytes):
@@ -457,29 +455,9 @@ class BlockCache:
         self._remove(name, size, place)
         return False
 
-    def _keep_fresh(self, name: str, data: bytes, unread: bool):
-        """Keeps a block just filled in memory for the reads that wait for it. The oldest go first, those
-        read already before those filled ahead of readers that are still on their way (from disk, those
-        would cost a read each)."""
-        self._fresh[name] = data
-        self._fresh_size += len(data)
-        if unread:
-            self._unread[name] = time.monotonic()
-        while self._fresh_size > self._memory:
-            awaited = self._awaited()
-            oldest = next((old for old in self._fresh if old not in awaited), None) or next(iter(self._fresh))
-            self._forget_fresh(oldest)
-
-    def _awaited(self) -> dict[str, float]:
-        """The blocks filled ahead of their readers lately that none has read yet; older ones were given up on."""
-        given_up = time.monotonic() - _UNREAD_AWAITED
-        for name in [name for name, filled in self._unread.items() if filled < given_up]:
-            del self._unread[name]
-        return self._unread
-
     def unread(self) -> int:
         """How many blocks filled ahead of their readers wait in memory for them."""
-        return len(self._awaited())
+        return self._filled.unread()
 
     def _touch(self, name: str):
         """Records a use of block NAME; the index learns of uses in batches, which only eviction reads."""
@@ -504,7 +482,7 @@ class BlockCache:
 
     def _remove(self, name: str, size: int, place: tuple[int, int] | None):
         """Block NAME of SIZE bytes leaves the cache, from its segment PLACE or its own file (None)."""
-        self._forget_fresh(name)
+        self._filled.forget(name)
         if place is None:
             self._close(self._path(name))
             with contextlib.suppress(FileNotFoundError):
@@ -521,12 +499,6 @@ class BlockCache:
         self._db.execute("DELETE FROM blocks WHERE name = ?", (name,))
         self._verified.pop(name, None)
         self.size -= size
-
-    def _forget_fresh(self, name: str):
-        fresh = self._fresh.pop(name, None)
-        if fresh is not None:
-            self._fresh_size -= len(fresh)
-            self._unread.pop(name, None)
 
     def _flush_touches(self):
         if self._touched:
