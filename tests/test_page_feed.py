@@ -60,7 +60,10 @@ async def test_no_old_pages_reach_the_kernel_once_the_file_is_opened_anew(s3_buc
             while not stored:
                 await trio.sleep(0.01)
         nursery.start_soon(open_anew)
-        await trio.sleep(0.3)
+        with trio.fail_after(10):  # the open has taken the feed away, and waits for the store under way
+            while PATH in volume._feeds:
+                await trio.sleep(0.01)
+        await trio.sleep(0.1)
         assert not opened.is_set()
         release.set()
         with trio.fail_after(10):
