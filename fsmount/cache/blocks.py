@@ -191,10 +191,7 @@ class BlockCache:
                 return in_memory
             fresh = self._filled.get(name)
             if fresh is not None:
-                self._filled.read(name)
-                if offset + length >= len(fresh):  # read to its end: most likely done with
-                    self._filled.forget(name)
-                return memoryview(fresh)[offset:offset + length]  # a copy would cost a page fault a 4 KiB
+                return self._from_memory(name, fresh, offset, length)
             place = self._verified[name]
             if place is None:
                 return await self._read_file(name, offset, length)
@@ -275,23 +272,27 @@ class BlockCache:
                 arrived = await filling.arrival.first(offset + length)
                 if arrived is not None and filling.data is None:
                     filling.read = True
-                    self._filled.read(name)
                     return arrived[offset:]
             await filling.fetched.wait()
             if filling.data is not None:
                 if not length:
                     return None
                 filling.read = True
-                self._filled.read(name)
-                if offset + length >= len(filling.data):  # read to its end: most likely done with
-                    self._filled.forget(name)
-                    filling.read_to_end = True
-                return memoryview(filling.data)[offset:offset + length]
+                filling.read_to_end |= offset + length >= len(filling.data)
+                return self._from_memory(name, filling.data, offset, length)
             if filling is started:
                 if isinstance(filling.error, Exception):
                     raise filling.error
                 raise OSError(errno.EIO, "the fetch was cancelled: the daemon is stopping")
             # its fetch failed: this reader tries
+
+    def _from_memory(self, name: str, data: bytes, offset: int, length: int) -> memoryview:
+        """LENGTH bytes from OFFSET of block NAME, whose bytes DATA are in memory. A block read to its end is
+        most likely done with: it leaves memory."""
+        self._filled.read(name)
+        if offset + length >= len(data):
+            self._filled.forget(name)
+        return memoryview(data)[offset:offset + length]  # a copy would cost a page fault a 4 KiB
 
     async def _fill(self, name: str, filling: _Fill, fetch, page_cache: bool, background: bool):
         """Fetches block NAME into FILLING and has it written; a failure of the fetch is kept in FILLING for
