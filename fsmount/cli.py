@@ -1,5 +1,6 @@
-"""The command line: `fsmount mount|check|umount` and the mount(8) helper `mount.fsmount`."""
+"""The command line: `fsmount mount|check|status|sync|umount` and the mount(8) helper `mount.fsmount`."""
 import argparse
+import errno
 import os
 import subprocess
 import sys
@@ -26,6 +27,8 @@ def main(argv=None) -> int:
     check_parser.add_argument("config")
     status_parser = commands.add_parser("status", help="list files waiting for upload and files kept aside")
     status_parser.add_argument("config")
+    sync_parser = commands.add_parser("sync", help="upload every file closed under PATH now, and wait")
+    sync_parser.add_argument("path", nargs="?", default=".", help="a file or directory in a mount (default: .)")
     umount_parser = commands.add_parser("umount", help="unmount; the daemon then exits")
     umount_parser.add_argument("mountpoint")
     umount_parser.add_argument("-l", "--lazy", action="store_true", help="detach now, even while files are open")
@@ -34,6 +37,8 @@ def main(argv=None) -> int:
         return _run(lambda: print(describe(load_config(args.config))))
     if args.command == "status":
         return _run(lambda: print(status(load_config(args.config))))
+    if args.command == "sync":
+        return sync(args.path)
     if args.command == "umount":
         return umount(args.mountpoint, args.lazy)
     return _run(lambda: _mount(args.config, args.mountpoint, args.options, args.foreground))
@@ -79,6 +84,40 @@ def umount(mountpoint: str, lazy: bool) -> int:
     return subprocess.run(command).returncode
 
 
+def sync(path: str) -> int:
+    """fsync of PATH: the daemon uploads what waits under it (write-back) and answers once the store has it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        print(f"fsmount sync: {path}: {error.strerror}", file=sys.stderr)
+        if error.errno == errno.EIO:
+            for line in _failed_uploads(path):
+                print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _failed_uploads(path: str) -> list[str]:
+    """The uploads the journal of the mount holding PATH says failed, with why: its config is the mount's source."""
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as mountinfo:
+        mounts = [(fields[4], line.split(" - ")[1].split()) for line in mountinfo for fields in [line.split()]]
+    holding = [(point, source) for point, (kind, source, *_) in mounts
+               if kind == "fuse.fsmount" and (path + "/").startswith(point.rstrip("/") + "/")]
+    if not holding:
+        return []
+    try:
+        config = load_config(max(holding)[1])
+    except ConfigError:
+        return []
+    pending, _ = read_journal(config.staging.dir)
+    return [f"{entry.store}/{entry.key}: {entry.error}" for entry in pending if entry.error]
+
+
 def describe(config: Config) -> str:
     """The mount table `fsmount check` prints; sources are shown with any secret masked."""
     cache = config.cache
@@ -114,7 +153,8 @@ def status(config: Config) -> str:
              f"uploads      {len(waiting)} waiting, {len(pending) - len(waiting)} files open for writing"]
     for entry in waiting:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.since))
-        lines.append(f"  waiting    {format_size(entry.size):>10}  since {since}  {entry.store}/{entry.key}  ({entry.path})")
+        lines.append(f"  waiting    {format_size(entry.size):>10}  since {since}  {entry.store}/{entry.key}  ({entry.path})"
+                     + (f"\n             last upload failed: {entry.error}" if entry.error else ""))
     lines.append(f"kept aside   {len(kept)} files that were never closed, so never uploaded"
                  + (":" if kept else ""))
     lines += [f"  {path}" for path in kept]

@@ -22,6 +22,7 @@ LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
 IPFS_API_ENV = "FSMOUNT_IPFS_API"
 DEFAULT_BLOCK_SIZE = 8 * 2**20  # of the block cache
 DEFAULT_PARALLEL_PARTS = 4  # of an upload in parts, sent at once
+DEFAULT_WRITE_BACK = 2.0  # seconds: rsync, tar and git rename or remove what they closed within milliseconds
 
 
 class ConfigError(Exception):
@@ -139,6 +140,7 @@ class StagingConfig:
     multipart_threshold: int
     part_size: int | None  # None: each store's own (Store.part_size)
     parallel_parts: int
+    write_back: float  # seconds a closed file stays staged before its upload; 0: uploaded at close
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ _TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "
              "credentials", "volumes"}
 _LOG_KEYS = {"file", "level"}
 _CACHE_KEYS = {"dir", "max_size", "block_size", "read_ahead", "metadata_ttl"}
-_STAGING_KEYS = {"dir", "max_size", "multipart_threshold", "part_size", "parallel_parts"}
+_STAGING_KEYS = {"dir", "max_size", "multipart_threshold", "part_size", "parallel_parts", "write_back"}
 _SMALLEST_PART = 5 * 2**20  # S3's least part size but for the last
 _PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of it
 _VOLUME_KEYS = {"source", "mode", "path"}
@@ -286,6 +288,7 @@ class _Reader:
             multipart_threshold=size("multipart_threshold", 16 * 2**20),
             part_size=part_size,
             parallel_parts=self.value(section, ("staging", "parallel_parts"), _positive, DEFAULT_PARALLEL_PARTS),
+            write_back=self.value(section, ("staging", "write_back"), parse_duration, DEFAULT_WRITE_BACK),
         )
 
     def link_mounts(self, tree: ConfigTree) -> tuple[LinkMount, ...]:

@@ -29,7 +29,8 @@ from fsmount.volumes.host import HostVolume
 from fsmount.volumes.objects import ObjectVolume
 from fsmount.volumes.prefetch import Prefetcher
 from fsmount.volumes.single import SingleObjectVolume
-from fsmount.volumes.writable import Uploads, WritableObjectVolume
+from fsmount.volumes.uploads import UploadSettings
+from fsmount.volumes.writable import WritableObjectVolume
 
 log = logging.getLogger("fsmount")
 
@@ -137,7 +138,8 @@ class Daemon:
         staging = self.config.staging
         if self.staging is None:
             self.staging = StagingArea(staging.dir, staging.max_size)
-        uploads = Uploads(staging.multipart_threshold, staging.part_size or store.part_size, staging.parallel_parts)
+        uploads = UploadSettings(staging.multipart_threshold, staging.part_size or store.part_size,
+                                 staging.parallel_parts, staging.write_back)
         return WritableObjectVolume(store, source.prefix, self.staging, uploads, source.rename_limit,
                                     key_filter=source.filter, **shared)
 
@@ -161,6 +163,8 @@ class Daemon:
                         os.write(ready, b"1")
                         os.close(ready)
                     await pyfuse3.main()
+                    for volume in self.volumes:
+                        await volume.unmounted()
                     if self.cache is not None:
                         with trio.move_on_after(_WRITE_QUEUED_MOST):
                             await self.cache.write_queued()

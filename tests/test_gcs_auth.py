@@ -56,6 +56,7 @@ def test_every_request_carries_the_token_of_the_service_account_key(workspace, f
     try:
         mount(write_config(workspace, f"""
             cache {{ dir: "{workspace}/cache" }}
+            staging {{ write_back: 0 }}
             credentials {{ gcs: [ {{ bucket: {bucket}, project: test, credentials_json: "{workspace}/key.json" }} ] }}
             volumes {{ gcs {{ source: "gs://{bucket}/", endpoint: "{proxy.url}", mode: rw }} }}
         """), workspace / "mnt")

@@ -38,7 +38,7 @@ def fill_bucket(server, objects) -> str:
 def volume_config(directory, bucket: Bucket, ttl="2s", extra="", max_size="1GiB", staging="", url=None):
     return write_config(directory, f"""
         cache {{ dir: "{directory}/cache", max_size: {max_size}, block_size: 1MiB, read_ahead: 4MiB, metadata_ttl: {ttl} }}
-        staging {{ {staging} }}
+        staging {{ write_back: 0, {staging} }}
         {bucket.config(extra, url)}
     """)
 

@@ -11,7 +11,8 @@ from fsmount.cache.attributes import KnownAttributes
 from fsmount.staging.area import StagingArea
 from fsmount.volumes.object_reads import SEEKS_AT_RANDOM
 from fsmount.volumes.prefetch import Prefetcher
-from fsmount.volumes.writable import Uploads, WritableObjectVolume
+from fsmount.volumes.uploads import UploadSettings
+from fsmount.volumes.writable import WritableObjectVolume
 
 BLOCK = 2**20
 PATH = ("f.bin",)
@@ -33,7 +34,7 @@ async def test_no_old_pages_reach_the_kernel_once_the_file_is_opened_anew(s3_buc
     data = os.urandom(4 * BLOCK)
     await store.put("f.bin", data)
     volume = WritableObjectVolume(store, "", StagingArea(str(tmp_path / "staging"), 64 * BLOCK),
-                                  Uploads(8 * BLOCK, 8 * BLOCK, 2), 100, cache=BlockCache(str(tmp_path), 64 * BLOCK, BLOCK),
+                                  UploadSettings(8 * BLOCK, 8 * BLOCK, 2, 0), 100, cache=BlockCache(str(tmp_path), 64 * BLOCK, BLOCK),
                                   known_attributes=KnownAttributes(str(tmp_path)), prefetcher=Prefetcher(4), metadata_ttl=60,
                                   read_ahead=4 * BLOCK, uid=0, gid=0)
     stored, release = [], trio.Event()

@@ -52,7 +52,13 @@ class Namespace:
                 log.warning("volume %s: its root cannot be read: %s", name, error.strerror)
                 attrs = self._virtual
             entries.append(DirEntry(name, attrs, offset))
-        return _Listing(entries)
+        return _Listing(entries, self._volumes_below(node))
+
+    def _volumes_below(self, node: Node) -> list[Volume]:
+        below = []
+        for child in node.entries.values():
+            below += [child.volume] if child.volume is not None else self._volumes_below(child)
+        return below
 
     async def statvfs(self) -> dict:
         """Space summed over the distinct file systems behind the volumes."""
@@ -84,8 +90,14 @@ class Namespace:
 class _Listing(DirHandle):
     """A virtual directory's listing, fixed when it is opened."""
 
-    def __init__(self, entries: list[DirEntry]):
+    def __init__(self, entries: list[DirEntry], volumes: list[Volume]):
         self._entries = entries
+        self._volumes = volumes  # below it
 
     async def entries(self, offset: int) -> list[DirEntry]:
         return self._entries[offset:]
+
+    async def fsync(self, datasync: bool):
+        """Waits for every volume below: `fsmount sync` of the mount point."""
+        for volume in self._volumes:
+            await volume.sync(())

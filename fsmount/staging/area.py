@@ -1,15 +1,19 @@
 """The staging area: files being written to object volumes, on local disk until they are uploaded, and their journal.
 
 A staged file is a row of the journal (SQLite, WAL: a row outlives a killed daemon) before its
-first byte is accepted. The row is `open` while programs may still write the file, `closed` once
-a close or fsync asked for its upload, `uploaded` when the store has every byte; it goes when the
-last handle does. A daemon that starts again finds its unfinished work there: closed files are
-uploaded again; open ones were never closed, so they are moved to `kept/` and named in the log,
-never uploaded half-written. The bytes staged are bounded: growing a file past the bound fails
-with ENOSPC, as does a full disk, and the bytes already staged stay as they were.
+first byte is accepted, and every change of its name, owner, mode, times or extended attributes
+is in its row before the change is acknowledged. The row is `open` while programs may still write
+the file, `closed` once a close or fsync asked for its upload (write-back may hold it back a
+while), `uploaded` when the store has every byte, `unlinked` once removed before its last handle;
+it goes when the last handle does. A daemon that starts again finds its unfinished work there:
+closed files are uploaded, under their last name with their last metadata; open ones were never
+closed, so they are moved to `kept/` and named in the log, never uploaded half-written. The bytes
+staged are bounded: growing a file past the bound fails with ENOSPC, as does a full disk, and the
+bytes already staged stay as they were.
 """
 import contextlib
 import errno
+import json
 import logging
 import os
 import sqlite3
@@ -20,13 +24,16 @@ import trio
 
 log = logging.getLogger(__name__)
 
-OPEN, CLOSED, UPLOADED = "open", "closed", "uploaded"
+OPEN, CLOSED, UPLOADED, UNLINKED = "open", "closed", "uploaded", "unlinked"
 DEFAULT_MODE = 0o644  # a file's permissions where nothing says otherwise
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS staged (
     id INTEGER PRIMARY KEY, store TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL,
-    mtime_ns INTEGER NOT NULL, since REAL NOT NULL, mode INTEGER NOT NULL DEFAULT {DEFAULT_MODE});
+    mtime_ns INTEGER NOT NULL, since REAL NOT NULL);
 """
+# Columns later versions added, with what rows written before them hold
+_ADDED_COLUMNS = {"mode": f"INTEGER NOT NULL DEFAULT {DEFAULT_MODE}", "uid": "INTEGER", "gid": "INTEGER",
+                  "xattrs": "TEXT NOT NULL DEFAULT '{}'", "error": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class Pending:
     size: int
     since: float
     path: str
+    error: str | None  # why its last upload failed
 
 
 class StagedFile:
@@ -45,7 +53,7 @@ class StagedFile:
     every change; an upload records the count it carried, so a write during an upload keeps it dirty."""
 
     def __init__(self, area: "StagingArea", row: int, store: str, key: str, fd: int, size: int, mtime_ns: int,
-                 mode: int):
+                 mode: int, uid: int | None = None, gid: int | None = None, xattrs: dict[str, str] | None = None):
         self.area = area
         self.row = row
         self.store = store
@@ -54,6 +62,9 @@ class StagedFile:
         self.size = size
         self.mtime_ns = mtime_ns
         self.mode = mode  # permission bits
+        self.uid, self.gid = uid, gid  # None: the volume's
+        self.xattrs = xattrs or {}  # name -> value, base64 (s3fs's form)
+        self.key_in_store = True  # whether the store may hold an object under `key`: a removal or rename deletes it
         self.state = OPEN
         self.changes = 1
         self.uploaded = 0
@@ -95,12 +106,17 @@ class StagedFile:
             raise
         self._settle(size, growth)
 
-    def keep(self, mtime_ns: int | None = None, mode: int | None = None, changed: bool = True):
-        """Sets the time or the mode (None: as it is) that the file goes up with; CHANGED False: the store
-        has them already."""
+    def keep(self, mtime_ns: int | None = None, mode: int | None = None, uid: int | None = None,
+             gid: int | None = None, xattrs: dict[str, str] | None = None, changed: bool = True):
+        """Sets the time, mode, owner or extended attributes (None: as they are) that the file goes up with,
+        in the journal first; CHANGED False: the store has them already."""
         self.changes += changed
         self.mtime_ns = self.mtime_ns if mtime_ns is None else mtime_ns
         self.mode = self.mode if mode is None else mode
+        self.uid = self.uid if uid is None else uid
+        self.gid = self.gid if gid is None else gid
+        self.xattrs = self.xattrs if xattrs is None else xattrs
+        self.area.set_state(self, self.state)
 
     def _changed(self):
         self.changes += 1
@@ -131,8 +147,10 @@ class StagingArea:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        if "mode" not in {column[1] for column in self._db.execute("PRAGMA table_info(staged)")}:
-            self._db.execute(f"ALTER TABLE staged ADD COLUMN mode INTEGER NOT NULL DEFAULT {DEFAULT_MODE}")
+        columns = {column[1] for column in self._db.execute("PRAGMA table_info(staged)")}
+        for name, declaration in _ADDED_COLUMNS.items():
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE staged ADD COLUMN {name} {declaration}")
         self._remove_orphans()
         self.used = sum(self._size(row) for (row,) in self._db.execute("SELECT id FROM staged"))
 
@@ -157,23 +175,31 @@ class StagingArea:
             raise OSError(errno.ENOSPC, f"the staging area is full ({self.max_size} bytes)")
         self.used += size
 
-    def create(self, store: str, key: str, mode: int = DEFAULT_MODE) -> StagedFile:
-        """A new, empty staged file for KEY of STORE, of permissions MODE, in the journal before anything is
-        written to it."""
+    def create(self, store: str, key: str, mode: int = DEFAULT_MODE, uid: int | None = None,
+               gid: int | None = None) -> StagedFile:
+        """A new, empty staged file for KEY of STORE, of permissions MODE and owner UID, GID (None: the
+        volume's), in the journal before anything is written to it."""
         now = time.time_ns()
-        row = self._db.execute("INSERT INTO staged (store, key, state, mtime_ns, since, mode) VALUES (?, ?, ?, ?, ?, ?)",
-                               (store, key, OPEN, now, time.time(), mode)).lastrowid
+        row = self._db.execute("INSERT INTO staged (store, key, state, mtime_ns, since, mode, uid, gid) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (store, key, OPEN, now, time.time(), mode, uid, gid)
+                               ).lastrowid
         try:
             fd = os.open(self.data_path(row), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError:
             self._db.execute("DELETE FROM staged WHERE id = ?", (row,))
             raise
-        return StagedFile(self, row, store, key, fd, 0, now, mode)
+        return StagedFile(self, row, store, key, fd, 0, now, mode, uid, gid)
 
     def set_state(self, staged: StagedFile, state: str):
-        self._db.execute("UPDATE staged SET state = ?, mtime_ns = ?, mode = ? WHERE id = ?",
-                         (state, staged.mtime_ns, staged.mode, staged.row))
+        """STAGED is in STATE now, with the metadata it holds."""
+        self._db.execute("UPDATE staged SET state = ?, mtime_ns = ?, mode = ?, uid = ?, gid = ?, xattrs = ? "
+                         "WHERE id = ?", (state, staged.mtime_ns, staged.mode, staged.uid, staged.gid,
+                                          json.dumps(staged.xattrs), staged.row))
         staged.state = state
+
+    def failed(self, staged: StagedFile, error: str | None):
+        """Why STAGED's last upload failed (None: it did not), for `fsmount status` and `fsmount sync`."""
+        self._db.execute("UPDATE staged SET error = ? WHERE id = ?", (error, staged.row))
 
     def rename(self, staged: StagedFile, key: str):
         self._db.execute("UPDATE staged SET key = ? WHERE id = ?", (key, staged.row))
@@ -193,9 +219,9 @@ class StagingArea:
         """The files of STORE under PREFIX that a stopped daemon left: closed ones come back to be uploaded;
         open ones are moved to `kept/`, with a log line saying where; uploaded ones are done with."""
         recovered = []
-        for row, key, state, mtime_ns, mode in self._db.execute(
-                "SELECT id, key, state, mtime_ns, mode FROM staged WHERE store = ? AND substr(key, 1, ?) = ? ORDER BY id",
-                (store, len(prefix), prefix)).fetchall():
+        for row, key, state, mtime_ns, mode, uid, gid, xattrs in self._db.execute(
+                "SELECT id, key, state, mtime_ns, mode, uid, gid, xattrs FROM staged "
+                "WHERE store = ? AND substr(key, 1, ?) = ? ORDER BY id", (store, len(prefix), prefix)).fetchall():
             if state == CLOSED:
                 try:
                     fd = os.open(self.data_path(row), os.O_RDWR | os.O_CLOEXEC)
@@ -203,7 +229,8 @@ class StagingArea:
                     log.error("%s %s was closed but not uploaded when fsmount stopped, and its staged bytes "
                               "(%s) are gone: it cannot be uploaded", store, key, self.data_path(row))
                 else:
-                    staged = StagedFile(self, row, store, key, fd, os.fstat(fd).st_size, mtime_ns, mode)
+                    staged = StagedFile(self, row, store, key, fd, os.fstat(fd).st_size, mtime_ns, mode, uid, gid,
+                                        json.loads(xattrs))
                     staged.state = CLOSED
                     recovered.append(staged)
                     log.info("%s %s was closed but not uploaded when fsmount stopped: uploading it now", store, key)
@@ -236,14 +263,17 @@ def read_journal(directory: str) -> tuple[list[Pending], list[str]]:
     if os.path.exists(journal):
         db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
         try:
-            rows = db.execute("SELECT id, store, key, state, since FROM staged ORDER BY id").fetchall()
+            columns = {column[1] for column in db.execute("PRAGMA table_info(staged)")}
+            error = "error" if "error" in columns else "NULL"  # a journal no daemon of this version opened yet
+            rows = db.execute(f"SELECT id, store, key, state, since, {error} FROM staged WHERE state != ? ORDER BY id",
+                              (UNLINKED,)).fetchall()
         finally:
             db.close()
     files = os.path.join(directory, "files")
     pending = []
-    for row, store, key, state, since in rows:
+    for row, store, key, state, since, error in rows:
         path = os.path.join(files, str(row))
-        pending.append(Pending(store, key, state, _size_of(path), since, path))
+        pending.append(Pending(store, key, state, _size_of(path), since, path, error))
     kept = os.path.join(directory, "kept")
     return pending, sorted(os.path.join(kept, name) for name in os.listdir(kept)) if os.path.isdir(kept) else []
 

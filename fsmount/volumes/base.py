@@ -171,5 +171,13 @@ class Volume(abc.ABC):
         """Called once inside the daemon's event loops, before the mount is served; NURSERY runs
         the volume's background work for as long as it is mounted."""
 
+    async def sync(self, path: Path):
+        """Waits until the store has every file closed under directory PATH (fsync of a directory);
+        OSError(EIO) when it refused some."""
+
+    async def unmounted(self):
+        """Called once the kernel let go of the mount, before background work stops: what the volume
+        owes its store goes there now, within a bound."""
+
     async def close(self):
         pass

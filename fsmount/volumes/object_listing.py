@@ -62,6 +62,9 @@ class ObjectListing(DirHandle):
                 return batch
         return []
 
+    async def fsync(self, datasync: bool):
+        await self.volume.sync(self.path)
+
     async def close(self):
         self._end_stream()
 

@@ -34,6 +34,7 @@ from fsmount.stores.base import NotFound, ObjectInfo, PreconditionFailed
 from fsmount.volumes.base import Attrs, DirHandle, FileHandle, Path, Volume
 from fsmount.volumes.object_listing import ObjectListing, valid_name
 from fsmount.volumes.object_reads import ObjectFile, PageFeed
+from fsmount.volumes.posix import GID, MODE, MTIME, UID, kept_posix, parse_id, parse_mode, parse_mtime
 from fsmount.volumes.prefetch import DirectorySweeps, Piece, Prefetcher
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ _AHEAD_SHARE = 4  # of the cache, what a volume's sweeps may fetch ahead of thei
 _PAGE_FEED_SHARE = 8  # an object filled whole goes into the kernel's pages too when at most this share of memory
 _UNKNOWN = object()
 GONE = object()
-MTIME = "mtime"
-MODE = "mode"
 
 
 def _entry_name(entry: tuple[str, ObjectInfo | None]) -> str:
@@ -64,34 +63,6 @@ def _find(entries: list[tuple[str, ObjectInfo | None]], name: str) -> tuple[int,
     """Where NAME is in ENTRIES (sorted by name), or would go, and whether it is there."""
     position = bisect.bisect_left(entries, name, key=_entry_name)
     return position, position < len(entries) and entries[position][0] == name
-
-
-def format_mtime(mtime_ns: int) -> str:
-    return f"{mtime_ns // 10**9}.{mtime_ns % 10**9:09d}"
-
-
-def parse_mtime(text: str) -> int:
-    """Seconds as `format_mtime` writes them, or as rclone and s3fs do: a decimal number."""
-    seconds, _, fraction = text.strip().partition(".")
-    return int(seconds) * 10**9 + int((fraction + "000000000")[:9])
-
-
-def format_mode(permissions: int) -> str:
-    """A file's mode as s3fs keeps it in metadata: its st_mode, in decimal."""
-    return str(stat.S_IFREG | permissions)
-
-
-def parse_mode(text: str) -> int:
-    """The permission bits of a mode as `format_mode` writes it, or in octal from a leading 0 (rclone's)."""
-    text = text.strip()
-    return (int(text, 8) if text.startswith("0") else int(text)) & 0o7777
-
-
-def _time_and_mode(metadata: dict[str, str]) -> dict[str, str]:
-    """What of METADATA fsmount shows: S3 listings carry none of it."""
-    if not metadata:
-        return {}
-    return {name: metadata[name] for name in (MTIME, MODE) if name in metadata}
 
 
 class ObjectVolume(Volume):
@@ -150,31 +121,44 @@ class ObjectVolume(Volume):
             changed = self._changed.get(path, self._started)
             return Attrs(stat.S_IFDIR | self._dir_mode, nlink=2, uid=self.uid, gid=self.gid,
                          atime_ns=self._started, mtime_ns=changed, ctime_ns=changed)
-        kept = self._kept(info)
+        kept = self.kept(info)
         mtime = self._mtime_ns(info, kept)
-        if info.link_target is not None:
-            return Attrs(stat.S_IFLNK | 0o777, size=len(os.fsencode(info.link_target)), uid=self.uid, gid=self.gid,
-                         atime_ns=mtime, mtime_ns=mtime, ctime_ns=mtime)
-        return Attrs(stat.S_IFREG | self._permissions(info, kept), size=info.size, uid=self.uid, gid=self.gid,
+        uid, gid = self._owner(kept)
+        if info.link_target is not None or self._kind(kept) == stat.S_IFLNK:
+            size = info.size if info.link_target is None else len(os.fsencode(info.link_target))
+            return Attrs(stat.S_IFLNK | 0o777, size=size, uid=uid, gid=gid, atime_ns=mtime, mtime_ns=mtime,
+                         ctime_ns=mtime)
+        return Attrs(stat.S_IFREG | self._permissions(info, kept), size=info.size, uid=uid, gid=gid,
                      blocks=(info.size + 511) // 512, atime_ns=mtime, mtime_ns=mtime, ctime_ns=mtime)
 
-    def _kept(self, info: ObjectInfo) -> dict[str, str]:
+    def _owner(self, kept: dict[str, str]) -> tuple[int, int]:
+        """The owner and group KEPT metadata names, else the volume's."""
+        return parse_id(kept.get(UID), self.uid), parse_id(kept.get(GID), self.gid)
+
+    @staticmethod
+    def _kind(kept: dict[str, str]) -> int:
+        """The file type KEPT metadata's mode names (S_IFMT bits), 0 where it names none."""
+        with contextlib.suppress(ValueError):
+            return stat.S_IFMT(parse_mode(kept.get(MODE, "0")))
+        return 0
+
+    def kept(self, info: ObjectInfo) -> dict[str, str]:
         """INFO's time and mode metadata: its own, else what was learnt of its version."""
-        kept = _time_and_mode(info.metadata)
+        kept = kept_posix(info.metadata)
         if kept or not len(self._known):  # nothing learnt: no lookup (a listing of 100,000 asks for each)
             return kept
         return self._known.get((info.key, info.version), {})
 
     def _mtime_ns(self, info: ObjectInfo, kept: dict[str, str] | None = None) -> int:
         """INFO's time; KEPT: what `_kept` gave for it, if asked already."""
-        text = (self._kept(info) if kept is None else kept).get(MTIME)
+        text = (self.kept(info) if kept is None else kept).get(MTIME)
         if text is not None:
             with contextlib.suppress(ValueError):
                 return parse_mtime(text)
         return info.mtime_ns
 
     def _permissions(self, info: ObjectInfo, kept: dict[str, str] | None = None) -> int:
-        text = (self._kept(info) if kept is None else kept).get(MODE)
+        text = (self.kept(info) if kept is None else kept).get(MODE)
         if text is not None:
             with contextlib.suppress(ValueError):
                 return parse_mode(text) & self._mode_mask
@@ -183,7 +167,7 @@ class ObjectVolume(Volume):
     def _learn(self, info: ObjectInfo):
         """Keeps the time and mode the store gave with INFO for its version, on disk too where listings
         show no metadata."""
-        kept = _time_and_mode(info.metadata)
+        kept = kept_posix(info.metadata)
         if kept and self._known.get((info.key, info.version)) != kept:
             self._known.put((info.key, info.version), kept)
             if not self.store.lists_metadata:

@@ -5,7 +5,7 @@ A write into a part already sent (or being sent), a truncate, a time or mode set
 breaks the stream: its upload is aborted and close uploads the whole file as usual. A store whose
 parts go in order (GCS) gets them one at a time, each after the one before. The parts
 carry no `mtime` metadata (the upload begins before the last write), so such a file shows the
-time the store finished it, which is when it was closed; they carry its mode.
+time the store finished it, which is when it was closed; they carry the rest of its metadata.
 """
 import contextlib
 import logging
@@ -15,18 +15,20 @@ import trio
 from fsmount.staging.area import StagedFile
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import ObjectInfo
-from fsmount.volumes.objects import MODE, format_mode
+from fsmount.volumes.posix import MTIME
 
 log = logging.getLogger(__name__)
 
 
 class PartStream:
-    def __init__(self, store: TrioStore, staged: StagedFile, part_size: int, parallel: int, nursery: trio.Nursery):
+    def __init__(self, store: TrioStore, staged: StagedFile, metadata: dict[str, str], part_size: int, parallel: int,
+                 nursery: trio.Nursery):
+        """METADATA: the file's, as it starts; a change of it breaks the stream."""
         self.store = store
         self.staged = staged
         self.key = staged.key
         self.part_size = part_size
-        self._metadata = {MODE: format_mode(staged.mode)}  # a mode set later breaks the stream
+        self._metadata = {name: text for name, text in metadata.items() if name != MTIME}
         self.broken = False
         self._nursery = nursery
         self._slots = trio.CapacityLimiter(parallel)

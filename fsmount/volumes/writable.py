@@ -1,18 +1,19 @@
 """WritableObjectVolume: an rw object volume. A file being written is staged on local disk and uploaded on close.
 
 Where POSIX and an object store part ways (README, "Writing", says the same to users):
-- close() (flush) and fsync upload the whole file; when the upload fails, close() fails with EIO
-  and the file stays staged, uploaded again in the background until the store takes it. A new
-  file written in order goes up in parts while it is written (volumes/streaming.py).
-- Handles of one file share its staged copy, so each sees the others' writes; every close uploads
-  what the copy holds then, and the last close wins.
+- A closed file goes up `staging.write_back` after its last change, once, under its final name with
+  its final metadata (volumes/uploads.py); until then chmod, chown, utimensat, truncate, rename and
+  unlink change only the staged file and its journal row, and a file removed before its upload
+  never reaches the store. fsync uploads and waits, and fails with EIO when the store refuses; the
+  file stays staged and is tried again until the store takes it. With `write_back` 0 close does
+  what fsync does.
+- Handles of one file share its staged copy, so each sees the others' writes; the last state wins.
 - A file opened for writing is copied in from the cache or the store at its first write, not at
   open: a program that opens read-write and only reads (SQLite does) costs nothing more.
 - Renaming a file is a server-side copy and a delete; renaming a directory does that for each
   object under it, up to `rename_limit` objects, and fails with EXDEV above it, so `mv` copies.
-- A file's times and mode (chmod, or the mode it was created with) are kept in its `mtime` and `mode`
-  metadata; a directory's are not (a prefix has no metadata), but its times move, in memory, when this
-  daemon makes or removes a name in it; chown succeeds and changes nothing.
+- A file's owner, mode and time are kept in its metadata, as s3fs keeps them (volumes/posix.py); a
+  directory's in its marker's; its times move, in memory, when this daemon makes or removes a name in it.
 - Symbolic and hard links, FIFOs and devices cannot be made (EPERM).
 - A name of over 255 bytes, or one that would make a key of over 1024, cannot be made (ENAMETOOLONG).
 - A directory made here is a marker object (`dir/`); an implicit directory (a prefix) goes away
@@ -23,21 +24,21 @@ import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass
 
 import trio
 
 from fsmount.cache.background import run_in_background
-from fsmount.staging.area import CLOSED, DEFAULT_MODE, UPLOADED, StagedFile, StagingArea
+from fsmount.staging.area import DEFAULT_MODE, UNLINKED, UPLOADED, StagedFile, StagingArea
 from fsmount.stores.base import NotFound, ObjectInfo
 from fsmount.volumes.base import NAME_MAX, AttrChanges, Attrs, FileHandle, Owner, Path
-from fsmount.volumes.objects import MODE, MTIME, ObjectVolume, format_mode, format_mtime
-from fsmount.volumes.streaming import PartStream
+from fsmount.volumes.objects import ObjectVolume
+from fsmount.volumes.posix import GID, UID, parse_id, posix_metadata, xattrs_in
+from fsmount.volumes.uploads import UploadSettings, Uploads
+from fsmount.volumes.writable_file import WritableFile
 
 log = logging.getLogger(__name__)
 
-_RETRY_FIRST = 1.0  # seconds before a failed upload is tried again; doubled after each failure
-_RETRY_MOST = 60.0
+_UNMOUNT_UPLOADS_MOST = 120.0  # seconds an unmount waits for pending uploads; the rest go up at the next mount
 _RENAME_PARALLEL = 8  # server-side copies at once while a directory is renamed
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -46,45 +47,45 @@ _KEY_MAX = 1024  # bytes in a key: S3's, Azure's and GCS's bound alike
 _ABSENT = object()
 
 
-@dataclass(frozen=True)
-class Uploads:
-    threshold: int  # larger files go up in parts
-    part_size: int
-    parallel: int  # parts in flight per file
-
-
 class WritableObjectVolume(ObjectVolume):
-    def __init__(self, store, prefix: str, staging: StagingArea, uploads: Uploads, rename_limit: int, **volume):
+    def __init__(self, store, prefix: str, staging: StagingArea, uploads: UploadSettings, rename_limit: int,
+                 **volume):
         super().__init__(store, prefix, read_only=False, **volume)
         self.staging = staging
-        self.uploads = uploads
+        self.uploads = Uploads(store, staging, uploads, self._metadata_of, self._now_uploaded, self._finish_if_idle)
         self.rename_limit = rename_limit
         self._staged: dict[Path, StagedFile] = {}
-        self._unstaged_writers: dict[Path, set[_WritableFile]] = {}  # handles open for writing, none written yet
-        self._failed: set[StagedFile] = set()  # uploads the background task tries again
-        self._streams: dict[StagedFile, PartStream] = {}
-        self._retry = trio.Event()
+        self._unstaged_writers: dict[Path, set[WritableFile]] = {}  # handles open for writing, none written yet
         self._nursery: trio.Nursery | None = None
 
     async def start(self, nursery: trio.Nursery):
         await super().start(nursery)
         self._nursery = nursery
+        await nursery.start(self.uploads.run)
         for staged in self.staging.recover(self.store.identity, self.prefix):
             self._staged[self._path_of(staged.key)] = staged
-            self._failed.add(staged)
-        nursery.start_soon(self._retry_uploads)
+            self.uploads.recovered(staged)
+
+    async def unmounted(self):
+        await self.uploads.drain(_UNMOUNT_UPLOADS_MOST)
+
+    async def sync(self, path: Path):
+        await self.uploads.sync(self.dir_prefix(path) if path else self.prefix)
 
     def _path_of(self, key: str) -> Path:
         return tuple(key[len(self.prefix):].split("/"))
 
-    def _staged_info(self, staged: StagedFile) -> ObjectInfo:
+    def _metadata_of(self, staged: StagedFile) -> dict[str, str]:
+        return posix_metadata(staged.mtime_ns, staged.mode, staged.uid, staged.gid, staged.xattrs)
+
+    def staged_info(self, staged: StagedFile) -> ObjectInfo:
         return ObjectInfo(staged.key, staged.size, f"staged:{staged.row}:{staged.changes}", staged.mtime_ns,
-                          {MODE: format_mode(staged.mode)})
+                          self._metadata_of(staged))
 
     async def _lookup(self, path: Path) -> ObjectInfo | None:
         staged = self._staged.get(path)
         if staged is not None:
-            return self._staged_info(staged)
+            return self.staged_info(staged)
         return await super()._lookup(path)
 
     async def _lookup_or_absent(self, path: Path):
@@ -94,7 +95,7 @@ class WritableObjectVolume(ObjectVolume):
             return _ABSENT
 
     def local_entries(self, path: Path) -> dict[str, ObjectInfo]:
-        return {staged_path[-1]: self._staged_info(staged) for staged_path, staged in self._staged.items()
+        return {staged_path[-1]: self.staged_info(staged) for staged_path, staged in self._staged.items()
                 if staged_path[:-1] == path}
 
     # Files
@@ -108,12 +109,12 @@ class WritableObjectVolume(ObjectVolume):
         if info is None:
             raise OSError(errno.EISDIR, "is a directory")
         if flags & os.O_TRUNC:
-            staged = await self.stage(path, None, mode=self._permissions(info))
+            staged = await self.stage(path, None, like=info)
             if staged.size:
                 staged.truncate(0)
         if staged is not None:
-            return _WritableFile(self, path, None, staged, writing)
-        handle = _WritableFile(self, path, await super().open(path, flags), None, writing)
+            return WritableFile(self, path, None, staged, writing)
+        handle = WritableFile(self, path, await super().open(path, flags), None, writing)
         self._unstaged_writers.setdefault(path, set()).add(handle)
         await self.stop_feeding(path)  # once registered: no feed can start after this one stops
         return handle
@@ -125,29 +126,38 @@ class WritableObjectVolume(ObjectVolume):
             raise OSError(errno.EISDIR, "is a directory")
         if existing is not _ABSENT and flags & os.O_EXCL:
             raise OSError(errno.EEXIST, "exists")
-        kept_mode = mode & 0o7777 if existing is _ABSENT else self._permissions(existing)  # an existing file keeps its
-        staged = await self.stage(path, None, mode=kept_mode)
         if existing is _ABSENT:
+            staged = await self.stage(path, None, mode=mode, owner=owner)
+            staged.key_in_store = False
             self.entries_changed(path[:-1])
+        else:
+            staged = await self.stage(path, None, like=existing)  # an existing file keeps its mode and owner
         if staged.size:
             staged.truncate(0)
         self.made(path)
-        handle = _WritableFile(self, path, None, staged, writing=True)
+        handle = WritableFile(self, path, None, staged, writing=True)
         return handle, await handle.getattr()
 
-    async def stage(self, path: Path, info: ObjectInfo | None, attached: bool = True,
-                    mode: int | None = None) -> StagedFile:
-        """The staged copy of the file at PATH, made if there is none: empty for INFO None, else a copy of
-        the object. ATTACHED False: a copy for a handle whose file was unlinked, never uploaded. MODE: its
-        permissions, if not the object's."""
+    async def stage(self, path: Path, info: ObjectInfo | None, attached: bool = True, like: ObjectInfo | None = None,
+                    mode: int = DEFAULT_MODE, owner: Owner | None = None) -> StagedFile:
+        """The staged copy of the file at PATH, made if there is none: a copy of the object INFO, or (INFO
+        None) an empty file with the mode, owner and extended attributes of the object LIKE, or else MODE
+        and OWNER (None: the volume's). ATTACHED False: a copy for a handle whose file was unlinked,
+        never uploaded."""
         while attached and (staged := self._staged.get(path)) is not None:
             async with staged.lock:  # a copy still being filled
                 pass
             if self._staged.get(path) is staged:
                 return staged
-        if mode is None:
-            mode = DEFAULT_MODE if info is None else self._permissions(info)
-        staged = self.staging.create(self.store.identity, self._key(path), mode)
+        model = info or like
+        if model is not None:
+            kept = self.kept(model)
+            staged = self.staging.create(self.store.identity, self._key(path), self._permissions(model, kept),
+                                         parse_id(kept.get(UID), None), parse_id(kept.get(GID), None))
+            staged.keep(xattrs=xattrs_in(kept), changed=False)
+        else:
+            staged = self.staging.create(self.store.identity, self._key(path), mode & 0o7777,
+                                         *((owner.uid, owner.gid) if owner is not None else (None, None)))
         if attached:
             self._staged[path] = staged
         else:
@@ -175,7 +185,7 @@ class WritableObjectVolume(ObjectVolume):
     def may_feed(self, path: Path) -> bool:
         return path not in self._staged and path not in self._unstaged_writers
 
-    def forget_writer(self, handle: "_WritableFile"):
+    def forget_writer(self, handle: "WritableFile"):
         """HANDLE has a staged copy now, or is closed: unlink and rename need not find it any more."""
         writers = self._unstaged_writers.get(handle.path)
         if writers is not None:
@@ -185,50 +195,7 @@ class WritableObjectVolume(ObjectVolume):
 
     # Uploads
 
-    def wrote(self, staged: StagedFile, offset: int):
-        """A new file (never in the store) that grows past the multipart threshold starts going up in parts."""
-        stream = self._streams.get(staged)
-        if stream is None:
-            if staged.stored is not None or staged.size <= self.uploads.threshold or self._nursery is None:
-                return
-            stream = self._streams[staged] = PartStream(self.store, staged, self.uploads.part_size,
-                                                        self.uploads.parallel, self._nursery)
-        stream.wrote(offset)
-
-    def break_stream(self, staged: StagedFile):
-        stream = self._streams.pop(staged, None)
-        if stream is not None:
-            stream.abandon()
-
-    async def upload(self, staged: StagedFile):
-        """Uploads the staged file if it changed since its last upload; OSError(EIO) when that fails."""
-        async with staged.lock:
-            await self._upload_locked(staged)
-        self._finish_if_idle(staged)
-
-    async def _upload_locked(self, staged: StagedFile):
-        if staged.discarded or not staged.dirty:
-            return
-        changes = staged.changes
-        self.staging.set_state(staged, CLOSED)
-        stream = self._streams.pop(staged, None)
-        try:
-            info = await stream.finish() if stream is not None else None
-            if info is None:
-                info = await self.store.put_file(staged.key, staged.path, self.uploads.threshold,
-                                                 self.uploads.part_size, self.uploads.parallel,
-                                                 {MTIME: format_mtime(staged.mtime_ns), MODE: format_mode(staged.mode)})
-        except OSError as error:
-            log.warning("uploading %s failed (%s); it stays staged in %s and is tried again", staged.key,
-                        error.strerror or error, staged.path)
-            self._failed.add(staged)
-            self._retry.set()
-            raise OSError(errno.EIO, f"uploading {staged.key} failed") from None
-        staged.uploaded = changes
-        staged.stored = info
-        self._failed.discard(staged)
-        if not staged.dirty:
-            self.staging.set_state(staged, UPLOADED)
+    def _now_uploaded(self, staged: StagedFile, info: ObjectInfo):
         self._now_stored(self._path_of(staged.key), info)
 
     def _now_stored(self, path: Path, info: ObjectInfo):
@@ -238,11 +205,12 @@ class WritableObjectVolume(ObjectVolume):
         self.pages_hold(path, info.version)
 
     async def handle_closed(self, staged: StagedFile):
-        """A handle of STAGED is gone. The last one uploads what a close has not (times set after it)."""
+        """A handle of STAGED is gone. The last one asks for the upload of what no close has (a file only
+        created or truncated, times set after a close)."""
         staged.handles -= 1
-        if not staged.handles and staged.dirty and staged not in self._failed:
+        if not staged.handles and staged.dirty and staged not in self.uploads.pending:
             with contextlib.suppress(OSError):
-                await self.upload(staged)
+                await self.uploads.closed(staged)
         self._finish_if_idle(staged)
 
     def _finish_if_idle(self, staged: StagedFile):
@@ -274,17 +242,12 @@ class WritableObjectVolume(ObjectVolume):
         finally:
             self.staging.remove(staged)
 
-    async def _retry_uploads(self):
-        delay = _RETRY_FIRST
-        while True:
-            if not self._failed:
-                self._retry = trio.Event()
-                await self._retry.wait()
-            await trio.sleep(delay)
-            for staged in list(self._failed):
-                with contextlib.suppress(OSError):
-                    await self.upload(staged)
-            delay = min(delay * 2, _RETRY_MOST) if self._failed else _RETRY_FIRST
+    def _discard(self, staged: StagedFile):
+        """STAGED is unlinked, or replaced by a rename: it is never uploaded; its handles keep its bytes."""
+        staged.discarded = True
+        self.staging.set_state(staged, UNLINKED)
+        self.uploads.discard(staged)
+        self._finish_if_idle(staged)
 
     # Names
 
@@ -329,13 +292,11 @@ class WritableObjectVolume(ObjectVolume):
         staged = self._staged.pop(path, None)
         if staged is not None:
             async with staged.lock:  # an upload under way ends first
-                staged.discarded = True
-                self._failed.discard(staged)
-                self.break_stream(staged)
-            self._finish_if_idle(staged)
+                self._discard(staged)
         for handle in self._unstaged_writers.pop(path, ()):
             handle.unlinked = True
-        await self._delete(self._key(path))
+        if staged is None or staged.key_in_store:
+            await self._delete(self._key(path))
         self._forget(path)
 
     async def rmdir(self, path: Path):
@@ -372,7 +333,7 @@ class WritableObjectVolume(ObjectVolume):
         if info is not None:
             if target is None:
                 raise OSError(errno.EISDIR, "is a directory")
-            await self._rename_file(path, new_path)
+            await self._rename_file(path, new_path, target is not _ABSENT)
         else:
             if target not in (None, _ABSENT):
                 raise OSError(errno.ENOTDIR, "not a directory")
@@ -380,25 +341,29 @@ class WritableObjectVolume(ObjectVolume):
         self.entries_changed(path[:-1])
         self.entries_changed(new_path[:-1])
 
-    async def _rename_file(self, path: Path, new_path: Path):
+    async def _rename_file(self, path: Path, new_path: Path, target_in_store: bool):
+        """TARGET_IN_STORE: whether the store may hold an object at NEW_PATH."""
         replaced = self._staged.pop(new_path, None)
         if replaced is not None:  # its handles keep the bytes they had; they are never uploaded
-            replaced.discarded = True
-            self._failed.discard(replaced)
-            self.break_stream(replaced)
-            self._finish_if_idle(replaced)
+            async with replaced.lock:  # an upload of it under way lands before the one that replaces it
+                self._discard(replaced)
+            target_in_store = replaced.key_in_store
         staged = self._staged.get(path)
         async with staged.lock if staged is not None else contextlib.nullcontext():
             if staged is None or not staged.dirty:  # else its upload goes to the new name
                 copied = await self.store.copy(self._key(path), self._key(new_path))
                 self._now_stored(new_path, copied)
+                target_in_store = True
                 if staged is not None:
                     staged.stored = copied
-            await self._delete(self._key(path))
+            if staged is None or staged.key_in_store:
+                await self._delete(self._key(path))
             if staged is not None:
-                self.break_stream(staged)
+                self.uploads.break_stream(staged)
                 self.staging.rename(staged, self._key(new_path))
+                staged.key_in_store = target_in_store
                 self._staged[new_path] = self._staged.pop(path)
+                self.uploads.postpone(staged)
         self._move_writers(path, new_path)
         self._forget(path)
 
@@ -443,9 +408,10 @@ class WritableObjectVolume(ObjectVolume):
                         nursery.start_soon(step, key)
             for staged_path, staged in moving:
                 moved = new_path + staged_path[len(path):]
-                self.break_stream(staged)
+                self.uploads.break_stream(staged)
                 self.staging.rename(staged, self._key(moved))
                 self._staged[moved] = self._staged.pop(staged_path)
+                self.uploads.postpone(staged)
         self._move_writers(path, new_path)
         self.forget_below(path, new_path)
         self.forget_listings(path, below=True)
@@ -465,7 +431,7 @@ class WritableObjectVolume(ObjectVolume):
 
     async def setattr(self, path: Path, changes: AttrChanges, handle: FileHandle | None) -> Attrs:
         if changes.size is not None:
-            if isinstance(handle, _WritableFile):
+            if isinstance(handle, WritableFile):
                 await handle.truncate(changes.size)
             else:
                 info = await self._lookup(path)
@@ -473,102 +439,40 @@ class WritableObjectVolume(ObjectVolume):
                     raise OSError(errno.EISDIR, "is a directory")
                 staged = await self.stage(path, info)
                 staged.truncate(changes.size)
-                self.break_stream(staged)
+                self.uploads.break_stream(staged)
                 if not staged.handles:
-                    await self.upload(staged)
+                    await self.uploads.closed(staged)
         mode = None if changes.mode is None else changes.mode & 0o7777
-        if changes.mtime_ns is not None or mode is not None:
-            await self._keep(path, changes.mtime_ns, mode)
+        if any(value is not None for value in (changes.mtime_ns, mode, changes.uid, changes.gid)):
+            await self._keep(path, changes.mtime_ns, mode, changes.uid, changes.gid)
         return await self.getattr(path)
 
-    async def _keep(self, path: Path, mtime_ns: int | None, mode: int | None):
-        """A time or a mode set (None: as it is). A dirty staged file takes them to its upload; else the
-        object is copied onto itself with them in its metadata. Directories keep theirs: a prefix has no
-        metadata."""
+    async def _keep(self, path: Path, mtime_ns: int | None, mode: int | None, uid: int | None, gid: int | None):
+        """A time, mode or owner set (None: as it is). A staged file not uploaded yet takes them to its
+        upload; else the object is copied onto itself with them in its metadata."""
         current = await self._lookup(path)
-        if current is None or (mtime_ns in (None, self._mtime_ns(current))
-                               and mode in (None, self._permissions(current))):
+        if current is None:
+            return
+        kept = self.kept(current)
+        owner = self._owner(kept)
+        if (mtime_ns in (None, self._mtime_ns(current, kept)) and mode in (None, self._permissions(current, kept))
+                and uid in (None, owner[0]) and gid in (None, owner[1])):
             return  # nothing changes: a copy would cost a request, and break a stream
         staged = self._staged.get(path)
         if staged is not None and staged.dirty:
-            staged.keep(mtime_ns, mode)
-            self.break_stream(staged)  # its parts went without them
-            if not staged.handles:  # closed, its last upload perhaps under way without them: none would follow
-                await self.upload(staged)
+            staged.keep(mtime_ns, mode, uid, gid)
+            self.uploads.break_stream(staged)  # its parts went without them
+            if not staged.handles:  # closed: its write-back time starts again (or, with none, it goes up now)
+                await self.uploads.closed(staged)
             return
         key = self._key(path)
-        metadata = (await self.store.stat(key)).metadata  # a listing's info has none, and the copy replaces it all
-        kept = {MTIME: None if mtime_ns is None else format_mtime(mtime_ns),
-                MODE: None if mode is None else format_mode(mode)}
-        stored = await self.store.copy(key, key, metadata | {name: text for name, text in kept.items() if text})
-        self._now_stored(path, stored)
+        stored = (await self.store.stat(key)).metadata  # a listing's info has none, and the copy replaces it all
+        changed = posix_metadata(self._mtime_ns(current, kept) if mtime_ns is None else mtime_ns,
+                                 self._permissions(current, kept) if mode is None else mode,
+                                 parse_id(kept.get(UID), None) if uid is None else uid,
+                                 parse_id(kept.get(GID), None) if gid is None else gid, xattrs_in(kept))
+        copied = await self.store.copy(key, key, dict(stored) | changed)
+        self._now_stored(path, copied)
         if staged is not None:
-            staged.keep(mtime_ns, mode, changed=False)
-            staged.stored = stored
-
-
-class _WritableFile(FileHandle):
-    """A handle of an rw volume's file: it reads the staged copy once there is one, else through the cache."""
-
-    def __init__(self, volume: WritableObjectVolume, path: Path, reader: FileHandle | None, staged: StagedFile | None,
-                 writing: bool):
-        self.volume = volume
-        self.path = path
-        self.reader = reader
-        self.staged = staged
-        self.writing = writing
-        self.changed = False  # written or truncated through this handle since its last upload
-        self.unlinked = False
-        self.keep_cache = reader.keep_cache if reader is not None else False
-        if staged is not None:
-            staged.handles += 1
-
-    async def _staged(self) -> StagedFile:
-        if self.staged is None:
-            staged = await self.volume.stage(self.path, self.reader.info, attached=not self.unlinked)
-            if self.staged is None:
-                self.staged = staged
-                staged.handles += 1
-                self.volume.forget_writer(self)
-        return self.staged
-
-    async def read(self, offset: int, size: int) -> bytes | memoryview:
-        if self.staged is None:
-            return await self.reader.read(offset, size)
-        return self.staged.read(offset, size)
-
-    async def write(self, offset: int, data: bytes) -> int:
-        staged = await self._staged()
-        written = staged.write(offset, data)
-        self.changed = True
-        self.volume.wrote(staged, offset)
-        return written
-
-    async def truncate(self, size: int):
-        staged = await self._staged()
-        staged.truncate(size)
-        self.changed = True
-        self.volume.break_stream(staged)
-
-    async def flush(self):
-        """Uploads what this handle changed. A shell's `> file` closes a duplicate of the descriptor
-        before anything is written: that close uploads nothing, and the file goes up at the next close
-        (or, only created or truncated, when its last handle is released)."""
-        if self.changed:
-            await self.fsync(datasync=False)
-
-    async def fsync(self, datasync: bool):
-        if self.writing and self.staged is not None:
-            await self.volume.upload(self.staged)
-            self.changed = False
-
-    async def getattr(self) -> Attrs:
-        if self.staged is None:
-            return await self.reader.getattr()
-        return self.volume.attrs(self.volume._staged_info(self.staged), self.path)
-
-    async def release(self):
-        if self.staged is not None:
-            await self.volume.handle_closed(self.staged)
-        else:
-            self.volume.forget_writer(self)
+            staged.keep(mtime_ns, mode, uid, gid, changed=False)
+            staged.stored = copied
