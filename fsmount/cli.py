@@ -7,7 +7,8 @@ import sys
 import time
 
 from fsmount.cache.listings import counts as listing_counts
-from fsmount.config import Config, ConfigError, load_config, redact_url
+from fsmount.config import Config, ConfigError, load_config
+from fsmount.stores.base import redact_url
 from fsmount.daemon import MountError, mount, parse_mount_options
 from fsmount.staging.area import CLOSED, read_journal
 from fsmount.stores.base import Store

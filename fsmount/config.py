@@ -16,6 +16,7 @@ from pyhocon.exceptions import ConfigException
 from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials, azure_environment_credentials,
                                  choose_azure_credentials, choose_gcs_credentials, choose_s3_credentials,
                                  parse_connection_string)
+from fsmount.stores.base import redact_url
 from fsmount.units import parse_duration, parse_size, parse_ttl
 
 LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
@@ -573,16 +574,6 @@ def parse_link_mount(entry: str) -> LinkMount:
     if not path.startswith("/"):
         raise ValueError(f"expected an absolute path, optionally ending in :ro or :rw, got {entry!r}")
     return LinkMount(os.path.realpath(path), mode == "ro")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password or query string (where SAS tokens live) masked."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@")
-    query = "***" if parts.query else ""
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _enclosing_link_mount(path: str, link_mounts) -> LinkMount | None:

@@ -146,12 +146,14 @@ def test_the_kernel_reads_ahead_a_megabyte(s3_mount):
         assert setting.read().strip() == "1024"
 
 
-def test_a_mount_of_objects_only_has_no_extended_attributes(s3_mount):
+def test_a_read_only_volume_shows_fsmount_s_own_attributes_and_takes_none(s3_mount):
     root, _, _ = s3_mount
-    for call in (lambda: os.getxattr(root / "a.txt", "user.x"), lambda: os.listxattr(root / "a.txt")):
+    assert "user.fsmount.etag" in os.listxattr(root / "a.txt")
+    for call, expected in ((lambda: os.getxattr(root / "a.txt", "user.x"), errno.ENODATA),
+                           (lambda: os.setxattr(root / "a.txt", "user.x", b"v"), errno.EROFS)):
         with pytest.raises(OSError) as error:
             call()
-        assert error.value.errno == errno.ENOTSUP
+        assert error.value.errno == expected
 
 
 def test_a_files_mode_comes_from_its_metadata_without_write_bits_when_read_only(workspace, moto, mount):

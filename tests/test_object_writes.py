@@ -386,10 +386,9 @@ def test_a_sqlite_database_copied_in_is_written_through_the_mount(rw, tmp_path):
     assert bucket.keys() == sorted(["dir/inside.txt", "old.txt", "runs.db"])  # the journal is gone
 
 
-def test_links_and_special_files_cannot_be_made(rw):
+def test_hard_links_and_special_files_cannot_be_made(rw):
     root, _, _ = rw
-    for attempt in (lambda: os.symlink("old.txt", root / "link"), lambda: os.link(root / "old.txt", root / "hard"),
-                    lambda: os.mkfifo(root / "fifo")):
+    for attempt in (lambda: os.link(root / "old.txt", root / "hard"), lambda: os.mkfifo(root / "fifo")):
         with pytest.raises(OSError) as error:
             attempt()
         assert error.value.errno == errno.EPERM

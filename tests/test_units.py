@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from fsmount.config import LinkMount, parse_link_mount, redact_url
+from fsmount.config import LinkMount, parse_link_mount
+from fsmount.stores.base import redact_url
 from fsmount.daemon import MountError, parse_mount_options
 from fsmount.volumes.host import filesystem_type
 from fsmount.units import format_size, parse_duration, parse_size

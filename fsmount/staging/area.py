@@ -171,6 +171,8 @@ class StagingArea:
                 os.unlink(os.path.join(self._files, name))
 
     def reserve(self, size: int):
+        if size > self.max_size:
+            raise OSError(errno.EFBIG, f"larger than the staging area ({self.max_size} bytes)")
         if self.used + size > self.max_size:
             raise OSError(errno.ENOSPC, f"the staging area is full ({self.max_size} bytes)")
         self.used += size

@@ -49,6 +49,9 @@ class TrioStore:
     def parts_in_order(self) -> bool:
         return self.store.parts_in_order
 
+    def source_url(self, info: ObjectInfo) -> str:
+        return self.store.source_url(info)
+
     @property
     def content_addressed(self) -> bool:
         return self.store.content_addressed

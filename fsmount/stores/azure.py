@@ -65,8 +65,10 @@ def _name(entry: ElementTree.Element) -> str:
     return urllib.parse.unquote(name.text) if name.get("Encoded") == "true" else name.text
 
 
-def _info(key: str, size: int, etag: str, modified: datetime.datetime, metadata=None) -> ObjectInfo:
-    return ObjectInfo(key, size, _etag(etag), int(modified.timestamp() * 1e9), metadata_of(metadata))
+def _info(key: str, size: int, etag: str, modified: datetime.datetime, metadata=None,
+          content_type: str | None = None) -> ObjectInfo:
+    return ObjectInfo(key, size, _etag(etag), int(modified.timestamp() * 1e9), metadata_of(metadata),
+                      content_type=content_type)
 
 
 class AzureStore(Store):
@@ -87,6 +89,9 @@ class AzureStore(Store):
     @property
     def identity(self) -> str:
         return f"azure:{self.account_url}/{self.container}"
+
+    def source_url(self, info: ObjectInfo) -> str:
+        return f"{self.account_url}/{self.container}/{urllib.parse.quote(info.key)}"
 
 
     async def open(self):
@@ -124,7 +129,8 @@ class AzureStore(Store):
     async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
         with _errors(f"HEAD {key}"):
             properties = await self._client.get_blob_client(key).get_blob_properties()
-        return _info(key, properties.size, properties.etag, properties.last_modified, properties.metadata)
+        return _info(key, properties.size, properties.etag, properties.last_modified, properties.metadata,
+                     properties.content_settings.content_type)
 
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:
@@ -139,7 +145,8 @@ class AzureStore(Store):
         answer = ElementTree.fromstring(self.fetcher.send("GET", url, None, _VERSION, f"LIST {prefix}").body)
         objects = [_info(_name(blob), int(blob.findtext("Properties/Content-Length")), blob.findtext("Properties/Etag"),
                          email.utils.parsedate_to_datetime(blob.findtext("Properties/Last-Modified")),
-                         {entry.tag: entry.text or "" for entry in blob.iterfind("Metadata/*")})
+                         {entry.tag: entry.text or "" for entry in blob.iterfind("Metadata/*")},
+                         blob.findtext("Properties/Content-Type"))
                    for blob in answer.iterfind("Blobs/Blob")]
         prefixes = [_name(entry) for entry in answer.iterfind("Blobs/BlobPrefix")]
         return ListPage(objects, prefixes, answer.findtext("NextMarker") or None)

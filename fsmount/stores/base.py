@@ -13,6 +13,7 @@ import os
 import time
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +22,16 @@ if typing.TYPE_CHECKING:
 
 
 NO_METADATA: Mapping[str, str] = types.MappingProxyType({})  # one for every object a listing gives without any
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password or query string (where SAS tokens live) masked."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    query = "***" if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def metadata_of(metadata: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -35,6 +46,7 @@ class ObjectInfo:
     mtime_ns: int
     metadata: Mapping[str, str] = field(default_factory=lambda: NO_METADATA, compare=False)
     link_target: str | None = None  # a symlink's (IPFS has them): the object is the link, not a file
+    content_type: str | None = None  # where the store said (S3 listings do not)
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def identity(self) -> str:
         """Names the bucket for cache keys: the same bucket gives the same identity across runs."""
+
+    @abc.abstractmethod
+    def source_url(self, info: ObjectInfo) -> str:
+        """Where the object INFO comes from, as a user would name it, with no secret in it."""
 
     async def open(self):
         pass

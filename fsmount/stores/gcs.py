@@ -42,7 +42,8 @@ _BOUNDARY = "fsmount-object-boundary"
 def _info(resource: dict) -> ObjectInfo:
     updated = datetime.datetime.fromisoformat(resource["updated"])
     return ObjectInfo(resource["name"], int(resource["size"]), str(resource["generation"]),
-                      int(updated.timestamp() * 1e9), metadata_of(resource.get("metadata")))
+                      int(updated.timestamp() * 1e9), metadata_of(resource.get("metadata")),
+                      content_type=resource.get("contentType"))
 
 
 class GcsStore(Store):
@@ -68,6 +69,9 @@ class GcsStore(Store):
     @property
     def identity(self) -> str:
         return f"gcs:{self.api}/{self.bucket}"
+
+    def source_url(self, info: ObjectInfo) -> str:
+        return f"gs://{self.bucket}/{info.key}"
 
 
     async def open(self):

@@ -71,6 +71,9 @@ class IpfsStore(ReadOnlyStore):
     def identity(self) -> str:
         return "ipfs"  # every IPFS volume's: a CID names the same bytes whichever node or root it came through
 
+    def source_url(self, info: ObjectInfo) -> str:
+        return f"ipfs://{info.version}"
+
     async def open(self):
         os.makedirs(self._listing_dir, exist_ok=True)
 

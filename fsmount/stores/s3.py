@@ -82,8 +82,9 @@ def _session():
     return session
 
 
-def _info(key: str, size: int, etag: str, modified, metadata=None) -> ObjectInfo:
-    return ObjectInfo(key, size, etag, int(modified.timestamp() * 1e9), metadata_of(metadata))
+def _info(key: str, size: int, etag: str, modified, metadata=None, content_type: str | None = None) -> ObjectInfo:
+    return ObjectInfo(key, size, etag, int(modified.timestamp() * 1e9), metadata_of(metadata),
+                      content_type=content_type)
 
 
 class S3Endpoint:
@@ -159,6 +160,9 @@ class S3Store(Store):
     def identity(self) -> str:
         return f"s3:{self.endpoint.url or 'aws'}/{self.bucket}"
 
+    def source_url(self, info: ObjectInfo) -> str:
+        return f"s3://{self.bucket}/{info.key}"
+
     @property
     def fetcher(self) -> RangeFetcher:
         return self.endpoint.fetcher
@@ -207,7 +211,8 @@ class S3Store(Store):
         with _errors(f"HEAD {key}"):
             head = await self._client.head_object(Bucket=self.bucket, Key=key, **({"VersionId": pinned} if pinned else {}))
         version = f"{_VERSION_ID}{pinned}" if pinned else head["ETag"]
-        return _info(key, head["ContentLength"], version, head["LastModified"], head.get("Metadata"))
+        return _info(key, head["ContentLength"], version, head["LastModified"], head.get("Metadata"),
+                     head.get("ContentType"))
 
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:

@@ -20,7 +20,7 @@ import aiohttp
 import urllib3
 
 from fsmount.stores.base import (ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, ReadOnlyStore,
-                                 Unavailable, read_part, status_error)
+                                 Unavailable, read_part, redact_url, status_error)
 from fsmount.stores.ranges import RangeFetcher
 
 _SIZE = "size:"
@@ -45,6 +45,9 @@ class UrlStore(ReadOnlyStore):
     @property
     def identity(self) -> str:
         return "url:" + hashlib.sha256(repr(sorted(self.files.items())).encode()).hexdigest()
+
+    def source_url(self, info: ObjectInfo) -> str:
+        return redact_url(self.files[info.key])
 
 
     async def open(self):
@@ -73,7 +76,8 @@ class UrlStore(ReadOnlyStore):
         mtime = email.utils.parsedate_to_datetime(modified).timestamp() if modified else time.time()
         etag = headers.get("ETag", "")
         strong = etag if etag.startswith('"') else None  # If-Match never matches a weak ETag
-        return ObjectInfo(key, size, strong or modified or f"{_SIZE}{size}", int(mtime * 1e9))
+        return ObjectInfo(key, size, strong or modified or f"{_SIZE}{size}", int(mtime * 1e9),
+                          content_type=headers.get("Content-Type"))
 
     async def _head(self, key: str, url: str):
         """(the headers, the final URL) of a HEAD, or of a GET of the first byte where HEAD is refused (a

@@ -91,7 +91,7 @@ class ObjectListing(DirHandle):
         base = self.volume.dir_prefix(self.path)
         directories = {p[len(base):-1] for p in page.prefixes}
         named: dict[str, ObjectInfo | None] = {}
-        self.volume.recall_attributes(page.objects)
+        self.volume.attributes.recall(page.objects)
         for info in page.objects:
             name = info.key[len(base):]
             if "/" not in name and name not in directories and self.volume.shows(info.key):

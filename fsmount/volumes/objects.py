@@ -4,12 +4,10 @@ Names: a key with an empty, "." or ".." segment cannot be a file name and is not
 is both an object and a prefix ("a" and "a/b") shows as the directory. A `dir/` marker object makes
 an empty directory exist. Attributes and listings are trusted for `metadata_ttl`, misses for a
 shorter while. A whole listing is also kept on disk (fsmount/cache/listings.py): after a remount it
-is used at once, and listed again in the background once older than `metadata_ttl`. A file's time is
-its `mtime` metadata (rclone's, in seconds) where it has one, else the time the store last wrote it;
-its mode is its `mode` metadata (s3fs's) where it has one, else 0644 (0444 read-only); both outlive
-the daemon where listings show no metadata (fsmount/cache/attributes.py). An object with a link
-target (IPFS has them) is a symlink, which the kernel resolves in the reader's view. Its handles are
-ObjectFile (fsmount/volumes/object_reads.py) and ObjectListing (fsmount/volumes/object_listing.py).
+is used at once, and listed again in the background once older than `metadata_ttl`. Owners, modes
+and times come from ObjectAttributes (fsmount/volumes/object_attributes.py); a symlink is resolved by
+the kernel in the reader's view. Its handles are ObjectFile (fsmount/volumes/object_reads.py) and
+ObjectListing (fsmount/volumes/object_listing.py).
 """
 import bisect
 import contextlib
@@ -20,7 +18,6 @@ import math
 import os
 import re
 import stat
-import time
 
 import trio
 
@@ -28,13 +25,13 @@ from fsmount.cache.attributes import KnownAttributes
 from fsmount.cache.blocks import BlockCache, block_name
 from fsmount.cache.listings import KnownListings
 from fsmount.cache.metadata import ExpiringCache
-from fsmount.staging.area import DEFAULT_MODE
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, ObjectInfo, PreconditionFailed
 from fsmount.volumes.base import Attrs, DirHandle, FileHandle, Path, Volume
+from fsmount.volumes.object_attributes import ObjectAttributes, kind
 from fsmount.volumes.object_listing import ObjectListing, valid_name
 from fsmount.volumes.object_reads import ObjectFile, PageFeed
-from fsmount.volumes.posix import GID, MODE, MTIME, UID, kept_posix, parse_id, parse_mode, parse_mtime
+from fsmount.volumes.posix import OWN_XATTRS, STAGED_VERSION, USER_XATTRS, decode_value, xattrs_in
 from fsmount.volumes.prefetch import DirectorySweeps, Piece, Prefetcher
 
 log = logging.getLogger(__name__)
@@ -66,13 +63,13 @@ def _find(entries: list[tuple[str, ObjectInfo | None]], name: str) -> tuple[int,
 
 
 class ObjectVolume(Volume):
+    has_xattrs = True
     def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, known_attributes: KnownAttributes,
                  prefetcher: Prefetcher, metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool,
                  key_filter: re.Pattern | None = None, known_listings: KnownListings | None = None):
         """KEY_FILTER: only objects whose full key it matches (re.search) are shown. KNOWN_LISTINGS: where whole
         listings are kept across mounts (content-addressed stores keep their own)."""
         self.store = store
-        self.known_attributes = known_attributes
         self.known_listings = None if store.content_addressed else known_listings
         # Listings on disk are the store's as this volume shows them: a filter shows fewer objects.
         self._listed_as = store.identity + (f"\0{key_filter.pattern}" if key_filter is not None else "")
@@ -83,11 +80,7 @@ class ObjectVolume(Volume):
         self.metadata_ttl = metadata_ttl
         self.kernel_ttl = min(metadata_ttl, _KERNEL_TTL_MAX)
         self.read_ahead_blocks = max(1, read_ahead // cache.block_size)
-        self.uid, self.gid = uid, gid
-        self._mode_mask = 0o7555 if read_only else 0o7777  # a read-only volume shows no write bits
-        self._dir_mode = 0o555 if read_only else 0o755
-        self._started = time.time_ns()
-        self._changed = ExpiringCache(math.inf, _NAMES_KEPT)  # directory -> when this daemon last changed its entries
+        self.attributes = ObjectAttributes(store.identity, store.lists_metadata, known_attributes, uid, gid, read_only)
         self._stats = ExpiringCache(metadata_ttl, _NAMES_KEPT)  # path -> info; None: a directory
         self._missing = ExpiringCache(_NEGATIVE_TTL, _NAMES_KEPT)
         self._listings = ExpiringCache(metadata_ttl, _LISTED_ENTRIES_KEPT, weigh=len)  # path -> sorted [(name, info)]
@@ -97,8 +90,6 @@ class ObjectVolume(Volume):
         self._sweeps = DirectorySweeps(prefetcher, self._fill_ahead_of_readers, cache.max_size // _AHEAD_SHARE)
         self._opened_versions = ExpiringCache(math.inf, _NAMES_KEPT)
         self._whole = ExpiringCache(math.inf, _NAMES_KEPT)  # (key, version) of objects filled, or being filled, whole
-        # (key, version) -> the time and mode its metadata holds, which S3 listings do not show
-        self._known = ExpiringCache(math.inf, _NAMES_KEPT)
         self.whole_object_limit = min(_WHOLE_OBJECT_MAX, cache.max_size // _WHOLE_OBJECT_SHARE)
         self.page_feed_limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // _PAGE_FEED_SHARE
         self._feeds: dict[Path, PageFeed] = {}
@@ -118,74 +109,14 @@ class ObjectVolume(Volume):
     def attrs(self, info: ObjectInfo | None, path: Path) -> Attrs:
         """The attributes of the object INFO at PATH, or of the directory PATH (INFO None)."""
         if info is None:
-            changed = self._changed.get(path, self._started)
-            return Attrs(stat.S_IFDIR | self._dir_mode, nlink=2, uid=self.uid, gid=self.gid,
-                         atime_ns=self._started, mtime_ns=changed, ctime_ns=changed)
-        kept = self.kept(info)
-        mtime = self._mtime_ns(info, kept)
-        uid, gid = self._owner(kept)
-        if info.link_target is not None or self._kind(kept) == stat.S_IFLNK:
-            size = info.size if info.link_target is None else len(os.fsencode(info.link_target))
-            return Attrs(stat.S_IFLNK | 0o777, size=size, uid=uid, gid=gid, atime_ns=mtime, mtime_ns=mtime,
-                         ctime_ns=mtime)
-        return Attrs(stat.S_IFREG | self._permissions(info, kept), size=info.size, uid=uid, gid=gid,
-                     blocks=(info.size + 511) // 512, atime_ns=mtime, mtime_ns=mtime, ctime_ns=mtime)
-
-    def _owner(self, kept: dict[str, str]) -> tuple[int, int]:
-        """The owner and group KEPT metadata names, else the volume's."""
-        return parse_id(kept.get(UID), self.uid), parse_id(kept.get(GID), self.gid)
-
-    @staticmethod
-    def _kind(kept: dict[str, str]) -> int:
-        """The file type KEPT metadata's mode names (S_IFMT bits), 0 where it names none."""
-        with contextlib.suppress(ValueError):
-            return stat.S_IFMT(parse_mode(kept.get(MODE, "0")))
-        return 0
-
-    def kept(self, info: ObjectInfo) -> dict[str, str]:
-        """INFO's time and mode metadata: its own, else what was learnt of its version."""
-        kept = kept_posix(info.metadata)
-        if kept or not len(self._known):  # nothing learnt: no lookup (a listing of 100,000 asks for each)
-            return kept
-        return self._known.get((info.key, info.version), {})
-
-    def _mtime_ns(self, info: ObjectInfo, kept: dict[str, str] | None = None) -> int:
-        """INFO's time; KEPT: what `_kept` gave for it, if asked already."""
-        text = (self.kept(info) if kept is None else kept).get(MTIME)
-        if text is not None:
-            with contextlib.suppress(ValueError):
-                return parse_mtime(text)
-        return info.mtime_ns
-
-    def _permissions(self, info: ObjectInfo, kept: dict[str, str] | None = None) -> int:
-        text = (self.kept(info) if kept is None else kept).get(MODE)
-        if text is not None:
-            with contextlib.suppress(ValueError):
-                return parse_mode(text) & self._mode_mask
-        return DEFAULT_MODE & self._mode_mask
-
-    def _learn(self, info: ObjectInfo):
-        """Keeps the time and mode the store gave with INFO for its version, on disk too where listings
-        show no metadata."""
-        kept = kept_posix(info.metadata)
-        if kept and self._known.get((info.key, info.version)) != kept:
-            self._known.put((info.key, info.version), kept)
-            if not self.store.lists_metadata:
-                self.known_attributes.keep(self.store.identity, info.key, info.version, kept)
-
-    def recall_attributes(self, listed: list[ObjectInfo]):
-        """Learns what was kept on disk of the time and mode of objects a listing gave without metadata."""
-        if self.store.lists_metadata:
-            return
-        unknown = {info.key: info.version for info in listed if (info.key, info.version) not in self._known}
-        for key, kept in self.known_attributes.recall(self.store.identity, unknown).items():
-            self._known.put((key, unknown[key]), kept)
+            return self.attributes.of_directory(path, self.dir_prefix(path))
+        return self.attributes.of_object(info)
 
     def remember(self, path: Path, info: ObjectInfo | None):
         self._stats.put(path, info)
         self._missing.pop(path)
         if info is not None:
-            self._learn(info)
+            self.attributes.learn(info)
 
     async def _lookup(self, path: Path) -> ObjectInfo | None:
         """The object at PATH, or None for a directory; NotFound when neither."""
@@ -214,8 +145,11 @@ class ObjectVolume(Volume):
         found = {}
 
         async def directory():
-            page = await self.store.list_page(self._key(path) + "/", page_size=1)
+            marker = self.dir_prefix(path)
+            page = await self.store.list_page(marker, page_size=1)
             found["directory"] = bool(page.objects or page.prefixes)
+            if page.objects and page.objects[0].key == marker:
+                await self._learn_marker(page.objects[0])
 
         async def file():
             with contextlib.suppress(NotFound):
@@ -283,11 +217,67 @@ class ObjectVolume(Volume):
             return False
         return self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch, size=size))
 
+    async def _learn_marker(self, listed: ObjectInfo):
+        """Learns a directory's attributes from its marker LISTED, with a HEAD where listings show no metadata."""
+        if self.store.lists_metadata:
+            self.attributes.learn_marker(listed.key, listed.metadata)
+            return
+        with contextlib.suppress(NotFound):
+            self.attributes.learn_marker(listed.key, (await self.store.stat(listed.key)).metadata)
+
     async def readlink(self, path: Path) -> str:
         info = await self._lookup(path)
-        if info is None or info.link_target is None:
+        if info is not None and info.link_target is not None:
+            return info.link_target
+        if info is None or kind(self.attributes.kept(info)) != stat.S_IFLNK:
             raise OSError(errno.EINVAL, "not a symlink")
-        return info.link_target
+        name, fetch, size = self.piece(path, info, 0, self.cache.block_size)  # s3fs's: the target is the body
+        return os.fsdecode(bytes(await self.cache.read(name, 0, size, fetch, size=size)))
+
+    # Extended attributes: a file's or directory's own (user.*), and read-only ones of fsmount's
+
+    async def getxattr(self, path: Path, name: str) -> bytes:
+        if name in OWN_XATTRS:
+            return await self._own_xattr(path, name)
+        value = (await self.xattrs(path)).get(name) if name.startswith(USER_XATTRS) else None
+        if value is None:
+            raise OSError(errno.ENODATA, "no such attribute")
+        return decode_value(value)
+
+    async def listxattr(self, path: Path) -> list[str]:
+        own = [] if await self._lookup(path) is None else list(OWN_XATTRS)
+        return list(await self.xattrs(path)) + own
+
+    async def _own_xattr(self, path: Path, name: str) -> bytes:
+        """One of fsmount's read-only attributes of the object at PATH."""
+        info = await self._lookup(path)
+        if info is None or info.version.startswith(STAGED_VERSION):
+            raise OSError(errno.ENODATA, "not an object in the store (yet)")
+        if name == OWN_XATTRS[2] and info.content_type is None and not self.store.content_addressed:
+            info = await self.store.stat(info.key)
+        value = {OWN_XATTRS[0]: info.version.strip('"'), OWN_XATTRS[1]: self.store.source_url(info),
+                 OWN_XATTRS[2]: info.content_type, OWN_XATTRS[3]: str(self._cached_bytes(info))}[name]
+        if value is None:
+            raise OSError(errno.ENODATA, "the store names none")
+        return value.encode()
+
+    def _cached_bytes(self, info: ObjectInfo) -> int:
+        """Bytes of INFO in the block cache, or on their way to its disk."""
+        block_size = self.cache.block_size
+        names = ((index, self.block(info, index)) for index in range(-(-info.size // block_size)))
+        return sum(min(block_size, info.size - index * block_size) for index, name in names
+                   if self.cache.filling(name) or self.cache.contains(name))
+
+    async def xattrs(self, path: Path) -> dict[str, str]:
+        """The extended attributes of PATH (name -> base64 value), learning its metadata if need be."""
+        info = await self._lookup(path)
+        if info is None:
+            return xattrs_in(self.attributes.of_marker(self.dir_prefix(path)))
+        if not self.attributes.known(info) and not self.store.lists_metadata and info.link_target is None:
+            stored = await self.store.stat(info.key)
+            self.attributes.learn(stored)
+            info = stored
+        return xattrs_in(self.attributes.kept(info))
 
     async def statvfs(self):
         return None
@@ -401,7 +391,7 @@ class ObjectVolume(Volume):
             return None
         age, listing = known
         self._listings.put(path, listing)
-        self.recall_attributes([info for _, info in listing if info is not None])
+        self.attributes.recall([info for _, info in listing if info is not None])
         if age >= self.metadata_ttl:
             self.prefetcher.spawn(functools.partial(self._list_again, path))
         return listing
@@ -470,8 +460,7 @@ class ObjectVolume(Volume):
         self._listings.update(path[:-1], entries)
 
     def entries_changed(self, directory: Path):
-        """This daemon made or removed a name in DIRECTORY: its mtime and ctime are now (kept in memory only)."""
-        self._changed.put(directory, time.time_ns())
+        self.attributes.entries_changed(directory)
 
     def local_entries(self, path: Path) -> dict[str, ObjectInfo]:
         """Files of directory PATH that only this daemon knows yet, as they are now (staged ones)."""

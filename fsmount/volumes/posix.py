@@ -12,6 +12,11 @@ import urllib.parse
 
 MTIME, MODE, UID, GID, XATTR = "mtime", "mode", "uid", "gid", "xattr"
 POSIX_KEYS = (MTIME, MODE, UID, GID, XATTR)
+USER_XATTRS = "user."  # the namespace of extended attributes kept in objects
+# fsmount's own, read-only: the object's version, its source URL, its content type, and its bytes in the block cache
+OWN_XATTRS = ("user.fsmount.etag", "user.fsmount.url", "user.fsmount.content_type", "user.fsmount.cached")
+STAGED_VERSION = "staged:"  # begins the version of a file staged and not uploaded yet
+METADATA_MOST = 2048  # bytes of keys and values: S3's bound on user metadata (Azure's and GCS's are 8 KiB)
 
 
 def format_mtime(mtime_ns: int) -> str:
@@ -83,6 +88,10 @@ def xattrs_in(kept: dict[str, str]) -> dict[str, str]:
     with contextlib.suppress(ValueError):
         return decode_xattrs(kept.get(XATTR, "{}"))
     return {}
+
+
+def metadata_size(metadata: dict[str, str]) -> int:
+    return sum(len(name.encode()) + len(value.encode()) for name, value in metadata.items())
 
 
 def kept_posix(metadata) -> dict[str, str]:

@@ -24,6 +24,8 @@ import errno
 import logging
 import os
 import stat
+import time
+from dataclasses import dataclass
 
 import trio
 
@@ -32,7 +34,10 @@ from fsmount.staging.area import DEFAULT_MODE, UNLINKED, UPLOADED, StagedFile, S
 from fsmount.stores.base import NotFound, ObjectInfo
 from fsmount.volumes.base import NAME_MAX, AttrChanges, Attrs, FileHandle, Owner, Path
 from fsmount.volumes.objects import ObjectVolume
-from fsmount.volumes.posix import GID, UID, parse_id, posix_metadata, xattrs_in
+from fsmount.volumes.object_attributes import kind
+from fsmount.volumes.posix import (GID, METADATA_MOST, MODE, MTIME, OWN_XATTRS, POSIX_KEYS, STAGED_VERSION, UID, USER_XATTRS, XATTR,
+                                   encode_value, encode_xattrs, format_mode, format_mtime, kept_posix, metadata_size,
+                                   parse_id, posix_metadata, xattrs_in)
 from fsmount.volumes.uploads import UploadSettings, Uploads
 from fsmount.volumes.writable_file import WritableFile
 
@@ -79,7 +84,7 @@ class WritableObjectVolume(ObjectVolume):
         return posix_metadata(staged.mtime_ns, staged.mode, staged.uid, staged.gid, staged.xattrs)
 
     def staged_info(self, staged: StagedFile) -> ObjectInfo:
-        return ObjectInfo(staged.key, staged.size, f"staged:{staged.row}:{staged.changes}", staged.mtime_ns,
+        return ObjectInfo(staged.key, staged.size, f"{STAGED_VERSION}{staged.row}:{staged.changes}", staged.mtime_ns,
                           self._metadata_of(staged))
 
     async def _lookup(self, path: Path) -> ObjectInfo | None:
@@ -151,8 +156,8 @@ class WritableObjectVolume(ObjectVolume):
                 return staged
         model = info or like
         if model is not None:
-            kept = self.kept(model)
-            staged = self.staging.create(self.store.identity, self._key(path), self._permissions(model, kept),
+            kept = self.attributes.kept(model)
+            staged = self.staging.create(self.store.identity, self._key(path), self.attributes.permissions(model, kept),
                                          parse_id(kept.get(UID), None), parse_id(kept.get(GID), None))
             staged.keep(xattrs=xattrs_in(kept), changed=False)
         else:
@@ -176,7 +181,7 @@ class WritableObjectVolume(ObjectVolume):
                     del self._staged[path]
                 self.staging.remove(staged)
                 raise
-            staged.mtime_ns = self._mtime_ns(info)
+            staged.mtime_ns = self.attributes.mtime_ns(info)
             staged.stored = info
             staged.uploaded = staged.changes
             self.staging.set_state(staged, UPLOADED)
@@ -255,7 +260,9 @@ class WritableObjectVolume(ObjectVolume):
         marker = self._new_key(path, "/")
         if await self._lookup_or_absent(path) is not _ABSENT:
             raise OSError(errno.EEXIST, "exists")
-        await self.store.put(marker, b"")
+        metadata = posix_metadata(time.time_ns(), mode, owner.uid, owner.gid, {}, stat.S_IFDIR)
+        await self.store.put(marker, b"", metadata)
+        self.attributes.learn_marker(marker, metadata)
         self.remember(path, None)
         self.relist(path, None)
         self.remember_listing(path, [])  # so the names made in it next need no request to be found new
@@ -281,7 +288,16 @@ class WritableObjectVolume(ObjectVolume):
         return key
 
     async def symlink(self, path: Path, target: str, owner: Owner) -> Attrs:
-        raise OSError(errno.EPERM, "an object store has no symbolic links")
+        """A symlink as s3fs stores one: an object whose body is the target and whose mode says symlink."""
+        key = self._new_key(path)
+        if await self._lookup_or_absent(path) is not _ABSENT:
+            raise OSError(errno.EEXIST, "exists")
+        info = await self.store.put(key, os.fsencode(target),
+                                    posix_metadata(time.time_ns(), 0o777, owner.uid, owner.gid, {}, stat.S_IFLNK))
+        self.made(path)
+        self._now_stored(path, info)
+        self.entries_changed(path[:-1])
+        return self.attrs(info, path)
 
     async def link(self, path: Path, new_path: Path) -> Attrs:
         raise OSError(errno.EPERM, "an object store has no hard links")
@@ -302,15 +318,19 @@ class WritableObjectVolume(ObjectVolume):
     async def rmdir(self, path: Path):
         if await self._lookup(path) is not None:
             raise OSError(errno.ENOTDIR, "not a directory")
+        await self._check_empty(path)
+        await self._delete(self.dir_prefix(path))
+        self._forget(path)
+        self.forget_listings(path)
+
+    async def _check_empty(self, path: Path):
+        """ENOTEMPTY unless directory PATH holds nothing, staged files waiting for upload included."""
         if any(staged_path[:len(path)] == path for staged_path in self._staged):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
         prefix = self.dir_prefix(path)
         page = await self.store.list_page(prefix, page_size=2)
         if page.prefixes or any(info.key != prefix for info in page.objects):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
-        await self._delete(prefix)
-        self._forget(path)
-        self.forget_listings(path)
 
     async def _delete(self, key: str):
         with contextlib.suppress(NotFound):
@@ -370,9 +390,7 @@ class WritableObjectVolume(ObjectVolume):
     async def _rename_directory(self, path: Path, new_path: Path, target_exists: bool):
         old_prefix, new_prefix = self.dir_prefix(path), self.dir_prefix(new_path)
         if target_exists:
-            page = await self.store.list_page(new_prefix, page_size=2)
-            if page.prefixes or any(info.key != new_prefix for info in page.objects):
-                raise OSError(errno.ENOTEMPTY, "directory not empty")
+            await self._check_empty(new_path)
         keys = []
         async for page in self.store.list(old_prefix, delimiter=""):
             keys += [info.key for info in page.objects]
@@ -444,35 +462,102 @@ class WritableObjectVolume(ObjectVolume):
                     await self.uploads.closed(staged)
         mode = None if changes.mode is None else changes.mode & 0o7777
         if any(value is not None for value in (changes.mtime_ns, mode, changes.uid, changes.gid)):
-            await self._keep(path, changes.mtime_ns, mode, changes.uid, changes.gid)
+            await self._keep(path, Posix(changes.mtime_ns, mode, changes.uid, changes.gid))
         return await self.getattr(path)
 
-    async def _keep(self, path: Path, mtime_ns: int | None, mode: int | None, uid: int | None, gid: int | None):
-        """A time, mode or owner set (None: as it is). A staged file not uploaded yet takes them to its
-        upload; else the object is copied onto itself with them in its metadata."""
+    async def setxattr(self, path: Path, name: str, value: bytes):
+        if name in OWN_XATTRS:
+            raise OSError(errno.EPERM, "fsmount's own attributes are read-only")
+        if not name.startswith(USER_XATTRS):
+            raise OSError(errno.ENOTSUP, "an object keeps user.* attributes only")
+        await self._keep(path, Posix(xattrs=await self.xattrs(path) | {name: encode_value(value)}))
+
+    async def removexattr(self, path: Path, name: str):
+        xattrs = await self.xattrs(path)
+        if name not in xattrs:
+            raise OSError(errno.ENODATA, "no such attribute")
+        await self._keep(path, Posix(xattrs={key: value for key, value in xattrs.items() if key != name}))
+
+    async def _keep(self, path: Path, changes: "Posix"):
+        """Attributes set (None: as they are). A staged file not uploaded yet takes them to its upload; else
+        the object, or the directory's marker, is written again with them in its metadata."""
         current = await self._lookup(path)
         if current is None:
+            await self._keep_directory(path, changes)
             return
-        kept = self.kept(current)
-        owner = self._owner(kept)
-        if (mtime_ns in (None, self._mtime_ns(current, kept)) and mode in (None, self._permissions(current, kept))
-                and uid in (None, owner[0]) and gid in (None, owner[1])):
-            return  # nothing changes: a copy would cost a request, and break a stream
         staged = self._staged.get(path)
         if staged is not None and staged.dirty:
-            staged.keep(mtime_ns, mode, uid, gid)
+            _check_size(changes.metadata_over(self._metadata_of(staged)))
+            staged.keep(changes.mtime_ns, changes.mode, changes.uid, changes.gid, changes.xattrs)
             self.uploads.break_stream(staged)  # its parts went without them
             if not staged.handles:  # closed: its write-back time starts again (or, with none, it goes up now)
                 await self.uploads.closed(staged)
             return
         key = self._key(path)
-        stored = (await self.store.stat(key)).metadata  # a listing's info has none, and the copy replaces it all
-        changed = posix_metadata(self._mtime_ns(current, kept) if mtime_ns is None else mtime_ns,
-                                 self._permissions(current, kept) if mode is None else mode,
-                                 parse_id(kept.get(UID), None) if uid is None else uid,
-                                 parse_id(kept.get(GID), None) if gid is None else gid, xattrs_in(kept))
-        copied = await self.store.copy(key, key, dict(stored) | changed)
+        stored = await self.store.stat(key)  # a listing's info has no metadata, and the copy replaces it all
+        self.attributes.learn(stored)
+        kept = self.attributes.kept(stored)
+        metadata = changes.metadata_over(self._posix_now(stored, kept))
+        if metadata == kept_posix(stored.metadata):
+            return  # nothing changes: a copy would cost a request, and break a stream
+        _check_size(metadata)
+        others = {name: text for name, text in stored.metadata.items() if name not in POSIX_KEYS}
+        copied = await self.store.copy(key, key, others | metadata)
         self._now_stored(path, copied)
         if staged is not None:
-            staged.keep(mtime_ns, mode, uid, gid, changed=False)
+            staged.keep(changes.mtime_ns, changes.mode, changes.uid, changes.gid, changes.xattrs, changed=False)
             staged.stored = copied
+
+    def _posix_now(self, info: ObjectInfo, kept: dict[str, str]) -> dict[str, str]:
+        """The POSIX metadata of the object INFO as it shows now, KEPT being what it holds."""
+        attributes = self.attributes
+        return posix_metadata(attributes.mtime_ns(info, kept), attributes.permissions(info, kept),
+                              parse_id(kept.get(UID), None), parse_id(kept.get(GID), None), xattrs_in(kept),
+                              kind(kept) or stat.S_IFREG)
+
+    async def _keep_directory(self, path: Path, changes: "Posix"):
+        """Attributes of a directory set: its marker is written with them (an implicit directory gets one)."""
+        if not path:
+            return  # the volume's root has no marker of its own
+        marker = self.dir_prefix(path)
+        kept = self.attributes.of_marker(marker)
+        now = self.attrs(None, path)
+        metadata = changes.metadata_over(posix_metadata(
+            now.mtime_ns, now.mode, parse_id(kept.get(UID), None), parse_id(kept.get(GID), None), xattrs_in(kept),
+            stat.S_IFDIR))
+        if metadata == kept:
+            return
+        _check_size(metadata)
+        await self.store.put(marker, b"", metadata)
+        self.attributes.learn_marker(marker, metadata)
+
+
+@dataclass(frozen=True)
+class Posix:
+    """Attributes to set; None leaves one as it is."""
+    mtime_ns: int | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    xattrs: dict[str, str] | None = None
+
+    def metadata_over(self, metadata: dict[str, str]) -> dict[str, str]:
+        """METADATA (as `posix_metadata` makes it) with these changes made."""
+        changed = dict(metadata)
+        kind_bits = stat.S_IFMT(int(metadata[MODE]))
+        for name, value in ((MTIME, None if self.mtime_ns is None else format_mtime(self.mtime_ns)),
+                            (MODE, None if self.mode is None else format_mode(self.mode, kind_bits)),
+                            (UID, None if self.uid is None else str(self.uid)),
+                            (GID, None if self.gid is None else str(self.gid))):
+            if value is not None:
+                changed[name] = value
+        if self.xattrs is not None:
+            changed.pop(XATTR, None)
+            if self.xattrs:
+                changed[XATTR] = encode_xattrs(self.xattrs)
+        return changed
+
+
+def _check_size(metadata: dict[str, str]):
+    if metadata_size(metadata) > METADATA_MOST:
+        raise OSError(errno.ENOSPC, f"an object's metadata holds at most {METADATA_MOST} bytes")
