@@ -41,12 +41,24 @@ from the start, one GET a file by fsmount's client of small GETs, reads answered
 cache). `fsmount-host` reads the small-object epoch from a local copy through a linked host volume
 of fsmount: what its warm epoch is held to.
 
+The apps rows run programs people point at a mount, each on a fresh mount into a prefix of its own, timed from the
+program's start until the server holds exactly what it wrote: every file at its size and nothing else, directory
+markers aside (a temporary object left behind never passes): `rsync -a` of a tree of 2,000 files of 0-8 KiB in 100
+directories from a local copy in the page cache; `tar x` of a tar of the same tree; `git clone --no-hardlinks` of a
+local repository of 300 commits of 36 files (the working tree and .git as a local clone has them); and one
+transaction of 5,000 UPDATEs of random rows through Python's sqlite3 (its default rollback journal) on a 50 MiB
+database `cp`'d into the mount before the timer, until the server holds the database at its new size and no journal.
+The tree, the tar, the repository and the database are made once from fixed seeds. With SeaweedFS each row is
+followed by the requests the server answered during it, rsync's also per file; they leave out the listings the bench
+sends itself while it waits for a program's files (one every 1% of the time so far). A row a tool fails shows n/a
+for it (the error on stderr); rclone-nocache, the floor and fsmount-host are not measured there.
+
 The tools, the floor and the server alone take turns, round after round (3 by default), each round
 starting one further along: what the one before leaves behind (a server still busy with its writes,
 or warm from its reads) falls on each in turn. A row shows the median of the rounds (the RSS row
 their largest), so a slow minute of the machine or the server does not decide a row. `--rows`
 picks groups of rows (default: all): read, random, ls, cp, writes, epoch, far, mid, parallel, ttfb, parquet,
-scale.
+scale, apps.
 Prints a Markdown table with fsmount/peer ratios, and each round's numbers on stderr.
 """
 import argparse
@@ -109,6 +121,21 @@ SEEDED_ROW = "random 4 KiB reads, warm, 1,000,000 more blocks indexed"
 FAR_MS = 20  # each request held this long on its way to the server: a cloud region's round trip
 FAR_FILES = 1000  # of the epoch's, in its order: at 20 ms a request, s3fs reads ~60 a second
 FAR_ROW = f"small-object epoch, 8 readers, cold, {FAR_MS} ms from the server"
+APPS_FILES, APPS_DIRS, APPS_MAX_SIZE = 2000, 100, 8 * 1024  # the tree rsync and tar write
+APPS_SEED = 27  # of the tree, the repository and the database, and of the rows the transaction updates
+GIT_COMMITS, GIT_FILES = 300, 36
+GIT_START = 1767225600  # the first commit's time, the clones' too
+GIT_ENV = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"} | {  # clones alike, their reflogs too
+    f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+    for what, value in (("NAME", "Bench"), ("EMAIL", "bench@example.org"), ("DATE", f"{GIT_START} +0000"))}
+SQLITE_ROWS, SQLITE_UPDATES = 200_000, 5_000
+RSYNC_ROW = "rsync -a of 2,000 files of 0-8 KiB"
+RSYNC_PER_FILE_ROW = "requests per rsync'd file"
+TAR_ROW = "tar x of 2,000 files of 0-8 KiB"
+GIT_ROW = "git clone --no-hardlinks of 300 commits"
+SQLITE_ROW = "SQLite: 5,000 UPDATEs in one transaction, 50 MiB database"
+PROGRAM_TIMEOUT = 600  # seconds an apps row's program may take: a tool that hangs it fails the row
+STALL = 120  # seconds the server's listing may stay short of what a program wrote before the row fails
 GROUPS = {
     "read": ["sequential read 1 GiB, cold", "sequential read 1 GiB, warm"],
     "random": ["random 4 KiB reads, cold", "random 4 KiB reads, warm"],
@@ -123,6 +150,7 @@ GROUPS = {
     "parquet": [PARQUET_ROW],
     "far": [FAR_ROW],
     "scale": [LS_HUGE_ROW, LS_HUGE_AGAIN_ROW, FIND_HUGE_ROW, HUGE_RSS_ROW, SEEDED_ROW],
+    "apps": [RSYNC_ROW, RSYNC_PER_FILE_ROW, TAR_ROW, GIT_ROW, SQLITE_ROW],
 }
 LOADER_GROUPS = {"epoch", "mid", "parallel", "ttfb", "parquet", "far"}
 ONCE = {"scale"}  # groups measured in the first round only
@@ -153,6 +181,11 @@ ROWS = [  # (row, unit, higher is better)
     (FIND_HUGE_ROW, "s", False),
     (HUGE_RSS_ROW, "MiB", False),
     (SEEDED_ROW, "IOPS", True),
+    (RSYNC_ROW, "s", False),
+    (RSYNC_PER_FILE_ROW, "requests/file", False),
+    (TAR_ROW, "s", False),
+    (GIT_ROW, "s", False),
+    (SQLITE_ROW, "s", False),
     ("daemon peak RSS", "MiB", False),
 ]
 PEAK_ROWS = {"daemon peak RSS", HUGE_RSS_ROW}  # the largest of the rounds, where other rows show their median
@@ -174,6 +207,7 @@ class Server:
         self.process = None
         self.loop = asyncio.new_event_loop()
         self.store = None
+        self.listings = 0  # pages of listings the bench asked for itself
 
     def start(self):
         self.process = subprocess.Popen([str(ROOT / "scripts" / "serve"), self.name, str(self.port), str(self.work / self.name)],
@@ -270,6 +304,7 @@ class Server:
             found, token = [], None
             while True:
                 page = await self.store.list_page(prefix, "", token)
+                self.listings += 1
                 found += page.objects
                 token = page.next_token
                 if token is None:
@@ -536,11 +571,12 @@ def mounted_session(tool: Tool, keep_cache: bool = False):
 
 
 def counted(server: Server, row: str, measurement) -> dict:
-    """ROW's value, `measurement()`, and the requests the server answered meanwhile where it counts them."""
-    before = server.requests()
+    """ROW's value, `measurement()`, and the requests the server answered meanwhile where it counts them, less the
+    pages of listings the bench asked for itself (waiting for what a program wrote)."""
+    before, listings = server.requests(), server.listings
     results = {row: measurement()}
     if before is not None:
-        results[row + REQUESTS] = server.requests() - before
+        results[row + REQUESTS] = server.requests() - before - (server.listings - listings)
     return results
 
 
@@ -759,9 +795,211 @@ def seed_index(index: Path, count: int):
                              ((f"seeded-{number:064d}",) for number in range(count)))
 
 
+def make_apps(apps: Path):
+    """What the apps rows write, made once from APPS_SEED: the tree of APPS_FILES files of 0 to APPS_MAX_SIZE bytes
+    in APPS_DIRS directories and a tar of it, the repository and a clone of it made as the row makes one, the
+    database and a copy of it after the row's transaction: the clone and the copy are what the server must hold."""
+    rng = random.Random(APPS_SEED)
+    for index in range(APPS_FILES):
+        path = apps / "tree" / f"d{index % APPS_DIRS:02d}" / f"file-{index:04d}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randint(0, APPS_MAX_SIZE)))
+    subprocess.run(["tar", "cf", str(apps / "tree.tar"), "--sort=name", "-C", str(apps / "tree"), "."], check=True)
+    make_repository(apps / "repository.git", rng)
+    subprocess.run(["git", "clone", "--no-hardlinks", "-q", str(apps / "repository.git"), str(apps / "clone")],
+                   check=True, env=git_environment())
+    make_database(apps / "bench.db", rng)
+    shutil.copy(apps / "bench.db", apps / "updated.db")
+    transaction(apps / "updated.db")
+
+
+def git_environment() -> dict:
+    return {**os.environ, **GIT_ENV}
+
+
+def make_repository(repository: Path, rng: random.Random):
+    """A bare repository of GIT_COMMITS commits a minute apart on `main`, the first adding GIT_FILES files of 41
+    lines, each other rewriting a line of 3 of them and adding two; made by `git fast-import` and packed by `git gc`,
+    as a repository in use is."""
+    def line() -> str:
+        return f"value_{rng.randrange(10**6)} = {rng.randbytes(20).hex()!r}\n"
+
+    files = {f"pkg{index % 4}/module{index:02d}.py": [f"# module {index}\n"] + [line() for _ in range(40)]
+             for index in range(GIT_FILES)}
+    stream = []
+    for number in range(GIT_COMMITS):
+        touched = sorted(files) if number == 0 else rng.sample(sorted(files), 3)
+        for path in touched if number else ():
+            lines = files[path]
+            lines[rng.randrange(len(lines))] = line()
+            lines += [line(), line()]
+        message = f"commit {number}\n".encode()
+        who = f"Bench <bench@example.org> {GIT_START + 60 * number} +0000"
+        stream.append(f"commit refs/heads/main\nauthor {who}\ncommitter {who}\ndata {len(message)}\n".encode()
+                      + message)
+        for path in touched:
+            data = "".join(files[path]).encode()
+            stream.append(f"M 100644 inline {path}\ndata {len(data)}\n".encode() + data + b"\n")
+    subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(repository)], check=True, env=git_environment())
+    subprocess.run(["git", "-C", str(repository), "fast-import", "--quiet"], input=b"".join(stream), check=True,
+                   env=git_environment())
+    subprocess.run(["git", "-C", str(repository), "-c", "pack.threads=1", "gc", "--quiet"], check=True,
+                   env=git_environment())
+
+
+def make_database(database: Path, rng: random.Random):
+    """SQLITE_ROWS rows of an integer key and 240 characters of text: ~50 MiB."""
+    import sqlite3
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        connection.executemany("INSERT INTO items VALUES (?, ?)",
+                               ((key, rng.randbytes(120).hex()) for key in range(SQLITE_ROWS)))
+
+
+def transaction(database: Path):
+    """One transaction of SQLITE_UPDATES UPDATEs of random rows, each row's text made 400 characters long (so
+    the database grows), through Python's sqlite3 with its default rollback journal."""
+    import sqlite3
+    rng = random.Random(APPS_SEED)
+    updates = [(rng.randbytes(200).hex(), key) for key in rng.sample(range(SQLITE_ROWS), SQLITE_UPDATES)]
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        connection.executemany("UPDATE items SET body = ? WHERE id = ?", updates)
+
+
+def read_tree(directory: Path):
+    """Every file under DIRECTORY read once, so that a row copies it from memory, not from the local disk."""
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            (Path(parent) / name).read_bytes()
+
+
+def sizes(directory: Path, prefix: str) -> dict[str, int]:
+    """The key under PREFIX and the size of every file under DIRECTORY: what a copy of it makes."""
+    return {f"{prefix}/{(Path(parent) / name).relative_to(directory)}": os.lstat(Path(parent) / name).st_size
+            for parent, _, names in os.walk(directory) for name in names}
+
+
+def run_program(command: list[str], **options):
+    """Runs COMMAND, failing with the last lines it wrote on stderr when it fails or takes over PROGRAM_TIMEOUT."""
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=PROGRAM_TIMEOUT, **options)
+    if done.returncode:
+        said = "\n".join(done.stderr.strip().splitlines()[-4:])
+        raise RuntimeError(f"{command[0]} exited with {done.returncode} ({len(done.stderr.splitlines())} lines on "
+                           f"stderr), last:\n{said}")
+
+
+def until_holds(server: Server, prefix: str, expected: dict[str, int], start: float) -> float:
+    """Seconds from START until the objects under PREFIX are EXPECTED's keys at their sizes and no others,
+    directory markers aside: a temporary object left behind never passes. Listed every 1% of the time so far (at
+    least 20 ms), so that listings of thousands of objects do not crowd the tool; fails once the listing has
+    stayed short of EXPECTED, unchanged, for STALL seconds."""
+    held, changed = None, time.perf_counter()
+    while True:
+        listed = {key: size for key, size in server.listed(f"{prefix}/") if not key.endswith("/")}
+        now = time.perf_counter()
+        if listed == expected:
+            return now - start
+        if listed != held:
+            held, changed = listed, now
+        elif now - changed > STALL:
+            raise RuntimeError(f"the server's objects under {prefix}/ stayed {STALL} s as they were: "
+                               + difference(listed, expected))
+        time.sleep(max(0.02, (now - start) / 100))
+
+
+def difference(held: dict[str, int], expected: dict[str, int]) -> str:
+    """What HELD lacks, has beside and has at another size than EXPECTED, with a few keys of each."""
+    wrong = [f"{key} ({held[key]} bytes, not {expected[key]})" for key in sorted(held.keys() & expected.keys())
+             if held[key] != expected[key]]
+    return "; ".join(f"{len(keys)} {what}: {', '.join(keys[:5])}" for what, keys in (
+        ("missing", sorted(expected.keys() - held.keys())), ("more", sorted(held.keys() - expected.keys())),
+        ("of another size", wrong)) if keys)
+
+
+def rsynced(tool: Tool, apps: Path, prefix: str) -> dict:
+    """`rsync -a` of the tree into PREFIX, with the requests the server answered during it."""
+    target, expected = tool.root / prefix, sizes(apps / "tree", prefix)
+    target.mkdir(parents=True)
+    read_tree(apps / "tree")
+
+    def row() -> float:
+        start = time.perf_counter()
+        run_program(["rsync", "-a", f"{apps / 'tree'}/", str(target)])
+        return until_holds(tool.server, prefix, expected, start)
+
+    return counted(tool.server, RSYNC_ROW, row)
+
+
+def untarred(tool: Tool, apps: Path, prefix: str) -> dict:
+    """`tar x` of the tree's tar into PREFIX."""
+    target, expected = tool.root / prefix, sizes(apps / "tree", prefix)
+    target.mkdir(parents=True)
+    (apps / "tree.tar").read_bytes()  # into the page cache
+
+    def row() -> float:
+        start = time.perf_counter()
+        run_program(["tar", "xf", str(apps / "tree.tar"), "-C", str(target)])
+        return until_holds(tool.server, prefix, expected, start)
+
+    return counted(tool.server, TAR_ROW, row)
+
+
+def cloned(tool: Tool, apps: Path, prefix: str) -> dict:
+    """`git clone --no-hardlinks` of the repository into PREFIX. The server must hold every file of the local clone
+    (working tree and .git) at its size, .git/config at the size the mount shows once the clone is done: there
+    git writes what it found the file system to do (`filemode = false`, `symlinks = false` where chmod or symlinks
+    fail), so its size is the tool's."""
+    target, expected = tool.root / prefix, sizes(apps / "clone", prefix)
+    target.mkdir(parents=True)
+    read_tree(apps / "repository.git")
+
+    def row() -> float:
+        start = time.perf_counter()
+        run_program(["git", "clone", "--no-hardlinks", "-q", str(apps / "repository.git"), str(target)],
+                    env=git_environment())
+        config = {f"{prefix}/.git/config": (target / ".git" / "config").stat().st_size}
+        return until_holds(tool.server, prefix, expected | config, start)
+
+    return counted(tool.server, GIT_ROW, row)
+
+
+def transacted(tool: Tool, apps: Path, prefix: str) -> dict:
+    """The database `cp`'d into PREFIX, and held by the server, before the timer; then one transaction on it through
+    the mount, timed until the server holds the database at its new size and no journal."""
+    database = tool.root / prefix / "bench.db"
+    database.parent.mkdir(parents=True)
+    run_program(["cp", str(apps / "bench.db"), str(database)])
+    until_holds(tool.server, prefix, {f"{prefix}/bench.db": (apps / "bench.db").stat().st_size}, time.perf_counter())
+
+    def row() -> float:
+        start = time.perf_counter()
+        transaction(database)
+        return until_holds(tool.server, prefix, {f"{prefix}/bench.db": (apps / "updated.db").stat().st_size}, start)
+
+    return counted(tool.server, SQLITE_ROW, row)
+
+
+def measure_apps(tool: Tool, apps: Path, round_number: int) -> dict:
+    """The apps rows, each on a fresh mount into a prefix of its own. A row the tool fails is left out (n/a in
+    the table) and the run goes on: one program a tool cannot serve does not end it."""
+    results = {}
+    for row, measurement, name in ((RSYNC_ROW, rsynced, "rsync"), (TAR_ROW, untarred, "tar"), (GIT_ROW, cloned, "git"),
+                                   (SQLITE_ROW, transacted, "sqlite")):
+        try:
+            with mounted_session(tool):
+                results |= measurement(tool, apps, f"apps-{tool.name}-{round_number}/{name}")
+        except Exception as error:  # whatever the program or the tool did, the row is n/a
+            print(f"{tool.name} failed the row {row!r}: {error}", file=sys.stderr, flush=True)
+    if RSYNC_ROW + REQUESTS in results:
+        results[RSYNC_PER_FILE_ROW] = results[RSYNC_ROW + REQUESTS] / APPS_FILES
+    return results
+
+
 def groups_of(tool: Tool) -> set[str]:
-    """The groups of rows TOOL is measured in: rclone without its cache where it is at its best; rclone's `ls -l`
-    asks a HEAD of every object (10,000 took ~10 s), so the 100,000-object rows leave it out."""
+    """The groups of rows TOOL is measured in: rclone without its cache where it is at its best (not the apps rows,
+    which need its cache); rclone's `ls -l` asks a HEAD of every object (10,000 took ~10 s), so the 100,000-object
+    rows leave it out."""
     if tool.name == HOST:
         return {"epoch"}
     if tool.name == FLOOR:
@@ -774,22 +1012,23 @@ def groups_of(tool: Tool) -> set[str]:
 
 
 def summary(rounds: list[dict]) -> dict:
-    """One tool's rows over the rounds: the median of each, the largest peak RSS."""
+    """One tool's rows over the rounds that have them: the median of each, the largest peak RSS."""
     return {row: (max if row in PEAK_ROWS else statistics.median)([values[row] for values in rounds if row in values])
-            for row in rounds[0]}
+            for row in {row for values in rounds for row in values}}
 
 
 def table(results: dict[str, dict], peers: list[str]) -> str:
-    """The rows fsmount has, each followed by the requests the server answered during it where counted."""
+    """The rows any tool has (n/a where one failed or was not measured), each followed by the requests the server
+    answered during it where counted."""
     lines = ["| row | unit | fsmount | " + " | ".join(peers) + " | " + " | ".join(f"fsmount/{p}" for p in peers) + " |",
              "|---|---|---:|" + "---:|" * (2 * len(peers))]
     for row, unit, higher in ROWS:
         for name, unit in ((row, unit), (row + REQUESTS, "requests")):
             ours = results["fsmount"].get(name)
-            if ours is None:
-                continue
             values = [results[peer].get(name) for peer in peers]
-            ratios = [f"{ours / value:.2f}" if value else "n/a" for value in values]
+            if ours is None and values.count(None) == len(values):
+                continue
+            ratios = [f"{ours / value:.2f}" if value and ours is not None else "n/a" for value in values]
             better = "higher is better" if higher and unit != "requests" else "lower is better"
             cells = ["n/a" if value is None else f"{value:.0f}" if unit in ("IOPS", "MiB", "requests", "files/s")
                      else f"{value:.2f}" for value in [ours] + values]
@@ -837,6 +1076,8 @@ def main():
         print(f"loading data into {server.name} at {server.url} ...", file=sys.stderr, flush=True)
         server.load(source / "load", size, groups, work / "host")
         (source / "load").unlink()
+        if "apps" in groups:
+            make_apps(work / "apps")
         alone = [None] if groups & {"read", "writes"} else []  # the server alone, which takes its turn as the tools do
         turns = [*tools, *alone]
         rounds = {name: [] for name in [*names, SERVER_ALONE]}
@@ -860,6 +1101,8 @@ def main():
                         measured |= measure_scale(tool, args.fio_seconds)
                     if "writes" in measured_groups:
                         measured |= measure_writes(tool, source, round_number)
+                    if "apps" in measured_groups:
+                        measured |= measure_apps(tool, work / "apps", round_number)
                     measured["daemon peak RSS"] = tool.peak_rss
                 print(f"round {round_number}: {name}: {json.dumps(measured)}", file=sys.stderr, flush=True)
                 rounds[name].append(measured)
