@@ -19,7 +19,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fsmount.stores.base import RangeRequest  # noqa: E402
-from fsmount.stores.curl import CurlGets  # noqa: E402
+from fsmount.stores.curl import CurlRequests  # noqa: E402
 
 TIMEOUT = 300
 
@@ -30,7 +30,7 @@ class TreeFloor(pyfuse3.Operations):
         self.children: dict[int, dict[bytes, int]] = {pyfuse3.ROOT_INODE: {}}
         self.objects: dict[int, dict] = {}
         self.fetches: dict[int, tuple[trio.Event, list]] = {}  # inode -> (fetched, [bytes])
-        self.gets = CurlGets(64)
+        self.gets = CurlRequests(64)
         for entry in objects:
             parent = pyfuse3.ROOT_INODE
             *directories, name = entry["path"].split("/")

@@ -97,10 +97,12 @@ class _Budget:
         while self.taken and self.taken + size > self.limit:
             await self._waiting.park()
         self.taken += size
+        if self.taken < self.limit:
+            self._waiting.unpark()  # the next taker may fit too: each wakes one, not every one at each release
 
     def release(self, size: int):
         self.taken -= size
-        self._waiting.unpark_all()
+        self._waiting.unpark()
 
 
 class BlockCache:
@@ -138,6 +140,7 @@ class BlockCache:
         self._filled = FilledBlocks(memory)
         self._unwritten = _Budget(unwritten)
         self._queued: trio.MemorySendChannel | None = None  # to the writers, while they run
+        self._queued_background: trio.MemorySendChannel | None = None  # to the writer of background fills
         self._fetchers: trio.Nursery | None = None  # where large blocks are fetched while their readers go on
         self._writers_done = trio.Event()
 
@@ -317,24 +320,29 @@ class BlockCache:
             return
         filling.arrival.end()
         filling.fetched.set()
-        if self._queued is not None and not background:
-            self._queued.send_nowait((name, filling, page_cache))
+        queued = self._queued_background if background else self._queued
+        if queued is not None:
+            queued.send_nowait((name, filling, page_cache))
         else:
+            if background:
+                await when_idle()  # readers of the block meanwhile have its bytes from the fill
             await self._write([(name, filling, page_cache)], background)
 
     async def write_behind(self, task_status=trio.TASK_STATUS_IGNORED):
         """For as long as it runs, fetched blocks are written by writers of their own, in batches, while
         their readers are answered from memory: no reader waits for the disk or the index."""
         send, receive = trio.open_memory_channel(math.inf)  # the budget of unwritten bytes bounds it
+        send_background, receive_background = trio.open_memory_channel(math.inf)
         self._writers_done = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
                 for _ in range(_WRITERS):
-                    nursery.start_soon(self._write_queued, receive)
-                self._queued, self._fetchers = send, nursery
+                    nursery.start_soon(self._write_queued, receive, False)
+                nursery.start_soon(self._write_queued, receive_background, True)
+                self._queued, self._queued_background, self._fetchers = send, send_background, nursery
                 task_status.started()
         finally:
-            self._queued = self._fetchers = None
+            self._queued = self._queued_background = self._fetchers = None
             self._writers_done.set()
 
     async def write_queued(self):
@@ -342,17 +350,24 @@ class BlockCache:
         what it fetched (a remount read them again from the store otherwise)."""
         if self._queued is not None:
             queued, self._queued = self._queued, None  # a fetch that ends meanwhile writes its block itself
+            queued_background, self._queued_background = self._queued_background, None
             await queued.aclose()  # the writers take what is queued, then stop
+            await queued_background.aclose()
             await self._writers_done.wait()
 
-    async def _write_queued(self, receive):
+    async def _write_queued(self, receive, background: bool):
+        """Writes what RECEIVE brings, in batches. BACKGROUND: once the daemon is idle, each batch of what
+        came until then (the fills that put uploaded files into the cache, one file each: written one by
+        one they took the loop's thread from the uploads of an rsync)."""
         async for first in receive:
+            if background:
+                await when_idle()
             batch = [first]
             with contextlib.suppress(trio.WouldBlock):
                 while len(batch) < _BATCH_MOST:
                     batch.append(receive.receive_nowait())
             try:
-                await self._write(batch, background=False)
+                await self._write(batch, background)
             except Exception as error:  # the readers have their bytes; the next ones fetch them again
                 log.warning("%d cache blocks could not be written: %s", len(batch), error,
                             exc_info=not isinstance(error, OSError))
@@ -361,10 +376,8 @@ class BlockCache:
         """Puts the fetched blocks of BATCH ((name, fill, page_cache) each) into the cache, however many they
         are, in one trip to a worker thread: the small ones packed into segments, one write for those
         of a segment, entered in the index once written; the large ones in files of their own, entered as
-        not ready before. BACKGROUND: once the daemon is idle, by the low-priority thread."""
+        not ready before. BACKGROUND: by the low-priority thread."""
         try:
-            if background:
-                await when_idle()  # readers of the blocks meanwhile have their bytes from the fills
             self._make_room(sum(len(filling.data) for _, filling, _ in batch))
             packed = [(name, filling.data) for name, filling, _ in batch if len(filling.data) < PACKED_BELOW]
             files = [(name, filling.data, 0 if page_cache else self._direct)

@@ -25,8 +25,8 @@ from azure.storage.blob import BlobBlock, ContainerSasPermissions, generate_cont
 from azure.storage.blob.aio import BlobServiceClient
 
 from fsmount.credentials import AzureCredentials
-from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store,
-                                 Unavailable, content_md5, metadata_of, read_part, status_error, uploaded)
+from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Reply,
+                                 Request, Store, Unavailable, content_md5, metadata_of, read_part, status_error, uploaded)
 from fsmount.stores.ranges import RangeFetcher
 
 _SAS_LIFETIME = datetime.timedelta(hours=2)
@@ -123,6 +123,9 @@ class AzureStore(Store):
                 self._sas = (time.monotonic() + _SAS_LIFETIME.total_seconds() / 2, token)
             return self._sas[1]
 
+    def signs_at_once(self) -> bool:
+        return True  # a SAS is an HMAC of the account key, or the one configured
+
     def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
         return RangeRequest(key, start, length, self._url(key, fresh=fresh), {"If-Match": version})
 
@@ -151,11 +154,13 @@ class AzureStore(Store):
         prefixes = [_name(entry) for entry in answer.iterfind("Blobs/BlobPrefix")]
         return ListPage(objects, prefixes, answer.findtext("NextMarker") or None)
 
-    def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+    def put_request(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> Request:
         headers = {"x-ms-blob-type": "BlockBlob", "Content-MD5": content_md5(data),
                    **{f"x-ms-meta-{name}": value for name, value in (metadata or {}).items()}}
-        reply = self.fetcher.send("PUT", self._url(key), data, headers, f"PUT {key}")
-        return uploaded(key, len(data), _etag(reply.headers["etag"]), metadata)
+        return Request("PUT", self._url(key), data, headers, f"PUT {key}")
+
+    def put_result(self, key: str, size: int, metadata: dict[str, str] | None, reply: Reply) -> ObjectInfo:
+        return uploaded(key, size, _etag(reply.headers["etag"]), metadata)
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         return uuid.uuid4().hex  # the blocks' ids begin with it; nothing is asked of the server until then

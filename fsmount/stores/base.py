@@ -16,6 +16,7 @@ import typing
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 if typing.TYPE_CHECKING:
     from fsmount.stores.ranges import RangeFetcher
@@ -64,6 +65,28 @@ class RangeRequest:
     length: int
     url: str
     headers: dict[str, str] = field(default_factory=dict)  # pins the version, authorizes
+    version_in_url: bool = False  # the URL names the version: a 404 says that version is gone
+
+    def stale_if_gone(self, error: "NotFound") -> OSError:
+        """What a 404 to this GET means."""
+        if self.version_in_url:
+            return PreconditionFailed(f"GET {self.key}: version gone")
+        return error
+
+
+class Request(NamedTuple):
+    """A signed request with a body (an upload), in the order `RangeFetcher.send` takes it."""
+    method: str
+    url: str
+    body: bytes | None
+    headers: dict[str, str]
+    what: str  # what errors and logs call it: "PUT key"
+
+
+class Reply(NamedTuple):
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
 
 
 class StoreError(OSError):
@@ -163,17 +186,23 @@ class Store(abc.ABC):
         """The bytes of `range_request`, sent from this (worker) thread; fewer at the end, b"" past it."""
         return self.fetcher.get(self.range_request(key, start, length, version, fresh))
 
-    async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
-        return await asyncio.to_thread(self.upload_bytes, key, data, metadata)
-
     def upload_file(self, key: str, path: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         """Sends the whole file at PATH in one request. Called from worker threads, and it blocks."""
         with open(path, "rb") as stream:
             return self.upload_bytes(key, stream.read(), metadata)
 
-    @abc.abstractmethod
     def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         """Makes KEY of DATA in one request. Called from worker threads: thread-safe, and it blocks."""
+        return self.put_result(key, len(data), metadata, self.fetcher.send(*self.put_request(key, data, metadata)))
+
+    @abc.abstractmethod
+    def put_request(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> Request:
+        """The one request that makes KEY of DATA with METADATA, signed. Thread-safe; it may block unless
+        `signs_at_once`."""
+
+    @abc.abstractmethod
+    def put_result(self, key: str, size: int, metadata: dict[str, str] | None, reply: Reply) -> ObjectInfo:
+        """What the request of `put_request` made, from the server's REPLY."""
 
     async def put_in_parts(self, key: str, path: str, part_size: int, parallel: int,
                            metadata: dict[str, str] | None = None) -> ObjectInfo:
@@ -229,7 +258,10 @@ class Store(abc.ABC):
 class ReadOnlyStore(Store):
     """A store of content fsmount never changes (web URLs, IPFS): every change is EROFS."""
 
-    def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+    def put_request(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> Request:
+        raise _read_only()
+
+    def put_result(self, key: str, size: int, metadata: dict[str, str] | None, reply: Reply) -> ObjectInfo:
         raise _read_only()
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:

@@ -1,10 +1,11 @@
-"""CurlGets: small ranged GETs sent by libcurl's multi interface (pycurl) on the trio event loop itself.
+"""CurlRequests: small ranged GETs and small uploads, sent by libcurl's multi interface (pycurl) on the trio event loop itself.
 
 A GET of a small object is mostly overhead: its request line, headers and status. Sent from a worker
 thread through urllib3 it cost ~0.45 ms of Python a GET, and the threads and the event loop took the
 GIL from each other at every system call (~140 futex calls a file in a shuffled epoch of 128 KiB
 objects). libcurl does the HTTP in C; the loop only watches its sockets, so no thread and no GIL
-handover is involved, and many GETs are in flight at once on one core.
+handover is involved, and many requests are in flight at once on one core. The PUT of a small file is
+the same: from worker threads, the uploads of an rsync took the GIL from the loop answering it.
 """
 import io
 import logging
@@ -12,7 +13,7 @@ import logging
 import pycurl
 import trio
 
-from fsmount.stores.base import ATTEMPTS, RangeRequest, Throttled, Unavailable, backoff, status_error
+from fsmount.stores.base import ATTEMPTS, NotFound, RangeRequest, Reply, Request, Throttled, Unavailable, backoff, status_error
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,10 @@ _WAITS = {pycurl.POLL_IN: (trio.lowlevel.wait_readable, pycurl.CSELECT_IN),
           pycurl.POLL_INOUT: (trio.lowlevel.wait_writable, pycurl.CSELECT_IN | pycurl.CSELECT_OUT)}
 
 
-class CurlGets:
-    """Ranged GETs of at most a few MiB, their bodies in memory; at most MAX_CONNECTIONS connections at once
-    (libcurl queues the GETs beyond them). Its tasks start with the first GET, in the trio run it is made in."""
+class CurlRequests:
+    """Ranged GETs of at most a few MiB and uploads of as much, their bodies in memory; at most MAX_CONNECTIONS
+    connections at once (libcurl queues the requests beyond them). Its tasks start with the first request, in
+    the trio run it is made in."""
 
     def __init__(self, max_connections: int, verify: bool | str = True):
         self._verify = verify
@@ -43,27 +45,56 @@ class CurlGets:
     async def get(self, request: RangeRequest) -> bytes:
         """The bytes REQUEST asks for, retried while the server is throttling or unreachable; fewer at the
         end of the object, b"" past it."""
-        what = f"GET {request.key} [{request.start}+{request.length}]"
+        headers = {**request.headers, "Range": f"bytes={request.start}-{request.start + request.length - 1}"}
+        try:
+            status, _, body = await self._retried("GET", request.url, None, headers,
+                                                  f"GET {request.key} [{request.start}+{request.length}]",
+                                                  {200, 206, 416})
+        except NotFound as error:
+            raise request.stale_if_gone(error) from None
+        if status == 206:
+            return body
+        if status == 200:  # a server that ignores Range sends it all
+            return body[request.start:request.start + request.length]
+        return b""
+
+    async def send(self, request: Request) -> Reply:
+        """REQUEST's answer, retried while the server is throttling or unreachable."""
+        return await self._retried(*request, {200, 201})
+
+    async def _retried(self, method: str, url: str, body: bytes | None, headers: dict[str, str], what: str,
+                       answers: set[int]) -> Reply:
         attempt = 0
         while True:
             try:
-                return await self._get_once(request, what)
+                reply = await self._perform(method, url, body, headers, what)
+                if reply.status in answers:
+                    return reply
+                raise status_error(reply.status, f"{what}: {reply.status}")
             except (Throttled, Unavailable):
                 attempt += 1
                 if attempt == ATTEMPTS:
                     raise
             await trio.sleep(backoff(attempt))
 
-    async def _get_once(self, request: RangeRequest, what: str) -> bytes:
+    async def _perform(self, method: str, url: str, body: bytes | None, headers: dict[str, str], what: str) -> Reply:
         if self._timer_changed is None:
             self._timer_changed = trio.Event()
             trio.lowlevel.spawn_system_task(self._run_timer)
         curl = self._free.pop() if self._free else self._new_handle()
-        body = io.BytesIO()
-        curl.setopt(pycurl.URL, request.url)
-        curl.setopt(pycurl.HTTPHEADER, [f"{name}: {value}" for name, value in request.headers.items()])
-        curl.setopt(pycurl.RANGE, f"{request.start}-{request.start + request.length - 1}")
-        curl.setopt(pycurl.WRITEDATA, body)
+        received = io.BytesIO()
+        lines = [f"{name}: {value}" for name, value in headers.items()]
+        curl.setopt(pycurl.URL, url)
+        curl.setopt(pycurl.WRITEDATA, received)
+        if body is not None:
+            answer_headers = io.BytesIO()
+            curl.setopt(pycurl.CUSTOMREQUEST, method)
+            curl.setopt(pycurl.POSTFIELDS, body)
+            curl.setopt(pycurl.HEADERFUNCTION, answer_headers.write)
+            lines.append("Expect:")  # no wait for a 100 Continue
+            if not any(name.lower() == "content-type" for name in headers):
+                lines.append("Content-Type:")  # not libcurl's own, of a form
+        curl.setopt(pycurl.HTTPHEADER, lines)
         done = self._transfers[curl] = trio.Event()
         try:
             self._multi.add_handle(curl)
@@ -72,22 +103,21 @@ class CurlGets:
             if not done.is_set():  # cancelled: the transfer ends here
                 self._transfers.pop(curl, None)
                 self._multi.remove_handle(curl)
-            curl.setopt(pycurl.WRITEDATA, io.BytesIO())  # the body is not kept alive by a free handle
+            status = curl.getinfo(pycurl.RESPONSE_CODE)
+            curl.reset()  # nothing of this request's stays: not its method, nor a body it would keep alive
+            self._configure(curl)
             self._free.append(curl)
         error = self._errors.pop(curl, None)
         if error is not None:
             raise Unavailable(f"{what}: {error}")
-        status = curl.getinfo(pycurl.RESPONSE_CODE)
-        if status == 206:
-            return body.getvalue()
-        if status == 200:  # a server that ignores Range sends it all
-            return body.getbuffer()[request.start:request.start + request.length].tobytes()
-        if status == 416:
-            return b""
-        raise status_error(status, f"{what}: {status}")
+        return Reply(status, _headers(answer_headers.getvalue()) if body is not None else {}, received.getvalue())
 
     def _new_handle(self) -> pycurl.Curl:
         curl = pycurl.Curl()
+        self._configure(curl)
+        return curl
+
+    def _configure(self, curl: pycurl.Curl):
         curl.setopt(pycurl.NOSIGNAL, 1)
         curl.setopt(pycurl.PROXY, "")  # as the other requests: no proxy from the environment
         curl.setopt(pycurl.CONNECTTIMEOUT, _CONNECT_TIMEOUT)
@@ -98,7 +128,6 @@ class CurlGets:
             curl.setopt(pycurl.SSL_VERIFYHOST, 0)
         elif isinstance(self._verify, str):
             curl.setopt(pycurl.CAINFO, self._verify)
-        return curl
 
     def _watch(self, what: int, fd: int, multi, socket_data):
         """libcurl's socket callback: it wants to know when FD is readable or writable (WHAT), or no more."""
@@ -162,3 +191,15 @@ class CurlGets:
             self._errors[curl] = error
         if done is not None:
             done.set()
+
+
+def _headers(raw: bytes) -> dict[str, str]:
+    """The last answer's headers in RAW (a 100 Continue may come first), their names in lower case."""
+    fields = {}
+    for line in raw.decode("latin-1").split("\r\n"):
+        if line.startswith("HTTP/"):
+            fields = {}
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+    return fields

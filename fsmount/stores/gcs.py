@@ -26,7 +26,7 @@ import google.auth.transport.urllib3
 import urllib3
 
 from fsmount.credentials import GcsCredentials
-from fsmount.stores.base import (ATTEMPTS, AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest,
+from fsmount.stores.base import (ATTEMPTS, AccessDenied, ListPage, NotFound, ObjectInfo, RangeRequest, Reply, Request,
                                  Store, Throttled, Unavailable, backoff, content_md5, metadata_of, read_part,
                                  status_error)
 from fsmount.stores.ranges import RangeFetcher
@@ -144,15 +144,12 @@ class GcsStore(Store):
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             raise Unavailable(f"{what}: {type(error).__name__}") from None
 
+    def signs_at_once(self) -> bool:
+        return self._google is None or self._google.valid
+
     def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
         return RangeRequest(key, start, length, f"{self._object_url(key)}?alt=media&generation={version}",
-                            self._authorization(fresh))
-
-    def read_range(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> bytes:
-        try:
-            return super().read_range(key, start, length, version, fresh)
-        except NotFound:
-            raise PreconditionFailed(f"GET {key}: generation {version} is gone") from None
+                            self._authorization(fresh), version_in_url=True)
 
     async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
         resource, _ = await self._call("GET", self._object_url(key), f"HEAD {key}",
@@ -167,15 +164,18 @@ class GcsStore(Store):
         return ListPage([_info(resource) for resource in page.get("items", [])], page.get("prefixes", []),
                         page.get("nextPageToken"))
 
-    def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
-        """One request: the object's JSON (with the MD5 the server checks) and its bytes, as multipart/related."""
+    def put_request(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> Request:
+        """The object's JSON (with the MD5 the server checks) and its bytes, as multipart/related."""
         resource = json.dumps({"name": key, "metadata": metadata or {}, "md5Hash": content_md5(data)})
         body = b"".join(((f"--{_BOUNDARY}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{resource}\r\n"
                           f"--{_BOUNDARY}\r\nContent-Type: application/octet-stream\r\n\r\n").encode(), data,
                          f"\r\n--{_BOUNDARY}--\r\n".encode()))
         url = f"{self.api}/upload/storage/v1/b/{self.bucket}/o?uploadType=multipart"
         headers = {**self._authorization(), "Content-Type": f"multipart/related; boundary={_BOUNDARY}"}
-        return _info(json.loads(self.fetcher.send("POST", url, body, headers, f"PUT {key}").body))
+        return Request("POST", url, body, headers, f"PUT {key}")
+
+    def put_result(self, key: str, size: int, metadata: dict[str, str] | None, reply: Reply) -> ObjectInfo:
+        return _info(json.loads(reply.body))
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         """The resumable upload's session URL."""

@@ -2,26 +2,25 @@
 
 Block data does not go through the event loop: a body is read straight into one buffer with the
 GIL released, so fills run on the second core while the loop answers the kernel. aiohttp on the
-loop spent ~40% of the daemon's only busy thread on a cold sequential read. Small GETs, which are
-mostly overhead, go the other way: the fetcher's `small_gets` (fsmount.stores.curl) sends them from
-the event loop.
+loop spent ~40% of the daemon's only busy thread on a cold sequential read. Small GETs and small
+uploads, which are mostly overhead, go the other way: the fetcher's `small_requests`
+(fsmount.stores.curl) sends them from the event loop.
 """
 import http.client
 import mmap
 import sys
 import threading
 import time
-from typing import NamedTuple
 
 import urllib3
 
 from fsmount.stores import arrival
-from fsmount.stores.base import ATTEMPTS, RangeRequest, Throttled, Unavailable, backoff, status_error
-from fsmount.stores.curl import CurlGets
+from fsmount.stores.base import ATTEMPTS, NotFound, RangeRequest, Reply, Throttled, Unavailable, backoff, status_error
+from fsmount.stores.curl import CurlRequests
 
 _ANSWERS = {200, 201, 308}  # 308: a resumable upload (GCS) took a chunk and wants the next
 _REUSED_FROM = 1024 * 1024  # bodies of this many bytes or more are read into ReceiveBuffers
-SMALL_GET = _REUSED_FROM  # GETs of fewer bytes are libcurl's, on the event loop (`small_gets`)
+SMALL_REQUEST = _REUSED_FROM  # GETs and uploads of fewer bytes are libcurl's, on the event loop (`small_requests`)
 _PART = 128 * 1024  # a body is read, and reported, this much at a time: what the kernel asks a read for
 _BUFFERS_KEPT = 12  # the cache's bound on blocks fetched and not yet on disk (8), and those kept in memory (4)
 
@@ -72,18 +71,12 @@ class ReceiveBuffers:
 receive_buffers = ReceiveBuffers(_BUFFERS_KEPT)
 
 
-class Reply(NamedTuple):
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
 class RangeFetcher:
     def __init__(self, max_connections: int, verify: bool | str = True):
         tls = {"cert_reqs": "CERT_NONE"} if verify is False else {"ca_certs": verify} if isinstance(verify, str) else {}
         self._pool = urllib3.PoolManager(num_pools=4, maxsize=max_connections, block=True, retries=False,
                                          timeout=urllib3.Timeout(connect=5, read=60), **tls)
-        self.small_gets = CurlGets(max_connections, verify)
+        self.small_requests = CurlRequests(max_connections, verify)
 
     def get(self, request: RangeRequest) -> bytes | memoryview:
         """The bytes REQUEST asks for (blocking: call it in a worker thread), retried while the server
@@ -96,8 +89,11 @@ class RangeFetcher:
             return b"" if response.status == 416 else None
 
         headers = {**request.headers, "Range": f"bytes={request.start}-{request.start + request.length - 1}"}
-        return self._send("GET", request.url, headers, None, f"GET {request.key} [{request.start}+{request.length}]",
-                          answer)
+        try:
+            return self._send("GET", request.url, headers, None,
+                              f"GET {request.key} [{request.start}+{request.length}]", answer)
+        except NotFound as error:
+            raise request.stale_if_gone(error) from None
 
     def send(self, method: str, url: str, body: bytes | None, headers: dict[str, str], what: str) -> Reply:
         """A signed request other than a ranged GET (an upload, a listing), sent (blocking) and retried as

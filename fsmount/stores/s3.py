@@ -31,8 +31,9 @@ import botocore.utils
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Store,
-                                 Throttled, Unavailable, content_md5, metadata_of, read_part, status_error, uploaded)
+from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Reply,
+                                 Request, Store, Throttled, Unavailable, content_md5, metadata_of, read_part,
+                                 status_error, uploaded)
 from fsmount.stores.ranges import RangeFetcher
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "NoSuchBucket"}
@@ -189,7 +190,8 @@ class S3Store(Store):
 
     def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
         if version.startswith(_VERSION_ID):  # a version id names bytes that never change
-            return RangeRequest(key, start, length, self._url(key, version.removeprefix(_VERSION_ID), fresh))
+            return RangeRequest(key, start, length, self._url(key, version.removeprefix(_VERSION_ID), fresh),
+                                version_in_url=True)
         return RangeRequest(key, start, length, self._url(key, None, fresh), {"If-Match": version})
 
     def _url(self, key: str, version_id: str | None, fresh: bool) -> str:
@@ -228,16 +230,18 @@ class S3Store(Store):
         return ListPage(objects, [entry["Prefix"] for entry in page.get("CommonPrefixes", [])],
                         page.get("NextContinuationToken") if page.get("IsTruncated") else None)
 
-    def upload_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+    def put_request(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> Request:
         params = {"Bucket": self.bucket, "Key": key, "Metadata": metadata or {}, **self._extra_args}
-        return uploaded(key, len(data), self._signed_put("put_object", params, data, f"PUT {key}"), metadata)
+        return self._signed_put("put_object", params, data, f"PUT {key}")
 
-    def _signed_put(self, operation: str, params: dict, body: bytes, what: str) -> str:
-        """Presigns OPERATION with PARAMS and the Content-MD5 of BODY, which the server checks, and sends
-        it from this (worker) thread; returns the ETag."""
+    def put_result(self, key: str, size: int, metadata: dict[str, str] | None, reply: Reply) -> ObjectInfo:
+        return uploaded(key, size, reply.headers["etag"], metadata)
+
+    def _signed_put(self, operation: str, params: dict, body: bytes, what: str) -> Request:
+        """OPERATION with PARAMS and the Content-MD5 of BODY, which the server checks, presigned."""
         with _errors(f"SIGN {what}"):
             url, headers = self._presign(operation, {**params, "ContentMD5": content_md5(body)})
-        return self.fetcher.send("PUT", url, body, headers, what).headers["etag"]
+        return Request("PUT", url, body, headers, what)
 
     def _presign(self, operation: str, params: dict) -> tuple[str, dict[str, str]]:
         """The URL of OPERATION with PARAMS, presigned as the client's `generate_presigned_url` would, and
@@ -269,7 +273,8 @@ class S3Store(Store):
 
     def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
         params = {"Bucket": self.bucket, "Key": key, "UploadId": upload, "PartNumber": number}
-        return self._signed_put("upload_part", params, read_part(path, offset, size), f"PUT PART {number} {key}")
+        request = self._signed_put("upload_part", params, read_part(path, offset, size), f"PUT PART {number} {key}")
+        return self.fetcher.send(*request).headers["etag"]
 
     async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
                               metadata: dict[str, str] | None = None) -> ObjectInfo:

@@ -11,6 +11,7 @@ is in the journal. `fsync` and `fsmount sync` upload at once and wait.
 """
 import contextlib
 import errno
+import heapq
 import logging
 import math
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 _RETRY_FIRST = 1.0  # seconds before a failed upload is tried again; doubled after each failure
 _RETRY_MOST = 60.0
-_AT_ONCE = 16  # uploads under way at once, of files whose write-back time came
+_AT_ONCE = 4  # uploads under way at once, of files whose write-back time came
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Uploads:
         self._stored = stored
         self._settled = settled
         self._due: dict[StagedFile, float] = {}  # files waiting for their upload -> when it starts (trio's clock)
+        self._queue: list[tuple[float, int, StagedFile]] = []  # a heap of (when, row, file); stale where _due differs
         self._delays: dict[StagedFile, float] = {}  # failed files -> how long their next failure waits
         self._uploading: set[StagedFile] = set()  # of the files whose time came
         self._streams: dict[StagedFile, PartStream] = {}
@@ -65,13 +67,16 @@ class Uploads:
             task_status.started()
             while True:
                 now = trio.current_time()
-                for staged in [staged for staged, due in self._due.items() if due <= now]:
+                while self._queue and self._queue[0][0] <= now:
+                    due, _, staged = heapq.heappop(self._queue)
+                    if self._due.get(staged) != due:
+                        continue  # its time moved, or it went up already
                     del self._due[staged]
                     if staged.state != OPEN:  # else written again since its close: the next close brings it back
                         self._uploading.add(staged)
                         nursery.start_soon(self._upload_in_turn, staged, limit)
                 self._changed = trio.Event()
-                with trio.move_on_at(min(self._due.values(), default=math.inf)):
+                with trio.move_on_at(self._queue[0][0] if self._queue else math.inf):
                     await self._changed.wait()
 
     async def _upload_in_turn(self, staged: StagedFile, limit: trio.CapacityLimiter):
@@ -83,13 +88,18 @@ class Uploads:
             self._uploading.discard(staged)
 
     def _start_at(self, staged: StagedFile, delay: float):
-        self._due[staged] = trio.current_time() + delay
-        self._changed.set()
+        due = self._due[staged] = trio.current_time() + delay
+        if not self._queue or due < self._queue[0][0]:
+            self._changed.set()  # sooner than the runner wakes
+        heapq.heappush(self._queue, (due, staged.row, staged))
 
     @property
     def pending(self) -> list[StagedFile]:
         """Files closed and not uploaded yet: waiting, failed or on their way."""
         return [*self._due, *self._uploading]
+
+    def is_pending(self, staged: StagedFile) -> bool:
+        return staged in self._due or staged in self._uploading
 
     async def closed(self, staged: StagedFile):
         """A close (or the last handle's release) asks for STAGED's upload: at once with no write-back, or

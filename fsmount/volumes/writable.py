@@ -213,7 +213,7 @@ class WritableObjectVolume(ObjectVolume):
         """A handle of STAGED is gone. The last one asks for the upload of what no close has (a file only
         created or truncated, times set after a close)."""
         staged.handles -= 1
-        if not staged.handles and staged.dirty and staged not in self.uploads.pending:
+        if not staged.handles and staged.dirty and not self.uploads.is_pending(staged):
             with contextlib.suppress(OSError):
                 await self.uploads.closed(staged)
         self._finish_if_idle(staged)
@@ -241,7 +241,8 @@ class WritableObjectVolume(ObjectVolume):
                             return staged.read(offset, block_size)
                         return await run_in_background(staged.read, offset, block_size)
 
-                    await self.cache.read(self.block(info, index), 0, 0, from_staging, background=True)
+                    await self.cache.read(self.block(info, index), 0, 0, from_staging, background=True,
+                                          size=min(block_size, info.size - index * block_size))
         except OSError as error:
             log.info("%s is uploaded, but its bytes did not go into the cache: %s", info.key, error)
         finally:
