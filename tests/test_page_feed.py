@@ -20,7 +20,7 @@ PATH = ("f.bin",)
 
 async def replaced_on_the_server(volume, store):
     await store.put("f.bin", os.urandom(4 * BLOCK))
-    volume.forget_stat(PATH)  # as when metadata_ttl has passed
+    volume.tree.forget_stat(PATH)  # as when metadata_ttl has passed
     return await volume.open(PATH, os.O_RDONLY)
 
 

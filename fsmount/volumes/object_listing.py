@@ -25,7 +25,7 @@ class ObjectListing(DirHandle):
         self.volume = volume
         self.path = path
         self._local = volume.local_entries(path)
-        self._cached = None if fresh else volume.cached_listing(path)
+        self._cached = None if fresh else volume.tree.cached_listing(path)
         if self._cached is not None and self._local:
             self._cached = [(name, self._local.get(name, info)) for name, info in self._cached]
             self._cached += self._unlisted({name for name, _ in self._cached})
@@ -44,17 +44,17 @@ class ObjectListing(DirHandle):
                            in enumerate(self._cached[offset:offset + _BATCH], start=offset + 1)]
             return self._batch
         if self._pages is None or offset < self._position:
-            self._pages = aiter(self.volume.store.list(self.volume.dir_prefix(self.path)))
+            self._pages = aiter(self.volume.store.list(self.volume.tree.dir_prefix(self.path)))
             self._position = 0
             self._end_stream()
             self._seen = {}
-            self.volume.listing_streams(self.path, self._seen)
+            self.volume.tree.listing_streams(self.path, self._seen)
             self._listed = False
         while not self._listed:
             batch = await self._next_page()
             if batch is None:
                 self._listed = True
-                self._end_stream(kept=self.volume.remember_listing(self.path, list(self._seen.items())))
+                self._end_stream(kept=self.volume.tree.remember_listing(self.path, list(self._seen.items())))
                 batch = self._last_batch()
             batch = [entry for entry in batch if entry.offset > offset]
             if batch:
@@ -71,7 +71,7 @@ class ObjectListing(DirHandle):
     def _end_stream(self, kept: bool = False):
         """The listing under way is over, read whole and KEPT by the volume, or not."""
         if self._pages is not None:
-            self.volume.listing_ended(self.path, self._seen, kept)
+            self.volume.tree.listing_ended(self.path, self._seen, kept)
 
     def _unlisted(self, listed: set[str]) -> list[tuple[str, ObjectInfo]]:
         return sorted((name, info) for name, info in self._local.items() if name not in listed)
@@ -88,13 +88,13 @@ class ObjectListing(DirHandle):
         page = await anext(self._pages, None)
         if page is None:
             return None
-        base = self.volume.dir_prefix(self.path)
+        base = self.volume.tree.dir_prefix(self.path)
         directories = {p[len(base):-1] for p in page.prefixes}
         named: dict[str, ObjectInfo | None] = {}
         self.volume.attributes.recall(page.objects)
         for info in page.objects:
             name = info.key[len(base):]
-            if "/" not in name and name not in directories and self.volume.shows(info.key):
+            if "/" not in name and name not in directories and self.volume.tree.shows(info.key):
                 named[name] = info
         for name in directories:
             named[name] = None
@@ -104,7 +104,7 @@ class ObjectListing(DirHandle):
             if not valid_name(name):
                 continue
             self._seen[name] = named[name]
-            self.volume.listed(self.path + (name,))
+            self.volume.tree.listed(self.path + (name,))
             attrs = self.volume.attrs(self._local.get(name, named[name]), self.path + (name,))
             entries.append(DirEntry(name, attrs, self._position))
         return entries

@@ -6,9 +6,11 @@ keeps them: a JSON object of name to base64 value, percent-encoded.
 """
 import base64
 import contextlib
+import errno
 import json
 import stat
 import urllib.parse
+from dataclasses import dataclass
 
 MTIME, MODE, UID, GID, XATTR = "mtime", "mode", "uid", "gid", "xattr"
 POSIX_KEYS = (MTIME, MODE, UID, GID, XATTR)
@@ -99,3 +101,34 @@ def kept_posix(metadata) -> dict[str, str]:
     if not metadata:
         return {}
     return {name: metadata[name] for name in POSIX_KEYS if name in metadata}
+
+
+@dataclass(frozen=True)
+class Posix:
+    """Attributes to set; None leaves one as it is."""
+    mtime_ns: int | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    xattrs: dict[str, str] | None = None
+
+    def metadata_over(self, metadata: dict[str, str]) -> dict[str, str]:
+        """METADATA (as `posix_metadata` makes it) with these changes made."""
+        changed = dict(metadata)
+        kind_bits = stat.S_IFMT(int(metadata[MODE]))
+        for name, value in ((MTIME, None if self.mtime_ns is None else format_mtime(self.mtime_ns)),
+                            (MODE, None if self.mode is None else format_mode(self.mode, kind_bits)),
+                            (UID, None if self.uid is None else str(self.uid)),
+                            (GID, None if self.gid is None else str(self.gid))):
+            if value is not None:
+                changed[name] = value
+        if self.xattrs is not None:
+            changed.pop(XATTR, None)
+            if self.xattrs:
+                changed[XATTR] = encode_xattrs(self.xattrs)
+        return changed
+
+
+def check_size(metadata: dict[str, str]):
+    if metadata_size(metadata) > METADATA_MOST:
+        raise OSError(errno.ENOSPC, f"an object's metadata holds at most {METADATA_MOST} bytes")

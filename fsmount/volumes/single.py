@@ -30,18 +30,18 @@ class SingleObjectVolume(ObjectVolume):
             return None
         if path != (self.name,):
             raise NotFound(f"{'/'.join(path)}: this volume holds {self.name} alone")
-        info = self.remembered(path)
+        info = self.tree.remembered(path)
         if info is None:
-            info = await self.store.stat(self._key(path), self.version_id)
-            self.remember(path, info)
+            info = await self.store.stat(self.tree.key(path), self.version_id)
+            self.tree.remember(path, info)
         return info
 
     async def opendir(self, path: Path) -> DirHandle:
         if not path:
             try:
-                self.remember_listing(path, [(self.name, await self._lookup((self.name,)))])
+                self.tree.remember_listing(path, [(self.name, await self._lookup((self.name,)))])
             except NotFound:
-                self.remember_listing(path, [])
+                self.tree.remember_listing(path, [])
         return await super().opendir(path)
 
     async def open(self, path: Path, flags: int) -> FileHandle:

@@ -1,4 +1,4 @@
-"""WritableObjectVolume: an rw object volume. A file being written is staged on local disk and uploaded on close.
+"""WritableObjectVolume: an rw object volume: an ObjectVolume whose names, owners, modes and xattrs change, and whose files are staged (StagedFiles) and uploaded.
 
 Where POSIX and an object store part ways (README, "Writing", says the same to users):
 - A closed file goes up `staging.write_back` after its last change, once, under its final name with
@@ -14,7 +14,8 @@ Where POSIX and an object store part ways (README, "Writing", says the same to u
   object under it, up to `rename_limit` objects, and fails with EXDEV above it, so `mv` copies.
 - A file's owner, mode and time are kept in its metadata, as s3fs keeps them (volumes/posix.py); a
   directory's in its marker's; its times move, in memory, when this daemon makes or removes a name in it.
-- Symbolic and hard links, FIFOs and devices cannot be made (EPERM).
+- A symlink is an object as s3fs makes one (its body the target); hard links, FIFOs and devices
+  cannot be made (EPERM).
 - A name of over 255 bytes, or one that would make a key of over 1024, cannot be made (ENAMETOOLONG).
 - A directory made here is a marker object (`dir/`); an implicit directory (a prefix) goes away
   with its last object, as it does in every object store.
@@ -25,20 +26,18 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass
 
 import trio
 
-from fsmount.cache.background import run_in_background
-from fsmount.staging.area import DEFAULT_MODE, UNLINKED, UPLOADED, StagedFile, StagingArea
+from fsmount.staging.area import StagingArea
 from fsmount.stores.base import NotFound, ObjectInfo
 from fsmount.volumes.base import NAME_MAX, AttrChanges, Attrs, FileHandle, Owner, Path
-from fsmount.volumes.objects import ObjectVolume
 from fsmount.volumes.object_attributes import kind
-from fsmount.volumes.posix import (GID, METADATA_MOST, MODE, MTIME, OWN_XATTRS, POSIX_KEYS, STAGED_VERSION, UID, USER_XATTRS, XATTR,
-                                   encode_value, encode_xattrs, format_mode, format_mtime, kept_posix, metadata_size,
-                                   parse_id, posix_metadata, xattrs_in)
-from fsmount.volumes.uploads import UploadSettings, Uploads
+from fsmount.volumes.objects import ObjectVolume
+from fsmount.volumes.posix import (GID, OWN_XATTRS, POSIX_KEYS, UID, USER_XATTRS, Posix, check_size, encode_value,
+                                   kept_posix, parse_id, posix_metadata, xattrs_in)
+from fsmount.volumes.staged_files import StagedFiles
+from fsmount.volumes.uploads import UploadSettings
 from fsmount.volumes.writable_file import WritableFile
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ _UNMOUNT_UPLOADS_MOST = 120.0  # seconds an unmount waits for pending uploads; t
 _RENAME_PARALLEL = 8  # server-side copies at once while a directory is renamed
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
-_INLINE_READ = 256 * 1024  # smaller staged files are read into the cache on the event loop
 _KEY_MAX = 1024  # bytes in a key: S3's, Azure's and GCS's bound alike
 _ABSENT = object()
 
@@ -56,41 +54,32 @@ class WritableObjectVolume(ObjectVolume):
     def __init__(self, store, prefix: str, staging: StagingArea, uploads: UploadSettings, rename_limit: int,
                  **volume):
         super().__init__(store, prefix, read_only=False, **volume)
-        self.staging = staging
-        self.uploads = Uploads(store, staging, uploads, self._metadata_of, self._now_uploaded, self._finish_if_idle)
+        self.staged_files = StagedFiles(self, staging, uploads)
         self.rename_limit = rename_limit
-        self._staged: dict[Path, StagedFile] = {}
-        self._unstaged_writers: dict[Path, set[WritableFile]] = {}  # handles open for writing, none written yet
-        self._nursery: trio.Nursery | None = None
 
     async def start(self, nursery: trio.Nursery):
         await super().start(nursery)
-        self._nursery = nursery
-        await nursery.start(self.uploads.run)
-        for staged in self.staging.recover(self.store.identity, self.prefix):
-            self._staged[self._path_of(staged.key)] = staged
-            self.uploads.recovered(staged)
+        await self.staged_files.start(nursery)
 
     async def unmounted(self):
-        await self.uploads.drain(_UNMOUNT_UPLOADS_MOST)
+        await self.staged_files.uploads.drain(_UNMOUNT_UPLOADS_MOST)
 
     async def sync(self, path: Path):
-        await self.uploads.sync(self.dir_prefix(path) if path else self.prefix)
+        await self.staged_files.uploads.sync(self.tree.dir_prefix(path) if path else self.tree.prefix)
 
-    def _path_of(self, key: str) -> Path:
-        return tuple(key[len(self.prefix):].split("/"))
+    def now_stored(self, path: Path, info: ObjectInfo):
+        """The store holds INFO at PATH, written by this daemon."""
+        self.tree.remember(path, info)
+        self.tree.relist(path, info)
+        self.pages_hold(path, info.version)
 
-    def _metadata_of(self, staged: StagedFile) -> dict[str, str]:
-        return posix_metadata(staged.mtime_ns, staged.mode, staged.uid, staged.gid, staged.xattrs)
-
-    def staged_info(self, staged: StagedFile) -> ObjectInfo:
-        return ObjectInfo(staged.key, staged.size, f"{STAGED_VERSION}{staged.row}:{staged.changes}", staged.mtime_ns,
-                          self._metadata_of(staged))
+    def may_feed(self, path: Path) -> bool:
+        return self.staged_files.may_feed(path)
 
     async def _lookup(self, path: Path) -> ObjectInfo | None:
-        staged = self._staged.get(path)
+        staged = self.staged_files.get(path)
         if staged is not None:
-            return self.staged_info(staged)
+            return self.staged_files.info_of(staged)
         return await super()._lookup(path)
 
     async def _lookup_or_absent(self, path: Path):
@@ -100,13 +89,12 @@ class WritableObjectVolume(ObjectVolume):
             return _ABSENT
 
     def local_entries(self, path: Path) -> dict[str, ObjectInfo]:
-        return {staged_path[-1]: self.staged_info(staged) for staged_path, staged in self._staged.items()
-                if staged_path[:-1] == path}
+        return self.staged_files.entries(path)
 
     # Files
 
     async def open(self, path: Path, flags: int) -> FileHandle:
-        staged = self._staged.get(path)
+        staged = self.staged_files.get(path)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if staged is None and not writing:
             return await super().open(path, flags)
@@ -114,13 +102,13 @@ class WritableObjectVolume(ObjectVolume):
         if info is None:
             raise OSError(errno.EISDIR, "is a directory")
         if flags & os.O_TRUNC:
-            staged = await self.stage(path, None, like=info)
+            staged = await self.staged_files.stage(path, None, like=info)
             if staged.size:
                 staged.truncate(0)
         if staged is not None:
             return WritableFile(self, path, None, staged, writing)
         handle = WritableFile(self, path, await super().open(path, flags), None, writing)
-        self._unstaged_writers.setdefault(path, set()).add(handle)
+        self.staged_files.add_writer(handle)
         await self.stop_feeding(path)  # once registered: no feed can start after this one stops
         return handle
 
@@ -132,128 +120,16 @@ class WritableObjectVolume(ObjectVolume):
         if existing is not _ABSENT and flags & os.O_EXCL:
             raise OSError(errno.EEXIST, "exists")
         if existing is _ABSENT:
-            staged = await self.stage(path, None, mode=mode, owner=owner)
+            staged = await self.staged_files.stage(path, None, mode=mode, owner=owner)
             staged.key_in_store = False
-            self.entries_changed(path[:-1])
+            self.attributes.entries_changed(path[:-1])
         else:
-            staged = await self.stage(path, None, like=existing)  # an existing file keeps its mode and owner
+            staged = await self.staged_files.stage(path, None, like=existing)  # an existing file keeps its mode and owner
         if staged.size:
             staged.truncate(0)
-        self.made(path)
+        self.tree.made(path)
         handle = WritableFile(self, path, None, staged, writing=True)
         return handle, await handle.getattr()
-
-    async def stage(self, path: Path, info: ObjectInfo | None, attached: bool = True, like: ObjectInfo | None = None,
-                    mode: int = DEFAULT_MODE, owner: Owner | None = None) -> StagedFile:
-        """The staged copy of the file at PATH, made if there is none: a copy of the object INFO, or (INFO
-        None) an empty file with the mode, owner and extended attributes of the object LIKE, or else MODE
-        and OWNER (None: the volume's). ATTACHED False: a copy for a handle whose file was unlinked,
-        never uploaded."""
-        while attached and (staged := self._staged.get(path)) is not None:
-            async with staged.lock:  # a copy still being filled
-                pass
-            if self._staged.get(path) is staged:
-                return staged
-        model = info or like
-        if model is not None:
-            kept = self.attributes.kept(model)
-            staged = self.staging.create(self.store.identity, self._key(path), self.attributes.permissions(model, kept),
-                                         parse_id(kept.get(UID), None), parse_id(kept.get(GID), None))
-            staged.keep(xattrs=xattrs_in(kept), changed=False)
-        else:
-            staged = self.staging.create(self.store.identity, self._key(path), mode & 0o7777,
-                                         *((owner.uid, owner.gid) if owner is not None else (None, None)))
-        if attached:
-            self._staged[path] = staged
-        else:
-            staged.discarded = True
-        async with staged.lock:
-            await self.stop_feeding(path)  # once registered: no feed can start after this one stops
-            if info is None:
-                return staged
-            try:
-                for index in range(-(-info.size // self.cache.block_size)):
-                    name, fetch, size = self.piece(path, info, index, self.cache.block_size)
-                    staged.write(index * self.cache.block_size,
-                                 await self.cache.read(name, 0, self.cache.block_size, fetch, size=size))
-            except BaseException:
-                if self._staged.get(path) is staged:
-                    del self._staged[path]
-                self.staging.remove(staged)
-                raise
-            staged.mtime_ns = self.attributes.mtime_ns(info)
-            staged.stored = info
-            staged.uploaded = staged.changes
-            self.staging.set_state(staged, UPLOADED)
-        return staged
-
-    def may_feed(self, path: Path) -> bool:
-        return path not in self._staged and path not in self._unstaged_writers
-
-    def forget_writer(self, handle: "WritableFile"):
-        """HANDLE has a staged copy now, or is closed: unlink and rename need not find it any more."""
-        writers = self._unstaged_writers.get(handle.path)
-        if writers is not None:
-            writers.discard(handle)
-            if not writers:
-                del self._unstaged_writers[handle.path]
-
-    # Uploads
-
-    def _now_uploaded(self, staged: StagedFile, info: ObjectInfo):
-        self._now_stored(self._path_of(staged.key), info)
-
-    def _now_stored(self, path: Path, info: ObjectInfo):
-        """The store holds INFO at PATH, written by this daemon."""
-        self.remember(path, info)
-        self.relist(path, info)
-        self.pages_hold(path, info.version)
-
-    async def handle_closed(self, staged: StagedFile):
-        """A handle of STAGED is gone. The last one asks for the upload of what no close has (a file only
-        created or truncated, times set after a close)."""
-        staged.handles -= 1
-        if not staged.handles and staged.dirty and not self.uploads.is_pending(staged):
-            with contextlib.suppress(OSError):
-                await self.uploads.closed(staged)
-        self._finish_if_idle(staged)
-
-    def _finish_if_idle(self, staged: StagedFile):
-        """A staged file nobody uses and the store has leaves the staging area; its bytes go into the
-        cache, so reading back what was just written costs no GET."""
-        if staged.handles or staged.lock.locked() or (staged.dirty and not staged.discarded):
-            return
-        path = self._path_of(staged.key)
-        if self._staged.get(path) is staged:
-            del self._staged[path]
-        if staged.discarded or self._nursery is None:
-            self.staging.remove(staged)
-        else:
-            self._nursery.start_soon(self._keep_in_cache, staged, staged.stored)
-
-    async def _keep_in_cache(self, staged: StagedFile, info: ObjectInfo):
-        try:
-            if info.size <= self.whole_object_limit:
-                block_size = self.cache.block_size
-                for index in range(-(-info.size // block_size)):
-                    async def from_staging(offset=index * block_size):
-                        if info.size <= _INLINE_READ:
-                            return staged.read(offset, block_size)
-                        return await run_in_background(staged.read, offset, block_size)
-
-                    await self.cache.read(self.block(info, index), 0, 0, from_staging, background=True,
-                                          size=min(block_size, info.size - index * block_size))
-        except OSError as error:
-            log.info("%s is uploaded, but its bytes did not go into the cache: %s", info.key, error)
-        finally:
-            self.staging.remove(staged)
-
-    def _discard(self, staged: StagedFile):
-        """STAGED is unlinked, or replaced by a rename: it is never uploaded; its handles keep its bytes."""
-        staged.discarded = True
-        self.staging.set_state(staged, UNLINKED)
-        self.uploads.discard(staged)
-        self._finish_if_idle(staged)
 
     # Names
 
@@ -264,10 +140,10 @@ class WritableObjectVolume(ObjectVolume):
         metadata = posix_metadata(time.time_ns(), mode, owner.uid, owner.gid, {}, stat.S_IFDIR)
         await self.store.put(marker, b"", metadata)
         self.attributes.learn_marker(marker, metadata)
-        self.remember(path, None)
-        self.relist(path, None)
-        self.remember_listing(path, [])  # so the names made in it next need no request to be found new
-        self.entries_changed(path[:-1])
+        self.tree.remember(path, None)
+        self.tree.relist(path, None)
+        self.tree.remember_listing(path, [])  # so the names made in it next need no request to be found new
+        self.attributes.entries_changed(path[:-1])
         return self.attrs(None, path)
 
     async def mknod(self, path: Path, mode: int, rdev: int, owner: Owner) -> Attrs:
@@ -283,7 +159,7 @@ class WritableObjectVolume(ObjectVolume):
     def _new_key(self, path: Path, suffix: str = "") -> str:
         """The key of a name to be made at PATH, with SUFFIX (a marker's "/"): ENAMETOOLONG for a name or
         a key longer than may be."""
-        key = self._key(path) + suffix
+        key = self.tree.key(path) + suffix
         if len(os.fsencode(path[-1])) > NAME_MAX or len(os.fsencode(key)) > _KEY_MAX:
             raise OSError(errno.ENAMETOOLONG, "a name is at most 255 bytes, an object's key 1024")
         return key
@@ -295,9 +171,9 @@ class WritableObjectVolume(ObjectVolume):
             raise OSError(errno.EEXIST, "exists")
         info = await self.store.put(key, os.fsencode(target),
                                     posix_metadata(time.time_ns(), 0o777, owner.uid, owner.gid, {}, stat.S_IFLNK))
-        self.made(path)
-        self._now_stored(path, info)
-        self.entries_changed(path[:-1])
+        self.tree.made(path)
+        self.now_stored(path, info)
+        self.attributes.entries_changed(path[:-1])
         return self.attrs(info, path)
 
     async def link(self, path: Path, new_path: Path) -> Attrs:
@@ -306,29 +182,28 @@ class WritableObjectVolume(ObjectVolume):
     async def unlink(self, path: Path):
         if await self._lookup(path) is None:
             raise OSError(errno.EISDIR, "is a directory")
-        staged = self._staged.pop(path, None)
+        staged = self.staged_files.pop(path)
         if staged is not None:
             async with staged.lock:  # an upload under way ends first
-                self._discard(staged)
-        for handle in self._unstaged_writers.pop(path, ()):
-            handle.unlinked = True
+                self.staged_files.discard(staged)
+        self.staged_files.unlinked(path)
         if staged is None or staged.key_in_store:
-            await self._delete(self._key(path))
+            await self._delete(self.tree.key(path))
         self._forget(path)
 
     async def rmdir(self, path: Path):
         if await self._lookup(path) is not None:
             raise OSError(errno.ENOTDIR, "not a directory")
         await self._check_empty(path)
-        await self._delete(self.dir_prefix(path))
+        await self._delete(self.tree.dir_prefix(path))
         self._forget(path)
-        self.forget_listings(path)
+        self.tree.forget_listings(path)
 
     async def _check_empty(self, path: Path):
         """ENOTEMPTY unless directory PATH holds nothing, staged files waiting for upload included."""
-        if any(staged_path[:len(path)] == path for staged_path in self._staged):
+        if self.staged_files.below(path):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
-        prefix = self.dir_prefix(path)
+        prefix = self.tree.dir_prefix(path)
         page = await self.store.list_page(prefix, page_size=2)
         if page.prefixes or any(info.key != prefix for info in page.objects):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
@@ -338,9 +213,9 @@ class WritableObjectVolume(ObjectVolume):
             await self.store.delete(key)
 
     def _forget(self, path: Path):
-        self.entries_changed(path[:-1])
+        self.attributes.entries_changed(path[:-1])
         self.gone(path)
-        self.relist(path)
+        self.tree.relist(path)
 
     async def rename(self, path: Path, new_path: Path, flags: int):
         if flags & _RENAME_EXCHANGE:
@@ -359,37 +234,34 @@ class WritableObjectVolume(ObjectVolume):
             if target not in (None, _ABSENT):
                 raise OSError(errno.ENOTDIR, "not a directory")
             await self._rename_directory(path, new_path, target is None)
-        self.entries_changed(path[:-1])
-        self.entries_changed(new_path[:-1])
+        self.attributes.entries_changed(path[:-1])
+        self.attributes.entries_changed(new_path[:-1])
 
     async def _rename_file(self, path: Path, new_path: Path, target_in_store: bool):
         """TARGET_IN_STORE: whether the store may hold an object at NEW_PATH."""
-        replaced = self._staged.pop(new_path, None)
+        replaced = self.staged_files.pop(new_path)
         if replaced is not None:  # its handles keep the bytes they had; they are never uploaded
             async with replaced.lock:  # an upload of it under way lands before the one that replaces it
-                self._discard(replaced)
+                self.staged_files.discard(replaced)
             target_in_store = replaced.key_in_store
-        staged = self._staged.get(path)
+        staged = self.staged_files.get(path)
         async with staged.lock if staged is not None else contextlib.nullcontext():
             if staged is None or not staged.dirty:  # else its upload goes to the new name
-                copied = await self.store.copy(self._key(path), self._key(new_path))
-                self._now_stored(new_path, copied)
+                copied = await self.store.copy(self.tree.key(path), self.tree.key(new_path))
+                self.now_stored(new_path, copied)
                 target_in_store = True
                 if staged is not None:
                     staged.stored = copied
             if staged is None or staged.key_in_store:
-                await self._delete(self._key(path))
+                await self._delete(self.tree.key(path))
             if staged is not None:
-                self.uploads.break_stream(staged)
-                self.staging.rename(staged, self._key(new_path))
                 staged.key_in_store = target_in_store
-                self._staged[new_path] = self._staged.pop(path)
-                self.uploads.postpone(staged)
-        self._move_writers(path, new_path)
+                self.staged_files.move(staged, path, new_path)
+        self.staged_files.move_writers(path, new_path)
         self._forget(path)
 
     async def _rename_directory(self, path: Path, new_path: Path, target_exists: bool):
-        old_prefix, new_prefix = self.dir_prefix(path), self.dir_prefix(new_path)
+        old_prefix, new_prefix = self.tree.dir_prefix(path), self.tree.dir_prefix(new_path)
         if target_exists:
             await self._check_empty(new_path)
         keys = []
@@ -399,8 +271,7 @@ class WritableObjectVolume(ObjectVolume):
                 raise OSError(errno.EXDEV, f"more than {self.rename_limit} objects to rename (rename_limit)")
         for key in keys:
             self._new_key(new_path + tuple(key[len(old_prefix):].split("/")))
-        moving = sorted((staged_path, staged) for staged_path, staged in self._staged.items()
-                        if staged_path[:len(path)] == path)
+        moving = self.staged_files.below(path)
         async with contextlib.AsyncExitStack() as locks:
             for _, staged in moving:
                 await locks.enter_async_context(staged.lock)
@@ -426,25 +297,14 @@ class WritableObjectVolume(ObjectVolume):
                     for key in group:
                         nursery.start_soon(step, key)
             for staged_path, staged in moving:
-                moved = new_path + staged_path[len(path):]
-                self.uploads.break_stream(staged)
-                self.staging.rename(staged, self._key(moved))
-                self._staged[moved] = self._staged.pop(staged_path)
-                self.uploads.postpone(staged)
-        self._move_writers(path, new_path)
+                self.staged_files.move(staged, staged_path, new_path + staged_path[len(path):])
+        self.staged_files.move_writers(path, new_path)
         self.forget_below(path, new_path)
-        self.forget_listings(path, below=True)
-        self.forget_listings(new_path, below=True)
+        self.tree.forget_listings(path, below=True)
+        self.tree.forget_listings(new_path, below=True)
         self.gone(path)
-        self.relist(path)
-        self.relist(new_path, None)
-
-    def _move_writers(self, path: Path, new_path: Path):
-        for writer_path in [p for p in self._unstaged_writers if p[:len(path)] == path]:
-            writers = self._unstaged_writers.pop(writer_path)
-            for handle in writers:
-                handle.path = new_path + writer_path[len(path):]
-            self._unstaged_writers[new_path + writer_path[len(path):]] = writers
+        self.tree.relist(path)
+        self.tree.relist(new_path, None)
 
     # Attributes
 
@@ -456,11 +316,11 @@ class WritableObjectVolume(ObjectVolume):
                 info = await self._lookup(path)
                 if info is None:
                     raise OSError(errno.EISDIR, "is a directory")
-                staged = await self.stage(path, info)
+                staged = await self.staged_files.stage(path, info)
                 staged.truncate(changes.size)
-                self.uploads.break_stream(staged)
+                self.staged_files.uploads.break_stream(staged)
                 if not staged.handles:
-                    await self.uploads.closed(staged)
+                    await self.staged_files.uploads.closed(staged)
         mode = None if changes.mode is None else changes.mode & 0o7777
         if any(value is not None for value in (changes.mtime_ns, mode, changes.uid, changes.gid)):
             await self._keep(path, Posix(changes.mtime_ns, mode, changes.uid, changes.gid))
@@ -479,32 +339,32 @@ class WritableObjectVolume(ObjectVolume):
             raise OSError(errno.ENODATA, "no such attribute")
         await self._keep(path, Posix(xattrs={key: value for key, value in xattrs.items() if key != name}))
 
-    async def _keep(self, path: Path, changes: "Posix"):
+    async def _keep(self, path: Path, changes: Posix):
         """Attributes set (None: as they are). A staged file not uploaded yet takes them to its upload; else
         the object, or the directory's marker, is written again with them in its metadata."""
         current = await self._lookup(path)
         if current is None:
             await self._keep_directory(path, changes)
             return
-        staged = self._staged.get(path)
+        staged = self.staged_files.get(path)
         if staged is not None and staged.dirty:
-            _check_size(changes.metadata_over(self._metadata_of(staged)))
+            check_size(changes.metadata_over(self.staged_files.metadata_of(staged)))
             staged.keep(changes.mtime_ns, changes.mode, changes.uid, changes.gid, changes.xattrs)
-            self.uploads.break_stream(staged)  # its parts went without them
+            self.staged_files.uploads.break_stream(staged)  # its parts went without them
             if not staged.handles:  # closed: its write-back time starts again (or, with none, it goes up now)
-                await self.uploads.closed(staged)
+                await self.staged_files.uploads.closed(staged)
             return
-        key = self._key(path)
+        key = self.tree.key(path)
         stored = await self.store.stat(key)  # a listing's info has no metadata, and the copy replaces it all
         self.attributes.learn(stored)
         kept = self.attributes.kept(stored)
         metadata = changes.metadata_over(self._posix_now(stored, kept))
         if metadata == kept_posix(stored.metadata):
             return  # nothing changes: a copy would cost a request, and break a stream
-        _check_size(metadata)
+        check_size(metadata)
         others = {name: text for name, text in stored.metadata.items() if name not in POSIX_KEYS}
         copied = await self.store.copy(key, key, others | metadata)
-        self._now_stored(path, copied)
+        self.now_stored(path, copied)
         if staged is not None:
             staged.keep(changes.mtime_ns, changes.mode, changes.uid, changes.gid, changes.xattrs, changed=False)
             staged.stored = copied
@@ -516,11 +376,11 @@ class WritableObjectVolume(ObjectVolume):
                               parse_id(kept.get(UID), None), parse_id(kept.get(GID), None), xattrs_in(kept),
                               kind(kept) or stat.S_IFREG)
 
-    async def _keep_directory(self, path: Path, changes: "Posix"):
+    async def _keep_directory(self, path: Path, changes: Posix):
         """Attributes of a directory set: its marker is written with them (an implicit directory gets one)."""
         if not path:
             return  # the volume's root has no marker of its own
-        marker = self.dir_prefix(path)
+        marker = self.tree.dir_prefix(path)
         kept = self.attributes.of_marker(marker)
         now = self.attrs(None, path)
         metadata = changes.metadata_over(posix_metadata(
@@ -528,37 +388,6 @@ class WritableObjectVolume(ObjectVolume):
             stat.S_IFDIR))
         if metadata == kept:
             return
-        _check_size(metadata)
+        check_size(metadata)
         await self.store.put(marker, b"", metadata)
         self.attributes.learn_marker(marker, metadata)
-
-
-@dataclass(frozen=True)
-class Posix:
-    """Attributes to set; None leaves one as it is."""
-    mtime_ns: int | None = None
-    mode: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-    xattrs: dict[str, str] | None = None
-
-    def metadata_over(self, metadata: dict[str, str]) -> dict[str, str]:
-        """METADATA (as `posix_metadata` makes it) with these changes made."""
-        changed = dict(metadata)
-        kind_bits = stat.S_IFMT(int(metadata[MODE]))
-        for name, value in ((MTIME, None if self.mtime_ns is None else format_mtime(self.mtime_ns)),
-                            (MODE, None if self.mode is None else format_mode(self.mode, kind_bits)),
-                            (UID, None if self.uid is None else str(self.uid)),
-                            (GID, None if self.gid is None else str(self.gid))):
-            if value is not None:
-                changed[name] = value
-        if self.xattrs is not None:
-            changed.pop(XATTR, None)
-            if self.xattrs:
-                changed[XATTR] = encode_xattrs(self.xattrs)
-        return changed
-
-
-def _check_size(metadata: dict[str, str]):
-    if metadata_size(metadata) > METADATA_MOST:
-        raise OSError(errno.ENOSPC, f"an object's metadata holds at most {METADATA_MOST} bytes")

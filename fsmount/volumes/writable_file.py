@@ -26,11 +26,11 @@ class WritableFile(FileHandle):
 
     async def _staged(self) -> StagedFile:
         if self.staged is None:
-            staged = await self.volume.stage(self.path, self.reader.info, attached=not self.unlinked)
+            staged = await self.volume.staged_files.stage(self.path, self.reader.info, attached=not self.unlinked)
             if self.staged is None:
                 self.staged = staged
                 staged.handles += 1
-                self.volume.forget_writer(self)
+                self.volume.staged_files.forget_writer(self)
         return self.staged
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
@@ -42,14 +42,14 @@ class WritableFile(FileHandle):
         staged = await self._staged()
         written = staged.write(offset, data)
         self.changed = True
-        self.volume.uploads.wrote(staged, offset)
+        self.volume.staged_files.uploads.wrote(staged, offset)
         return written
 
     async def truncate(self, size: int):
         staged = await self._staged()
         staged.truncate(size)
         self.changed = True
-        self.volume.uploads.break_stream(staged)
+        self.volume.staged_files.uploads.break_stream(staged)
 
     async def flush(self):
         """Asks for the upload of what this handle changed (write-back may hold it back). A shell's
@@ -58,21 +58,21 @@ class WritableFile(FileHandle):
         after its last handle is released)."""
         if self.changed:
             self.changed = False
-            await self.volume.uploads.closed(self.staged)
+            await self.volume.staged_files.uploads.closed(self.staged)
 
     async def fsync(self, datasync: bool):
         """Uploads the file now, whichever handle changed it, and waits: EIO when the store refuses."""
         if self.staged is not None:
             self.changed = False
-            await self.volume.uploads.upload(self.staged)
+            await self.volume.staged_files.uploads.upload(self.staged)
 
     async def getattr(self) -> Attrs:
         if self.staged is None:
             return await self.reader.getattr()
-        return self.volume.attrs(self.volume.staged_info(self.staged), self.path)
+        return self.volume.attrs(self.volume.staged_files.info_of(self.staged), self.path)
 
     async def release(self):
         if self.staged is not None:
-            await self.volume.handle_closed(self.staged)
+            await self.volume.staged_files.handle_closed(self.staged)
         else:
-            self.volume.forget_writer(self)
+            self.volume.staged_files.forget_writer(self)
