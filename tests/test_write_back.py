@@ -91,6 +91,22 @@ def test_a_file_removed_before_its_upload_never_reaches_the_store(workspace, mot
     assert changes_naming(moto, bucket, "lock") == []
 
 
+def test_a_file_written_past_its_end_sends_nothing_of_its_hole(workspace, moto, mount):
+    """pjdfstest's open/25: one byte written 2 GiB into a new file, read back, removed. The file went up in
+    parts of zeros while it was written (past the multipart threshold); it must wait for its close."""
+    bucket = S3Bucket(moto)
+    _, _, root = mount_write_back(workspace, mount, bucket)
+    with open(root / "sparse.bin", "wb", buffering=0) as stream:
+        stream.seek(64 * 2**20)  # four times the multipart threshold
+        stream.write(b"a")
+    assert os.stat(root / "sparse.bin").st_size == 64 * 2**20 + 1
+    with open(root / "sparse.bin", "rb") as stream:
+        assert stream.read(4096) == bytes(4096) and os.pread(stream.fileno(), 1, 64 * 2**20) == b"a"
+    os.unlink(root / "sparse.bin")
+    assert sync(root).returncode == 0
+    assert changes_naming(moto, bucket, "sparse") == []
+
+
 def test_chmod_chown_and_times_after_close_go_up_with_the_one_upload(workspace, moto, mount):
     bucket = S3Bucket(moto)
     _, _, root = mount_write_back(workspace, mount, bucket)

@@ -70,6 +70,7 @@ class StagedFile:
         self.uploaded = 0
         self.handles = 0
         self.discarded = False  # unlinked: never uploaded, gone with its last handle
+        self.sparse = False  # written or truncated past its end, leaving a hole
         self.stored = None  # what the store holds of the file (its volume's ObjectInfo), once it holds it all
         self.lock = trio.Lock()  # one upload, fill or rename of the file at a time
 
@@ -86,6 +87,7 @@ class StagedFile:
 
     def write(self, offset: int, data: bytes) -> int:
         self._changed()
+        self.sparse |= offset > self.size
         growth = self._reserve_up_to(offset + len(data))
         written = 0
         try:
@@ -98,6 +100,7 @@ class StagedFile:
 
     def truncate(self, size: int):
         self._changed()
+        self.sparse |= size > self.size
         growth = self._reserve_up_to(size)
         try:
             os.ftruncate(self.fd, size)

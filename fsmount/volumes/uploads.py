@@ -196,8 +196,12 @@ class Uploads:
                         staged.store, staged.key, staged.path)
 
     def wrote(self, staged: StagedFile, offset: int):
-        """A new file (never in the store) that grows past the multipart threshold starts going up in parts."""
+        """A new file (never in the store) that grows past the multipart threshold starts going up in parts,
+        unless it has a hole: pjdfstest's pwrite 2 GiB into an empty file sent its zeros while it was written."""
         stream = self._streams.get(staged)
+        if staged.sparse:
+            self.break_stream(staged)
+            return
         if stream is None:
             if staged.stored is not None or staged.size <= self.settings.threshold or self._nursery is None:
                 return
