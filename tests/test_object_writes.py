@@ -158,6 +158,19 @@ def test_mkdir_rmdir_and_unlink(rw):
         os.unlink(root / "dir")
 
 
+def test_a_file_unlinked_while_open_has_no_link_left_and_stays_readable(s3_rw):
+    root, bucket, _ = s3_rw
+    with open(root / "old.txt", "rb") as reader, open(root / "open.txt", "w+b") as writer:
+        assert reader.read() == OLD["old.txt"]  # in the cache now: the store's copy goes with the unlink
+        writer.write(b"still here")
+        writer.flush()
+        os.unlink(root / "old.txt")
+        os.unlink(root / "open.txt")
+        assert os.fstat(reader.fileno()).st_nlink == 0 and os.fstat(writer.fileno()).st_nlink == 0  # pjdfstest unlink/14
+        assert os.pread(reader.fileno(), 100, 0) == OLD["old.txt"] and os.pread(writer.fileno(), 100, 0) == b"still here"
+    assert "old.txt" not in bucket.keys() and "open.txt" not in bucket.keys()
+
+
 def test_a_directory_s_time_moves_when_a_name_in_it_is_made_or_removed_here(rw):
     root, _, _ = rw
     os.mkdir(root / "timed")

@@ -1,4 +1,5 @@
 """The FUSE face: pyfuse3 handlers that turn inodes into (volume, path), and OSError into errno."""
+import dataclasses
 import errno
 import functools
 import itertools
@@ -148,7 +149,10 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode, ctx):
         node = self.inodes[inode]
         if node.orphan and node.handles:
-            return self._entry(node, await self._handles[next(iter(node.handles))].handle.getattr())
+            attrs = await self._handles[next(iter(node.handles))].handle.getattr()
+            if attrs.host_inode is None:  # an object's one name is gone (a host file's own count says if it has others)
+                attrs = dataclasses.replace(attrs, nlink=0)
+            return self._entry(node, attrs)
         return self._entry(node, await self.namespace.attrs(node))
 
     @_errno_reply
