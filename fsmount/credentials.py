@@ -1,4 +1,5 @@
 """Which credentials a bucket or container gets: the `credentials` lists of the config, ClearML-style, and the environment."""
+import urllib.parse
 from dataclasses import dataclass, field
 
 
@@ -39,22 +40,19 @@ class AzureCredentials:
 
 
 def parse_connection_string(text: str) -> AzureCredentials:
-    """Azure's `Name=value;...` connection string: the account, its key or SAS, and its blob endpoint."""
-    fields = {}
-    for part in filter(None, (part.strip() for part in text.split(";"))):
-        name, equals, value = part.partition("=")
-        if not equals:
-            raise ValueError("expected Name=value pairs separated by ';', such as AccountName=...;AccountKey=...")
-        fields[name.lower()] = value
-    account = fields.get("accountname")
-    endpoint = fields.get("blobendpoint")
-    if endpoint is None and account and "endpointsuffix" in fields:
-        endpoint = f"{fields.get('defaultendpointsprotocol', 'https')}://{account}.blob.{fields['endpointsuffix']}"
-    if account is None and endpoint is None:
-        raise ValueError("names no account: expected AccountName=... or BlobEndpoint=...")
-    return AzureCredentials(account_name=account or endpoint.rstrip("/").rsplit("/", 1)[-1].split(".")[0],
-                            account_key=fields.get("accountkey"), sas_token=fields.get("sharedaccesssignature"),
-                            endpoint=endpoint)
+    """Azure's `Name=value;...` connection string, read by the Azure SDK as it reads one (so
+    `UseDevelopmentStorage=true` is Azurite's account on 127.0.0.1:10000): the account, its key or SAS, and
+    its blob endpoint."""
+    from azure.storage.blob import BlobServiceClient  # the SDK's import is heavy; only Azure configs pay it
+
+    try:
+        client = BlobServiceClient.from_connection_string(text)
+    except ValueError as error:
+        raise ValueError(f"not a connection string the Azure SDK takes ({error})") from None
+    url = urllib.parse.urlsplit(client.url)
+    return AzureCredentials(account_name=client.account_name, account_key=getattr(client.credential, "account_key", None),
+                            sas_token=url.query or None,
+                            endpoint=urllib.parse.urlunsplit(url._replace(query="")).rstrip("/"))
 
 
 def azure_environment_credentials(environ) -> AzureCredentials | None:

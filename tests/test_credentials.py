@@ -131,6 +131,10 @@ def test_connection_strings():
     azurite = parse_connection_string("BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;SharedAccessSignature=sv=x&sig=y")
     assert (azurite.account_name, azurite.sas_token) == ("devstoreaccount1", "sv=x&sig=y")
     assert "a2V5" not in repr(parsed) and "sig=y" not in repr(azurite)
+    development = parse_connection_string("UseDevelopmentStorage=true")  # as the SDK reads it: Azurite's account
+    assert (development.account_name, development.endpoint) == ("devstoreaccount1",
+                                                                "http://127.0.0.1:10000/devstoreaccount1")
+    assert development.account_key.startswith("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq")
     with pytest.raises(ValueError):
         parse_connection_string("AccountKey=a2V5")
 
@@ -232,7 +236,7 @@ def test_gcs_emulators_and_the_default_chain(tmp_path, monkeypatch):
     ('credentials { azure: [ { account_key: k } ] }\nvolumes { d { source: "azure://a/b" } }',
      "credentials.azure.[0]: an account_key needs its account_name (or give a connection_string)"),
     ('credentials { azure: [ { connection_string: "AccountKey=s3cr3t" } ] }\nvolumes { d { source: "azure://a/b" } }',
-     "credentials.azure.[0].connection_string: names no account"),
+     "credentials.azure.[0].connection_string: not a connection string the Azure SDK takes"),
     ('volumes { d { source: "gs://" } }', "volumes.d.source: expected gs://bucket/prefix"),
     ('credentials { gcs: [ { bucket: b, credentials_json: "{not json" } ] }\nvolumes { d { source: "gs://b" } }',
      "credentials.gcs.[0].credentials_json: expected the path of a JSON key file, or the JSON text itself"),
