@@ -4,6 +4,7 @@ import contextlib
 import email.utils
 import hashlib
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -210,12 +211,15 @@ class WebServer:
     """An HTTP server on 127.0.0.1 of FILES (path -> bytes, changeable) with ETag and Last-Modified, taking byte
     ranges unless RANGES is False; `/redirect/PATH` redirects to PATH; `gets` counts the GETs of each path."""
 
-    def __init__(self, files: dict[str, bytes], ranges: bool = True, head: bool = True):
-        """HEAD False: HEAD is refused (405), as a presigned GET URL refuses it."""
+    def __init__(self, files: dict[str, bytes], ranges: bool = True, head: bool = True,
+                 tls: ssl.SSLContext | None = None):
+        """HEAD False: HEAD is refused (405), as a presigned GET URL refuses it. TLS: HTTPS with this server context."""
         self.files, self.ranges, self.head = files, ranges, head
         self.gets = collections.Counter()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _web_handler(self))
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._server.server_port}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def close(self):

@@ -3,9 +3,11 @@ redirects, the block cache across remounts, and read-only."""
 import errno
 import hashlib
 import os
+import ssl
 import time
 
 import pytest
+import trustme
 
 from conftest import write_config
 from servers import WebServer
@@ -87,3 +89,31 @@ def test_a_changed_file_is_seen_after_the_ttl(workspace, mount, web):
     web.files["/data/small.csv"] = b"x,y\n3,4\n5,6\n"
     time.sleep(1.5)
     assert path.read_bytes() == b"x,y\n3,4\n5,6\n"
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["ranges", "no-ranges"])
+def test_an_https_server_of_a_private_ca_is_read_with_verify_naming_the_ca(workspace, mount, tmp_path, ranges):
+    """The CA file reaches every request: the HEAD, the ranged GETs and the whole download of a server
+    without ranges. A volume that does not name it fails with EIO and a log line saying why."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server = WebServer(dict(FILES), ranges=ranges, tls=context)
+    try:
+        files = f'["{server.url}/data/big.bin", "{server.url}/data/small.csv"]'
+        daemon = mount(write_config(workspace, f"""
+            cache {{ dir: "{workspace}/cache", block_size: 1MiB }}
+            volumes {{
+                trusted {{ source: {files}, verify: "{tmp_path}/ca.pem" }}
+                untrusted {{ source: {files} }}
+            }}
+        """), workspace / "mnt")
+        trusted, untrusted = workspace / "mnt" / "trusted", workspace / "mnt" / "untrusted"
+        assert (trusted / "big.bin").read_bytes() == BIG and (trusted / "small.csv").read_bytes() == FILES["/data/small.csv"]
+        with pytest.raises(OSError) as error:
+            (untrusted / "small.csv").read_bytes()
+        assert error.value.errno == errno.EIO
+        assert "CERTIFICATE_VERIFY_FAILED" in daemon.log() or "certificate verify failed" in daemon.log()
+    finally:
+        server.close()

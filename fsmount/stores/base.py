@@ -10,6 +10,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import ssl
 import time
 import types
 import typing
@@ -23,6 +24,18 @@ if typing.TYPE_CHECKING:
 
 
 NO_METADATA: Mapping[str, str] = types.MappingProxyType({})  # one for every object a listing gives without any
+
+
+def urllib3_tls(verify: bool | str) -> dict:
+    """urllib3's TLS options for VERIFY (a volume's `verify`: check certificates, don't, or against this CA bundle)."""
+    if verify is False:
+        return {"cert_reqs": "CERT_NONE"}
+    return {"cert_reqs": "CERT_REQUIRED", **({"ca_certs": verify} if isinstance(verify, str) else {})}
+
+
+def aiohttp_tls(verify: bool | str) -> ssl.SSLContext | bool:
+    """aiohttp's `ssl` for VERIFY: False, the default checks (True), or a context trusting that CA bundle."""
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
 def redact_url(url: str) -> str:

@@ -27,8 +27,8 @@ import urllib3
 
 from fsmount.credentials import GcsCredentials
 from fsmount.stores.base import (ATTEMPTS, AccessDenied, ListPage, NotFound, ObjectInfo, RangeRequest, Reply, Request,
-                                 Store, Throttled, Unavailable, backoff, content_md5, metadata_of, read_part,
-                                 status_error)
+                                 Store, Throttled, Unavailable, aiohttp_tls, backoff, content_md5, metadata_of,
+                                 read_part, status_error)
 from fsmount.stores.ranges import RangeFetcher
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class GcsStore(Store):
     async def open(self):
         self._google = await asyncio.to_thread(self._load_credentials)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._verify is not False),
+            connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=aiohttp_tls(self._verify)),
             timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=60), raise_for_status=False)
 
     def _load_credentials(self):

@@ -15,7 +15,8 @@ import time
 import urllib3
 
 from fsmount.stores import arrival
-from fsmount.stores.base import ATTEMPTS, NotFound, RangeRequest, Reply, Throttled, Unavailable, backoff, status_error
+from fsmount.stores.base import (ATTEMPTS, NotFound, RangeRequest, Reply, Throttled, Unavailable, backoff, status_error,
+                                 urllib3_tls)
 from fsmount.stores.curl import CurlRequests
 
 _ANSWERS = {200, 201, 308}  # 308: a resumable upload (GCS) took a chunk and wants the next
@@ -73,9 +74,8 @@ receive_buffers = ReceiveBuffers(_BUFFERS_KEPT)
 
 class RangeFetcher:
     def __init__(self, max_connections: int, verify: bool | str = True):
-        tls = {"cert_reqs": "CERT_NONE"} if verify is False else {"ca_certs": verify} if isinstance(verify, str) else {}
         self._pool = urllib3.PoolManager(num_pools=4, maxsize=max_connections, block=True, retries=False,
-                                         timeout=urllib3.Timeout(connect=5, read=60), **tls)
+                                         timeout=urllib3.Timeout(connect=5, read=60), **urllib3_tls(verify))
         self.small_requests = CurlRequests(max_connections, verify)
 
     def get(self, request: RangeRequest) -> bytes | memoryview:

@@ -20,7 +20,7 @@ import aiohttp
 import urllib3
 
 from fsmount.stores.base import (ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, ReadOnlyStore,
-                                 Unavailable, read_part, redact_url, status_error)
+                                 Unavailable, aiohttp_tls, read_part, redact_url, status_error, urllib3_tls)
 from fsmount.stores.ranges import RangeFetcher
 
 _SIZE = "size:"
@@ -54,7 +54,7 @@ class UrlStore(ReadOnlyStore):
         os.makedirs(self._spool_dir, exist_ok=True)
         self._spool_dir = tempfile.mkdtemp(prefix="spool-", dir=self._spool_dir)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._verify is not False),
+            connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=aiohttp_tls(self._verify)),
             timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=60))
 
     async def close(self):
@@ -93,6 +93,8 @@ class UrlStore(ReadOnlyStore):
                     return response.headers, str(response.url)
             except aiohttp.TooManyRedirects:
                 raise Unavailable(f"{method} {key}: more than {self._redirects} redirects") from None
+            except aiohttp.ClientConnectorCertificateError as error:  # the reason says which CA to name in `verify`
+                raise Unavailable(f"{method} {key}: {error.certificate_error}") from None
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 raise Unavailable(f"{method} {key}: {type(error).__name__}") from None
 
@@ -127,8 +129,7 @@ class UrlStore(ReadOnlyStore):
             return path
 
     def _download(self, key: str, url: str, headers: dict[str, str], path: str):
-        pool = urllib3.PoolManager(cert_reqs="CERT_NONE" if self._verify is False else "CERT_REQUIRED",
-                                   retries=urllib3.Retry(total=3, redirect=self._redirects))
+        pool = urllib3.PoolManager(retries=urllib3.Retry(total=3, redirect=self._redirects), **urllib3_tls(self._verify))
         try:
             response = pool.request("GET", url, headers=headers, preload_content=False)
         except urllib3.exceptions.HTTPError as error:

@@ -115,9 +115,15 @@ class ObjectTree:
             with contextlib.suppress(NotFound):
                 found["file"] = await self.store.stat(self.key(path))
 
-        async with trio.open_nursery() as nursery:  # one round trip, not two
-            nursery.start_soon(directory)
-            nursery.start_soon(file)
+        try:
+            async with trio.open_nursery() as nursery:  # one round trip, not two
+                nursery.start_soon(directory)
+                nursery.start_soon(file)
+        except BaseExceptionGroup as group:  # the store's error, as one request would have raised it
+            failure = next((error for error in group.exceptions if isinstance(error, OSError)), None)
+            if failure is None:
+                raise
+            raise failure from None
         info = None if found["directory"] else found.get("file")
         if found["directory"] or (info is not None and self.shows(info.key)):
             self.remember(path, info)
