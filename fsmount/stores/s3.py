@@ -18,6 +18,7 @@ import collections
 import contextlib
 import datetime
 import functools
+import os
 import threading
 import time
 import urllib.parse
@@ -83,6 +84,13 @@ def _session():
     return session
 
 
+def default_region() -> str:
+    """The region of a volume that names none, as the AWS CLI finds it: AWS_REGION, AWS_DEFAULT_REGION, the region
+    of the profile (AWS_PROFILE, or default) in the config file, else us-east-1. A fresh session: the shared one
+    would keep the config file of its first reading."""
+    return os.environ.get("AWS_REGION") or botocore.session.Session().get_config_variable("region") or "us-east-1"
+
+
 def _info(key: str, size: int, etag: str, modified, metadata=None, content_type: str | None = None) -> ObjectInfo:
     return ObjectInfo(key, size, etag, int(modified.timestamp() * 1e9), metadata_of(metadata),
                       content_type=content_type)
@@ -99,7 +107,7 @@ class S3Endpoint:
         self.max_connections = max_connections  # may grow until the first store opens
         # Plain http has no certificate to check: loading the CA bundle for it delayed the first request ~30 ms.
         plain = url is not None and url.startswith("http://")
-        self._client_args = dict(endpoint_url=url, region_name=region or "us-east-1", verify=False if plain else verify,
+        self._client_args = dict(endpoint_url=url, region_name=region or default_region(), verify=False if plain else verify,
                                  aws_access_key_id=key, aws_secret_access_key=secret)
         self._stores = 0
         self._opening = asyncio.Lock()
