@@ -88,7 +88,9 @@ def default_region() -> str:
     """The region of a volume that names none, as the AWS CLI finds it: AWS_REGION, AWS_DEFAULT_REGION, the region
     of the profile (AWS_PROFILE, or default) in the config file, else us-east-1. A fresh session: the shared one
     would keep the config file of its first reading."""
-    return os.environ.get("AWS_REGION") or botocore.session.Session().get_config_variable("region") or "us-east-1"
+    with contextlib.suppress(botocore.exceptions.ProfileNotFound):  # the client's own creation says so, at open
+        return os.environ.get("AWS_REGION") or botocore.session.Session().get_config_variable("region") or "us-east-1"
+    return "us-east-1"
 
 
 def _info(key: str, size: int, etag: str, modified, metadata=None, content_type: str | None = None) -> ObjectInfo:
