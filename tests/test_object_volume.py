@@ -354,6 +354,17 @@ def test_even_the_debug_log_shows_no_signed_request_and_no_library_chatter(reque
         assert request_detail not in logged
 
 
+def test_a_bucket_that_does_not_exist_is_one_log_line_and_eio(workspace, mount, moto):
+    daemon = mount(s3_config(workspace, moto, "no-such-bucket"), workspace / "mnt")
+    root = workspace / "mnt" / "bucket"
+    for look in (os.listdir, lambda path: os.stat(path / "file"), lambda path: os.listdir(path / "dir")):
+        with pytest.raises(OSError) as error:
+            look(root)
+        assert error.value.errno == errno.EIO
+    said = [line for line in daemon.log().splitlines() if " INFO " not in line]
+    assert len(said) == 1 and "bucket no-such-bucket does not exist at http://127.0.0.1:" in said[0]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_store_that_goes_down_gives_eio_and_keeps_cached_bytes(workspace, mount, kind):
     server = serve(SERVER_SCRIPT_NAME[kind], workspace)

@@ -30,7 +30,7 @@ def _errno_reply(handler):
         except pyfuse3.FUSEError:
             raise
         except OSError as error:
-            if error.errno in (errno.EIO, None):
+            if error.errno in (errno.EIO, None) and not getattr(error, "logged", False):
                 log.warning("%s failed: %s", handler.__name__, error)
             raise pyfuse3.FUSEError(error.errno or errno.EIO) from None
         except Exception:

@@ -130,6 +130,13 @@ class Unavailable(StoreError):
     errno_value = errno.EIO
 
 
+class NoSuchContainer(StoreError):
+    """The bucket or container itself is not there. The store says so once in the log; each request after
+    fails with EIO, and no more lines."""
+    errno_value = errno.EIO
+    logged = True
+
+
 _STATUS_ERRORS = {404: NotFound, 412: PreconditionFailed, 401: AccessDenied, 403: AccessDenied,
                   429: Throttled, 503: Throttled}
 

@@ -18,6 +18,7 @@ import collections
 import contextlib
 import datetime
 import functools
+import logging
 import os
 import threading
 import time
@@ -32,12 +33,14 @@ import botocore.utils
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Reply,
-                                 Request, Store, Throttled, Unavailable, content_md5, metadata_of, read_part,
-                                 status_error, uploaded)
+from fsmount.stores.base import (AccessDenied, ListPage, NoSuchContainer, NotFound, ObjectInfo, PreconditionFailed,
+                                 RangeRequest, Reply, Request, Store, Throttled, Unavailable, content_md5, metadata_of,
+                                 read_part, status_error, uploaded)
 from fsmount.stores.ranges import RangeFetcher
 
-_NOT_FOUND = {"NoSuchKey", "NotFound", "NoSuchBucket"}
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = {"NoSuchKey", "NotFound"}
 _PRECONDITION = {"PreconditionFailed"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded"}
@@ -55,8 +58,8 @@ def _errors(what: str):
     except botocore.exceptions.ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        for codes, kind in ((_NOT_FOUND, NotFound), (_PRECONDITION, PreconditionFailed),
-                            (_DENIED, AccessDenied), (_THROTTLED, Throttled)):
+        for codes, kind in ((_NOT_FOUND, NotFound), ({"NoSuchBucket"}, NoSuchContainer),
+                            (_PRECONDITION, PreconditionFailed), (_DENIED, AccessDenied), (_THROTTLED, Throttled)):
             if code in codes:
                 raise kind(f"{what}: {code}") from None
         raise status_error(status, f"{what}: {code or status}") from None
@@ -166,6 +169,7 @@ class S3Store(Store):
         self._signing: tuple[str, str, str, str] = ("", "", "", "")
         self._urls_lock = threading.Lock()
         self._urls: collections.OrderedDict[tuple[str, str | None], tuple[float, str]] = collections.OrderedDict()
+        self._said_missing = False  # that the bucket does not exist, in the log
 
     @property
     def identity(self) -> str:
@@ -233,8 +237,15 @@ class S3Store(Store):
             arguments["ContinuationToken"] = token
         if page_size:
             arguments["MaxKeys"] = page_size
-        with _errors(f"LIST {prefix}"):
-            page = await self._client.list_objects_v2(**arguments)
+        try:
+            with _errors(f"LIST {prefix}"):
+                page = await self._client.list_objects_v2(**arguments)
+        except NoSuchContainer:
+            if not self._said_missing:
+                self._said_missing = True
+                log.error("bucket %s does not exist at %s: listing and reading its volume fail with EIO",
+                          self.bucket, self.endpoint.url or "AWS")
+            raise
         objects = [_info(entry["Key"], entry["Size"], entry["ETag"], entry["LastModified"])
                    for entry in page.get("Contents", [])]
         return ListPage(objects, [entry["Prefix"] for entry in page.get("CommonPrefixes", [])],
