@@ -126,7 +126,7 @@ class Daemon:
             self.known_attributes = KnownAttributes(cache.dir)
             self.known_listings = KnownListings(cache.dir)
         source = volume.objects
-        store = TrioStore(self.stores.store_for(source))
+        store = TrioStore(self.stores.store_for(source, volume.read_only))
         shared = dict(cache=self.cache, known_attributes=self.known_attributes, prefetcher=self.prefetcher,
                       metadata_ttl=source.effective_ttl(cache.metadata_ttl),
                       read_ahead=cache.read_ahead, uid=self.uid, gid=self.gid)

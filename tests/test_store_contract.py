@@ -6,12 +6,17 @@ import time
 
 import pytest
 import trio
+import urllib3
 import trio_asyncio
 
+from buckets import new_bucket
 from conftest import open_bucket
+from fsmount.credentials import AzureCredentials
+from fsmount.stores.azure import AzureStore
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, PreconditionFailed, Unavailable
 from fsmount.stores.s3 import S3Endpoint, S3Store
+from servers import AZURITE_ACCOUNT, AZURITE_KEY, azurite_endpoint
 
 PART = 5 * 2**20  # the smallest part S3 accepts
 
@@ -187,3 +192,17 @@ async def test_a_server_that_is_down_gives_unavailable():
             assert error.value.errno == errno.EIO
         finally:
             await down.close()
+
+
+def test_a_read_only_azure_volume_signs_urls_that_read_and_cannot_write(request):
+    """What leaks of a read-only volume (a URL in a log, a core dump) cannot change its container."""
+    bucket = new_bucket(request, "azure", {"a.txt": b"a"})
+    http = urllib3.PoolManager()
+    for read_only, put_status in ((True, 403), (False, 201)):
+        store = AzureStore(AZURITE_ACCOUNT, bucket.name, AzureCredentials(AZURITE_ACCOUNT, account_key=AZURITE_KEY),
+                           endpoint=azurite_endpoint(bucket.server), read_only=read_only)
+        read = store.range_request("a.txt", 0, 1, "*")
+        assert http.request("GET", read.url, headers=read.headers).data == b"a"
+        write = store.range_request(f"written-{read_only}.txt", 0, 1, "*").url  # the container's SAS, on another blob
+        assert http.request("PUT", write, body=b"w", headers={"x-ms-blob-type": "BlockBlob"}).status == put_status
+    assert bucket.keys() == ["a.txt", "written-False.txt"]

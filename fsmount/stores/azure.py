@@ -31,6 +31,7 @@ from fsmount.stores.ranges import RangeFetcher
 
 _SAS_LIFETIME = datetime.timedelta(hours=2)
 _SAS_PERMISSIONS = ContainerSasPermissions(read=True, add=True, create=True, write=True, delete=True, list=True)
+_READ_ONLY_SAS_PERMISSIONS = ContainerSasPermissions(read=True, list=True)
 _VERSION = {"x-ms-version": "2023-11-03"}  # of the REST API, for requests the SDK does not make
 _COPY_POLL = 0.2  # seconds between looks at a copy the server finishes in the background
 
@@ -73,8 +74,9 @@ def _info(key: str, size: int, etag: str, modified: datetime.datetime, metadata=
 
 class AzureStore(Store):
     def __init__(self, account: str, container: str, credentials: AzureCredentials, endpoint: str | None = None,
-                 verify: bool | str = True, max_connections: int = 32):
-        """ENDPOINT: the account's blob service URL (Azurite: http://127.0.0.1:10000/ACCOUNT)."""
+                 verify: bool | str = True, max_connections: int = 32, read_only: bool = False):
+        """ENDPOINT: the account's blob service URL (Azurite: http://127.0.0.1:10000/ACCOUNT). READ_ONLY: the SAS it
+        signs grants reading and listing only, so a URL that leaks cannot change the container."""
         self.account = account
         self.container = container
         self.account_url = (endpoint or f"https://{account}.blob.core.windows.net").rstrip("/")
@@ -85,6 +87,7 @@ class AzureStore(Store):
         self._client = None
         self._sas_lock = threading.Lock()
         self._sas: tuple[float, str] | None = None  # (renew after, query string)
+        self._sas_permissions = _READ_ONLY_SAS_PERMISSIONS if read_only else _SAS_PERMISSIONS
 
     @property
     def identity(self) -> str:
@@ -119,7 +122,7 @@ class AzureStore(Store):
             if self._sas is None or self._sas[0] < time.monotonic() or fresh:
                 expiry = datetime.datetime.now(datetime.timezone.utc) + _SAS_LIFETIME
                 token = generate_container_sas(self.account, self.container, account_key=self._credentials.account_key,
-                                               permission=_SAS_PERMISSIONS, expiry=expiry)
+                                               permission=self._sas_permissions, expiry=expiry)
                 self._sas = (time.monotonic() + _SAS_LIFETIME.total_seconds() / 2, token)
             return self._sas[1]
 

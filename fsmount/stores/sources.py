@@ -22,14 +22,15 @@ class Stores:
         self._cache_dir = cache_dir
         self._s3_endpoints: dict[tuple, "S3Endpoint"] = {}
 
-    def store_for(self, source: ObjectSource) -> Store:
+    def store_for(self, source: ObjectSource, read_only: bool = True) -> Store:
+        """READ_ONLY: the volume changes nothing, so what the store signs for it may only read and list."""
         if isinstance(source, S3Source):
             from fsmount.stores.s3 import S3Store
             return S3Store(source.bucket, self._s3_endpoint(source), extra_args=source.extra_args)
         if isinstance(source, AzureSource):
             from fsmount.stores.azure import AzureStore
             return AzureStore(source.account, source.bucket, source.credentials, endpoint=source.endpoint,
-                              max_connections=source.max_connections)
+                              max_connections=source.max_connections, read_only=read_only)
         if isinstance(source, GcsSource):
             from fsmount.stores.gcs import GcsStore
             return GcsStore(source.bucket, source.credentials, endpoint=source.endpoint,
