@@ -104,8 +104,11 @@ class CurlRequests:
                 self._transfers.pop(curl, None)
                 self._multi.remove_handle(curl)
             status = curl.getinfo(pycurl.RESPONSE_CODE)
-            curl.reset()  # nothing of this request's stays: not its method, nor a body it would keep alive
-            self._configure(curl)
+            if body is not None:  # an upload's method and body must not stay for the GETs that reuse the handle
+                curl.reset()
+                self._configure(curl)
+            else:
+                curl.setopt(pycurl.WRITEDATA, io.BytesIO())  # the body is not kept alive by a free handle
             self._free.append(curl)
         error = self._errors.pop(curl, None)
         if error is not None:
