@@ -2,8 +2,8 @@
 
 A block is named by (store, key, version, index), so blocks of two versions never mix. A large
 block's file is written to a temporary name and renamed; a small one (under 1 MiB: a small object's
-only one) is packed into a segment with others (fsmount/cache/segments.py). The SQLite index (WAL)
-records each block's size, XXH3 checksum, last use and place. A process checks each block's checksum
+only one) is packed into a segment with others (fsmount/cache/segments.py). The SQLite index
+(fsmount/cache/block_index.py) records each block's size, XXH3 checksum, last use and place. A process checks each block's checksum
 the first time it uses it, so a block torn by a crash or damaged on disk is refetched, never served.
 Eviction is least recently used, never of a block a reader holds. Ten readers of one missing block
 cause one fetch.
@@ -30,33 +30,22 @@ import logging
 import math
 import os
 import shutil
-import sqlite3
-import time
 
 import trio
 
 from fsmount.cache.background import run_in_background, when_idle
 from fsmount.cache import blockio
+from fsmount.cache.block_index import BlockIndex
 from fsmount.cache.filled import FilledBlocks
-from fsmount.cache.segments import Segments
+from fsmount.cache.segments import Segments, packed_runs
 from fsmount.stores import arrival
 from fsmount.stores.arrival import Arrival
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE blocks (
-    name TEXT PRIMARY KEY, size INTEGER NOT NULL, checksum INTEGER NOT NULL, used REAL NOT NULL, ready INTEGER NOT NULL,
-    segment INTEGER, position INTEGER);  -- segment NULL: a file of its own
-CREATE INDEX blocks_by_use ON blocks (used);
-"""
-# 1: XXH3 checksums; zlib's CRC-32 before took 6% of the CPU of a cold sequential read. 2: small blocks in
-# segments, not in the index.
-_INDEX_VERSION = 2
 _WRITERS = 2  # tasks writing fetched blocks to the cache, each a batch at a time
 _BATCH_MOST = 64  # blocks a writer takes at once
 _EVICTION_BATCH = 64
-_TOUCHES_KEPT = 4096  # uses of blocks held in memory before they are written to the index
 _OPEN_FILES = 256  # block files and segments kept open for the reads that follow (2 GiB of 8 MiB blocks)
 PACKED_BELOW = 2**20  # blocks smaller than this go into segments, not into files of their own
 # glibc keeps the blocks' buffers freed in the middle of its heap: ten streams read at once peaked at
@@ -113,29 +102,18 @@ class BlockCache:
         self.max_size = max_size
         self._blocks_dir = os.path.join(directory, "blocks")
         os.makedirs(directory, exist_ok=True)
-        self._db = sqlite3.connect(os.path.join(directory, "index.sqlite"), isolation_level=None)
-        # One daemon uses the index at a time: it holds the file's locks, so no statement takes or drops them
-        # (WAL's locks took ~14 fcntl calls a block, on the event loop), and a second daemon is refused.
-        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError as error:
-            self._db.close()
-            raise OSError(errno.EBUSY, f"the cache in {directory} is in use by another fsmount ({error})") from None
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        if self._db.execute("PRAGMA user_version").fetchone()[0] != _INDEX_VERSION:
+        self._index = BlockIndex(directory)
+        if self._index.outdated():
             self._forget_everything(directory)
         os.makedirs(self._blocks_dir, exist_ok=True)
         self._direct = blockio.direct_io_flag(self._blocks_dir)
         self._forget_unfinished()
-        self._segments = Segments(os.path.join(self._blocks_dir, "segments"), dict(self._db.execute(
-            "SELECT segment, count(*) FROM blocks WHERE segment IS NOT NULL GROUP BY segment")))
-        self.size = self._db.execute("SELECT coalesce(sum(size), 0) FROM blocks").fetchone()[0]
+        self._segments = Segments(os.path.join(self._blocks_dir, "segments"), self._index.blocks_per_segment())
+        self.size = self._index.size()
         self._fills: dict[str, _Fill] = {}
         self._pins: collections.Counter[str] = collections.Counter()
         # blocks this process has checked -> (segment, position, size) of a packed one, None for a file of its own
         self._verified: dict[str, tuple[int, int, int] | None] = {}
-        self._touched: dict[str, float] = {}
         self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._filled = FilledBlocks(memory)
         self._unwritten = _Budget(unwritten)
@@ -145,31 +123,27 @@ class BlockCache:
         self._writers_done = trio.Event()
 
     def close(self):
-        self._flush_touches()
         while self._open:
             os.close(self._open.popitem()[1])
-        self._db.close()
+        self._index.close()
 
     def _path(self, name: str) -> str:
         return os.path.join(self._blocks_dir, name[:2], name[2:4], name)
 
     def _forget_everything(self, directory: str):
         """Drops the blocks of an index another version of fsmount made: their checksums are of another kind."""
-        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'blocks'").fetchone() is not None:
+        if self._index.reset():
             log.info("the cache in %s was made by another version of fsmount; its blocks are dropped", directory)
-        self._db.execute("DROP TABLE IF EXISTS blocks")
         shutil.rmtree(self._blocks_dir, ignore_errors=True)
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {_INDEX_VERSION}")
 
     def _forget_unfinished(self):
         """Fills of files a killed daemon left halfway: they may be torn, so they go. (A packed block is entered
         once its segment holds it.)"""
-        for (name,) in self._db.execute("SELECT name FROM blocks WHERE ready = 0").fetchall():
+        for name in self._index.unfinished():
             for path in [self._path(name), *glob.glob(glob.escape(self._path(name)) + ".*.tmp")]:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-        self._db.execute("DELETE FROM blocks WHERE ready = 0")
+        self._index.drop_unfinished()
 
     async def read(self, name: str, offset: int, length: int, fetch, page_cache: bool = False,
                    background: bool = False, size: int | None = None) -> bytes | memoryview:
@@ -184,7 +158,7 @@ class BlockCache:
         try:
             in_memory = None
             if name in self._verified and name not in self._fills:
-                self._touch(name)  # a block this process has checked: no index lookup
+                self._index.touch(name)  # a block this process has checked: no index lookup
             else:
                 in_memory = await self._ensure(name, fetch, page_cache, background, offset, length,
                                                size=self.block_size if size is None else size)
@@ -246,7 +220,7 @@ class BlockCache:
     def contains(self, name: str) -> bool:
         if name in self._verified:
             return True
-        return self._db.execute("SELECT 1 FROM blocks WHERE name = ? AND ready = 1", (name,)).fetchone() is not None
+        return self._index.has(name)
 
     async def _ensure(self, name: str, fetch, page_cache: bool, background: bool, offset: int, length: int,
                       size: int) -> memoryview | None:
@@ -257,10 +231,9 @@ class BlockCache:
         while True:
             filling = self._fills.get(name)
             if filling is None:
-                row = self._db.execute("SELECT size, checksum, segment, position FROM blocks WHERE name = ? "
-                                       "AND ready = 1", (name,)).fetchone()
+                row = self._index.find(name)
                 if row is not None and await self._intact(name, *row):
-                    self._touch(name)
+                    self._index.touch(name)
                     return None
                 filling = started = self._fills[name] = _Fill(reserved=size)
                 # A large block arrives over ~20 ms: its reader is answered once its part is in, and the rest
@@ -386,12 +359,9 @@ class BlockCache:
             self.size += sum(len(filling.data) for _, filling, _ in batch)
             try:
                 if files:
-                    with self._transaction():
-                        self._db.executemany("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready) "
-                                             "VALUES (?, ?, 0, ?, 0)", [(name, len(data), time.time())
-                                                                        for name, data, _ in files])
+                    self._index.enter_unwritten([(name, len(data)) for name, data, _ in files])
                 runs = [(self._segments.path(segment), position, blocks)
-                        for segment, position, blocks in _runs([data for _, data in packed], places)]
+                        for segment, position, blocks in packed_runs([data for _, data in packed], places)]
                 write = run_in_background if background else trio.to_thread.run_sync
                 written = await write(blockio.write_blocks, runs, [(self._path(name), data, direct)
                                                             for name, data, direct in files])
@@ -412,16 +382,12 @@ class BlockCache:
         blocks = [(name, data, place) for (name, data), place in zip(packed, places)]
         blocks += [(name, data, None) for name, data, _ in files]
         failed = []
-        with self._transaction():
+        with self._index.transaction():
             for (name, data, place), checksum in zip(blocks, written):
                 if isinstance(checksum, OSError):
                     failed.append((name, data, place, checksum))
-                elif place is None:
-                    self._db.execute("UPDATE blocks SET checksum = ?, ready = 1 WHERE name = ?", (checksum, name))
                 else:
-                    self._db.execute("INSERT OR REPLACE INTO blocks (name, size, checksum, used, ready, segment, "
-                                     "position) VALUES (?, ?, ?, ?, 1, ?, ?)",
-                                     (name, len(data), checksum, time.time(), *place))
+                    self._index.written(name, len(data), checksum, place)
         self._verified.update((name, None if place is None else (*place, len(data)))
                               for (name, data, place), checksum in zip(blocks, written)
                               if not isinstance(checksum, OSError))
@@ -443,16 +409,6 @@ class BlockCache:
         if _malloc_trim is not None and glibc_bytes >= _TRIM_FROM:
             _malloc_trim(0)
 
-    @contextlib.contextmanager
-    def _transaction(self):
-        self._db.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
     async def _intact(self, name: str, size: int, checksum: int, segment: int | None, position: int | None) -> bool:
         if name in self._verified:
             return True
@@ -473,22 +429,14 @@ class BlockCache:
         """How many blocks filled ahead of their readers wait in memory for them."""
         return self._filled.unread()
 
-    def _touch(self, name: str):
-        """Records a use of block NAME; the index learns of uses in batches, which only eviction reads."""
-        self._touched[name] = time.time()
-        if len(self._touched) >= _TOUCHES_KEPT:
-            self._flush_touches()
-
     def _make_room(self, needed: int):
         while self.size + needed > self.max_size:
-            self._flush_touches()  # only the order of eviction needs them
-            rows = self._db.execute("SELECT name, size, segment, position FROM blocks WHERE ready = 1 ORDER BY used "
-                                    "LIMIT ?", (_EVICTION_BATCH + len(self._pins),)).fetchall()
+            rows = self._index.least_used(_EVICTION_BATCH + len(self._pins))
             victims = [row for row in rows if row[0] not in self._pins]
             if not victims:
                 log.warning("cache is over its bound (%d bytes): every block is in use", self.size)
                 return
-            with self._transaction():
+            with self._index.transaction():
                 for name, size, segment, position in victims:
                     self._remove(name, size, None if segment is None else (segment, position))
                     if self.size + needed <= self.max_size:
@@ -510,23 +458,6 @@ class BlockCache:
                 fd = None
             if self._segments.drop(segment, position, size, fd):
                 self._close(path)
-        self._db.execute("DELETE FROM blocks WHERE name = ?", (name,))
+        self._index.delete(name)
         self._verified.pop(name, None)
         self.size -= size
-
-    def _flush_touches(self):
-        if self._touched:
-            self._db.executemany("UPDATE blocks SET used = ? WHERE name = ?",
-                                 [(used, name) for name, used in self._touched.items()])
-            self._touched.clear()
-
-
-def _runs(blocks: list[bytes], places: list[tuple[int, int]]) -> list[tuple[int, int, list[bytes]]]:
-    """(segment, position, blocks) of BLOCKS one after another in a segment, at their PLACES."""
-    runs = []
-    for block, (segment, position) in zip(blocks, places):
-        if runs and runs[-1][0] == segment:
-            runs[-1][2].append(block)
-        else:
-            runs.append((segment, position, [block]))
-    return runs

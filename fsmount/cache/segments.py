@@ -70,6 +70,17 @@ class Segments:
         return False
 
 
+def packed_runs(blocks: list[bytes], places: list[tuple[int, int]]) -> list[tuple[int, int, list[bytes]]]:
+    """(segment, position, blocks) of BLOCKS one after another in a segment, at their PLACES."""
+    runs = []
+    for block, (segment, position) in zip(blocks, places):
+        if runs and runs[-1][0] == segment:
+            runs[-1][2].append(block)
+        else:
+            runs.append((segment, position, [block]))
+    return runs
+
+
 def write_packed(path: str, position: int, blocks: list) -> None:
     """Writes BLOCKS one after another from POSITION of the segment at PATH, in one call where the kernel
     takes them all (a worker thread's work)."""
