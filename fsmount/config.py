@@ -17,6 +17,7 @@ from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials
                                  choose_azure_credentials, choose_gcs_credentials, choose_s3_credentials,
                                  parse_connection_string)
 from fsmount.stores.base import redact_url
+from fsmount.stores.retries import RetryPolicy
 from fsmount.units import parse_duration, parse_size, parse_ttl
 
 LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
@@ -157,14 +158,16 @@ class Config:
     link_mounts: tuple[LinkMount, ...]
     cache: CacheConfig
     staging: StagingConfig
+    retries: RetryPolicy
     volumes: tuple[VolumeConfig, ...]
 
 
 _TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "link_mounts", "cache", "staging",
-             "credentials", "volumes"}
+             "retries", "credentials", "volumes"}
 _LOG_KEYS = {"file", "level"}
 _CACHE_KEYS = {"dir", "max_size", "block_size", "read_ahead", "metadata_ttl"}
 _STAGING_KEYS = {"dir", "max_size", "multipart_threshold", "part_size", "parallel_parts", "write_back"}
+_RETRIES_KEYS = {"attempts", "max_time"}
 _SMALLEST_PART = 5 * 2**20  # S3's least part size but for the last
 _PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of it
 _VOLUME_KEYS = {"source", "mode", "path"}
@@ -230,6 +233,7 @@ class _Reader:
             link_mounts=link_mounts,
             cache=cache,
             staging=self.staging(tree, cache),
+            retries=self.retries(tree),
             volumes=self.volumes(tree, link_mounts, self.credentials(tree)),
         )
 
@@ -291,6 +295,11 @@ class _Reader:
             parallel_parts=self.value(section, ("staging", "parallel_parts"), _positive, DEFAULT_PARALLEL_PARTS),
             write_back=self.value(section, ("staging", "write_back"), parse_duration, DEFAULT_WRITE_BACK),
         )
+
+    def retries(self, tree: ConfigTree) -> RetryPolicy:
+        section = self.section(tree, ("retries",), _RETRIES_KEYS)
+        return RetryPolicy(attempts=self.value(section, ("retries", "attempts"), _positive, RetryPolicy.attempts),
+                           max_time=self.value(section, ("retries", "max_time"), parse_duration, RetryPolicy.max_time))
 
     def link_mounts(self, tree: ConfigTree) -> tuple[LinkMount, ...]:
         raw = tree.get("link_mounts", [])

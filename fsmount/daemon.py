@@ -108,7 +108,7 @@ class Daemon:
         self.known_attributes: KnownAttributes | None = None
         self.known_listings: KnownListings | None = None
         self.staging: StagingArea | None = None
-        self.stores = Stores(config.cache.dir)
+        self.stores = Stores(config.cache.dir, config.retries)
         self.prefetcher = Prefetcher(max(2, _READ_AHEAD_MEMORY // config.cache.block_size))
         volumes = []
         for volume in config.volumes:

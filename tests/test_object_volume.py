@@ -39,6 +39,7 @@ def volume_config(directory, bucket: Bucket, ttl="2s", extra="", max_size="1GiB"
     return write_config(directory, f"""
         cache {{ dir: "{directory}/cache", max_size: {max_size}, block_size: 1MiB, read_ahead: 4MiB, metadata_ttl: {ttl} }}
         staging {{ write_back: 0, {staging} }}
+        retries {{ attempts: 4, max_time: 5s }}
         {bucket.config(extra, url)}
     """)
 

@@ -28,6 +28,7 @@ from fsmount.credentials import AzureCredentials
 from fsmount.stores.base import (AccessDenied, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, Reply,
                                  Request, Store, Unavailable, content_md5, metadata_of, read_part, status_error, uploaded)
 from fsmount.stores.ranges import RangeFetcher
+from fsmount.stores.retries import RetryPolicy
 
 _SAS_LIFETIME = datetime.timedelta(hours=2)
 _SAS_PERMISSIONS = ContainerSasPermissions(read=True, add=True, create=True, write=True, delete=True, list=True)
@@ -50,7 +51,8 @@ def _errors(what: str):
     except (ServiceRequestError, ServiceResponseError, aiohttp.ClientError, asyncio.TimeoutError) as error:
         raise Unavailable(f"{what}: {type(error).__name__}") from None
     except HttpResponseError as error:
-        raise status_error(error.status_code or 0, f"{what}: {error.error_code or error.status_code}") from None
+        raise status_error(error.status_code or 0, f"{what}: {error.error_code or error.status_code}",
+                           error.response and error.response.headers.get("Retry-After")) from None
     except AzureError as error:
         raise Unavailable(f"{what}: {type(error).__name__}") from None
 
@@ -74,14 +76,15 @@ def _info(key: str, size: int, etag: str, modified: datetime.datetime, metadata=
 
 class AzureStore(Store):
     def __init__(self, account: str, container: str, credentials: AzureCredentials, endpoint: str | None = None,
-                 verify: bool | str = True, max_connections: int = 32, read_only: bool = False):
+                 verify: bool | str = True, max_connections: int = 32, read_only: bool = False,
+                 retries: RetryPolicy = RetryPolicy()):
         """ENDPOINT: the account's blob service URL (Azurite: http://127.0.0.1:10000/ACCOUNT). READ_ONLY: the SAS it
         signs grants reading and listing only, so a URL that leaks cannot change the container."""
         self.account = account
         self.container = container
         self.account_url = (endpoint or f"https://{account}.blob.core.windows.net").rstrip("/")
         self._credentials = credentials
-        self.fetcher = RangeFetcher(max_connections, verify)
+        self.fetcher = RangeFetcher(max_connections, verify, retries)
         self._connection_verify = verify
         self._service: BlobServiceClient | None = None
         self._client = None
@@ -100,7 +103,8 @@ class AzureStore(Store):
     async def open(self):
         key, sas = self._credentials.account_key, self._credentials.sas_token
         credential = {"account_name": self.account, "account_key": key} if key else sas
-        self._service = BlobServiceClient(self.account_url, credential=credential, retry_total=2, connection_timeout=5,
+        # retry_total=0: the RetryPolicy retries the SDK's requests as it does the others
+        self._service = BlobServiceClient(self.account_url, credential=credential, retry_total=0, connection_timeout=5,
                                           read_timeout=60, connection_verify=self._connection_verify)
         self._client = self._service.get_container_client(self.container)
 
@@ -133,8 +137,9 @@ class AzureStore(Store):
         return RangeRequest(key, start, length, self._url(key, fresh=fresh), {"If-Match": version})
 
     async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
-        with _errors(f"HEAD {key}"):
-            properties = await self._client.get_blob_client(key).get_blob_properties()
+        async for attempt in self.fetcher.retries.attempts_of():
+            with attempt, _errors(f"HEAD {key}"):
+                properties = await self._client.get_blob_client(key).get_blob_properties()
         return _info(key, properties.size, properties.etag, properties.last_modified, properties.metadata,
                      properties.content_settings.content_type)
 
@@ -178,29 +183,36 @@ class AzureStore(Store):
 
     async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
                               metadata: dict[str, str] | None = None) -> ObjectInfo:
-        with _errors(f"COMMIT BLOCKS {key}"):
-            response = await self._client.get_blob_client(key).commit_block_list(
-                [BlobBlock(block) for _, block in parts], metadata=metadata or {})
+        async for attempt in self.fetcher.retries.attempts_of():
+            with attempt, _errors(f"COMMIT BLOCKS {key}"):
+                response = await self._client.get_blob_client(key).commit_block_list(
+                    [BlobBlock(block) for _, block in parts], metadata=metadata or {})
         return uploaded(key, size, _etag(response["etag"]), metadata)
+
+    async def _copy(self, blob, source_key: str, key: str, metadata: dict[str, str] | None):
+        if source_key == key and metadata is not None:
+            await blob.set_blob_metadata(metadata)
+            return
+        copying = await blob.start_copy_from_url(self._url(source_key), metadata=metadata)
+        while copying.get("copy_status") == "pending":  # a large copy between accounts' servers
+            await asyncio.sleep(_COPY_POLL)
+            copying = {"copy_status": (await blob.get_blob_properties()).copy.status}
+        if copying.get("copy_status") not in ("success", None):
+            raise Unavailable(f"COPY {source_key} {key}: {copying.get('copy_status')}")
 
     async def abort_upload(self, key: str, upload: str):
         pass  # uncommitted blocks are dropped by the server
 
     async def delete(self, key: str):
-        with contextlib.suppress(NotFound), _errors(f"DELETE {key}"):
-            await self._client.get_blob_client(key).delete_blob()
+        with contextlib.suppress(NotFound):
+            async for attempt in self.fetcher.retries.attempts_of():
+                with attempt, _errors(f"DELETE {key}"):
+                    await self._client.get_blob_client(key).delete_blob()
 
     async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         blob = self._client.get_blob_client(key)
-        with _errors(f"COPY {source_key} {key}"):
-            if source_key == key and metadata is not None:
-                await blob.set_blob_metadata(metadata)
-            else:
-                copying = await blob.start_copy_from_url(self._url(source_key), metadata=metadata)
-                while copying.get("copy_status") == "pending":  # a large copy between accounts' servers
-                    await asyncio.sleep(_COPY_POLL)
-                    copying = {"copy_status": (await blob.get_blob_properties()).copy.status}
-                if copying.get("copy_status") not in ("success", None):
-                    raise Unavailable(f"COPY {source_key} {key}: {copying.get('copy_status')}")
+        async for attempt in self.fetcher.retries.attempts_of():
+            with attempt, _errors(f"COPY {source_key} {key}"):
+                await self._copy(blob, source_key, key, metadata)
         return await self.stat(key)
 

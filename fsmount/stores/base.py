@@ -7,6 +7,7 @@ import abc
 import asyncio
 import base64
 import contextlib
+import email.utils
 import errno
 import hashlib
 import os
@@ -104,6 +105,7 @@ class Reply(NamedTuple):
 
 class StoreError(OSError):
     errno_value = errno.EIO
+    retry_after: float | None = None  # seconds the server asked to wait before the request is sent again
 
     def __init__(self, message: str):
         super().__init__(self.errno_value, message)
@@ -130,6 +132,11 @@ class Unavailable(StoreError):
     errno_value = errno.EIO
 
 
+class CertificateRefused(StoreError):
+    """The server's TLS certificate did not verify: an answer, not a fault, so it is not retried."""
+    errno_value = errno.EIO
+
+
 class NoSuchContainer(StoreError):
     """The bucket or container itself is not there. The store says so once in the log; each request after
     fails with EIO, and no more lines."""
@@ -141,17 +148,36 @@ _STATUS_ERRORS = {404: NotFound, 412: PreconditionFailed, 401: AccessDenied, 403
                   429: Throttled, 503: Throttled}
 
 
-ATTEMPTS = 3  # of a request the server throttled or could not answer
+def status_error(status: int, message: str, retry_after: str | None = None) -> StoreError:
+    """The error an HTTP status means, whichever store's server sent it; RETRY_AFTER: its Retry-After header."""
+    error = (_STATUS_ERRORS.get(status) or (Unavailable if status >= 500 else StoreError))(message)
+    error.retry_after = retry_after_seconds(retry_after)
+    return error
 
 
-def backoff(attempt: int) -> float:
-    """Seconds to wait after failed attempt ATTEMPT (from 1) before the next."""
-    return 0.2 * 2**attempt
+def unanswered(what: str, failure: BaseException) -> StoreError:
+    """The error of a request that got no answer (FAILURE, from urllib3 or http.client): a certificate that did not
+    verify is refused for good, anything else is a server out of reach, tried again."""
+    cause = failure
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return CertificateRefused(f"{what}: {cause.verify_message}")
+    return Unavailable(f"{what}: {type(failure).__name__}")
 
 
-def status_error(status: int, message: str) -> StoreError:
-    """The error an HTTP status means, whichever store's server sent it."""
-    return (_STATUS_ERRORS.get(status) or (Unavailable if status >= 500 else StoreError))(message)
+def retry_after_seconds(header: str | None) -> float | None:
+    """A Retry-After header's wait in seconds: it is a number of seconds or an HTTP date."""
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 class Store(abc.ABC):

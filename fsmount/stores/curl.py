@@ -13,7 +13,8 @@ import logging
 import pycurl
 import trio
 
-from fsmount.stores.base import ATTEMPTS, NotFound, RangeRequest, Reply, Request, Throttled, Unavailable, backoff, status_error
+from fsmount.stores.base import CertificateRefused, NotFound, RangeRequest, Reply, Request, Unavailable, status_error
+from fsmount.stores.retries import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,16 @@ class CurlRequests:
     connections at once (libcurl queues the requests beyond them). Its tasks start with the first request, in
     the trio run it is made in."""
 
-    def __init__(self, max_connections: int, verify: bool | str = True):
+    def __init__(self, max_connections: int, verify: bool | str = True, retries: RetryPolicy = RetryPolicy()):
         self._verify = verify
+        self.retries = retries
         self._multi = pycurl.CurlMulti()
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._watch)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._set_timer)
         self._multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, max_connections)
         self._free: list[pycurl.Curl] = []
         self._transfers: dict[pycurl.Curl, trio.Event] = {}
-        self._errors: dict[pycurl.Curl, str] = {}
+        self._errors: dict[pycurl.Curl, tuple[int, str]] = {}
         self._watchers: dict[int, trio.CancelScope] = {}  # socket -> the wait for what libcurl asked of it
         self._deadline: float | None = None
         self._timer_changed: trio.Event | None = None
@@ -64,33 +66,26 @@ class CurlRequests:
 
     async def _retried(self, method: str, url: str, body: bytes | None, headers: dict[str, str], what: str,
                        answers: set[int]) -> Reply:
-        attempt = 0
-        while True:
-            try:
+        async for attempt in self.retries.attempts_of():
+            with attempt:
                 reply = await self._perform(method, url, body, headers, what)
                 if reply.status in answers:
                     return reply
-                raise status_error(reply.status, f"{what}: {reply.status}")
-            except (Throttled, Unavailable):
-                attempt += 1
-                if attempt == ATTEMPTS:
-                    raise
-            await trio.sleep(backoff(attempt))
+                raise status_error(reply.status, f"{what}: {reply.status}", reply.headers.get("retry-after"))
 
     async def _perform(self, method: str, url: str, body: bytes | None, headers: dict[str, str], what: str) -> Reply:
         if self._timer_changed is None:
             self._timer_changed = trio.Event()
             trio.lowlevel.spawn_system_task(self._run_timer)
         curl = self._free.pop() if self._free else self._new_handle()
-        received = io.BytesIO()
+        received, answer_headers = io.BytesIO(), io.BytesIO()
         lines = [f"{name}: {value}" for name, value in headers.items()]
         curl.setopt(pycurl.URL, url)
         curl.setopt(pycurl.WRITEDATA, received)
+        curl.setopt(pycurl.HEADERFUNCTION, answer_headers.write)
         if body is not None:
-            answer_headers = io.BytesIO()
             curl.setopt(pycurl.CUSTOMREQUEST, method)
             curl.setopt(pycurl.POSTFIELDS, body)
-            curl.setopt(pycurl.HEADERFUNCTION, answer_headers.write)
             lines.append("Expect:")  # no wait for a 100 Continue
             if not any(name.lower() == "content-type" for name in headers):
                 lines.append("Content-Type:")  # not libcurl's own, of a form
@@ -112,8 +107,10 @@ class CurlRequests:
             self._free.append(curl)
         error = self._errors.pop(curl, None)
         if error is not None:
-            raise Unavailable(f"{what}: {error}")
-        return Reply(status, _headers(answer_headers.getvalue()) if body is not None else {}, received.getvalue())
+            code, message = error
+            raise (CertificateRefused if code == pycurl.E_PEER_FAILED_VERIFICATION else Unavailable)(f"{what}: {message}")
+        parsed = body is not None or status >= 300  # a GET's headers matter only when it failed: Retry-After
+        return Reply(status, _headers(answer_headers.getvalue()) if parsed else {}, received.getvalue())
 
     def _new_handle(self) -> pycurl.Curl:
         curl = pycurl.Curl()
@@ -178,16 +175,17 @@ class CurlRequests:
                 queued, finished, failed = self._multi.info_read()
                 for curl in finished:
                     self._end(curl, None)
-                for curl, _, message in failed:
-                    self._end(curl, message)
+                for curl, code, message in failed:
+                    self._end(curl, (code, message))
                 if not queued:
                     return
         except pycurl.error as error:  # a task of trio's own must never fail: each GET gets the error
             log.warning("libcurl failed: %s", error)
             for curl in list(self._transfers):
-                self._end(curl, str(error))
+                self._end(curl, (0, str(error)))
 
-    def _end(self, curl: pycurl.Curl, error: str | None):
+    def _end(self, curl: pycurl.Curl, error: tuple[int, str] | None):
+        """ERROR: libcurl's code and message, where the transfer failed."""
         self._multi.remove_handle(curl)
         done = self._transfers.pop(curl, None)
         if error is not None:

@@ -26,10 +26,10 @@ import google.auth.transport.urllib3
 import urllib3
 
 from fsmount.credentials import GcsCredentials
-from fsmount.stores.base import (ATTEMPTS, AccessDenied, ListPage, NotFound, ObjectInfo, RangeRequest, Reply, Request,
-                                 Store, Throttled, Unavailable, aiohttp_tls, backoff, content_md5, metadata_of,
-                                 read_part, status_error)
+from fsmount.stores.base import (AccessDenied, CertificateRefused, ListPage, NotFound, ObjectInfo, RangeRequest, Reply, Request, Store,
+                                 Unavailable, aiohttp_tls, content_md5, metadata_of, read_part, status_error)
 from fsmount.stores.ranges import RangeFetcher
+from fsmount.stores.retries import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,14 @@ class GcsStore(Store):
     part_size = 32 * 2**20
 
     def __init__(self, bucket: str, credentials: GcsCredentials, endpoint: str | None = None,
-                 verify: bool | str = True, max_connections: int = 32):
+                 verify: bool | str = True, max_connections: int = 32, retries: RetryPolicy = RetryPolicy()):
         """ENDPOINT: an emulator's URL; None, Google's. Credentials with neither a key nor the default chain:
         anonymous (public buckets, emulators)."""
         self.bucket = bucket
         self.api = (endpoint or GOOGLE_API).rstrip("/")
         self._credentials = credentials
         self._verify = verify
-        self.fetcher = RangeFetcher(max_connections, verify)
+        self.fetcher = RangeFetcher(max_connections, verify, retries)
         self._max_connections = max_connections
         self._token_lock = threading.Lock()
         self._google = None  # google-auth's credentials; None: anonymous
@@ -122,15 +122,10 @@ class GcsStore(Store):
 
     async def _call(self, method: str, url: str, what: str, body: dict | None = None,
                     params: dict | None = None) -> tuple[dict, dict]:
-        """(the JSON answer, the headers) of a JSON API call, retried while the server is throttling or
-        unreachable."""
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
+        """(the JSON answer, the headers) of a JSON API call, retried as the fetcher's requests are."""
+        async for attempt in self.fetcher.retries.attempts_of():
+            with attempt:
                 return await self._call_once(method, url, what, body, params)
-            except (Throttled, Unavailable):
-                if attempt == ATTEMPTS:
-                    raise
-                await asyncio.sleep(backoff(attempt))
 
     async def _call_once(self, method: str, url: str, what: str, body: dict | None,
                          params: dict | None) -> tuple[dict, dict]:
@@ -138,9 +133,11 @@ class GcsStore(Store):
             async with self._session.request(method, url, params=params, headers=await self._headers(),
                                              json=body) as response:
                 if response.status >= 300:
-                    raise status_error(response.status, f"{what}: {response.status}")
+                    raise status_error(response.status, f"{what}: {response.status}", response.headers.get("Retry-After"))
                 text = await response.text()
                 return (json.loads(text) if text.strip() else {}), dict(response.headers)
+        except aiohttp.ClientConnectorCertificateError as error:
+            raise CertificateRefused(f"{what}: {error.certificate_error}") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             raise Unavailable(f"{what}: {type(error).__name__}") from None
 

@@ -26,6 +26,7 @@ from multiformats import CID
 from fsmount.stores import unixfs
 from fsmount.stores.base import ListPage, NotFound, ObjectInfo, RangeRequest, ReadOnlyStore, Unavailable
 from fsmount.stores.ranges import RangeFetcher
+from fsmount.stores.retries import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Entry:
 class IpfsStore(ReadOnlyStore):
     content_addressed = True
     def __init__(self, root: str, path: str, listing_dir: str, api: str | None = None, gateway: str | None = None,
-                 max_connections: int = 8):
+                 max_connections: int = 8, retries: RetryPolicy = RetryPolicy()):
         """ROOT: a CID, PATH below it names the volume's top. API: a node's RPC API URL; else GATEWAY: a
         trustless gateway's URL. LISTING_DIR: where listings are kept across mounts."""
         self.root = unixfs.text(CID.decode(root))
@@ -57,7 +58,7 @@ class IpfsStore(ReadOnlyStore):
         self._listing_dir = listing_dir
         self._api = api
         self._gateway = gateway
-        self.fetcher = RangeFetcher(max_connections)
+        self.fetcher = RangeFetcher(max_connections, retries=retries)
         self._fetches = concurrent.futures.ThreadPoolExecutor(max_connections, thread_name_prefix="ipfs")
         self._top: Entry | None = None
         self._nodes = _Recent(_NODE_BYTES_KEPT, unixfs.Node.weight)  # CID -> unixfs.Node

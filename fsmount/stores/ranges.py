@@ -10,14 +10,13 @@ import http.client
 import mmap
 import sys
 import threading
-import time
 
 import urllib3
 
 from fsmount.stores import arrival
-from fsmount.stores.base import (ATTEMPTS, NotFound, RangeRequest, Reply, Throttled, Unavailable, backoff, status_error,
-                                 urllib3_tls)
+from fsmount.stores.base import NotFound, RangeRequest, Reply, StoreError, status_error, unanswered, urllib3_tls
 from fsmount.stores.curl import CurlRequests
+from fsmount.stores.retries import RetryPolicy
 
 _ANSWERS = {200, 201, 308}  # 308: a resumable upload (GCS) took a chunk and wants the next
 _REUSED_FROM = 1024 * 1024  # bodies of this many bytes or more are read into ReceiveBuffers
@@ -73,10 +72,11 @@ receive_buffers = ReceiveBuffers(_BUFFERS_KEPT)
 
 
 class RangeFetcher:
-    def __init__(self, max_connections: int, verify: bool | str = True):
+    def __init__(self, max_connections: int, verify: bool | str = True, retries: RetryPolicy = RetryPolicy()):
+        self.retries = retries  # the stores' own requests (SDK calls, JSON calls) follow it too
         self._pool = urllib3.PoolManager(num_pools=4, maxsize=max_connections, block=True, retries=False,
                                          timeout=urllib3.Timeout(connect=5, read=60), **urllib3_tls(verify))
-        self.small_requests = CurlRequests(max_connections, verify)
+        self.small_requests = CurlRequests(max_connections, verify, retries)
 
     def get(self, request: RangeRequest) -> bytes | memoryview:
         """The bytes REQUEST asks for (blocking: call it in a worker thread), retried while the server
@@ -108,24 +108,25 @@ class RangeFetcher:
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None, what: str, answer):
         """ANSWER(response) gives the result, or None for a failure the status names."""
-        attempt = 0
-        while True:
+        for attempt in self.retries.attempts_of():
+            with attempt:
+                return self._send_once(method, url, headers, body, what, answer)
+
+    def _send_once(self, method: str, url: str, headers: dict[str, str], body: bytes | None, what: str, answer):
+        try:
+            response = self._pool.request(method, url, headers=headers, body=body, preload_content=False,
+                                          decode_content=False)
             try:
-                response = self._pool.request(method, url, headers=headers, body=body, preload_content=False,
-                                              decode_content=False)
-                try:
-                    result = answer(response)
-                    if result is not None:
-                        return result
-                    error = status_error(response.status, f"{what}: {response.status}")
-                finally:
-                    response.release_conn()
-            except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as failure:
-                error = Unavailable(f"{what}: {type(failure).__name__}")
-            attempt += 1
-            if attempt == ATTEMPTS or not isinstance(error, (Throttled, Unavailable)):
-                raise error
-            time.sleep(backoff(attempt))
+                result = answer(response)
+                if result is not None:
+                    return result
+                raise status_error(response.status, f"{what}: {response.status}", response.headers.get("retry-after"))
+            finally:
+                response.release_conn()
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as failure:
+            if isinstance(failure, StoreError):
+                raise
+            raise unanswered(what, failure) from None
 
     def close(self):
         self._pool.clear()

@@ -37,6 +37,7 @@ from fsmount.stores.base import (AccessDenied, ListPage, NoSuchContainer, NotFou
                                  RangeRequest, Reply, Request, Store, Throttled, Unavailable, content_md5, metadata_of,
                                  read_part, status_error, uploaded)
 from fsmount.stores.ranges import RangeFetcher
+from fsmount.stores.retries import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,12 @@ class S3Endpoint:
     buckets share, opened with the first of them and closed with the last."""
 
     def __init__(self, url: str | None = None, region: str | None = None, key: str | None = None,
-                 secret: str | None = None, verify: bool | str = True, max_connections: int = 32):
+                 secret: str | None = None, verify: bool | str = True, max_connections: int = 32,
+                 retries: RetryPolicy = RetryPolicy()):
         """URL None: AWS. KEY and SECRET None: botocore's default chain (env, files, instance metadata)."""
         self.url = url
         self.max_connections = max_connections  # may grow until the first store opens
+        self.retries = retries
         # Plain http has no certificate to check: loading the CA bundle for it delayed the first request ~30 ms.
         plain = url is not None and url.startswith("http://")
         self._client_args = dict(endpoint_url=url, region_name=region or default_region(), verify=False if plain else verify,
@@ -132,7 +135,7 @@ class S3Endpoint:
         config = AioConfig(signature_version="s3v4", max_pool_connections=self.max_connections, connect_timeout=5,
                            read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
                            s3={"addressing_style": "path" if self.url else "auto"})
-        self.fetcher = RangeFetcher(self.max_connections, self._client_args["verify"])
+        self.fetcher = RangeFetcher(self.max_connections, self._client_args["verify"], self.retries)
         self._client_context = _session().create_client("s3", config=config, **self._client_args)
         self.client = await self._client_context.__aenter__()
         key, secret = self._client_args["aws_access_key_id"], self._client_args["aws_secret_access_key"]

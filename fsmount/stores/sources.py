@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from fsmount.config import AzureSource, GcsSource, IpfsSource, ObjectSource, S3Source, UrlSource
 from fsmount.stores.base import Store
+from fsmount.stores.retries import RetryPolicy
 
 if TYPE_CHECKING:
     from fsmount.stores.s3 import S3Endpoint
@@ -17,9 +18,10 @@ class Stores:
     """Makes the stores of a tree's volumes. The S3 volumes of one server with one set of credentials share a client and
     a connection pool, as large as the largest `max_connections` among them."""
 
-    def __init__(self, cache_dir: str):
-        """CACHE_DIR: the block cache's, beside which a store may keep files of its own."""
+    def __init__(self, cache_dir: str, retries: RetryPolicy = RetryPolicy()):
+        """CACHE_DIR: the block cache's, beside which a store may keep files of its own. RETRIES: every store's."""
         self._cache_dir = cache_dir
+        self._retries = retries
         self._s3_endpoints: dict[tuple, "S3Endpoint"] = {}
 
     def store_for(self, source: ObjectSource, read_only: bool = True) -> Store:
@@ -30,19 +32,20 @@ class Stores:
         if isinstance(source, AzureSource):
             from fsmount.stores.azure import AzureStore
             return AzureStore(source.account, source.bucket, source.credentials, endpoint=source.endpoint,
-                              max_connections=source.max_connections, read_only=read_only)
+                              max_connections=source.max_connections, read_only=read_only, retries=self._retries)
         if isinstance(source, GcsSource):
             from fsmount.stores.gcs import GcsStore
             return GcsStore(source.bucket, source.credentials, endpoint=source.endpoint,
-                            max_connections=source.max_connections)
+                            max_connections=source.max_connections, retries=self._retries)
         if isinstance(source, UrlSource):
             from fsmount.stores.urls import UrlStore
             return UrlStore(source.files, os.path.join(self._cache_dir, "spool"), verify=source.verify,
-                            max_connections=source.max_connections)
+                            max_connections=source.max_connections, retries=self._retries)
         if isinstance(source, IpfsSource):
             from fsmount.stores.ipfs import IpfsStore
             return IpfsStore(source.bucket, source.path, os.path.join(self._cache_dir, "ipfs"), api=source.api,
-                             gateway=source.gateway, max_connections=source.max_connections)
+                             gateway=source.gateway, max_connections=source.max_connections,
+                             retries=self._retries)
         raise TypeError(f"no store for {type(source).__name__}")
 
     def _s3_endpoint(self, source: S3Source) -> "S3Endpoint":
@@ -53,6 +56,7 @@ class Stores:
         reach = (source.endpoint, credentials.region, key, secret, credentials.verify)
         endpoint = self._s3_endpoints.get(reach)
         if endpoint is None:
-            endpoint = self._s3_endpoints[reach] = S3Endpoint(*reach, max_connections=source.max_connections)
+            endpoint = self._s3_endpoints[reach] = S3Endpoint(*reach, max_connections=source.max_connections,
+                                                                    retries=self._retries)
         endpoint.max_connections = max(endpoint.max_connections, source.max_connections)
         return endpoint

@@ -19,9 +19,11 @@ import time
 import aiohttp
 import urllib3
 
-from fsmount.stores.base import (ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest, ReadOnlyStore,
-                                 Unavailable, aiohttp_tls, read_part, redact_url, status_error, urllib3_tls)
+from fsmount.stores.base import (CertificateRefused, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest,
+                                 ReadOnlyStore, Unavailable, aiohttp_tls, read_part, redact_url, status_error, unanswered,
+                                 urllib3_tls)
 from fsmount.stores.ranges import RangeFetcher
+from fsmount.stores.retries import RetryPolicy
 
 _SIZE = "size:"
 _HEAD_REFUSED = {403, 405, 501}  # starts the version of a URL whose server names neither an ETag nor a time
@@ -29,13 +31,13 @@ _HEAD_REFUSED = {403, 405, 501}  # starts the version of a URL whose server name
 
 class UrlStore(ReadOnlyStore):
     def __init__(self, files: dict[str, str], spool_dir: str, verify: bool | str = True, max_connections: int = 8,
-                 redirects: int = 5):
+                 redirects: int = 5, retries: RetryPolicy = RetryPolicy()):
         """FILES: name -> URL. SPOOL_DIR: where whole downloads from servers without ranges go."""
         self.files = dict(files)
         self._verify = verify
         self._redirects = redirects
         self._max_connections = max_connections
-        self.fetcher = RangeFetcher(max_connections, verify)
+        self.fetcher = RangeFetcher(max_connections, verify, retries)
         self._spool_dir = spool_dir
         self._session: aiohttp.ClientSession | None = None
         self._located: dict[str, tuple[str, bool]] = {}  # name -> (final URL, takes ranges)
@@ -81,7 +83,12 @@ class UrlStore(ReadOnlyStore):
 
     async def _head(self, key: str, url: str):
         """(the headers, the final URL) of a HEAD, or of a GET of the first byte where HEAD is refused (a
-        presigned GET URL refuses it)."""
+        presigned GET URL refuses it); retried as every request is."""
+        async for attempt in self.fetcher.retries.attempts_of():
+            with attempt:
+                return await self._head_once(key, url)
+
+    async def _head_once(self, key: str, url: str):
         for method, headers in (("HEAD", {}), ("GET", {"Range": "bytes=0-0"})):
             try:
                 async with self._session.request(method, url, headers=headers, allow_redirects=True,
@@ -89,12 +96,13 @@ class UrlStore(ReadOnlyStore):
                     if response.status in _HEAD_REFUSED and method == "HEAD":
                         continue
                     if response.status >= 300:
-                        raise status_error(response.status, f"{method} {key}: {response.status}")
+                        raise status_error(response.status, f"{method} {key}: {response.status}",
+                                           response.headers.get("Retry-After"))
                     return response.headers, str(response.url)
             except aiohttp.TooManyRedirects:
                 raise Unavailable(f"{method} {key}: more than {self._redirects} redirects") from None
             except aiohttp.ClientConnectorCertificateError as error:  # the reason says which CA to name in `verify`
-                raise Unavailable(f"{method} {key}: {error.certificate_error}") from None
+                raise CertificateRefused(f"{method} {key}: {error.certificate_error}") from None
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 raise Unavailable(f"{method} {key}: {type(error).__name__}") from None
 
@@ -129,21 +137,28 @@ class UrlStore(ReadOnlyStore):
             return path
 
     def _download(self, key: str, url: str, headers: dict[str, str], path: str):
-        pool = urllib3.PoolManager(retries=urllib3.Retry(total=3, redirect=self._redirects), **urllib3_tls(self._verify))
+        """Retried whole, as every request is: a download cut short starts again."""
+        pool = urllib3.PoolManager(retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0,
+                                                         redirect=self._redirects), **urllib3_tls(self._verify))
+        for attempt in self.fetcher.retries.attempts_of():
+            with attempt:
+                self._download_once(pool, key, url, headers, path)
+
+    def _download_once(self, pool: urllib3.PoolManager, key: str, url: str, headers: dict[str, str], path: str):
         try:
             response = pool.request("GET", url, headers=headers, preload_content=False)
+            try:
+                if response.status == 412:
+                    raise PreconditionFailed(f"GET {key}: changed")
+                if response.status != 200:
+                    raise status_error(response.status, f"GET {key}: {response.status}", response.headers.get("retry-after"))
+                with open(path + ".part", "wb") as spool:
+                    shutil.copyfileobj(response, spool, 2**20)
+                os.rename(path + ".part", path)
+            finally:
+                response.release_conn()
         except urllib3.exceptions.HTTPError as error:
-            raise Unavailable(f"GET {key}: {type(error).__name__}") from None
-        try:
-            if response.status == 412:
-                raise PreconditionFailed(f"GET {key}: changed")
-            if response.status != 200:
-                raise status_error(response.status, f"GET {key}: {response.status}")
-            with open(path + ".part", "wb") as spool:
-                shutil.copyfileobj(response, spool, 2**20)
-            os.rename(path + ".part", path)
-        finally:
-            response.release_conn()
+            raise unanswered(f"GET {key}", error) from None
 
 
 def _condition(version: str) -> dict[str, str]:

@@ -22,12 +22,12 @@ import trio
 from fsmount.staging.area import CLOSED, OPEN, UPLOADED, StagedFile, StagingArea
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import ObjectInfo
+from fsmount.stores.retries import Backoff
 from fsmount.volumes.streaming import PartStream
 
 log = logging.getLogger(__name__)
 
-_RETRY_FIRST = 1.0  # seconds before a failed upload is tried again; doubled after each failure
-_RETRY_MOST = 60.0
+_RETRY_BACKOFF = Backoff(first=1.0, most=60.0)  # seconds before a failed upload is tried again
 _AT_ONCE = 4  # uploads under way at once, of files whose write-back time came
 
 
@@ -53,7 +53,7 @@ class Uploads:
         self._settled = settled
         self._due: dict[StagedFile, float] = {}  # files waiting for their upload -> when it starts (trio's clock)
         self._queue: list[tuple[float, int, StagedFile]] = []  # a heap of (when, row, file); stale where _due differs
-        self._delays: dict[StagedFile, float] = {}  # failed files -> how long their next failure waits
+        self._failures: dict[StagedFile, int] = {}  # failed files -> how many times their upload failed in a row
         self._uploading: set[StagedFile] = set()  # of the files whose time came
         self._streams: dict[StagedFile, PartStream] = {}
         self._changed = trio.Event()
@@ -116,7 +116,7 @@ class Uploads:
 
     def postpone(self, staged: StagedFile):
         """STAGED changed after its close: its write-back time starts again."""
-        if staged in self._due and staged not in self._delays:
+        if staged in self._due and staged not in self._failures:
             self._start_at(staged, self.settings.write_back)
 
     def recovered(self, staged: StagedFile):
@@ -126,7 +126,7 @@ class Uploads:
     def discard(self, staged: StagedFile):
         """STAGED will never be uploaded (unlinked, or replaced by a rename)."""
         self._due.pop(staged, None)
-        self._delays.pop(staged, None)
+        self._failures.pop(staged, None)
         self.break_stream(staged)
 
     async def upload(self, staged: StagedFile):
@@ -155,11 +155,10 @@ class Uploads:
             log.warning("uploading %s failed (%s); it stays staged in %s and is tried again", staged.key, reason,
                         staged.path)
             self.staging.failed(staged, reason)
-            delay = self._delays.get(staged, _RETRY_FIRST)
-            self._delays[staged] = min(delay * 2, _RETRY_MOST)
-            self._start_at(staged, delay)
+            failures = self._failures[staged] = self._failures.get(staged, 0) + 1
+            self._start_at(staged, _RETRY_BACKOFF.after(failures))
             raise OSError(errno.EIO, f"uploading {staged.key} failed") from None
-        if self._delays.pop(staged, None) is not None:
+        if self._failures.pop(staged, None) is not None:
             self.staging.failed(staged, None)
         staged.uploaded = changes
         staged.stored = info
