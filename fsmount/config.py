@@ -87,7 +87,8 @@ class S3Source(ObjectSource):
 @dataclass(frozen=True, kw_only=True)
 class AzureSource(ObjectSource):
     account: str
-    credentials: AzureCredentials  # no key and no SAS: a public container
+    credentials: AzureCredentials  # no key and no SAS: an Azure AD identity, else a public container
+    verify: bool | str = True  # TLS: verify, don't, or with this CA bundle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,7 +174,7 @@ _PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of 
 _VOLUME_KEYS = {"source", "mode", "path"}
 _OBJECT_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "filter", "metadata_ttl"}
 _VOLUME_KEYS_OF = {"s3": _OBJECT_VOLUME_KEYS | {"extra_args", "version_id", "checksum_sha256"},
-                   "azure": _OBJECT_VOLUME_KEYS, "gs": _OBJECT_VOLUME_KEYS,
+                   "azure": _OBJECT_VOLUME_KEYS | {"verify"}, "gs": _OBJECT_VOLUME_KEYS,
                    "ipfs": _VOLUME_KEYS | {"api", "gateway", "max_connections"}}
 _URL_VOLUME_KEYS = _VOLUME_KEYS | {"name", "max_connections", "verify"}
 _CREDENTIAL_KINDS = {"s3", "azure", "gcs"}
@@ -500,7 +501,8 @@ class _Reader:
             raise self.error(keys + ("source",), "names no account, and no credentials give one: write "
                                                  "azure://account/container/prefix, or add a credentials.azure entry")
         return AzureSource(bucket=container, prefix=prefix, account=account, credentials=chosen,
-                           endpoint=endpoint or chosen.endpoint, **self.object_options(spec, keys))
+                           endpoint=endpoint or chosen.endpoint,
+                           verify=self.value(spec, keys + ("verify",), _verify, True), **self.object_options(spec, keys))
 
     def gcs_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> GcsSource:
         """`gs://bucket/prefix`. With an emulator's endpoint (the key, or STORAGE_EMULATOR_HOST) and no

@@ -1,5 +1,6 @@
 """Test harness: sample trees, config files, and fsmount daemons that never outlive a test."""
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -11,6 +12,9 @@ import trio_asyncio
 BIN = Path(sys.executable).parent
 FSMOUNT = str(BIN / "fsmount")
 MOUNT_TIMEOUT = 15
+# An Azure volume with neither key nor SAS looks for an Azure AD identity; the whole chain would also ask the instance
+# metadata address, off this machine. Tests of the chain name the one credential they use.
+os.environ.setdefault("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential")
 
 
 def mounted_paths() -> set[str]:

@@ -3,9 +3,10 @@
 As for S3, data does not go through the SDK: reads, uploads and the blocks of large uploads are
 requests to blob URLs carrying a SAS, sent by the RangeFetcher from worker threads. With an
 account key the store makes a container SAS itself (renewed at half its life); with a SAS
-token it uses that; with neither (a public container) the URLs go bare. Large files go up as
-staged blocks, sent in parallel and committed with a block list; blocks of an upload that never
-completes are not deleted by hand: Azure drops uncommitted blocks after a week.
+token it uses that; with neither, it makes them with the user delegation key of an Azure AD
+identity (stores/azure_ad.py), and when there is none (a public container) the URLs go bare.
+Large files go up as staged blocks, sent in parallel and committed with a block list; blocks of
+an upload that never completes are not deleted by hand: Azure drops uncommitted blocks after a week.
 """
 import asyncio
 import base64
@@ -88,6 +89,8 @@ class AzureStore(Store):
         self._connection_verify = verify
         self._service: BlobServiceClient | None = None
         self._client = None
+        self._identity = None  # DefaultAzureCredential (aio), when neither key nor SAS is given and it finds an identity
+        self._delegation = None  # that identity's UserDelegation
         self._sas_lock = threading.Lock()
         self._sas: tuple[float, str] | None = None  # (renew after, query string)
         self._sas_permissions = _READ_ONLY_SAS_PERMISSIONS if read_only else _SAS_PERMISSIONS
@@ -103,16 +106,31 @@ class AzureStore(Store):
     async def open(self):
         key, sas = self._credentials.account_key, self._credentials.sas_token
         credential = {"account_name": self.account, "account_key": key} if key else sas
+        if credential is None:
+            from fsmount.stores import azure_ad
+            self._identity = azure_ad.default_credential(self._connection_verify)
+            credential = await azure_ad.first_identity(self._identity, self.container)
+            if credential is None:
+                await self._identity.close()
+                self._identity = None
         # retry_total=0: the RetryPolicy retries the SDK's requests as it does the others
         self._service = BlobServiceClient(self.account_url, credential=credential, retry_total=0, connection_timeout=5,
                                           read_timeout=60, connection_verify=self._connection_verify)
         self._client = self._service.get_container_client(self.container)
+        if self._identity is not None:
+            self._delegation = azure_ad.UserDelegation(self._service, _SAS_LIFETIME * 2)
+            async for attempt in self.fetcher.retries.attempts_of():
+                with attempt, _errors(f"GET USER DELEGATION KEY {self.account_url}"):
+                    await self._delegation.renew()
 
     async def close(self):
         self.fetcher.close()
         if self._service is not None:
             await self._service.close()
             self._service = self._client = None
+        if self._identity is not None:
+            await self._identity.close()
+            self._identity = self._delegation = None
 
     def _url(self, key: str | None, query: str = "", fresh: bool = False) -> str:
         """The blob's URL (KEY None: the container's), with QUERY and the SAS that authorizes it."""
@@ -120,18 +138,25 @@ class AzureStore(Store):
         return f"{path}?{'&'.join(filter(None, (query, self._sas_query(fresh))))}"
 
     def _sas_query(self, fresh: bool) -> str:
-        if self._credentials.account_key is None:
+        if self._delegation is not None:
+            with _errors(f"GET USER DELEGATION KEY {self.account_url}"):
+                self._delegation.ready(fresh)
+        elif self._credentials.account_key is None:
             return (self._credentials.sas_token or "").lstrip("?")
         with self._sas_lock:
             if self._sas is None or self._sas[0] < time.monotonic() or fresh:
                 expiry = datetime.datetime.now(datetime.timezone.utc) + _SAS_LIFETIME
-                token = generate_container_sas(self.account, self.container, account_key=self._credentials.account_key,
-                                               permission=self._sas_permissions, expiry=expiry)
+                signing = ({"user_delegation_key": self._delegation.key} if self._delegation is not None
+                           else {"account_key": self._credentials.account_key})
+                token = generate_container_sas(self.account, self.container, permission=self._sas_permissions,
+                                               expiry=expiry, **signing)
                 self._sas = (time.monotonic() + _SAS_LIFETIME.total_seconds() / 2, token)
             return self._sas[1]
 
     def signs_at_once(self) -> bool:
-        return True  # a SAS is an HMAC of the account key, or the one configured
+        """The SAS configured, or one made with the account key or a user delegation key: at once, unless that key
+        is due to be renewed (worker threads wait for that)."""
+        return self._delegation is None or not self._delegation.due()
 
     def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
         return RangeRequest(key, start, length, self._url(key, fresh=fresh), {"If-Match": version})
@@ -193,6 +218,8 @@ class AzureStore(Store):
         if source_key == key and metadata is not None:
             await blob.set_blob_metadata(metadata)
             return
+        if self._delegation is not None:
+            await self._delegation.renew()
         copying = await blob.start_copy_from_url(self._url(source_key), metadata=metadata)
         while copying.get("copy_status") == "pending":  # a large copy between accounts' servers
             await asyncio.sleep(_COPY_POLL)

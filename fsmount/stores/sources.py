@@ -32,7 +32,8 @@ class Stores:
         if isinstance(source, AzureSource):
             from fsmount.stores.azure import AzureStore
             return AzureStore(source.account, source.bucket, source.credentials, endpoint=source.endpoint,
-                              max_connections=source.max_connections, read_only=read_only, retries=self._retries)
+                              verify=source.verify, max_connections=source.max_connections, read_only=read_only,
+                              retries=self._retries)
         if isinstance(source, GcsSource):
             from fsmount.stores.gcs import GcsStore
             return GcsStore(source.bucket, source.credentials, endpoint=source.endpoint,
