@@ -130,10 +130,12 @@ _REQUESTS_KEPT = 4 * 2**20
 class Proxy:
     """A TCP relay on 127.0.0.1 in front of a server, to take the server away and give it back: `down()`
     drops every connection and refuses new ones; `stall_after(n)` stops passing requests on once N more
-    bytes of them have gone through; `up()` ends both. `connections` counts those it accepted."""
+    bytes of them have gone through; `up()` ends both. `connections` counts those it accepted, `requests` holds
+    the first KEPT bytes of the requests."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, kept: int = _REQUESTS_KEPT):
         self._target = target_port
+        self._kept = kept
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -144,7 +146,7 @@ class Proxy:
         self._open: set[socket.socket] = set()
         self.connections = 0
         self.sent = 0  # bytes of requests passed on
-        self.requests = bytearray()  # the first MiBs of them, as sent
+        self.requests = bytearray()  # the first KEPT bytes of them, as sent
         self._stall_at: int | None = None
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -172,7 +174,7 @@ class Proxy:
                 if requests:
                     with self._lock:
                         self.sent += len(data)
-                        if len(self.requests) < _REQUESTS_KEPT:
+                        if len(self.requests) < self._kept:
                             self.requests += data
                         if self._stall_at is not None and self.sent >= self._stall_at:
                             self._flowing.clear()

@@ -1,31 +1,12 @@
-"""S3Store: S3 and S3-compatible servers (MinIO, SeaweedFS, Ceph) through aiobotocore.
-
-Data does not go through aiobotocore. Reads, the hot path, are GETs of URLs that botocore
-presigns (cached per key), sent by the RangeFetcher from worker threads: botocore's own request
-building and response parsing cost ~3 ms of CPU a GET, and presigning through aiobotocore and
-the seam ~0.9 ms a key. Uploads (PUTs and the parts of multipart uploads) are presigned and sent
-the same way, with a Content-MD5 the server checks: over http botocore hashes every payload
-(SHA-256, and CRC32), which held the event loop for tens of milliseconds an 8 MiB part and
-capped uploads near 100 MB/s here (presigned parts reached ~140), and a small PUT cost ~4 ms
-of its CPU. The URLs are signed with SigV4 (botocore chose SigV2 for a custom endpoint, which AWS
-refuses for buckets made since 2020) by botocore's own query signer, called directly: its client's
-`generate_presigned_url` spent ~0.6 ms of CPU a URL, over half of it resolving the endpoint and
-running event hooks, on every new key read and every upload. Where a bucket's URLs start, and the
-region and service they are signed for, are learnt once from a URL the client presigned.
-"""
+"""S3Store: S3 and S3-compatible servers (MinIO, SeaweedFS, Ceph) through aiobotocore, for listings and other
+requests, and through URLs it presigns (s3_signing.py) for data."""
 import asyncio
-import collections
 import contextlib
 import datetime
 import functools
 import logging
 import os
-import threading
-import time
-import urllib.parse
 
-import botocore.auth
-import botocore.awsrequest
 import botocore.credentials
 import botocore.exceptions
 import botocore.session
@@ -38,6 +19,7 @@ from fsmount.stores.base import (AccessDenied, ListPage, NoSuchContainer, NotFou
                                  read_part, status_error, uploaded)
 from fsmount.stores.ranges import RangeFetcher
 from fsmount.stores.retries import RetryPolicy
+from fsmount.stores.s3_signing import PROBE, LoopCredentials, Presigner, addressing_style, refresh_in_time
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +27,7 @@ _NOT_FOUND = {"NoSuchKey", "NotFound"}
 _PRECONDITION = {"PreconditionFailed"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded"}
-_URL_LIFETIME = 3600  # seconds a presigned URL is valid; it is reused for half of that
-_URLS_KEPT = 10_000
 _VERSION_ID = "versionId="  # starts the version of an object read at a pinned version id
-_PROBE = "fsmount-probe"  # the key of the URL botocore presigns to show where keys' URLs start
 
 
 @contextlib.contextmanager
@@ -103,24 +82,28 @@ def _info(key: str, size: int, etag: str, modified, metadata=None, content_type:
 
 
 class S3Endpoint:
-    """An S3 server as one set of credentials reaches it: the client and the connection pool that the stores of its
-    buckets share, opened with the first of them and closed with the last."""
+    """An S3 server as one set of credentials reaches it: the clients (one a region its buckets are in) and the
+    connection pool that the stores of its buckets share, opened with the first of them and closed with the last."""
 
     def __init__(self, url: str | None = None, region: str | None = None, key: str | None = None,
                  secret: str | None = None, verify: bool | str = True, max_connections: int = 32,
                  retries: RetryPolicy = RetryPolicy()):
-        """URL None: AWS. KEY and SECRET None: botocore's default chain (env, files, instance metadata)."""
+        """URL None: AWS. KEY and SECRET None: botocore's default chain (env, profiles with SSO or a
+        credential_process, web identity, the container's or the instance's metadata)."""
         self.url = url
+        self.region = region or default_region()  # each bucket's own, the server says: bucket_region
         self.max_connections = max_connections  # may grow until the first store opens
         self.retries = retries
+        self._key, self._secret = key, secret
         # Plain http has no certificate to check: loading the CA bundle for it delayed the first request ~30 ms.
-        plain = url is not None and url.startswith("http://")
-        self._client_args = dict(endpoint_url=url, region_name=region or default_region(), verify=False if plain else verify,
-                                 aws_access_key_id=key, aws_secret_access_key=secret)
+        self._verify = False if url is not None and url.startswith("http://") else verify
         self._stores = 0
         self._opening = asyncio.Lock()
-        self._client_context = None
-        self.client = None
+        self._making = asyncio.Lock()  # a client, which two stores' opening may want at once
+        self._config = None
+        self._clients: dict[str, tuple] = {}  # region -> (context, client)
+        self._regions: dict[str, str] = {}  # bucket -> its region
+        self.client = None  # the endpoint's region's
         self.fetcher: RangeFetcher | None = None
         self.credentials = None  # for presigning in worker threads: refreshed there, without the event loop
         self._operations: dict[str, tuple[str, dict]] = {}  # operation -> (method, {param: (location, name)})
@@ -132,22 +115,62 @@ class S3Endpoint:
             self._stores += 1
 
     async def _connect(self):
-        config = AioConfig(signature_version="s3v4", max_pool_connections=self.max_connections, connect_timeout=5,
-                           read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
-                           s3={"addressing_style": "path" if self.url else "auto"})
-        self.fetcher = RangeFetcher(self.max_connections, self._client_args["verify"], self.retries)
-        self._client_context = _session().create_client("s3", config=config, **self._client_args)
-        self.client = await self._client_context.__aenter__()
-        key, secret = self._client_args["aws_access_key_id"], self._client_args["aws_secret_access_key"]
-        self.credentials = botocore.credentials.Credentials(key, secret) if key else \
-            botocore.session.get_session().get_credentials()
+        self._config = AioConfig(signature_version="s3v4", max_pool_connections=self.max_connections, connect_timeout=5,
+                                 read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
+                                 s3={"addressing_style": addressing_style(self.url)})
+        self.fetcher = RangeFetcher(self.max_connections, self._verify, self.retries)
+        self.credentials = await asyncio.get_running_loop().run_in_executor(None, self._fetch_credentials)
+        self.client = await self.client_in(self.region)
+
+    def _fetch_credentials(self):
+        """The configured key, else the chain's credentials; None: the chain found none."""
+        if self._key:
+            return botocore.credentials.Credentials(self._key, self._secret)
+        credentials = botocore.session.get_session().get_credentials()
+        refresh_in_time(credentials)
+        return credentials
+
+    async def client_in(self, region: str):
+        """The client that signs for REGION, made on the first call."""
+        async with self._making:
+            if region not in self._clients:
+                frozen = self.credentials.get_frozen_credentials() if self.credentials is not None else None
+                context = _session().create_client(
+                    "s3", config=self._config, endpoint_url=self.url, region_name=region, verify=self._verify,
+                    aws_access_key_id=frozen and frozen.access_key, aws_secret_access_key=frozen and frozen.secret_key,
+                    aws_session_token=frozen and frozen.token)
+                client = await context.__aenter__()
+                if self.credentials is not None:  # the client's own copy of them would be refreshed apart
+                    client._request_signer._credentials = LoopCredentials(self.credentials)
+                self._clients[region] = (context, client)
+            return self._clients[region][1]
+
+    async def bucket_region(self, bucket: str) -> str:
+        """The region BUCKET is in, as HeadBucket's `x-amz-bucket-region` says (AWS sends it with a redirect or a
+        refusal too); the endpoint's when the server names none or cannot be reached."""
+        if bucket not in self._regions:
+            try:
+                response = await self.client.head_bucket(Bucket=bucket)
+            except botocore.exceptions.ClientError as error:
+                response = error.response
+            except (botocore.exceptions.BotoCoreError, asyncio.TimeoutError, ConnectionError) as error:
+                log.warning("bucket %s: its region is unknown (%s): its requests are signed for %s",
+                            bucket, type(error).__name__, self.region)
+                return self.region
+            region = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region") or self.region
+            if region != self.region:
+                log.info("bucket %s is in %s: its requests are signed for %s, not %s", bucket, region, region, self.region)
+            self._regions[bucket] = region
+        return self._regions[bucket]
 
     async def close(self):
         self._stores -= 1
         if self._stores == 0:
             self.fetcher.close()
-            await self._client_context.__aexit__(None, None, None)
-            self._client_context = self.client = None
+            for context, _ in self._clients.values():
+                await context.__aexit__(None, None, None)
+            self._clients.clear()
+            self.client = None
 
     def operation(self, operation: str) -> tuple[str, dict[str, tuple[str | None, str]]]:
         """OPERATION's HTTP method, and where each of its parameters goes in a request: (location, name)."""
@@ -168,10 +191,7 @@ class S3Store(Store):
         self.endpoint = endpoint
         self._extra_args = dict(extra_args or {})
         self._client = None
-        # Where keys' URLs start, their Host header, and the region and service they are signed for.
-        self._signing: tuple[str, str, str, str] = ("", "", "", "")
-        self._urls_lock = threading.Lock()
-        self._urls: collections.OrderedDict[tuple[str, str | None], tuple[float, str]] = collections.OrderedDict()
+        self._presigner: Presigner | None = None
         self._said_missing = False  # that the bucket does not exist, in the log
 
     @property
@@ -187,14 +207,11 @@ class S3Store(Store):
 
     async def open(self):
         await self.endpoint.open()
-        self._client = self.endpoint.client
+        self._client = await self.endpoint.client_in(await self.endpoint.bucket_region(self.bucket))
+        probe = None
         if self.endpoint.credentials is not None:  # else every request is refused, as signing it fails
-            probe = await self._client.generate_presigned_url("get_object",
-                                                              Params={"Bucket": self.bucket, "Key": _PROBE})
-            url, _, query = probe.partition("?")
-            *_, region, service, _ = urllib.parse.parse_qs(query)["X-Amz-Credential"][0].split("/")
-            base = url.removesuffix(_PROBE)
-            self._signing = (base, botocore.auth._host_from_url(base), region, service)
+            probe = await self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": PROBE})
+        self._presigner = Presigner(probe, self.endpoint.credentials, self.endpoint.operation)
 
     async def close(self):
         if self._client is not None:
@@ -206,25 +223,15 @@ class S3Store(Store):
         return not isinstance(credentials, botocore.credentials.RefreshableCredentials) or not credentials.refresh_needed()
 
     def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
-        if version.startswith(_VERSION_ID):  # a version id names bytes that never change
-            return RangeRequest(key, start, length, self._url(key, version.removeprefix(_VERSION_ID), fresh),
-                                version_in_url=True)
-        return RangeRequest(key, start, length, self._url(key, None, fresh), {"If-Match": version})
-
-    def _url(self, key: str, version_id: str | None, fresh: bool) -> str:
-        with self._urls_lock:
-            cached = self._urls.get((key, version_id))
-            if cached is not None and cached[0] > time.monotonic() and not fresh:
-                self._urls.move_to_end((key, version_id))
-                return cached[1]
-        params = {"Bucket": self.bucket, "Key": key} | ({"VersionId": version_id} if version_id else {})
+        params = {"Bucket": self.bucket, "Key": key}
+        pinned = version.startswith(_VERSION_ID)  # a version id names bytes that never change
+        if pinned:
+            params["VersionId"] = version.removeprefix(_VERSION_ID)
         with _errors(f"SIGN {key}"):
-            url, _ = self._presign("get_object", params)
-        with self._urls_lock:
-            self._urls[(key, version_id)] = (time.monotonic() + _URL_LIFETIME / 2, url)
-            if len(self._urls) > _URLS_KEPT:
-                self._urls.popitem(last=False)
-        return url
+            url, headers = self._presigner.get_url(params, fresh)
+        if pinned:
+            return RangeRequest(key, start, length, url, headers, version_in_url=True)
+        return RangeRequest(key, start, length, url, {**headers, "If-Match": version})
 
     async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
         with _errors(f"HEAD {key}"):
@@ -264,30 +271,8 @@ class S3Store(Store):
     def _signed_put(self, operation: str, params: dict, body: bytes, what: str) -> Request:
         """OPERATION with PARAMS and the Content-MD5 of BODY, which the server checks, presigned."""
         with _errors(f"SIGN {what}"):
-            url, headers = self._presign(operation, {**params, "ContentMD5": content_md5(body)})
+            url, headers, _ = self._presigner.sign(operation, {**params, "ContentMD5": content_md5(body)})
         return Request("PUT", url, body, headers, what)
-
-    def _presign(self, operation: str, params: dict) -> tuple[str, dict[str, str]]:
-        """The URL of OPERATION with PARAMS, presigned as the client's `generate_presigned_url` would, and
-        the headers the request must carry, as the signature covers them."""
-        base, host, region, service = self._signing
-        method, members = self.endpoint.operation(operation)
-        headers, query = {}, {}
-        for name, value in params.items():
-            location, serialized = members[name]
-            if location == "header":
-                headers[serialized] = str(value)
-            elif location == "headers":  # Metadata: x-amz-meta-NAME
-                headers.update({serialized + key: text for key, text in value.items()})
-            elif location == "querystring":
-                query[serialized] = str(value)
-        # The Host header the client will send, given: botocore would parse it out of the URL twice a signature.
-        request = botocore.awsrequest.AWSRequest(method, base + botocore.utils.percent_encode(params["Key"], safe="/~"),
-                                                 headers={**headers, "host": host}, params=query)
-        credentials = self.endpoint.credentials
-        credentials = credentials.get_frozen_credentials() if credentials is not None else None
-        botocore.auth.S3SigV4QueryAuth(credentials, service, region, expires=_URL_LIFETIME).add_auth(request)
-        return request.prepare().url, headers
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         with _errors(f"CREATE MULTIPART {key}"):
