@@ -76,6 +76,7 @@ class ObjectSource:
 class S3Source(ObjectSource):
     credentials: S3Credentials
     extra_args: dict[str, str] = field(default_factory=dict)  # for every upload: ServerSideEncryption, StorageClass, ...
+    request_payer: str | None = None  # "requester": every request pays for itself (requester-pays buckets)
     version_id: str | None = None  # the source is one object, read at this version
     checksum_sha256: bytes | None = None  # the source is one object, which must have this digest
 
@@ -173,7 +174,7 @@ _SMALLEST_PART = 5 * 2**20  # S3's least part size but for the last
 _PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of it
 _VOLUME_KEYS = {"source", "mode", "path"}
 _OBJECT_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "filter", "metadata_ttl"}
-_VOLUME_KEYS_OF = {"s3": _OBJECT_VOLUME_KEYS | {"extra_args", "version_id", "checksum_sha256"},
+_VOLUME_KEYS_OF = {"s3": _OBJECT_VOLUME_KEYS | {"extra_args", "request_payer", "version_id", "checksum_sha256"},
                    "azure": _OBJECT_VOLUME_KEYS | {"verify"}, "gs": _OBJECT_VOLUME_KEYS,
                    "ipfs": _VOLUME_KEYS | {"api", "gateway", "max_connections"}}
 _URL_VOLUME_KEYS = _VOLUME_KEYS | {"name", "max_connections", "verify"}
@@ -463,6 +464,7 @@ class _Reader:
         source = S3Source(
             bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen, **self.object_options(spec, keys),
             extra_args=self.value(spec, keys + ("extra_args",), _string_map, {}),
+            request_payer=self.value(spec, keys + ("request_payer",), _request_payer, None),
             version_id=self.value(spec, keys + ("version_id",), str, None),
             checksum_sha256=self.value(spec, keys + ("checksum_sha256",), _sha256, None))
         if source.single_object and (not prefix or prefix.endswith("/")):
@@ -687,6 +689,13 @@ def _string_map(value) -> dict[str, str]:
     if not isinstance(value, ConfigTree) or any(isinstance(v, (ConfigTree, list)) for v in value.values()):
         raise ValueError(f"expected an object of names and values, such as {{ ServerSideEncryption: AES256 }}, got {value!r}")
     return {_unquote(name): str(v) for name, v in value.items()}
+
+
+def _request_payer(value) -> str:
+    """S3's one payer a request can name: requester (the bucket's owner pays when a request names none)."""
+    if str(value) != "requester":
+        raise ValueError(f"expected requester, got {value!r}")
+    return "requester"
 
 
 def _regex(value) -> re.Pattern:

@@ -241,7 +241,8 @@ def test_check_fails_with_the_message_and_no_secret(tmp_path):
 def test_s3_volume_options(tmp_path):
     config = load_config(str(write_config(tmp_path, """
         volumes {
-          logs { source: "s3://bucket/logs/", filter: "\\\\.csv$", extra_args { ServerSideEncryption: AES256 } }
+          logs { source: "s3://bucket/logs/", filter: "\\\\.csv$", extra_args { ServerSideEncryption: AES256 },
+                 request_payer: requester }
           model { source: "s3://bucket/models/m.bin", version_id: "3HL4kqtJvjVBH40Nrjfkd",
                   checksum_sha256: "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=" }
         }
@@ -249,6 +250,7 @@ def test_s3_volume_options(tmp_path):
     volumes = {volume.name: volume.objects for volume in config.volumes}
     assert volumes["logs"].filter.search("logs/a.csv") and not volumes["logs"].filter.search("logs/a.json")
     assert volumes["logs"].extra_args == {"ServerSideEncryption": "AES256"} and not volumes["logs"].single_object
+    assert volumes["logs"].request_payer == "requester" and volumes["model"].request_payer is None
     model = volumes["model"]
     assert model.single_object and model.version_id == "3HL4kqtJvjVBH40Nrjfkd"
     assert model.checksum_sha256.hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -277,6 +279,11 @@ def test_a_pinned_object_cannot_be_written(tmp_path):
 def test_extra_args_not_an_object(tmp_path):
     assert config_error(tmp_path, 'volumes {\n  v { source: "s3://b/", extra_args: AES256 }\n}') == \
         ":2: volumes.v.extra_args: expected an object of names and values, such as { ServerSideEncryption: AES256 }, got 'AES256'"
+
+
+def test_a_request_payer_other_than_the_requester(tmp_path):
+    assert config_error(tmp_path, 'volumes {\n  v { source: "s3://b/", request_payer: owner }\n}') == \
+        ":2: volumes.v.request_payer: expected requester, got 'owner'"
 
 
 def test_staging_and_upload_options(tmp_path):

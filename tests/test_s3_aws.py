@@ -145,6 +145,45 @@ def test_credentials_that_expire_are_refreshed_in_time_once_for_many_requests(wo
             assert signed + int(query["X-Amz-Expires"][0]) <= float(runs[scope(target, headers)[0]]) + 1
 
 
+def test_a_requester_pays_volume_says_so_in_every_request(workspace, moto, mount, proxy):
+    bucket = S3Bucket(moto, {"a.txt": b"paid by the reader"})
+    mount(volume(workspace, proxy.url, bucket.name, extra="request_payer: requester"), workspace / "mnt")
+    root = workspace / "mnt" / "bucket"
+    assert os.listdir(root) == ["a.txt"]
+    assert (root / "a.txt").read_bytes() == b"paid by the reader"
+    large = os.urandom(11 * 2**20)
+    (root / "large.bin").write_bytes(large)
+    (root / "small.txt").write_bytes(b"small")
+    os.rename(root / "small.txt", root / "moved.txt")
+    assert bucket.get("large.bin") == large and sorted(bucket.keys()) == ["a.txt", "large.bin", "moved.txt"]
+
+    requests = [(method, target, headers) for method, target, headers in seen(proxy)[1:]]  # after the HeadBucket
+    kinds = {(method, "list-type=2" in target, "uploadId=" in target) for method, target, _ in requests}
+    assert {("GET", True, False), ("GET", False, False), ("PUT", False, False), ("PUT", False, True),
+            ("POST", False, False), ("POST", False, True), ("DELETE", False, False)} <= kinds
+    assert [target for _, target, headers in requests if headers.get("x-amz-request-payer") != "requester"] == []
+
+
+def test_web_identity_credentials_come_from_sts_through_botocores_chain(workspace, moto, mount, proxy, aws_environment,
+                                                                        monkeypatch):
+    """IRSA's variables: a token file and a role, exchanged at STS (moto's, through the proxy) for credentials."""
+    (aws_environment / "token").write_text("a-web-identity-token")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(aws_environment / "token"))
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/fsmount-reader")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", proxy.url)
+    bucket = S3Bucket(moto, {"a.txt": b"read as the role"})
+    mount(volume(workspace, proxy.url, bucket.name, "use_credentials_chain: true"), workspace / "mnt")
+    assert (workspace / "mnt" / "bucket" / "a.txt").read_bytes() == b"read as the role"
+
+    assert bytes(proxy.requests).count(b"Action=AssumeRoleWithWebIdentity") == 1
+    assert b"WebIdentityToken=a-web-identity-token" in proxy.requests
+    s3 = [(target, headers) for method, target, headers in seen(proxy) if method != "POST"]
+    assert {target.split("?")[0] for target, _ in s3} >= {f"/{bucket}", f"/{bucket}/a.txt"}
+    keys = {scope(target, headers)[0] for target, headers in s3}
+    assert len(keys) == 1 and keys.pop().startswith("ASIA")
+    assert all("X-Amz-Security-Token=" in target or "x-amz-security-token" in headers for target, headers in s3)
+
+
 class InstanceMetadata(BaseHTTPRequestHandler):
     """An EC2 instance's metadata service as IMDSv2 serves it: nothing without a session token, got by a PUT."""
     TOKEN = "imds-session-token"

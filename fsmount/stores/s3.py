@@ -186,10 +186,13 @@ class S3Endpoint:
 class S3Store(Store):
     lists_metadata = False
 
-    def __init__(self, bucket: str, endpoint: S3Endpoint, extra_args: dict | None = None):
+    def __init__(self, bucket: str, endpoint: S3Endpoint, extra_args: dict | None = None,
+                 request_payer: str | None = None):
+        """REQUEST_PAYER "requester": every request says that the requester pays for it (a requester-pays bucket)."""
         self.bucket = bucket
         self.endpoint = endpoint
         self._extra_args = dict(extra_args or {})
+        self._payer = {"RequestPayer": request_payer} if request_payer else {}
         self._client = None
         self._presigner: Presigner | None = None
         self._said_missing = False  # that the bucket does not exist, in the log
@@ -223,7 +226,7 @@ class S3Store(Store):
         return not isinstance(credentials, botocore.credentials.RefreshableCredentials) or not credentials.refresh_needed()
 
     def range_request(self, key: str, start: int, length: int, version: str, fresh: bool = False) -> RangeRequest:
-        params = {"Bucket": self.bucket, "Key": key}
+        params = {"Bucket": self.bucket, "Key": key, **self._payer}
         pinned = version.startswith(_VERSION_ID)  # a version id names bytes that never change
         if pinned:
             params["VersionId"] = version.removeprefix(_VERSION_ID)
@@ -235,14 +238,15 @@ class S3Store(Store):
 
     async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
         with _errors(f"HEAD {key}"):
-            head = await self._client.head_object(Bucket=self.bucket, Key=key, **({"VersionId": pinned} if pinned else {}))
+            head = await self._client.head_object(Bucket=self.bucket, Key=key, **self._payer,
+                                                  **({"VersionId": pinned} if pinned else {}))
         version = f"{_VERSION_ID}{pinned}" if pinned else head["ETag"]
         return _info(key, head["ContentLength"], version, head["LastModified"], head.get("Metadata"),
                      head.get("ContentType"))
 
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:
-        arguments = {"Bucket": self.bucket, "Prefix": prefix} | ({"Delimiter": delimiter} if delimiter else {})
+        arguments = {"Bucket": self.bucket, "Prefix": prefix, **self._payer} | ({"Delimiter": delimiter} if delimiter else {})
         if token:
             arguments["ContinuationToken"] = token
         if page_size:
@@ -271,13 +275,13 @@ class S3Store(Store):
     def _signed_put(self, operation: str, params: dict, body: bytes, what: str) -> Request:
         """OPERATION with PARAMS and the Content-MD5 of BODY, which the server checks, presigned."""
         with _errors(f"SIGN {what}"):
-            url, headers, _ = self._presigner.sign(operation, {**params, "ContentMD5": content_md5(body)})
+            url, headers, _ = self._presigner.sign(operation, {**params, **self._payer, "ContentMD5": content_md5(body)})
         return Request("PUT", url, body, headers, what)
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         with _errors(f"CREATE MULTIPART {key}"):
             upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata or {},
-                                                                **self._extra_args)
+                                                                **self._extra_args, **self._payer)
         return upload["UploadId"]
 
     def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
@@ -289,22 +293,22 @@ class S3Store(Store):
                               metadata: dict[str, str] | None = None) -> ObjectInfo:
         with _errors(f"COMPLETE MULTIPART {key}"):
             response = await self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload,
+                Bucket=self.bucket, Key=key, UploadId=upload, **self._payer,
                 MultipartUpload={"Parts": [{"PartNumber": number, "ETag": tag} for number, tag in parts]})
         return uploaded(key, size, response["ETag"], metadata)
 
     async def abort_upload(self, key: str, upload: str):
         with _errors(f"ABORT MULTIPART {key}"):
-            await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+            await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload, **self._payer)
 
     async def delete(self, key: str):
         with _errors(f"DELETE {key}"):
-            await self._client.delete_object(Bucket=self.bucket, Key=key)
+            await self._client.delete_object(Bucket=self.bucket, Key=key, **self._payer)
 
     async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         replace = {} if metadata is None else {"Metadata": metadata, "MetadataDirective": "REPLACE"}
         with _errors(f"COPY {source_key} {key}"):
-            await self._client.copy_object(Bucket=self.bucket, Key=key, **replace, **self._extra_args,
+            await self._client.copy_object(Bucket=self.bucket, Key=key, **replace, **self._extra_args, **self._payer,
                                            CopySource={"Bucket": self.bucket, "Key": source_key})
         return await self.stat(key)
 

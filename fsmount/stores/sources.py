@@ -28,7 +28,8 @@ class Stores:
         """READ_ONLY: the volume changes nothing, so what the store signs for it may only read and list."""
         if isinstance(source, S3Source):
             from fsmount.stores.s3 import S3Store
-            return S3Store(source.bucket, self._s3_endpoint(source), extra_args=source.extra_args)
+            return S3Store(source.bucket, self._s3_endpoint(source), extra_args=source.extra_args,
+                           request_payer=source.request_payer)
         if isinstance(source, AzureSource):
             from fsmount.stores.azure import AzureStore
             return AzureStore(source.account, source.bucket, source.credentials, endpoint=source.endpoint,
