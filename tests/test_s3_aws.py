@@ -164,6 +164,24 @@ def test_a_requester_pays_volume_says_so_in_every_request(workspace, moto, mount
     assert [target for _, target, headers in requests if headers.get("x-amz-request-payer") != "requester"] == []
 
 
+def test_sse_kms_in_extra_args_encrypts_single_and_multipart_uploads(workspace, moto, mount):
+    key = botocore.session.get_session().create_client(
+        "kms", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="test",
+        aws_secret_access_key="test").create_key()["KeyMetadata"]["Arn"]
+    bucket = S3Bucket(moto)
+    extra = f'extra_args {{ ServerSideEncryption: "aws:kms", SSEKMSKeyId: "{key}" }}'
+    mount(volume(workspace, moto.url, bucket.name, extra=extra), workspace / "mnt")
+    root = workspace / "mnt" / "bucket"
+    large = os.urandom(11 * 2**20)
+    (root / "large.bin").write_bytes(large)
+    (root / "small.txt").write_bytes(b"small")
+    assert bucket.get("large.bin") == large and bucket.get("small.txt") == b"small"
+    assert moto.requests(f"POST /{bucket}/large.bin?uploads") == 1  # in parts
+    for name in ("large.bin", "small.txt"):
+        head = bucket.admin.head_object(Bucket=bucket.name, Key=name)
+        assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", key)
+
+
 def test_web_identity_credentials_come_from_sts_through_botocores_chain(workspace, moto, mount, proxy, aws_environment,
                                                                         monkeypatch):
     """IRSA's variables: a token file and a role, exchanged at STS (moto's, through the proxy) for credentials."""
