@@ -37,12 +37,16 @@ def _errors(what: str):
         yield
     except botocore.exceptions.ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        answer = error.response.get("ResponseMetadata", {})
+        failure = status_error(answer.get("HTTPStatusCode", 0), f"{what}: {code or answer.get('HTTPStatusCode', 0)}",
+                               answer.get("HTTPHeaders", {}).get("retry-after"))
         for codes, kind in ((_NOT_FOUND, NotFound), ({"NoSuchBucket"}, NoSuchContainer),
                             (_PRECONDITION, PreconditionFailed), (_DENIED, AccessDenied), (_THROTTLED, Throttled)):
             if code in codes:
-                raise kind(f"{what}: {code}") from None
-        raise status_error(status, f"{what}: {code or status}") from None
+                retry_after, failure = failure.retry_after, kind(f"{what}: {code}")
+                failure.retry_after = retry_after
+                break
+        raise failure from None
     except botocore.exceptions.NoCredentialsError:
         raise AccessDenied(f"{what}: no credentials") from None
     except (botocore.exceptions.BotoCoreError, asyncio.TimeoutError, ConnectionError) as error:
@@ -116,7 +120,7 @@ class S3Endpoint:
 
     async def _connect(self):
         self._config = AioConfig(signature_version="s3v4", max_pool_connections=self.max_connections, connect_timeout=5,
-                                 read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
+                                 read_timeout=60, retries={"total_max_attempts": 1},  # the RetryPolicy's
                                  s3={"addressing_style": addressing_style(self.url)})
         self.fetcher = RangeFetcher(self.max_connections, self._verify, self.retries)
         self.credentials = await asyncio.get_running_loop().run_in_executor(None, self._fetch_credentials)
@@ -150,18 +154,31 @@ class S3Endpoint:
         refusal too); the endpoint's when the server names none or cannot be reached."""
         if bucket not in self._regions:
             try:
-                response = await self.client.head_bucket(Bucket=bucket)
-            except botocore.exceptions.ClientError as error:
-                response = error.response
-            except (botocore.exceptions.BotoCoreError, asyncio.TimeoutError, ConnectionError) as error:
+                headers = await self._bucket_headers(bucket)
+            except (Throttled, Unavailable) as error:
                 log.warning("bucket %s: its region is unknown (%s): its requests are signed for %s",
-                            bucket, type(error).__name__, self.region)
+                            bucket, error.strerror, self.region)
                 return self.region
-            region = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region") or self.region
+            region = headers.get("x-amz-bucket-region") or self.region
             if region != self.region:
                 log.info("bucket %s is in %s: its requests are signed for %s, not %s", bucket, region, region, self.region)
             self._regions[bucket] = region
         return self._regions[bucket]
+
+    async def _bucket_headers(self, bucket: str) -> dict[str, str]:
+        """HeadBucket's headers, whether the server answered or refused; retried while it throttles or is out of reach."""
+        async for attempt in self.retries.attempts_of():
+            with attempt:
+                try:
+                    response = await self.client.head_bucket(Bucket=bucket)
+                except botocore.exceptions.ClientError as error:
+                    response = error.response
+                    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                    if status == 429 or status >= 500:
+                        raise status_error(status, f"HEAD BUCKET {bucket}: {status}") from None
+                except (botocore.exceptions.BotoCoreError, asyncio.TimeoutError, ConnectionError) as error:
+                    raise Unavailable(f"HEAD BUCKET {bucket}: {type(error).__name__}") from None
+        return response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
 
     async def close(self):
         self._stores -= 1
@@ -236,10 +253,15 @@ class S3Store(Store):
             return RangeRequest(key, start, length, url, headers, version_in_url=True)
         return RangeRequest(key, start, length, url, {**headers, "If-Match": version})
 
+    async def _call(self, what: str, operation: str, **params) -> dict:
+        """The client's OPERATION with PARAMS, retried by the RetryPolicy (botocore's own retries are off)."""
+        async for attempt in self.endpoint.retries.attempts_of():
+            with attempt, _errors(what):
+                return await getattr(self._client, operation)(**params)
+
     async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
-        with _errors(f"HEAD {key}"):
-            head = await self._client.head_object(Bucket=self.bucket, Key=key, **self._payer,
-                                                  **({"VersionId": pinned} if pinned else {}))
+        head = await self._call(f"HEAD {key}", "head_object", Bucket=self.bucket, Key=key, **self._payer,
+                                **({"VersionId": pinned} if pinned else {}))
         version = f"{_VERSION_ID}{pinned}" if pinned else head["ETag"]
         return _info(key, head["ContentLength"], version, head["LastModified"], head.get("Metadata"),
                      head.get("ContentType"))
@@ -252,8 +274,7 @@ class S3Store(Store):
         if page_size:
             arguments["MaxKeys"] = page_size
         try:
-            with _errors(f"LIST {prefix}"):
-                page = await self._client.list_objects_v2(**arguments)
+            page = await self._call(f"LIST {prefix}", "list_objects_v2", **arguments)
         except NoSuchContainer:
             if not self._said_missing:
                 self._said_missing = True
@@ -279,9 +300,8 @@ class S3Store(Store):
         return Request("PUT", url, body, headers, what)
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
-        with _errors(f"CREATE MULTIPART {key}"):
-            upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata or {},
-                                                                **self._extra_args, **self._payer)
+        upload = await self._call(f"CREATE MULTIPART {key}", "create_multipart_upload", Bucket=self.bucket, Key=key,
+                                  Metadata=metadata or {}, **self._extra_args, **self._payer)
         return upload["UploadId"]
 
     def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
@@ -291,24 +311,21 @@ class S3Store(Store):
 
     async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
                               metadata: dict[str, str] | None = None) -> ObjectInfo:
-        with _errors(f"COMPLETE MULTIPART {key}"):
-            response = await self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload, **self._payer,
-                MultipartUpload={"Parts": [{"PartNumber": number, "ETag": tag} for number, tag in parts]})
+        response = await self._call(f"COMPLETE MULTIPART {key}", "complete_multipart_upload", Bucket=self.bucket, Key=key,
+                                    UploadId=upload, **self._payer,
+                                    MultipartUpload={"Parts": [{"PartNumber": number, "ETag": tag} for number, tag in parts]})
         return uploaded(key, size, response["ETag"], metadata)
 
     async def abort_upload(self, key: str, upload: str):
-        with _errors(f"ABORT MULTIPART {key}"):
-            await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload, **self._payer)
+        await self._call(f"ABORT MULTIPART {key}", "abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload,
+                         **self._payer)
 
     async def delete(self, key: str):
-        with _errors(f"DELETE {key}"):
-            await self._client.delete_object(Bucket=self.bucket, Key=key, **self._payer)
+        await self._call(f"DELETE {key}", "delete_object", Bucket=self.bucket, Key=key, **self._payer)
 
     async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         replace = {} if metadata is None else {"Metadata": metadata, "MetadataDirective": "REPLACE"}
-        with _errors(f"COPY {source_key} {key}"):
-            await self._client.copy_object(Bucket=self.bucket, Key=key, **replace, **self._extra_args, **self._payer,
-                                           CopySource={"Bucket": self.bucket, "Key": source_key})
+        await self._call(f"COPY {source_key} {key}", "copy_object", Bucket=self.bucket, Key=key, **replace,
+                         **self._extra_args, **self._payer, CopySource={"Bucket": self.bucket, "Key": source_key})
         return await self.stat(key)
 
