@@ -1,10 +1,14 @@
-"""Local store servers for tests, started through scripts/serve on 127.0.0.1 and stopped after the session."""
+"""Local store servers for tests, started through scripts/serve on 127.0.0.1 and stopped after the session, and the
+relays (Proxy, FaultRelay) and web server that tests put in front of them or beside them."""
 import collections
 import contextlib
+import dataclasses
 import email.utils
 import hashlib
+import random
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -127,27 +131,21 @@ def gcs_create_bucket(server: Server, bucket: str):
 _REQUESTS_KEPT = 4 * 2**20
 
 
-class Proxy:
-    """A TCP relay on 127.0.0.1 in front of a server, to take the server away and give it back: `down()`
-    drops every connection and refuses new ones; `stall_after(n)` stops passing requests on once N more
-    bytes of them have gone through; `up()` ends both. `connections` counts those it accepted, `requests` holds
-    the first KEPT bytes of the requests."""
+class _Relay:
+    """Connections to a port of 127.0.0.1, each served by `_serve` in a thread of its own (over TLS with the server
+    context TLS): `down()` drops every connection and refuses new ones, `up()` takes them again. `connections`
+    counts those accepted."""
 
-    def __init__(self, target_port: int, kept: int = _REQUESTS_KEPT):
+    def __init__(self, target_port: int, tls: ssl.SSLContext | None = None):
         self._target = target_port
-        self._kept = kept
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._flowing = threading.Event()
-        self._flowing.set()
+        self._tls = tls
         self._refusing = False
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self.connections = 0
-        self.sent = 0  # bytes of requests passed on
-        self.requests = bytearray()  # the first KEPT bytes of them, as sent
-        self._stall_at: int | None = None
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -160,11 +158,72 @@ class Proxy:
                 client.close()
                 continue
             self.connections += 1
-            upstream = socket.create_connection(("127.0.0.1", self._target))
-            with self._lock:
-                self._open |= {client, upstream}
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+            threading.Thread(target=self._start, args=(client,), daemon=True).start()
+
+    def _start(self, client: socket.socket):
+        if self._tls is not None:
+            try:
+                client = self._tls.wrap_socket(client, server_side=True)
+            except OSError:
+                client.close()
+                return
+        self._track(client)
+        self._serve(client)
+
+    def _serve(self, client: socket.socket): ...
+
+    def _connect(self) -> socket.socket:
+        """A new connection to the server, dropped with the others by `down()`."""
+        return self._track(socket.create_connection(("127.0.0.1", self._target)))
+
+    def _track(self, end: socket.socket) -> socket.socket:
+        with self._lock:
+            self._open.add(end)
+        return end
+
+    def _drop(self, *ends: socket.socket):
+        with self._lock:
+            for end in ends:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                self._open.discard(end)
+
+    def down(self):
+        self._refusing = True
+        with self._lock:
+            ends = list(self._open)
+        self._drop(*ends)
+
+    def up(self):
+        self._refusing = False
+
+    def close(self):
+        self.down()
+        self._listener.close()
+
+
+class Proxy(_Relay):
+    """A TCP relay on 127.0.0.1 in front of a server, to take the server away and give it back: `down()`
+    drops every connection and refuses new ones; `stall_after(n)` stops passing requests on once N more
+    bytes of them have gone through; `up()` ends both. `connections` counts those it accepted, `requests` holds
+    the first KEPT bytes of the requests."""
+
+    def __init__(self, target_port: int, kept: int = _REQUESTS_KEPT):
+        self._kept = kept
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self.sent = 0  # bytes of requests passed on
+        self.requests = bytearray()  # the first KEPT bytes of them, as sent
+        self._stall_at: int | None = None
+        super().__init__(target_port)
+
+    def _serve(self, client: socket.socket):
+        try:
+            upstream = self._connect()
+        except OSError:
+            return self._drop(client)
+        threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+        self._pump(upstream, client, False)
 
     def _pump(self, source: socket.socket, sink: socket.socket, requests: bool):
         try:
@@ -183,30 +242,241 @@ class Proxy:
         finally:
             self._drop(source, sink)
 
-    def _drop(self, *ends: socket.socket):
-        with self._lock:
-            for end in ends:
-                with contextlib.suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
-                self._open.discard(end)
-
-    def down(self):
-        self._refusing = True
-        self._drop(*self._open)
-
     def stall_after(self, size: int):
         with self._lock:
             self._stall_at = self.sent + size
 
     def up(self):
-        self._refusing = False
+        super().up()
         self._stall_at = None
         self._flowing.set()
 
     def close(self):
-        self.down()
+        super().close()
         self._flowing.set()
-        self._listener.close()
+
+
+FAULTS = ("throttle", "error", "reset", "cut", "stall")
+_LOGGED_HEADERS = ("authorization", "x-amz-request-payer", "range", "content-length")
+_NO_BODY = {204, 304}
+# What each kind of server says when it throttles (503) and when it fails (500): (content type, body, headers).
+_ERRORS = {
+    "s3": {503: ("application/xml", b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                 b"<Message>Please reduce your request rate.</Message><RequestId>fault</RequestId></Error>", {}),
+           500: ("application/xml", b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+                 b"<Message>We encountered an internal error. Please try again.</Message>"
+                 b"<RequestId>fault</RequestId></Error>", {})},
+    "azure": {503: ("application/xml", b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'
+                    b"<Message>The server is busy.</Message></Error>", {"x-ms-error-code": "ServerBusy"}),
+              500: ("application/xml", b'<?xml version="1.0" encoding="utf-8"?><Error><Code>InternalError</Code>'
+                    b"<Message>The server encountered an internal error. Please retry the request.</Message></Error>",
+                    {"x-ms-error-code": "InternalError"})},
+    "gcs": {503: ("application/json", b'{"error": {"code": 503, "message": "Backend Error", "errors": [{"domain": '
+                  b'"global", "reason": "backendError", "message": "Backend Error"}]}}', {}),
+            500: ("application/json", b'{"error": {"code": 500, "message": "Internal Error", "errors": [{"domain": '
+                  b'"global", "reason": "internalError", "message": "Internal Error"}]}}', {})},
+    "http": {503: ("text/plain", b"Service Unavailable\n", {}), 500: ("text/plain", b"Internal Server Error\n", {})},
+}
+
+
+@dataclasses.dataclass
+class Exchange:
+    """A request the FaultRelay took: METHOD and TARGET (path and query) as sent, the HEADERS of _LOGGED_HEADERS it
+    had (names in lower case), the STATUS the client was given (None: none) and the FAULT injected, if any."""
+    method: str
+    target: str
+    headers: dict[str, str]
+    status: int | None = None
+    fault: str | None = None
+
+    def __str__(self):
+        return f"{self.method} {self.target} {self.status} {self.fault or '-'}"
+
+
+class _Message:
+    """An HTTP request or response read off a connection: its first line and headers, then (`read_body`) its body."""
+
+    def __init__(self, stream):
+        line = stream.readline(65537)
+        if not line.endswith(b"\n"):
+            raise ConnectionError("the connection ended between messages")
+        self.first_line = line.decode("latin-1").rstrip("\r\n")
+        self.headers: list[tuple[str, str]] = []
+        while (header := stream.readline(65537)) not in (b"\r\n", b"\n"):
+            if not header:
+                raise ConnectionError("the connection ended in a head")
+            name, _, value = header.decode("latin-1").partition(":")
+            self.headers.append((name.strip(), value.strip()))
+        self.body = b""
+        self.read_to_end = False
+
+    def header(self, name: str) -> str:
+        return next((value for key, value in self.headers if key.lower() == name), "")
+
+    def without(self, name: str):
+        self.headers = [(key, value) for key, value in self.headers if key.lower() != name]
+
+    def read_body(self, stream, response: bool):
+        """A chunked body is read whole and given a Content-Length; a response's without a length ends with the
+        connection."""
+        length = self.header("content-length")
+        if "chunked" in self.header("transfer-encoding").lower():
+            self.body = _dechunked(stream)
+            self.without("transfer-encoding")
+            self.headers.append(("Content-Length", str(len(self.body))))
+        elif length:
+            self.body = stream.read(int(length))
+            if len(self.body) < int(length):
+                raise ConnectionError("the connection ended in a body")
+        elif response:
+            self.body, self.read_to_end = stream.read(), True
+            self.headers.append(("Content-Length", str(len(self.body))))
+
+    def head(self) -> bytes:
+        lines = [self.first_line, *(f"{name}: {value}" for name, value in self.headers), "", ""]
+        return "\r\n".join(lines).encode("latin-1")
+
+    def ends_connection(self) -> bool:
+        return self.read_to_end or self.header("connection").lower() == "close"
+
+
+def _dechunked(stream) -> bytes:
+    body = bytearray()
+    while size := int(stream.readline(1024).split(b";")[0], 16):
+        body += stream.read(size)
+        stream.readline(16)
+    while stream.readline(65537) not in (b"\r\n", b"\n", b""):  # trailers
+        pass
+    return bytes(body)
+
+
+class FaultRelay(_Relay):
+    """An HTTP relay on 127.0.0.1 in front of a server's port: it reads each request whole and passes it on
+    (keep-alive on both sides), or, on a share of requests drawn from SEED (FAULTS: a fault's name -> its share),
+    answers with a fault instead:
+      throttle  503 with the throttling error of a server of KIND (s3: SlowDown, azure: ServerBusy, gcs: JSON,
+                http: plain text), and `Retry-After: 1` if RETRY_AFTER
+      error     500 with that server's internal error
+      reset     the request is passed on; the answer's head and half its body are sent, then a TCP reset
+      cut       the answer's head, with its whole Content-Length, and half its body, then a clean close
+      stall     the answer is held STALL seconds, then sent whole
+    `faults` may be changed at any time; `down()` and `up()` take the server away and give it back, as the Proxy's.
+    `exchanges` logs every request, `requests(*texts)` counts those whose "METHOD TARGET STATUS FAULT" holds every
+    TEXT, and `injected` counts the faults. TLS: a server context, to be HTTPS in front of a plain HTTP server."""
+
+    def __init__(self, target_port: int, faults: dict[str, float] | None = None, kind: str = "s3", seed: int = 28,
+                 stall: float = 3.0, retry_after: bool = False, tls: ssl.SSLContext | None = None):
+        assert set(faults or {}) <= set(FAULTS) and kind in _ERRORS
+        self.faults = dict(faults or {})
+        self.kind, self.stall, self.retry_after = kind, stall, retry_after
+        self._seed = seed
+        self._seen = collections.Counter()
+        self._closed = threading.Event()
+        self.exchanges: list[Exchange] = []
+        self.injected = collections.Counter()
+        super().__init__(target_port, tls)
+
+    def requests(self, *texts: str) -> int:
+        with self._lock:
+            return sum(all(text in str(exchange) for text in texts) for exchange in self.exchanges)
+
+    def _choose(self, method: str, target: str, byte_range: str) -> str | None:
+        """The fault for a request, drawn from the seed, its method, path and range, and how many such came before it:
+        the same in every run, whatever the order of requests for other paths."""
+        key = f"{self._seed} {method} {urllib.parse.urlsplit(target).path} {byte_range}"
+        with self._lock:
+            self._seen[key] += 1
+            draw = random.Random(f"{key} {self._seen[key]}").random()
+            for fault, share in self.faults.items():
+                if draw < share:
+                    self.injected[fault] += 1
+                    return fault
+                draw -= share
+            return None
+
+    def _serve(self, client: socket.socket):
+        upstream = None
+        try:
+            with client.makefile("rb") as requests:
+                while True:
+                    request = _Message(requests)
+                    if request.header("expect").lower() == "100-continue":  # answered here: the server never sees it
+                        request.without("expect")
+                        client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    request.read_body(requests, response=False)
+                    method, target = request.first_line.split()[:2]
+                    fault = self._choose(method, target, request.header("range"))
+                    exchange = Exchange(method, target, {name: request.header(name) for name in _LOGGED_HEADERS
+                                                         if request.header(name)}, fault=fault)
+                    with self._lock:
+                        self.exchanges.append(exchange)
+                    if exchange.fault in ("throttle", "error"):
+                        exchange.status = 503 if exchange.fault == "throttle" else 500
+                        client.sendall(self._error(exchange.status, send_body=method != "HEAD"))
+                        continue
+                    upstream, response = self._pass_on(upstream, request, method)
+                    exchange.status = int(response.first_line.split()[1])
+                    head = response.head()
+                    if exchange.fault in ("reset", "cut"):
+                        client.sendall(head + response.body[:len(response.body) // 2] if response.body
+                                       else head[:len(head) // 2])
+                        if exchange.fault == "reset":
+                            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        return
+                    if exchange.fault == "stall" and self._closed.wait(self.stall):
+                        return
+                    client.sendall(head + response.body)
+                    if response.ends_connection() or request.ends_connection():
+                        return
+        except (OSError, ValueError, IndexError):  # the connection ended, or held no HTTP
+            pass
+        finally:
+            client.close()  # not a shutdown, which would send a FIN before a reset's RST
+            self._drop(client)
+            if upstream is not None:
+                self._disconnect(upstream)
+
+    def _error(self, status: int, send_body: bool) -> bytes:
+        content_type, body, headers = _ERRORS[self.kind][status]
+        headers = {"Content-Type": content_type, "Content-Length": str(len(body)), **headers,
+                   **({"Retry-After": "1"} if self.retry_after and status == 503 else {})}
+        reason = {503: "Service Unavailable", 500: "Internal Server Error"}[status]
+        lines = [f"HTTP/1.1 {status} {reason}", *(f"{name}: {value}" for name, value in headers.items()), "", ""]
+        return "\r\n".join(lines).encode() + (body if send_body else b"")
+
+    def _pass_on(self, upstream, request: _Message, method: str):
+        """((the connection to the server, its stream), the server's response to REQUEST): on UPSTREAM's connection,
+        or on a new one if there is none or the server had closed it."""
+        for fresh in (upstream is None, True):
+            if fresh:
+                if upstream is not None:
+                    self._disconnect(upstream)
+                connection = self._connect()
+                upstream = connection, connection.makefile("rb")
+            try:
+                upstream[0].sendall(request.head() + request.body)
+                response = _Message(upstream[1])
+            except OSError:  # ConnectionError too
+                if fresh:
+                    raise
+                continue
+            status = int(response.first_line.split()[1])
+            if method != "HEAD" and status not in _NO_BODY and status >= 200:
+                response.read_body(upstream[1], response=True)
+            if response.ends_connection():
+                self._disconnect(upstream)
+                upstream = None
+            return upstream, response
+
+    def _disconnect(self, upstream):
+        connection, stream = upstream
+        self._drop(connection)
+        stream.close()
+        connection.close()
+
+    def close(self):
+        self._closed.set()
+        super().close()
 
 
 class WebServer:
