@@ -27,7 +27,8 @@ MIXED = {"throttle": 0.1, "error": 0.05, "reset": 0.025, "cut": 0.025}
 STALLED = {"stall": 0.1}
 STALL_SECONDS = 3
 HANG_LIMIT = 120  # seconds after which a read that has not ended counts as hung
-RETRY_CEILING = 15  # seconds a FUSE request may take to fail once its retries are spent: a generous bound on the budget
+RETRY_BUDGET = 8  # seconds: the volumes' retries.max_time
+RETRY_CEILING = RETRY_BUDGET + 7  # seconds a FUSE request may take to fail: the budget, one request's connect timeout, slack
 
 
 def sha256(data: bytes) -> str:
@@ -61,7 +62,7 @@ def relayed(request):
 
 def relayed_config(directory, bucket, relay, **options):
     """The config of a volume of BUCKET whose server is reached through RELAY (a cache under DIRECTORY)."""
-    return volume_config(directory, bucket, url=relay.url, **options)
+    return volume_config(directory, bucket, url=relay.url, retries=f"attempts: 10, max_time: {RETRY_BUDGET}s", **options)
 
 
 def mount_relayed(workspace, mount, bucket, relay, **options):
@@ -178,7 +179,7 @@ def test_a_store_gone_serves_cached_blocks_fails_others_with_eio_and_comes_back(
     failed = one_read(root / uncached)
     waited = time.monotonic() - started
     assert failed.returncode == 1 and "Input/output error" in failed.stderr, (failed, eio_lines(daemon))
-    assert waited < RETRY_CEILING, f"EIO after {waited:.1f}s\n{eio_lines(daemon)}"
+    assert RETRY_BUDGET <= waited < RETRY_CEILING, f"EIO after {waited:.1f}s\n{eio_lines(daemon)}"
     relay.up()
     assert (root / uncached).read_bytes() == OBJECTS[uncached]
 

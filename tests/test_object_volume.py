@@ -35,11 +35,12 @@ def fill_bucket(server, objects) -> str:
     return S3Bucket(server, objects).name
 
 
-def volume_config(directory, bucket: Bucket, ttl="2s", extra="", max_size="1GiB", staging="", url=None):
+def volume_config(directory, bucket: Bucket, ttl="2s", extra="", max_size="1GiB", staging="", url=None,
+                  retries="attempts: 4, max_time: 5s"):
     return write_config(directory, f"""
         cache {{ dir: "{directory}/cache", max_size: {max_size}, block_size: 1MiB, read_ahead: 4MiB, metadata_ttl: {ttl} }}
         staging {{ write_back: 0, {staging} }}
-        retries {{ attempts: 4, max_time: 5s }}
+        retries {{ {retries} }}
         {bucket.config(extra, url)}
     """)
 

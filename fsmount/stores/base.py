@@ -125,7 +125,9 @@ class AccessDenied(StoreError):
 
 
 class Throttled(StoreError):
-    errno_value = errno.EAGAIN
+    """Still throttled once the retries are spent: EIO, as for any store fault (EAGAIN would tell cp or a reader of
+    a regular file to give up, not to wait)."""
+    errno_value = errno.EIO
 
 
 class Unavailable(StoreError):
