@@ -184,6 +184,7 @@ _AZURE_CREDENTIAL_KEYS = {"account_name", "account_key", "sas_token", "connectio
 _GCS_CREDENTIAL_KEYS = {"bucket", "subdir", "project", "credentials_json"}
 _GCS_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|(#|//)[^\n]*')  # HOCON's comments; `//` in quotes is none
 
 
 def load_config(file: str) -> Config:
@@ -747,7 +748,9 @@ def _unquote(key: str) -> str:
 
 
 def _line_of(text: str, keys: tuple[str, ...]) -> int | None:
-    """Where the key path is written in the main file, found by a scan (pyhocon keeps no positions)."""
+    """Where the key path is written in the main file, found by a scan (pyhocon keeps no positions) that skips
+    comments."""
+    text = _COMMENT_OR_STRING.sub(lambda match: " " * len(match[0]) if match[1] else match[0], text)
     position, found = 0, None
     for key in (key for key in keys if not key.startswith("[")):  # a list's entries have no name to find
         pattern = r'(?:^|[\s{,.])"?(' + re.escape(key) + r')"?\s*[.:={]'

@@ -4,14 +4,21 @@ import math
 import re
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-# HOCON's size units: a bare letter and the *iB forms are powers of 1024, kB/MB/GB/TB powers of 1000.
-_SIZE_UNITS = {
-    "": 1, "b": 1, "byte": 1, "bytes": 1,
-    "k": 2**10, "kib": 2**10, "kb": 10**3,
-    "m": 2**20, "mib": 2**20, "mb": 10**6,
-    "g": 2**30, "gib": 2**30, "gb": 10**9,
-    "t": 2**40, "tib": 2**40, "tb": 10**12,
-}
+
+
+def _size_units() -> dict[str, int]:
+    """HOCON's size units, matched without case: a bare letter, `Ki`, `KiB` and `kibibyte(s)` are powers of 1024;
+    `kB` and `kilobyte(s)` powers of 1000; from kilo to exa."""
+    units = {"": 1, "b": 1, "byte": 1, "bytes": 1}
+    prefixes = (("k", "kilo", "kibi"), ("m", "mega", "mebi"), ("g", "giga", "gibi"), ("t", "tera", "tebi"),
+                ("p", "peta", "pebi"), ("e", "exa", "exbi"))
+    for power, (letter, decimal, binary) in enumerate(prefixes, start=1):
+        units |= dict.fromkeys((letter, letter + "i", letter + "ib", binary + "byte", binary + "bytes"), 1024**power)
+        units |= dict.fromkeys((letter + "b", decimal + "byte", decimal + "bytes"), 1000**power)
+    return units
+
+
+_SIZE_UNITS = _size_units()
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 _DURATION_UNITS = {
     "": 1.0, "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,

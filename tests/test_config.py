@@ -98,6 +98,21 @@ def test_bad_size(tmp_path):
         ":2: cache.max_size: expected a size such as 512KiB, 8MiB or 20GiB, got '20 gigs'")
 
 
+def test_an_error_names_the_keys_line_not_a_comment_that_mentions_it(tmp_path):
+    text = ('# cache { max_size: 10GiB } is the default\n// cache: see max_size below\nlog { file: "/tmp/a#cache.log" }\n'
+            'cache {\n  # max_size: 1GiB\n  max_size: 20 gigs\n}')
+    assert config_error(tmp_path, text).startswith(":6: cache.max_size: expected a size")
+
+
+def test_sizes_as_hocon_spells_them(tmp_path, links):
+    config = load_config(str(write_config(tmp_path, f"""
+        link_mounts: ["{links}"]
+        cache {{ max_size: 8 gibibytes, block_size: 4Mi, read_ahead: 64 megabytes }}
+        volumes {{ data {{ source: "file://{links}/data" }} }}
+    """)))
+    assert (config.cache.max_size, config.cache.block_size, config.cache.read_ahead) == (8 * 2**30, 4 * 2**20, 64 * 10**6)
+
+
 def test_bad_duration(tmp_path):
     assert config_error(tmp_path, "attr_timeout: soon") == (
         ":1: attr_timeout: expected a duration such as 500ms, 60s or 5m, got 'soon'")

@@ -14,6 +14,8 @@ from fsmount.units import format_size, parse_duration, parse_size
 @pytest.mark.parametrize("text, size", [
     ("8MiB", 8 * 2**20), ("8M", 8 * 2**20), ("20GiB", 20 * 2**30), ("512KiB", 512 * 1024),
     ("1.5GB", 1_500_000_000), ("10kB", 10_000), ("4096", 4096), (4096, 4096), ("1 TiB", 2**40), ("0B", 0),
+    ("8Gi", 8 * 2**30), ("8 gibibytes", 8 * 2**30), ("1 kibibyte", 1024), ("2Pi", 2 * 2**50), ("1 EiB", 2**60),
+    ("3 megabytes", 3_000_000), ("1 exabyte", 10**18), ("5 bytes", 5), ("1e", 2**60),
 ])
 def test_sizes(text, size):
     assert parse_size(text) == size
