@@ -16,6 +16,7 @@ from pyhocon.exceptions import ConfigException
 from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials, azure_environment_credentials,
                                  choose_azure_credentials, choose_gcs_credentials, choose_s3_credentials,
                                  parse_connection_string)
+from fsmount.multiaddr import api_url
 from fsmount.stores.base import redact_url
 from fsmount.stores.retries import RetryPolicy
 from fsmount.units import parse_duration, parse_size, parse_ttl
@@ -612,17 +613,9 @@ def _cid(value) -> str:
 
 
 def _ipfs_api_url(value) -> str:
-    """A node's RPC API given as a URL or as a multiaddr (Kubo's and Bacalhau's `/ip4/127.0.0.1/tcp/5001`,
-    `/dns4/host/tcp/443/https`), as a URL."""
+    """A node's RPC API given as a URL or as a multiaddr, as a URL."""
     address = str(value)
-    if "://" in address:
-        return _http_url(address)
-    parts = address.strip("/").split("/")
-    if len(parts) not in (4, 5) or parts[0] not in ("ip4", "ip6", "dns", "dns4", "dns6") or parts[2] != "tcp" \
-            or not parts[3].isdigit() or parts[4:] not in ([], ["http"], ["https"]):
-        raise ValueError(f"expected a multiaddr such as /ip4/127.0.0.1/tcp/5001, or an http(s) URL, got {address!r}")
-    host = f"[{parts[1]}]" if parts[0] == "ip6" else parts[1]
-    return f"{parts[4] if parts[4:] else 'http'}://{host}:{parts[3]}"
+    return _http_url(address) if "://" in address else api_url(address)
 
 
 def _web_url(value) -> str:

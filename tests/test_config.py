@@ -357,6 +357,8 @@ def test_ipfs_volumes_take_a_cid_and_a_path_from_an_api_or_a_gateway(tmp_path, m
           v0 { source: "ipfs://QmPZ9gcCEpqKTo6aq61g2nXGUhM4iCL3ewB6LDXZCtioEB", api: "/ip4/127.0.0.1/tcp/5001" }
           v1 { source: "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi/wiki/a%20b", gateway: "http://127.0.0.1:8080/" }
           six { source: "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi", api: "/ip6/::1/tcp/5001" }
+          bacalhau { source: "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+                     api: "/ip4/10.1.10.10/tcp/80/p2p/QmVcSqVEsvm5RR9mBLjwpb2XjFVn5bPdPL69mL8PH45pPC" }
           env { source: "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi" }
         }
     """)))
@@ -365,6 +367,7 @@ def test_ipfs_volumes_take_a_cid_and_a_path_from_an_api_or_a_gateway(tmp_path, m
         "QmPZ9gcCEpqKTo6aq61g2nXGUhM4iCL3ewB6LDXZCtioEB", "", "http://127.0.0.1:5001")
     assert (sources["v1"].path, sources["v1"].gateway, sources["v1"].api) == ("wiki/a b", "http://127.0.0.1:8080", None)
     assert sources["six"].api == "http://[::1]:5001"
+    assert sources["bacalhau"].api == "http://10.1.10.10:80"
     assert sources["env"].api == "https://node.internal:443"
     assert all(volume.read_only and volume.objects.immutable for volume in config.volumes)
 

@@ -1,12 +1,14 @@
-"""Pure parsing: sizes, durations, mount options, link mounts, URL redaction."""
+"""Pure parsing: sizes, durations, mount options, link mounts, multiaddrs, URL redaction."""
 import datetime
 import os
+import re
 
 import pytest
 
 from fsmount.config import LinkMount, parse_link_mount
 from fsmount.stores.base import redact_url
 from fsmount.daemon import MountError, parse_mount_options
+from fsmount.multiaddr import api_url
 from fsmount.volumes.host import filesystem_type
 from fsmount.units import format_size, parse_duration, parse_size
 
@@ -100,3 +102,32 @@ def test_filesystem_type_by_device_number():
     assert filesystem_type(MOUNTINFO, os.makedev(254, 0)) == "ext4"
     assert filesystem_type(MOUNTINFO, os.makedev(0, 45)) == "nfs4"
     assert filesystem_type(MOUNTINFO, os.makedev(9, 9)) is None
+
+
+@pytest.mark.parametrize("address, url", [
+    ("/ip4/10.1.10.10/tcp/80/p2p/QmVcSqVEsvm5RR9mBLjwpb2XjFVn5bPdPL69mL8PH45pPC", "http://10.1.10.10:80"),  # Bacalhau's
+    ("/ip4/127.0.0.1/tcp/5001", "http://127.0.0.1:5001"),
+    ("/dns4/node.example/tcp/443/https", "https://node.example:443"),
+    ("/dns/node.example/tcp/443/tls/http/p2p/12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp", "https://node.example:443"),
+    ("/ip6/::1/tcp/5001/http", "http://[::1]:5001"),
+    ("/dnsaddr/node.example/tcp/4001", "http://node.example:4001"),
+])
+def test_multiaddrs_of_an_ipfs_api(address, url):
+    assert api_url(address) == url
+
+
+@pytest.mark.parametrize("address, complaint", [
+    ("/ip4/300.1.1.1/tcp/80", "'300.1.1.1' is not an ip4 address"),
+    ("/ip6/1.2.3.4/tcp/80", "'1.2.3.4' is not an ip6 address"),
+    ("/ip4/1.1.1.1/tcp/0", "'0' is not a TCP port"),
+    ("/ip4/1.1.1.1/tcp/65536", "'65536' is not a TCP port"),
+    ("/ip4/1.1.1.1/udp/80", "expected a multiaddr such as"),
+    ("/ip4/1.1.1.1/tcp/80/p2p/QmNOTAPEER", "'QmNOTAPEER' is not a peer id"),
+    ("/ip4/1.1.1.1/tcp/80/p2p/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi", "is not a peer id"),
+    ("/dns4/-bad-/tcp/80", "'-bad-' is not a host name"),
+    ("/ip4/1.1.1.1/tcp/80/ws", "expected /http, /https or /tls/http"),
+    ("/onion3/abc/tcp/80", "expected ip4, ip6, dns"),
+])
+def test_bad_multiaddrs_say_what_is_wrong(address, complaint):
+    with pytest.raises(ValueError, match=re.escape(complaint)):
+        api_url(address)
