@@ -2,6 +2,7 @@
 import base64
 import binascii
 import dataclasses
+import fnmatch
 import json
 import math
 import os
@@ -427,8 +428,8 @@ class _Reader:
         if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
             raise self.error(keys + ("source",), f"expected file:///absolute/path, got {source!r}")
         host_path = os.path.realpath(urllib.parse.unquote(url.path))
-        if not os.path.isdir(host_path):
-            raise self.error(keys + ("source",), f"{host_path} is not an existing directory")
+        if not os.path.isdir(host_path) and not os.path.isfile(host_path):
+            raise self.error(keys + ("source",), f"{host_path} is not an existing directory or file")
         link = _enclosing_link_mount(host_path, link_mounts)
         if link is None:
             allowed = ", ".join(m.path for m in link_mounts) or f"none; set link_mounts or ${LINK_MOUNTS_ENV}"
@@ -584,7 +585,8 @@ class _Reader:
 
 
 def parse_link_mount(entry: str) -> LinkMount:
-    """`/u/nlp/data`, `/u/nlp/data:ro` or `/u/nlp/data:rw`."""
+    """`/u/nlp/data`, `/u/nlp/data:ro` or `/u/nlp/data:rw`; the path may be a glob, as in Bacalhau's allow-list
+    (`/etc/*.conf:ro`, `/data/*/public:ro`), whose `*`, `?` and `[...]` match within one name."""
     path, _, mode = entry.rpartition(":") if entry.endswith((":ro", ":rw")) else (entry, "", "rw")
     if not path.startswith("/"):
         raise ValueError(f"expected an absolute path, optionally ending in :ro or :rw, got {entry!r}")
@@ -592,8 +594,17 @@ def parse_link_mount(entry: str) -> LinkMount:
 
 
 def _enclosing_link_mount(path: str, link_mounts) -> LinkMount | None:
-    inside = [m for m in link_mounts if os.path.commonpath([m.path, path]) == m.path]
-    return max(inside, key=lambda m: len(m.path), default=None)
+    """The link mount PATH lies in: of those whose path (or glob) matches PATH or a directory above it, the one
+    matching most names; of those, the first listed."""
+    names = path.strip("/").split("/")
+
+    def matched(mount: LinkMount) -> int:
+        pattern = mount.path.strip("/").split("/") if mount.path != "/" else []
+        fits = len(pattern) <= len(names) and all(map(fnmatch.fnmatchcase, names, pattern))
+        return len(pattern) if fits else -1
+
+    best = max(link_mounts, key=matched, default=None)  # max keeps the first of equals
+    return best if best is not None and matched(best) >= 0 else None
 
 
 def _http_url(value) -> str:

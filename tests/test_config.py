@@ -188,7 +188,7 @@ def test_file_source_with_a_host(tmp_path):
 
 def test_source_that_does_not_exist(tmp_path, links):
     assert config_error(tmp_path, f'link_mounts: ["{links}"]\nvolumes {{ data {{ source: "file://{links}/absent" }} }}') == (
-        f":2: volumes.data.source: {links}/absent is not an existing directory")
+        f":2: volumes.data.source: {links}/absent is not an existing directory or file")
 
 
 def test_source_outside_every_link_mount(tmp_path, links):

@@ -9,6 +9,9 @@ import time
 
 import pytest
 
+from conftest import write_config
+from fsmount.config import ConfigError, load_config
+
 AT_FDCWD, RENAME_NOREPLACE, RENAME_EXCHANGE = -100, 1, 2
 
 # Each line runs on its own; its exit status is part of what is compared.
@@ -333,3 +336,39 @@ def test_special_files(host_tree):
     os.mkfifo(mnt / "scratch" / "fifo", 0o600)
     assert stat.S_ISFIFO(os.lstat(links / "scratch" / "fifo").st_mode)
     assert stat.S_ISFIFO(os.lstat(mnt / "scratch" / "fifo").st_mode)
+
+
+def test_link_mounts_as_bacalhau_globs_them_and_a_volume_of_one_file(workspace, mount):
+    """Bacalhau's allow-list `/etc/config:rw,/etc/*.conf:ro`: a file volume whose source matches the glob is that
+    file, read-only as the glob's entry caps it; a directory matching a glob in the middle of a path is linked."""
+    links = workspace / "links"
+    (links / "etc" / "config").mkdir(parents=True)
+    (links / "etc" / "app.conf").write_text("answer = 42\n")
+    (links / "etc" / "config" / "settings").write_text("x\n")
+    (links / "data" / "team" / "public").mkdir(parents=True)
+    (links / "data" / "team" / "public" / "table.csv").write_text("a,b\n1,2\n")
+    (links / "data" / "team" / "secret").mkdir()
+    config = write_config(workspace, f"""
+        link_mounts: ["{links}/etc/config:rw", "{links}/etc/*.conf:ro", "{links}/data/*/public:ro"]
+        volumes {{
+          "app.conf" {{ source: "file://{links}/etc/app.conf" }}
+          config {{ source: "file://{links}/etc/config", mode: rw }}
+          public {{ source: "file://{links}/data/team/public" }}
+        }}
+    """)
+    mount(config, workspace / "mnt")
+    mnt = workspace / "mnt"
+    assert stat.S_ISREG(os.stat(mnt / "app.conf").st_mode)
+    assert (mnt / "app.conf").read_text() == "answer = 42\n"
+    with pytest.raises(OSError) as error:
+        (mnt / "app.conf").write_text("answer = 43\n")
+    assert error.value.errno == errno.EROFS
+    assert sorted(os.listdir(mnt)) == ["app.conf", "config", "public"]
+    (mnt / "config" / "settings").write_text("y\n")
+    assert (links / "etc" / "config" / "settings").read_text() == "y\n"
+    assert (mnt / "public" / "table.csv").read_text() == "a,b\n1,2\n"
+    globs = f'link_mounts: ["{links}/data/*/public:ro", "{links}/etc/*.conf:ro"]\n'
+    with pytest.raises(ConfigError, match="lies outside every link mount"):
+        load_config(str(write_config(workspace, globs + f'volumes {{ s {{ source: "file://{links}/data/team/secret" }} }}')))
+    with pytest.raises(ConfigError, match=r"rw, but link mount .*/etc/\*\.conf is read-only"):
+        load_config(str(write_config(workspace, globs + f'volumes {{ a {{ source: "file://{links}/etc/app.conf", mode: rw }} }}')))

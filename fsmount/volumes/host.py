@@ -1,4 +1,4 @@
-"""HostVolume: passthrough to a linked host directory, never following a symlink inside it.
+"""HostVolume: passthrough to a linked host directory (or one file), never following a symlink inside it.
 
 Every call resolves its path one name at a time from the volume's root descriptor with
 O_NOFOLLOW, and acts on the last name with an *at call, so a symlink planted in the source,
@@ -48,9 +48,11 @@ class HostVolume(Volume):
     has_xattrs = True
 
     def __init__(self, host_path: str, kernel_ttl: float = 1.0, threaded: bool | None = None):
+        """HOST_PATH: a directory, or a file, which is then the volume itself (Bacalhau's file sources)."""
         self.host_path = host_path
         self.kernel_ttl = kernel_ttl
-        self.root_fd = os.open(host_path, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        directory, self._root_name = (host_path, ".") if os.path.isdir(host_path) else os.path.split(host_path)
+        self.root_fd = os.open(directory, _DIR_FLAGS & ~os.O_NOFOLLOW)
         if threaded is None:
             with open("/proc/self/mountinfo") as mountinfo:
                 threaded = filesystem_type(mountinfo.read(), os.fstat(self.root_fd).st_dev) not in LOCAL_FILESYSTEMS
@@ -63,9 +65,10 @@ class HostVolume(Volume):
 
     @contextlib.contextmanager
     def _at(self, path: Path):
-        """(directory fd, name) for PATH: walks the parents with O_NOFOLLOW; the root is (root_fd, ".")."""
+        """(directory fd, name) for PATH: walks the parents with O_NOFOLLOW; the root is (root_fd, ".") for a
+        directory, (its directory's fd, its name) for a file."""
         if not path:
-            yield self.root_fd, "."
+            yield self.root_fd, self._root_name
             return
         fd = self.root_fd
         try:
