@@ -205,8 +205,9 @@ class _Relay:
 class Proxy(_Relay):
     """A TCP relay on 127.0.0.1 in front of a server, to take the server away and give it back: `down()`
     drops every connection and refuses new ones; `stall_after(n)` stops passing requests on once N more
-    bytes of them have gone through; `up()` ends both. `connections` counts those it accepted, `requests` holds
-    the first KEPT bytes of the requests."""
+    bytes of them have gone through; `up()` ends both. `hold_replies(matching)` passes on each request whose
+    first bytes MATCHING takes, counting them in `held`, and keeps back its reply until `release()`. `connections`
+    counts those it accepted, `requests` holds the first KEPT bytes of the requests."""
 
     def __init__(self, target_port: int, kept: int = _REQUESTS_KEPT):
         self._kept = kept
@@ -215,6 +216,9 @@ class Proxy(_Relay):
         self.sent = 0  # bytes of requests passed on
         self.requests = bytearray()  # the first KEPT bytes of them, as sent
         self._stall_at: int | None = None
+        self._holding = None  # what hold_replies() was given
+        self._released = threading.Event()
+        self.held = 0
         super().__init__(target_port)
 
     def _serve(self, client: socket.socket):
@@ -222,12 +226,21 @@ class Proxy(_Relay):
             upstream = self._connect()
         except OSError:
             return self._drop(client)
-        threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-        self._pump(upstream, client, False)
+        holding = []  # the connection's request whose reply waits for release(), if any
+        threading.Thread(target=self._pump, args=(client, upstream, True, holding), daemon=True).start()
+        self._pump(upstream, client, False, holding)
 
-    def _pump(self, source: socket.socket, sink: socket.socket, requests: bool):
+    def _pump(self, source: socket.socket, sink: socket.socket, requests: bool, holding: list):
         try:
             while data := source.recv(65536):
+                matching = self._holding
+                if requests and matching is not None and matching(data):
+                    holding.append(data)
+                    with self._lock:
+                        self.held += 1
+                elif not requests and holding:
+                    self._released.wait()
+                    holding.clear()
                 self._flowing.wait()
                 sink.sendall(data)
                 if requests:
@@ -246,12 +259,22 @@ class Proxy(_Relay):
         with self._lock:
             self._stall_at = self.sent + size
 
+    def hold_replies(self, matching):
+        """MATCHING(bytes) -> bool: the replies to the requests it takes wait until release()."""
+        self._released.clear()
+        self._holding = matching
+
+    def release(self):
+        self._holding = None
+        self._released.set()
+
     def up(self):
         super().up()
         self._stall_at = None
         self._flowing.set()
 
     def close(self):
+        self.release()
         super().close()
         self._flowing.set()
 

@@ -34,6 +34,7 @@ class ObjectListing(DirHandle):
         self._position = 0
         self._seen: dict[str, ObjectInfo | None] = {}  # what the store listed so far, in its order
         self._listed = False  # every page has been read
+        self._since = 0  # when the listing under way began, as the volume's tree counts its changes
 
     async def entries(self, offset: int) -> list[DirEntry]:
         rest = rest_of_batch(self._batch, offset)
@@ -48,13 +49,14 @@ class ObjectListing(DirHandle):
             self._position = 0
             self._end_stream()
             self._seen = {}
-            self.volume.tree.listing_streams(self.path, self._seen)
+            self._since = self.volume.tree.listing_streams(self.path, self._seen)
             self._listed = False
         while not self._listed:
             batch = await self._next_page()
             if batch is None:
                 self._listed = True
-                self._end_stream(kept=self.volume.tree.remember_listing(self.path, list(self._seen.items())))
+                self._end_stream(kept=self.volume.tree.remember_listing(self.path, list(self._seen.items()),
+                                                                        self._since))
                 batch = self._last_batch()
             batch = [entry for entry in batch if entry.offset > offset]
             if batch:
@@ -71,7 +73,7 @@ class ObjectListing(DirHandle):
     def _end_stream(self, kept: bool = False):
         """The listing under way is over, read whole and KEPT by the volume, or not."""
         if self._pages is not None:
-            self.volume.tree.listing_ended(self.path, self._seen, kept)
+            self.volume.tree.listing_ended(self.path, self._seen, kept, self._since)
 
     def _unlisted(self, listed: set[str]) -> list[tuple[str, ObjectInfo]]:
         return sorted((name, info) for name, info in self._local.items() if name not in listed)

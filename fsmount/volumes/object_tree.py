@@ -1,11 +1,13 @@
 """ObjectTree: an object volume's names: which keys they are, what is known of each (object, directory or missing) and of each directory's listing.
 
 It alone keeps those caches. Attributes and listings are trusted for `metadata_ttl`, misses for a
-shorter while; the daemon's own changes keep them true (remember, made, gone, relist). A whole
+shorter while; the daemon's own changes keep them true (remember, made, gone, relist), and a listing
+that was under way from the store across such a change of its directory is not kept. A whole
 listing is also kept on disk (fsmount/cache/listings.py): after a remount it is used at once, and
 listed again in the background once older than `metadata_ttl`.
 """
 import bisect
+import collections
 import contextlib
 import functools
 import re
@@ -26,6 +28,7 @@ _NEGATIVE_TTL = 1.0
 _NAMES_KEPT = 100_000
 _LISTED_ENTRIES_KEPT = 200_000  # of every listing kept in memory, in all
 _LISTING_CACHE_ENTRIES = 120_000  # a longer listing streams from the store every time
+_CHANGES_KEPT = 100_000  # directories whose last change by this daemon is remembered
 _UNKNOWN = object()
 GONE = object()
 
@@ -65,6 +68,12 @@ class ObjectTree:
         # directory -> {name: info} of its listing under way, so far: what a lookup finds there costs no request,
         # and ~200 bytes less a name than a remembered attribute (100,000 names: ~24 MiB)
         self._streaming: dict[Path, dict[str, ObjectInfo | None]] = {}
+        # A listing under way is kept at its end only if this daemon changed its directory in none of the ways
+        # relist and forget_listings follow since it began: the store may have answered before the change.
+        self._changes = 0  # changes of directories' listings, counted
+        # (directory, whether every directory under it changed too) -> the count at its last change; the latest last
+        self._changed: collections.OrderedDict[tuple[Path, bool], int] = collections.OrderedDict()
+        self._changed_before = 0  # every change _changed no longer holds came at this count or before
 
     def key(self, path: Path) -> str:
         return self.prefix + "/".join(path)
@@ -185,10 +194,11 @@ class ObjectTree:
             self._spawn(functools.partial(self._list_again, path))
         return listing
 
-    def remember_listing(self, path: Path, entries: Entries) -> bool:
+    def remember_listing(self, path: Path, entries: Entries, since: int | None = None) -> bool:
         """Keeps a directory's listing, sorted by name (a store lists in key order, where `a/` comes after
-        `a.b`), unless it is too long to; whether it did."""
-        if len(entries) > _LISTING_CACHE_ENTRIES:
+        `a.b`), unless it is too long to, or (SINCE: what listing_streams gave as it began) this daemon changed
+        the directory since the listing began; whether it did."""
+        if len(entries) > _LISTING_CACHE_ENTRIES or (since is not None and self._changed_since(path, since)):
             return False
         entries.sort(key=_entry_name)
         self._listings.put(path, entries)
@@ -196,26 +206,45 @@ class ObjectTree:
             self.known_listings.keep(self._listed_as, self.dir_prefix(path), entries)
         return True
 
-    def listing_streams(self, path: Path, seen: dict[str, ObjectInfo | None]):
-        """A listing of directory PATH is under way; SEEN holds what it gave so far."""
+    def listing_streams(self, path: Path, seen: dict[str, ObjectInfo | None]) -> int:
+        """A listing of directory PATH is under way; SEEN holds what it gave so far. What it returns tells
+        remember_listing and listing_ended which changes of this daemon's the listing may have missed."""
         self._streaming[path] = seen
+        return self._changes
+
+    def _changed_since(self, path: Path, since: int) -> bool:
+        """Whether this daemon changed the listing of directory PATH after the count SINCE."""
+        if self._changed_before > since:
+            return True
+        return (self._changed.get((path, False), 0) > since
+                or any(self._changed.get((path[:length], True), 0) > since for length in range(len(path) + 1)))
+
+    def _listing_changed(self, path: Path, below: bool = False):
+        """This daemon changed the listing of directory PATH, and with BELOW those of every directory under it."""
+        self._changes += 1
+        self._changed.pop((path, below), None)
+        self._changed[path, below] = self._changes
+        if len(self._changed) > _CHANGES_KEPT:
+            self._changed_before = self._changed.popitem(last=False)[1]
 
     def listed(self, path: Path):
         """A listing under way gave the name PATH."""
         if len(self._missing):
             self._missing.pop(path)
 
-    def listing_ended(self, path: Path, seen: dict[str, ObjectInfo | None], kept: bool):
-        """The listing of directory PATH that gave SEEN is over; unless KEPT, what it gave is remembered name by name."""
+    def listing_ended(self, path: Path, seen: dict[str, ObjectInfo | None], kept: bool, since: int):
+        """The listing of directory PATH that gave SEEN, begun at SINCE (listing_streams), is over; unless KEPT,
+        what it gave is remembered name by name, if this daemon changed the directory in none of its ways since."""
         if self._streaming.get(path) is seen:
             del self._streaming[path]
-            if not kept:
+            if not kept and not self._changed_since(path, since):
                 for name, info in seen.items():
                     self.remember(path + (name,), info)
 
     def forget_listings(self, path: Path, below: bool = False):
         """Drops the listing of directory PATH, and with BELOW those of every directory under it, from memory
         and disk: this daemon changed them in ways a listing cannot follow."""
+        self._listing_changed(path, below)
         if below:
             self._listings.pop_where(lambda cached: cached[:len(path)] == path)
         else:
@@ -227,6 +256,7 @@ class ObjectTree:
         """Keeps the cached listing of PATH's directory true to a change this daemon made: PATH holds
         INFO now (None: a directory), or nothing. Readers of the listing keep the one they had; the one on
         disk goes, so a remount lists the directory again."""
+        self._listing_changed(path[:-1])
         if self.known_listings is not None:
             self.known_listings.forget(self._listed_as, self.dir_prefix(path[:-1]))
         listing = self._listings.get(path[:-1])
