@@ -192,19 +192,54 @@ _COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|(#|//)[^\n]*')  # HOCON's 
 def load_config(file: str) -> Config:
     """Reads and checks FILE; raises ConfigError on the first problem, so nothing is half mounted."""
     file = os.path.abspath(file)
+    text = _read(file)
+    return _Reader(file, text).config(_parse(file, text))
+
+
+@dataclass(frozen=True)
+class PublishTarget:
+    """What `fsmount publish --to URL` writes to: an object store, as a volume of that source would reach it."""
+    source: ObjectSource
+    key: str
+    staging: StagingConfig  # where the parts of the tarball wait for their upload
+    retries: RetryPolicy
+
+
+def load_publish_target(file: str | None, url: str, endpoint: str | None = None) -> PublishTarget:
+    """The s3://, azure:// or gs:// URL of an object (the bucket and key), with the credentials, staging and
+    retries of the config FILE (None: the defaults, credentials from the environment) and ENDPOINT if given."""
+    text = _read(os.path.abspath(file)) if file is not None else ""
+    file = os.path.abspath(file) if file is not None else "(no --config)"
+    tree = _parse(file, text)
+    reader = _Reader(file, text)
+    reader.only(tree, (), _TOP_KEYS)
+    spec = ConfigFactory.from_dict({"source": url, **({"endpoint": endpoint} if endpoint else {})})
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("s3", "azure", "gs"):
+        raise ConfigError(file, "--to", f"expected s3://, azure://, gs://, file:// or ipfs, got {redact_url(url)!r}")
+    volume = reader.volume(spec, ("--to",), ("publish",), (), reader.credentials(tree))
+    if not volume.objects.prefix or volume.objects.prefix.endswith("/"):
+        raise ConfigError(file, "--to", f"names no object: expected {scheme}://bucket/result.tar.gz")
+    return PublishTarget(volume.objects, volume.objects.prefix, reader.staging(tree, reader.cache(tree)),
+                         reader.retries(tree))
+
+
+def _read(file: str) -> str:
     try:
         with open(file, encoding="utf-8") as stream:
-            text = stream.read()
+            return stream.read()
     except OSError as error:
         raise ConfigError(file, None, f"cannot read the config: {error.strerror}") from None
+
+
+def _parse(file: str, text: str) -> ConfigTree:
     try:
-        tree = ConfigFactory.parse_string(text, basedir=os.path.dirname(file))
+        return ConfigFactory.parse_string(text, basedir=os.path.dirname(file))
     except pyparsing.ParseBaseException as error:
         raise ConfigError(file, None, f"not valid HOCON: {error.msg}", error.lineno) from None
     except ConfigException as error:
         line = re.search(r"\(line: ?(\d+)", str(error))
         raise ConfigError(file, None, str(error), line and int(line.group(1))) from None
-    return _Reader(file, text).config(tree)
 
 
 class _Reader:
@@ -529,7 +564,7 @@ class _Reader:
         """`ipfs://CID[/path]` (CIDv0 or v1), from a node's RPC API (`api`: a multiaddr or URL, else
         $FSMOUNT_IPFS_API) or a trustless gateway (`gateway`)."""
         root = self.converted(url.netloc, keys + ("source",), _cid)
-        api = self.value(spec, keys + ("api",), _ipfs_api_url, None)
+        api = self.value(spec, keys + ("api",), ipfs_api_url, None)
         gateway = self.value(spec, keys + ("gateway",), _http_url, None)
         if api is not None and gateway is not None:
             raise self.error(keys + ("gateway",), "an IPFS volume reads from its api or its gateway: give one")
@@ -538,7 +573,7 @@ class _Reader:
                 raise self.error(keys, f"names no IPFS node: add api: \"/ip4/127.0.0.1/tcp/5001\" or gateway: "
                                        f"\"http://127.0.0.1:8080\", or set ${IPFS_API_ENV}")
             try:
-                api = _ipfs_api_url(os.environ[IPFS_API_ENV])
+                api = ipfs_api_url(os.environ[IPFS_API_ENV])
             except ValueError as error:
                 raise ConfigError(self.file, f"${IPFS_API_ENV}", str(error)) from None
         return IpfsSource(bucket=root, prefix="", path=urllib.parse.unquote(url.path).strip("/"), api=api,
@@ -623,7 +658,7 @@ def _cid(value) -> str:
         raise ValueError(f"expected ipfs://CID[/path] with a CIDv0 (Qm...) or CIDv1 (bafy...), got {value!r}") from None
 
 
-def _ipfs_api_url(value) -> str:
+def ipfs_api_url(value) -> str:
     """A node's RPC API given as a URL or as a multiaddr, as a URL."""
     address = str(value)
     return _http_url(address) if "://" in address else api_url(address)

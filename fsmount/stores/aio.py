@@ -136,6 +136,9 @@ class TrioStore:
     async def abort_upload(self, key: str, upload: str):
         await aio_as_trio(self.store.abort_upload)(key, upload)
 
+    async def version_id(self, key: str) -> str | None:
+        return await aio_as_trio(self.store.version_id)(key)
+
     async def delete(self, key: str):
         await aio_as_trio(self.store.delete)(key)
 

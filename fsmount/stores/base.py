@@ -295,6 +295,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def abort_upload(self, key: str, upload: str): ...
 
+    async def version_id(self, key: str) -> str | None:
+        """The id of KEY's current version where the bucket keeps versions (S3 versioning); None elsewhere."""
+        return None
+
     @abc.abstractmethod
     async def delete(self, key: str): ...
 

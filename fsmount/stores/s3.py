@@ -266,6 +266,10 @@ class S3Store(Store):
         return _info(key, head["ContentLength"], version, head["LastModified"], head.get("Metadata"),
                      head.get("ContentType"))
 
+    async def version_id(self, key: str) -> str | None:
+        head = await self._call(f"HEAD {key}", "head_object", Bucket=self.bucket, Key=key, **self._payer)
+        return None if head.get("VersionId") in (None, "null") else head["VersionId"]
+
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:
         arguments = {"Bucket": self.bucket, "Prefix": prefix, **self._payer} | ({"Delimiter": delimiter} if delimiter else {})
