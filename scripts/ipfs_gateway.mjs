@@ -9,6 +9,9 @@
 //   POST /api/v0/block/get?arg=CID     a raw block, as Kubo's RPC API
 //   POST /api/v0/ls?arg=CID[/PATH]     a directory's links, as Kubo's
 //   POST /api/v0/cat?arg=CID[/PATH]&offset=&length=
+//   POST /api/v0/add?cid-version=&raw-leaves=&wrap-with-directory=   Kubo's: a multipart/form-data body of
+//                                      files, directories and symlinks (with mtimes), read as it arrives;
+//                                      an NDJSON line {Name, Hash, Size} for each entry added
 // Every request is logged on stdout, one line each. --tamper CID: raw responses of that block come
 // with one byte changed (the tests' check that a client verifies what it gets).
 // Importer options: --cid-version 0|1, --raw-leaves true|false, --chunk-size BYTES,
@@ -76,15 +79,16 @@ function * entries (root, relative = '') {
   }
 }
 
-let root
-for await (const added of files.addAll(entries(options.add), {
-  wrapWithDirectory: true,
+const importOptions = {
   cidVersion: Number(options['cid-version']),
   rawLeaves: options['raw-leaves'] === 'true',
   chunker: fixedSize({ chunkSize: Number(options['chunk-size']) }),
   layout: balanced({ maxChildrenPerNode: Number(options['max-children']) }),
   shardSplitThresholdBytes: Number(options['shard-split-threshold'])
-})) {
+}
+
+let root
+for await (const added of files.addAll(entries(options.add), { ...importOptions, wrapWithDirectory: true })) {
   root = added.cid
 }
 if (root === undefined) {  // an empty directory
@@ -125,10 +129,98 @@ function argument (url) {
   return { cid: CID.parse(cid), path: rest.join('/') }
 }
 
+// The parts of a multipart/form-data body, as it arrives: { headers (names in lower case), content (an async
+// iterable of the part's bytes, to be read before the next part is asked for) }.
+async function * formParts (stream, boundary) {
+  const delimiter = Buffer.from(`\r\n--${boundary}`)
+  const chunks = stream[Symbol.asyncIterator]()
+  let buffer = Buffer.from('\r\n')  // the first delimiter has no CRLF of its own before it
+  const more = async () => {
+    const { value, done } = await chunks.next()
+    if (done) throw new Error('the form ended early')
+    buffer = Buffer.concat([buffer, value])
+  }
+  let at
+  while ((at = buffer.indexOf(delimiter)) < 0) await more()
+  buffer = buffer.subarray(at + delimiter.length)
+  while (true) {
+    while (buffer.length < 2) await more()
+    if (buffer.subarray(0, 2).toString() === '--') return
+    while ((at = buffer.indexOf('\r\n\r\n')) < 0) await more()
+    const headers = Object.fromEntries(buffer.subarray(2, at).toString().split('\r\n').map(line => {
+      const colon = line.indexOf(':')
+      return [line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim()]
+    }))
+    buffer = buffer.subarray(at + 4)
+    yield { headers, content: partContent() }
+  }
+
+  async function * partContent () {
+    while (true) {
+      const end = buffer.indexOf(delimiter)
+      if (end >= 0) {
+        const piece = buffer.subarray(0, end)
+        buffer = buffer.subarray(end + delimiter.length)
+        if (piece.length > 0) yield piece
+        return
+      }
+      const safe = buffer.length - delimiter.length + 1  // what cannot be the start of a delimiter
+      if (safe > 0) {
+        const piece = buffer.subarray(0, safe)
+        buffer = buffer.subarray(safe)
+        yield piece
+      }
+      await more()
+    }
+  }
+}
+
+// Kubo's form: each part's filename is its URL-escaped path; its name may carry ?mtime=&mtime-nsecs=.
+async function * formEntries (parts) {
+  for await (const { headers, content } of parts) {
+    const disposition = headers['content-disposition'] ?? ''
+    const name = /\bname="([^"]*)"/.exec(disposition)?.[1] ?? ''
+    const path = decodeURIComponent((/\bfilename="([^"]*)"/.exec(disposition)?.[1] ?? '').replaceAll('+', ' '))
+    const query = new URLSearchParams(name.split('?')[1] ?? '')
+    const mtime = query.has('mtime')
+      ? { secs: BigInt(query.get('mtime')), nsecs: Number(query.get('mtime-nsecs') ?? 0) }
+      : undefined
+    const type = headers['content-type'] ?? 'application/octet-stream'
+    if (type === 'application/x-directory') {
+      for await (const _ of content); // eslint-disable-line no-unused-vars
+      yield { path, mtime }
+    } else if (type === 'application/symlink') {
+      const target = []
+      for await (const piece of content) target.push(piece)
+      yield { path, mtime, link: Buffer.concat(target).toString() }
+    } else {
+      yield { path, mtime, content }
+    }
+  }
+}
+
+async function add (request, response, url) {
+  const boundary = /boundary="?([^";]+)"?/.exec(request.headers['content-type'] ?? '')?.[1]
+  if (boundary === undefined) throw new Error('expected a multipart/form-data body')
+  const flag = (name, otherwise) => url.searchParams.has(name) ? url.searchParams.get(name) === 'true' : otherwise
+  response.writeHead(200, { 'content-type': 'application/x-ndjson' })
+  for await (const added of files.addAll(formEntries(formParts(request, boundary)), {
+    ...importOptions,
+    cidVersion: Number(url.searchParams.get('cid-version') ?? importOptions.cidVersion),
+    rawLeaves: flag('raw-leaves', importOptions.rawLeaves),
+    wrapWithDirectory: flag('wrap-with-directory', false),
+    fileImportConcurrency: 1  // the parts arrive one after the other: each file is read before the next begins
+  })) {
+    response.write(JSON.stringify({ Name: added.path ?? '', Hash: added.cid.toString(), Size: String(added.size) }) + '\n')
+  }
+  response.end()
+}
+
 const UNIXFS_TYPES = { directory: 1, 'hamt-sharded-directory': 1, file: 2, raw: 2, symlink: 4 }
 
 async function rpc (request, response, url) {
   const command = url.pathname.slice('/api/v0/'.length)
+  if (command === 'add') return await add(request, response, url)
   const { cid, path: inner } = argument(url)
   if (command === 'block/get') {
     const chunks = []
