@@ -1,13 +1,14 @@
-"""The command line: `fsmount mount|check|status|sync|umount` and the mount(8) helper `mount.fsmount`."""
+"""The command line: `fsmount mount|check|status|sync|umount|publish` and the mount(8) helper `mount.fsmount`."""
 import argparse
 import errno
 import os
 import subprocess
 import sys
 import time
+import urllib.parse
 
 from fsmount.cache.listings import counts as listing_counts
-from fsmount.config import Config, ConfigError, load_config
+from fsmount.config import IPFS_API_ENV, Config, ConfigError, load_config, load_publish_target
 from fsmount.stores.base import redact_url
 from fsmount.daemon import MountError, mount, parse_mount_options
 from fsmount.staging.area import CLOSED, read_journal
@@ -33,7 +34,16 @@ def main(argv=None) -> int:
     umount_parser = commands.add_parser("umount", help="unmount; the daemon then exits")
     umount_parser.add_argument("mountpoint")
     umount_parser.add_argument("-l", "--lazy", action="store_true", help="detach now, even while files are open")
+    publish_parser = commands.add_parser("publish", help="publish a directory: a tarball in a store or file, or IPFS")
+    publish_parser.add_argument("directory")
+    publish_parser.add_argument("--to", required=True, metavar="TARGET",
+                                help="ipfs, s3://bucket/key.tar.gz, azure://..., gs://... or file:///path.tar.gz")
+    publish_parser.add_argument("--config", help="the config whose credentials, staging and retries to use")
+    publish_parser.add_argument("--endpoint", help="the object store's URL, as a volume's `endpoint`")
+    publish_parser.add_argument("--api", help=f"the IPFS node's RPC API, a multiaddr or URL (default: ${IPFS_API_ENV})")
     args = parser.parse_args(argv)
+    if args.command == "publish":
+        return publish(args.directory, args.to, args.config, args.endpoint, args.api)
     if args.command == "check":
         return _run(lambda: print(describe(load_config(args.config))))
     if args.command == "status":
@@ -74,6 +84,37 @@ def _run(action) -> int:
     except (ConfigError, MountError) as error:
         print(f"fsmount: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def publish(directory: str, to: str, config_file: str | None, endpoint: str | None, api: str | None) -> int:
+    """Publishes DIRECTORY to TO; prints the result on the last line of stdout: the root CID, or the tarball's URL
+    with its `checksum_sha256=` and (where the bucket keeps versions) `version_id=`, as a volume of it would name them."""
+    from fsmount import publish as publishing
+    try:
+        if not os.path.isdir(directory):
+            raise OSError(errno.ENOTDIR, f"{directory}: not a directory")
+        progress = publishing.Progress(publishing.file_bytes(directory))
+        scheme = to.partition("://")[0]
+        if to == "ipfs":
+            from fsmount.publish_ipfs import publish_ipfs
+            result = publish_ipfs(directory, api, progress)
+        elif scheme == "file":
+            path = os.path.abspath(urllib.parse.unquote(urllib.parse.urlsplit(to).path))
+            sha256 = publishing.publish_file(directory, path, progress)
+            result = f"file://{path} checksum_sha256={sha256}"
+        else:
+            target = load_publish_target(config_file, to, endpoint)
+            version, sha256 = publishing.run_with_stores(publishing.publish_object, directory, target, progress)
+            result = f"{to} checksum_sha256={sha256}" + (f" version_id={version}" if version else "")
+        progress.finish()
+    except (ConfigError, OSError) as error:
+        print(f"fsmount publish: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fsmount publish: interrupted; nothing was published", file=sys.stderr)
+        return 130
+    print(result)
     return 0
 
 
