@@ -15,9 +15,9 @@ import stat
 import sys
 import tarfile
 import threading
-import time
 import uuid
 
+import tqdm
 import trio
 
 from fsmount.config import PublishTarget
@@ -47,33 +47,31 @@ def file_bytes(root: str) -> int:
 
 
 class Progress:
-    """How many of the tree's file bytes have been read: on a terminal one line, redrawn; else a line per tenth."""
+    """How many of the tree's file bytes have been read: on a terminal tqdm's bar (bytes, rate, time left); else a
+    plain line per tenth."""
 
     def __init__(self, total: int, stream=sys.stderr):
         self.total, self.done = total, 0
         self._stream = stream
-        self._terminal = stream.isatty()
-        self._shown = 0.0  # on a terminal, when the line was last drawn; else the last tenth shown
+        self._bar = tqdm.tqdm(total=total, desc="publish", unit="B", unit_scale=True, unit_divisor=1024,
+                              file=stream) if stream.isatty() else None
+        self._tenths = 0  # shown, without a terminal
         self._lock = threading.Lock()
 
     def add(self, size: int):
         with self._lock:
             self.done += size
-            if self._terminal and time.monotonic() - self._shown >= 0.1:
-                self._shown = time.monotonic()
-                self._stream.write(f"\r{self._line()}\033[K")
-                self._stream.flush()
-            elif not self._terminal and self.done * 10 // max(self.total, 1) > self._shown:
-                self._shown = self.done * 10 // max(self.total, 1)
-                print(self._line(), file=self._stream, flush=True)
-
-    def _line(self) -> str:
-        share = self.done * 100 // max(self.total, 1)
-        return f"publish: {share:3d}%  {format_size(self.done)} of {format_size(self.total)} read"
+            if self._bar is not None:
+                self._bar.update(size)
+            elif self.done * 10 // max(self.total, 1) > self._tenths:
+                self._tenths = self.done * 10 // max(self.total, 1)
+                share = self.done * 100 // max(self.total, 1)
+                print(f"publish: {share:3d}%  {format_size(self.done)} of {format_size(self.total)} read",
+                      file=self._stream, flush=True)
 
     def finish(self):
-        if self._terminal:
-            self._stream.write(f"\r{self._line()}\033[K\n")
+        if self._bar is not None:
+            self._bar.close()
 
 
 class _Counted:
