@@ -3,10 +3,11 @@ import math
 import os
 import re
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pyhocon import ConfigTree
 
+from fsmount.clearml import ClearmlSettings, PathSubstitution, Taken, path_substitutions, read_clearml
 from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials, azure_environment_credentials,
                                  choose_azure_credentials, choose_gcs_credentials, choose_s3_credentials)
 from fsmount.hocon import (AZURE_CREDENTIAL_KEYS, GCS_CREDENTIAL_KEYS, S3_CREDENTIAL_KEYS, ConfigError, Reader,
@@ -106,6 +107,7 @@ class VolumeConfig:
     read_only: bool
     host_path: str | None = None  # file:// volumes
     objects: ObjectSource | None = None  # object store volumes
+    chosen: str | None = None  # what a path substitution chose, and why
 
     @property
     def name(self) -> str:
@@ -146,10 +148,12 @@ class Config:
     staging: StagingConfig
     retries: RetryPolicy
     volumes: tuple[VolumeConfig, ...]
+    clearml_file: str | None = None
+    clearml: tuple[Taken, ...] = ()  # what the ClearML file gave
 
 
 _TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "link_mounts", "cache", "staging",
-             "retries", "credentials", "volumes"}
+             "retries", "credentials", "volumes", "clearml", "path_substitution"}
 _LOG_KEYS = {"file", "level"}
 _CACHE_KEYS = {"dir", "max_size", "block_size", "read_ahead", "metadata_ttl"}
 _STAGING_KEYS = {"dir", "max_size", "multipart_threshold", "part_size", "parallel_parts", "write_back"}
@@ -186,7 +190,11 @@ class _Reader(Reader):
         log_file = self.value(log, ("log", "file"), str, None)
         mountpoint = self.value(tree, ("mountpoint",), str, None)
         link_mounts = self.link_mounts(tree)
-        cache = self.cache(tree)
+        clearml = self.clearml(tree)
+        cache = self.cache(tree, clearml.cache_dir)
+        self.s3_connections = clearml.max_connections or 32
+        substitutions = path_substitutions(self, tree, ("path_substitution",)) + clearml.path_substitution
+        credentials = {kind: own + clearml.credentials.get(kind, []) for kind, own in self.credentials(tree).items()}
         return Config(
             file=self.file,
             mountpoint=mountpoint and os.path.expanduser(mountpoint),
@@ -198,18 +206,30 @@ class _Reader(Reader):
             log_level=level,
             link_mounts=link_mounts,
             cache=cache,
-            staging=self.staging(tree, cache),
+            staging=self.staging(tree, cache, clearml.parallel_parts),
             retries=self.retries(tree),
-            volumes=self.volumes(tree, link_mounts, self.credentials(tree)),
+            volumes=self.volumes(tree, link_mounts, credentials, substitutions),
+            clearml_file=clearml.file,
+            clearml=tuple(replace(taken, what=f"{taken.what} (fsmount's {taken.setting} wins)")
+                          if taken.setting and tree.get(taken.setting, None) is not None else taken
+                          for taken in clearml.taken),
         )
 
-    def cache(self, tree: ConfigTree) -> CacheConfig:
+    def clearml(self, tree: ConfigTree) -> ClearmlSettings:
+        """The ClearML file the `clearml` key names (relative to this file), read; its settings are defaults that
+        fsmount's own keys override."""
+        path = self.value(tree, ("clearml",), str, None)
+        if path is None:
+            return ClearmlSettings(None, {}, None, None, None, (), ())
+        return read_clearml(os.path.join(os.path.dirname(self.file), os.path.expanduser(path)))
+
+    def cache(self, tree: ConfigTree, default_dir: str | None) -> CacheConfig:
         section = self.section(tree, ("cache",), _CACHE_KEYS)
 
         def size(key, default):
             return self.value(section, ("cache", key), parse_size, default)
 
-        cache_dir = self.value(section, ("cache", "dir"), str, "~/.cache/fsmount")
+        cache_dir = self.value(section, ("cache", "dir"), str, default_dir or "~/.cache/fsmount")
         return CacheConfig(
             dir=os.path.expanduser(cache_dir),
             max_size=size("max_size", 10 * 2**30),
@@ -218,7 +238,7 @@ class _Reader(Reader):
             metadata_ttl=self.value(section, ("cache", "metadata_ttl"), parse_ttl, 60.0),
         )
 
-    def staging(self, tree: ConfigTree, cache: CacheConfig) -> StagingConfig:
+    def staging(self, tree: ConfigTree, cache: CacheConfig, default_parallel: int | None) -> StagingConfig:
         section = self.section(tree, ("staging",), _STAGING_KEYS)
 
         def size(key, default):
@@ -233,7 +253,8 @@ class _Reader(Reader):
             max_size=size("max_size", 10 * 2**30),
             multipart_threshold=size("multipart_threshold", 16 * 2**20),
             part_size=part_size,
-            parallel_parts=self.value(section, ("staging", "parallel_parts"), positive, DEFAULT_PARALLEL_PARTS),
+            parallel_parts=self.value(section, ("staging", "parallel_parts"), positive,
+                                      default_parallel or DEFAULT_PARALLEL_PARTS),
             write_back=self.value(section, ("staging", "write_back"), parse_duration, DEFAULT_WRITE_BACK),
         )
 
@@ -268,7 +289,8 @@ class _Reader(Reader):
                 "gcs": self.entries(section, ("credentials", "gcs"), GCS_CREDENTIAL_KEYS, "{ bucket: ..., credentials_json: ... }",
                                     self.gcs_entry)}
 
-    def volumes(self, tree: ConfigTree, link_mounts: tuple[LinkMount, ...], credentials) -> tuple[VolumeConfig, ...]:
+    def volumes(self, tree: ConfigTree, link_mounts: tuple[LinkMount, ...], credentials,
+                substitutions: tuple[PathSubstitution, ...]) -> tuple[VolumeConfig, ...]:
         section = tree.get("volumes", None)
         if not isinstance(section, ConfigTree) or not section:
             raise self.error(("volumes",), "expected an object with at least one volume, such as volumes { data { source: \"file:///srv/data\" } }")
@@ -282,7 +304,7 @@ class _Reader(Reader):
             path = self.value(spec, keys + ("path",), _volume_path, _volume_path_or_none(name))
             if path is None:
                 raise self.error(keys, "not a valid volume path: use names separated by '/', without '.', '..' or empty parts")
-            volume = self.volume(spec, keys, path, link_mounts, credentials)
+            volume = _substituted(self.volume(spec, keys, path, link_mounts, credentials), substitutions, link_mounts)
             self.check_place(keys, volume, volumes)
             volumes[path] = volume
         return tuple(volumes.values())
@@ -327,9 +349,9 @@ class _Reader(Reader):
             raise self.error(keys + ("mode",), f"rw, but link mount {link.path} is read-only (:ro)")
         return VolumeConfig(path=path, source=source, read_only=mode == "ro", host_path=host_path)
 
-    def object_options(self, spec: ConfigTree, keys) -> dict:
+    def object_options(self, spec: ConfigTree, keys, connections: int = 32) -> dict:
         """The keys every object store volume has."""
-        return dict(max_connections=self.value(spec, keys + ("max_connections",), positive, 32),
+        return dict(max_connections=self.value(spec, keys + ("max_connections",), positive, connections),
                     rename_limit=self.value(spec, keys + ("rename_limit",), positive, 1000),
                     filter=self.value(spec, keys + ("filter",), regex, None),
                     metadata_ttl=self.value(spec, keys + ("metadata_ttl",), parse_ttl, None))
@@ -354,8 +376,9 @@ class _Reader(Reader):
         if host is not None and (endpoint is None or "://" not in endpoint):
             endpoint = f"{'https' if chosen.secure else 'http'}://{host}"
         source = S3Source(
-            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen, **self.object_options(spec, keys),
-            extra_args=self.value(spec, keys + ("extra_args",), string_map, {}),
+            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
+            **self.object_options(spec, keys, self.s3_connections),
+            extra_args=chosen.extra_args | self.value(spec, keys + ("extra_args",), string_map, {}),
             request_payer=self.value(spec, keys + ("request_payer",), request_payer, None),
             version_id=self.value(spec, keys + ("version_id",), str, None),
             checksum_sha256=self.value(spec, keys + ("checksum_sha256",), sha256, None))
@@ -484,6 +507,26 @@ def parse_link_mount(entry: str) -> LinkMount:
 def _enclosing_link_mount(path: str, link_mounts) -> LinkMount | None:
     inside = [m for m in link_mounts if os.path.commonpath([m.path, path]) == m.path]
     return max(inside, key=lambda m: len(m.path), default=None)
+
+
+def _substituted(volume: VolumeConfig, substitutions: tuple[PathSubstitution, ...], link_mounts) -> VolumeConfig:
+    """An object volume that the first path substitution fitting its source maps to a local directory inside a link
+    mount is served from there, as ClearML's direct access: a host volume, no cache, its mode capped by the link mount."""
+    if volume.objects is None or volume.objects.single_object:
+        return volume
+    for rule in substitutions:
+        local = rule.local_path(volume.source)
+        if local is None:
+            continue
+        host_path = os.path.realpath(local)
+        link = _enclosing_link_mount(host_path, link_mounts)
+        if not os.path.isdir(host_path):
+            return replace(volume, chosen=f"the store: {local} is not an existing directory (path_substitution {rule.where})")
+        if link is None:
+            return replace(volume, chosen=f"the store: {local} lies outside every link mount (path_substitution {rule.where})")
+        return VolumeConfig(path=volume.path, source=volume.source, read_only=volume.read_only or link.read_only,
+                            host_path=host_path, chosen=f"the local copy {host_path}, no cache (path_substitution {rule.where})")
+    return volume
 
 
 def _volume_path_or_none(text: str) -> tuple[str, ...] | None:

@@ -59,6 +59,11 @@ class Reader:
     def error(self, keys: tuple[str, ...], message: str) -> ConfigError:
         return ConfigError(self.file, ".".join(keys), message, line_of(self.text, keys))
 
+    def where(self, keys: tuple[str, ...]) -> str:
+        """FILE:LINE KEY, as `fsmount check` names where a setting comes from."""
+        line = line_of(self.text, keys)
+        return f"{self.file}{'' if line is None else f':{line}'} {'.'.join(keys)}"
+
     def only(self, tree: ConfigTree, keys: tuple[str, ...], allowed: set[str]):
         for key in tree:
             if unquote(key) not in allowed:
