@@ -175,14 +175,19 @@ def describe(config: Config) -> str:
         f"staging      {config.staging.dir}: at most {format_size(config.staging.max_size)}, parts of "
         f"{parts} above {format_size(config.staging.multipart_threshold)}",
         f"link mounts  {links}",
-        "",
     ]
+    if config.clearml_file:
+        lines.append(f"clearml      {config.clearml_file}")
+        lines += [f"  {taken.what}\n      from {taken.where}" for taken in config.clearml]
+    lines.append("")
     width = max(len("PATH"), *(len(volume.name) for volume in config.volumes))
     lines.append(f"{'PATH':<{width}}  MODE  SOURCE")
     for volume in sorted(config.volumes, key=lambda v: v.path):
         ttl = volume.objects.metadata_ttl if volume.objects is not None else None
         note = "" if ttl is None else f"  (metadata ttl {format_ttl(ttl)})"
         lines.append(f"{volume.name:<{width}}  {'ro' if volume.read_only else 'rw'}    {redact_url(volume.source)}{note}")
+        if volume.chosen:
+            lines.append(f"{'':<{width}}        served from {volume.chosen}")
     return "\n".join(lines)
 
 

@@ -1,23 +1,19 @@
 """The configuration file: HOCON read by pyhocon, every key checked, turned into the mount table."""
-import base64
-import binascii
-import dataclasses
 import fnmatch
-import json
 import math
 import os
 import re
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-import pyparsing
 from pyhocon import ConfigFactory, ConfigTree
-from pyhocon.exceptions import ConfigException
 
+from fsmount.clearml import ClearmlSettings, PathSubstitution, Taken, path_substitutions, read_clearml
 from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials, azure_environment_credentials,
-                                 choose_azure_credentials, choose_gcs_credentials, choose_s3_credentials,
-                                 parse_connection_string)
-from fsmount.multiaddr import api_url
+                                 choose_azure_credentials, choose_gcs_credentials, choose_s3_credentials)
+from fsmount.hocon import (AZURE_CREDENTIAL_KEYS, GCS_CREDENTIAL_KEYS, S3_CREDENTIAL_KEYS, ConfigError, Reader,
+                           boolean, cid, file_name, http_url, id_number, ipfs_api_url, name_in_url, parse_file,
+                           positive, regex, request_payer, sha256, string_map, tls_verify, unquote, web_url)
 from fsmount.stores.base import redact_url
 from fsmount.stores.retries import RetryPolicy
 from fsmount.units import parse_duration, parse_size, parse_ttl
@@ -27,18 +23,6 @@ IPFS_API_ENV = "FSMOUNT_IPFS_API"
 DEFAULT_BLOCK_SIZE = 8 * 2**20  # of the block cache
 DEFAULT_PARALLEL_PARTS = 4  # of an upload in parts, sent at once
 DEFAULT_WRITE_BACK = 2.0  # seconds: rsync, tar and git rename or remove what they closed within milliseconds
-
-
-class ConfigError(Exception):
-    """A bad config: names the file, the line where it is known, the key, and what was expected."""
-
-    def __init__(self, file: str, key: str | None, message: str, line: int | None = None):
-        super().__init__(message)
-        self.file, self.key, self.message, self.line = file, key, message, line
-
-    def __str__(self):
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -124,6 +108,7 @@ class VolumeConfig:
     read_only: bool
     host_path: str | None = None  # file:// volumes
     objects: ObjectSource | None = None  # object store volumes
+    chosen: str | None = None  # what a path substitution chose, and why
 
     @property
     def name(self) -> str:
@@ -164,10 +149,12 @@ class Config:
     staging: StagingConfig
     retries: RetryPolicy
     volumes: tuple[VolumeConfig, ...]
+    clearml_file: str | None = None
+    clearml: tuple[Taken, ...] = ()  # what the ClearML file gave
 
 
 _TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "link_mounts", "cache", "staging",
-             "retries", "credentials", "volumes"}
+             "retries", "credentials", "volumes", "clearml", "path_substitution"}
 _LOG_KEYS = {"file", "level"}
 _CACHE_KEYS = {"dir", "max_size", "block_size", "read_ahead", "metadata_ttl"}
 _STAGING_KEYS = {"dir", "max_size", "multipart_threshold", "part_size", "parallel_parts", "write_back"}
@@ -181,19 +168,15 @@ _VOLUME_KEYS_OF = {"s3": _OBJECT_VOLUME_KEYS | {"extra_args", "request_payer", "
                    "ipfs": _VOLUME_KEYS | {"api", "gateway", "max_connections"}}
 _URL_VOLUME_KEYS = _VOLUME_KEYS | {"name", "max_connections", "verify"}
 _CREDENTIAL_KINDS = {"s3", "azure", "gcs"}
-_S3_CREDENTIAL_KEYS = {"bucket", "host", "key", "secret", "region", "secure", "verify", "use_credentials_chain"}
-_AZURE_CREDENTIAL_KEYS = {"account_name", "account_key", "sas_token", "connection_string", "container_name"}
-_GCS_CREDENTIAL_KEYS = {"bucket", "subdir", "project", "credentials_json"}
 _GCS_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-_COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|(#|//)[^\n]*')  # HOCON's comments; `//` in quotes is none
 
 
 def load_config(file: str) -> Config:
     """Reads and checks FILE; raises ConfigError on the first problem, so nothing is half mounted."""
     file = os.path.abspath(file)
-    text = _read(file)
-    return _Reader(file, text).config(_parse(file, text))
+    tree, text = parse_file(file)
+    return _Reader(file, text).config(tree)
 
 
 @dataclass(frozen=True)
@@ -208,48 +191,27 @@ class PublishTarget:
 def load_publish_target(file: str | None, url: str, endpoint: str | None = None) -> PublishTarget:
     """The s3://, azure:// or gs:// URL of an object (the bucket and key), with the credentials, staging and
     retries of the config FILE (None: the defaults, credentials from the environment) and ENDPOINT if given."""
-    text = _read(os.path.abspath(file)) if file is not None else ""
-    file = os.path.abspath(file) if file is not None else "(no --config)"
-    tree = _parse(file, text)
+    if file is None:
+        file, tree, text = "(no --config)", ConfigTree(), ""
+    else:
+        file = os.path.abspath(file)
+        tree, text = parse_file(file)
     reader = _Reader(file, text)
     reader.only(tree, (), _TOP_KEYS)
+    clearml = reader.clearml(tree)
     spec = ConfigFactory.from_dict({"source": url, **({"endpoint": endpoint} if endpoint else {})})
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("s3", "azure", "gs"):
         raise ConfigError(file, "--to", f"expected s3://, azure://, gs://, file:// or ipfs, got {redact_url(url)!r}")
-    volume = reader.volume(spec, ("--to",), ("publish",), (), reader.credentials(tree))
+    volume = reader.volume(spec, ("--to",), ("publish",), (), reader.all_credentials(tree, clearml))
     if not volume.objects.prefix or volume.objects.prefix.endswith("/"):
         raise ConfigError(file, "--to", f"names no object: expected {scheme}://bucket/result.tar.gz")
-    return PublishTarget(volume.objects, volume.objects.prefix, reader.staging(tree, reader.cache(tree)),
-                         reader.retries(tree))
+    staging = reader.staging(tree, reader.cache(tree, clearml.cache_dir), clearml.parallel_parts)
+    return PublishTarget(volume.objects, volume.objects.prefix, staging, reader.retries(tree))
 
 
-def _read(file: str) -> str:
-    try:
-        with open(file, encoding="utf-8") as stream:
-            return stream.read()
-    except OSError as error:
-        raise ConfigError(file, None, f"cannot read the config: {error.strerror}") from None
-
-
-def _parse(file: str, text: str) -> ConfigTree:
-    try:
-        return ConfigFactory.parse_string(text, basedir=os.path.dirname(file))
-    except pyparsing.ParseBaseException as error:
-        raise ConfigError(file, None, f"not valid HOCON: {error.msg}", error.lineno) from None
-    except ConfigException as error:
-        line = re.search(r"\(line: ?(\d+)", str(error))
-        raise ConfigError(file, None, str(error), line and int(line.group(1))) from None
-
-
-class _Reader:
-    """Typed access to the parsed tree; every error it raises carries the key's dotted path."""
-
-    def __init__(self, file: str, text: str):
-        self.file, self.text = file, text
-
-    def error(self, keys: tuple[str, ...], message: str) -> ConfigError:
-        return ConfigError(self.file, ".".join(keys), message, _line_of(self.text, keys))
+class _Reader(Reader):
+    """fsmount's own keys."""
 
     def config(self, tree: ConfigTree) -> Config:
         self.only(tree, (), _TOP_KEYS)
@@ -260,55 +222,50 @@ class _Reader:
         log_file = self.value(log, ("log", "file"), str, None)
         mountpoint = self.value(tree, ("mountpoint",), str, None)
         link_mounts = self.link_mounts(tree)
-        cache = self.cache(tree)
+        clearml = self.clearml(tree)
+        cache = self.cache(tree, clearml.cache_dir)
+        substitutions = path_substitutions(self, tree, ("path_substitution",)) + clearml.path_substitution
+        credentials = self.all_credentials(tree, clearml)
         return Config(
             file=self.file,
             mountpoint=mountpoint and os.path.expanduser(mountpoint),
-            allow_other=self.value(tree, ("allow_other",), _boolean, False),
-            uid=self.value(tree, ("uid",), _id_number, os.geteuid()),
-            gid=self.value(tree, ("gid",), _id_number, os.getegid()),
+            allow_other=self.value(tree, ("allow_other",), boolean, False),
+            uid=self.value(tree, ("uid",), id_number, os.geteuid()),
+            gid=self.value(tree, ("gid",), id_number, os.getegid()),
             attr_timeout=self.value(tree, ("attr_timeout",), parse_duration, 1.0),
             log_file=log_file and os.path.expanduser(log_file),
             log_level=level,
             link_mounts=link_mounts,
             cache=cache,
-            staging=self.staging(tree, cache),
+            staging=self.staging(tree, cache, clearml.parallel_parts),
             retries=self.retries(tree),
-            volumes=self.volumes(tree, link_mounts, self.credentials(tree)),
+            volumes=self.volumes(tree, link_mounts, credentials, substitutions),
+            clearml_file=clearml.file,
+            clearml=tuple(replace(taken, what=f"{taken.what} (fsmount's {taken.setting} wins)")
+                          if taken.setting and tree.get(taken.setting, None) is not None else taken
+                          for taken in clearml.taken),
         )
 
-    def only(self, tree: ConfigTree, keys: tuple[str, ...], allowed: set[str]):
-        for key in tree:
-            if _unquote(key) not in allowed:
-                hint = " (a name with '.' must be quoted)" if keys[:1] == ("volumes",) else ""
-                raise self.error(keys + (_unquote(key),), f"unknown key; expected one of {', '.join(sorted(allowed))}{hint}")
+    def all_credentials(self, tree: ConfigTree, clearml: ClearmlSettings) -> dict[str, list]:
+        """The credentials entries of this file, then the ClearML file's; and the S3 connection bound it sets."""
+        self.s3_connections = clearml.max_connections or 32
+        return {kind: own + clearml.credentials.get(kind, []) for kind, own in self.credentials(tree).items()}
 
-    def section(self, tree: ConfigTree, keys: tuple[str, ...], allowed: set[str]) -> ConfigTree:
-        section = tree.get(keys[-1], None)
-        if section is None:
-            return ConfigTree()
-        if not isinstance(section, ConfigTree):
-            raise self.error(keys, f"expected an object {{ ... }}, got {section!r}")
-        self.only(section, keys, allowed)
-        return section
+    def clearml(self, tree: ConfigTree) -> ClearmlSettings:
+        """The ClearML file the `clearml` key names (relative to this file), read; its settings are defaults that
+        fsmount's own keys override."""
+        path = self.value(tree, ("clearml",), str, None)
+        if path is None:
+            return ClearmlSettings(None, {}, None, None, None, (), ())
+        return read_clearml(os.path.join(os.path.dirname(self.file), os.path.expanduser(path)))
 
-    def value(self, tree: ConfigTree, keys: tuple[str, ...], convert, default):
-        raw = tree.get(keys[-1], None)
-        return default if raw is None else self.converted(raw, keys, convert)
-
-    def converted(self, raw, keys: tuple[str, ...], convert):
-        try:
-            return convert(raw)
-        except (ValueError, TypeError) as error:
-            raise self.error(keys, str(error)) from None
-
-    def cache(self, tree: ConfigTree) -> CacheConfig:
+    def cache(self, tree: ConfigTree, default_dir: str | None) -> CacheConfig:
         section = self.section(tree, ("cache",), _CACHE_KEYS)
 
         def size(key, default):
             return self.value(section, ("cache", key), parse_size, default)
 
-        cache_dir = self.value(section, ("cache", "dir"), str, "~/.cache/fsmount")
+        cache_dir = self.value(section, ("cache", "dir"), str, default_dir or "~/.cache/fsmount")
         return CacheConfig(
             dir=os.path.expanduser(cache_dir),
             max_size=size("max_size", 10 * 2**30),
@@ -317,7 +274,7 @@ class _Reader:
             metadata_ttl=self.value(section, ("cache", "metadata_ttl"), parse_ttl, 60.0),
         )
 
-    def staging(self, tree: ConfigTree, cache: CacheConfig) -> StagingConfig:
+    def staging(self, tree: ConfigTree, cache: CacheConfig, default_parallel: int | None) -> StagingConfig:
         section = self.section(tree, ("staging",), _STAGING_KEYS)
 
         def size(key, default):
@@ -332,13 +289,14 @@ class _Reader:
             max_size=size("max_size", 10 * 2**30),
             multipart_threshold=size("multipart_threshold", 16 * 2**20),
             part_size=part_size,
-            parallel_parts=self.value(section, ("staging", "parallel_parts"), _positive, DEFAULT_PARALLEL_PARTS),
+            parallel_parts=self.value(section, ("staging", "parallel_parts"), positive,
+                                      default_parallel or DEFAULT_PARALLEL_PARTS),
             write_back=self.value(section, ("staging", "write_back"), parse_duration, DEFAULT_WRITE_BACK),
         )
 
     def retries(self, tree: ConfigTree) -> RetryPolicy:
         section = self.section(tree, ("retries",), _RETRIES_KEYS)
-        return RetryPolicy(attempts=self.value(section, ("retries", "attempts"), _positive, RetryPolicy.attempts),
+        return RetryPolicy(attempts=self.value(section, ("retries", "attempts"), positive, RetryPolicy.attempts),
                            max_time=self.value(section, ("retries", "max_time"), parse_duration, RetryPolicy.max_time))
 
     def link_mounts(self, tree: ConfigTree) -> tuple[LinkMount, ...]:
@@ -360,67 +318,21 @@ class _Reader:
 
     def credentials(self, tree: ConfigTree) -> dict[str, list]:
         section = self.section(tree, ("credentials",), _CREDENTIAL_KINDS)
-        return {"s3": self.entries(section, "s3", _S3_CREDENTIAL_KEYS, "{ bucket: data, key: ..., secret: ... }",
+        return {"s3": self.entries(section, ("credentials", "s3"), S3_CREDENTIAL_KEYS, "{ bucket: data, key: ..., secret: ... }",
                                    self.s3_entry),
-                "azure": self.entries(section, "azure", _AZURE_CREDENTIAL_KEYS,
+                "azure": self.entries(section, ("credentials", "azure"), AZURE_CREDENTIAL_KEYS,
                                       "{ account_name: ..., account_key: ... }", self.azure_entry),
-                "gcs": self.entries(section, "gcs", _GCS_CREDENTIAL_KEYS, "{ bucket: ..., credentials_json: ... }",
+                "gcs": self.entries(section, ("credentials", "gcs"), GCS_CREDENTIAL_KEYS, "{ bucket: ..., credentials_json: ... }",
                                     self.gcs_entry)}
 
-    def entries(self, section: ConfigTree, kind: str, allowed: set[str], example: str, read) -> list:
-        """The list `credentials.KIND`, each entry checked and READ(entry, keys)."""
-        entries = section.get(kind, [])
-        if not isinstance(entries, list):
-            raise self.error(("credentials", kind), f"expected a list of {example}, got {entries!r}")
-        read_entries = []
-        for index, entry in enumerate(entries):
-            keys = ("credentials", kind, f"[{index}]")
-            if not isinstance(entry, ConfigTree):
-                raise self.error(keys, f"expected an object such as {example}")
-            self.only(entry, keys, allowed)
-            read_entries.append(read(entry, keys))
-        return read_entries
-
-    def s3_entry(self, entry: ConfigTree, keys) -> S3Credentials:
-        return S3Credentials(
-            bucket=self.value(entry, keys + ("bucket",), str, None),
-            host=self.value(entry, keys + ("host",), str, None),
-            key=self.value(entry, keys + ("key",), str, None),
-            secret=self.value(entry, keys + ("secret",), str, None),
-            region=self.value(entry, keys + ("region",), str, None),
-            secure=self.value(entry, keys + ("secure",), _boolean, True),
-            verify=self.value(entry, keys + ("verify",), _verify, True),
-            use_credentials_chain=self.value(entry, keys + ("use_credentials_chain",), _boolean, False),
-        )
-
-    def azure_entry(self, entry: ConfigTree, keys) -> AzureCredentials:
-        def text(key):
-            return self.value(entry, keys + (key,), str, None)
-
-        container = text("container_name")
-        if text("connection_string") is not None:
-            parsed = self.value(entry, keys + ("connection_string",), parse_connection_string, None)
-            return dataclasses.replace(parsed, container=container)
-        if text("account_key") is not None and text("account_name") is None:
-            raise self.error(keys, "an account_key needs its account_name (or give a connection_string)")
-        return AzureCredentials(account_name=text("account_name"), container=container,
-                                account_key=text("account_key"), sas_token=text("sas_token"))
-
-    def gcs_entry(self, entry: ConfigTree, keys) -> GcsCredentials:
-        return GcsCredentials(
-            bucket=self.value(entry, keys + ("bucket",), str, None),
-            subdir=self.value(entry, keys + ("subdir",), str, None),
-            project=self.value(entry, keys + ("project",), str, None),
-            info=self.value(entry, keys + ("credentials_json",), _json_key, None),
-        )
-
-    def volumes(self, tree: ConfigTree, link_mounts: tuple[LinkMount, ...], credentials) -> tuple[VolumeConfig, ...]:
+    def volumes(self, tree: ConfigTree, link_mounts: tuple[LinkMount, ...], credentials,
+                substitutions: tuple[PathSubstitution, ...]) -> tuple[VolumeConfig, ...]:
         section = tree.get("volumes", None)
         if not isinstance(section, ConfigTree) or not section:
             raise self.error(("volumes",), "expected an object with at least one volume, such as volumes { data { source: \"file:///srv/data\" } }")
         volumes: dict[tuple[str, ...], VolumeConfig] = {}
         for key in section:
-            name = _unquote(key)
+            name = unquote(key)
             keys = ("volumes", name)
             spec = section[key]
             if not isinstance(spec, ConfigTree):
@@ -428,7 +340,7 @@ class _Reader:
             path = self.value(spec, keys + ("path",), _volume_path, _volume_path_or_none(name))
             if path is None:
                 raise self.error(keys, "not a valid volume path: use names separated by '/', without '.', '..' or empty parts")
-            volume = self.volume(spec, keys, path, link_mounts, credentials)
+            volume = _substituted(self.volume(spec, keys, path, link_mounts, credentials), substitutions, link_mounts)
             self.check_place(keys, volume, volumes)
             volumes[path] = volume
         return tuple(volumes.values())
@@ -473,11 +385,11 @@ class _Reader:
             raise self.error(keys + ("mode",), f"rw, but link mount {link.path} is read-only (:ro)")
         return VolumeConfig(path=path, source=source, read_only=mode == "ro", host_path=host_path)
 
-    def object_options(self, spec: ConfigTree, keys) -> dict:
+    def object_options(self, spec: ConfigTree, keys, connections: int = 32) -> dict:
         """The keys every object store volume has."""
-        return dict(max_connections=self.value(spec, keys + ("max_connections",), _positive, 32),
-                    rename_limit=self.value(spec, keys + ("rename_limit",), _positive, 1000),
-                    filter=self.value(spec, keys + ("filter",), _regex, None),
+        return dict(max_connections=self.value(spec, keys + ("max_connections",), positive, connections),
+                    rename_limit=self.value(spec, keys + ("rename_limit",), positive, 1000),
+                    filter=self.value(spec, keys + ("filter",), regex, None),
                     metadata_ttl=self.value(spec, keys + ("metadata_ttl",), parse_ttl, None))
 
     def s3_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> S3Source:
@@ -500,11 +412,12 @@ class _Reader:
         if host is not None and (endpoint is None or "://" not in endpoint):
             endpoint = f"{'https' if chosen.secure else 'http'}://{host}"
         source = S3Source(
-            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen, **self.object_options(spec, keys),
-            extra_args=self.value(spec, keys + ("extra_args",), _string_map, {}),
-            request_payer=self.value(spec, keys + ("request_payer",), _request_payer, None),
+            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
+            **self.object_options(spec, keys, self.s3_connections),
+            extra_args=chosen.extra_args | self.value(spec, keys + ("extra_args",), string_map, {}),
+            request_payer=self.value(spec, keys + ("request_payer",), request_payer, None),
             version_id=self.value(spec, keys + ("version_id",), str, None),
-            checksum_sha256=self.value(spec, keys + ("checksum_sha256",), _sha256, None))
+            checksum_sha256=self.value(spec, keys + ("checksum_sha256",), sha256, None))
         if source.single_object and (not prefix or prefix.endswith("/")):
             key = "version_id" if source.version_id is not None else "checksum_sha256"
             raise self.error(keys + (key,), f"needs a source that names one object, such as s3://{bucket}/data.csv")
@@ -521,7 +434,7 @@ class _Reader:
             raise ConfigError(self.file, "$AZURE_STORAGE_CONNECTION_STRING", str(error)) from None
         known = {entry.account_name for entry in entries} | ({environment.account_name} if environment else set())
         first, rest = url.netloc, url.path.lstrip("/")
-        endpoint = self.value(spec, keys + ("endpoint",), _http_url, None)
+        endpoint = self.value(spec, keys + ("endpoint",), http_url, None)
         if "." in first or first in known:
             account = first.split(".")[0]
             container, _, prefix = rest.partition("/")
@@ -542,7 +455,7 @@ class _Reader:
                                                  "azure://account/container/prefix, or add a credentials.azure entry")
         return AzureSource(bucket=container, prefix=prefix, account=account, credentials=chosen,
                            endpoint=endpoint or chosen.endpoint,
-                           verify=self.value(spec, keys + ("verify",), _verify, True), **self.object_options(spec, keys))
+                           verify=self.value(spec, keys + ("verify",), tls_verify, True), **self.object_options(spec, keys))
 
     def gcs_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> GcsSource:
         """`gs://bucket/prefix`. With an emulator's endpoint (the key, or STORAGE_EMULATOR_HOST) and no
@@ -550,7 +463,7 @@ class _Reader:
         bucket, prefix = url.netloc, url.path.lstrip("/")
         if not bucket:
             raise self.error(keys + ("source",), f"expected gs://bucket/prefix, got {url.geturl()!r}")
-        endpoint = self.value(spec, keys + ("endpoint",), _http_url, None)
+        endpoint = self.value(spec, keys + ("endpoint",), http_url, None)
         if endpoint is None and os.environ.get(_GCS_EMULATOR_ENV):
             emulator = os.environ[_GCS_EMULATOR_ENV]
             endpoint = emulator if "://" in emulator else f"http://{emulator}"
@@ -563,9 +476,9 @@ class _Reader:
     def ipfs_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> IpfsSource:
         """`ipfs://CID[/path]` (CIDv0 or v1), from a node's RPC API (`api`: a multiaddr or URL, else
         $FSMOUNT_IPFS_API) or a trustless gateway (`gateway`)."""
-        root = self.converted(url.netloc, keys + ("source",), _cid)
+        root = self.converted(url.netloc, keys + ("source",), cid)
         api = self.value(spec, keys + ("api",), ipfs_api_url, None)
-        gateway = self.value(spec, keys + ("gateway",), _http_url, None)
+        gateway = self.value(spec, keys + ("gateway",), http_url, None)
         if api is not None and gateway is not None:
             raise self.error(keys + ("gateway",), "an IPFS volume reads from its api or its gateway: give one")
         if api is None and gateway is None:
@@ -578,7 +491,7 @@ class _Reader:
                 raise ConfigError(self.file, f"${IPFS_API_ENV}", str(error)) from None
         return IpfsSource(bucket=root, prefix="", path=urllib.parse.unquote(url.path).strip("/"), api=api,
                           gateway=gateway, endpoint=None, rename_limit=1,
-                          max_connections=self.value(spec, keys + ("max_connections",), _positive, 8))
+                          max_connections=self.value(spec, keys + ("max_connections",), positive, 8))
 
     def url_volume(self, spec: ConfigTree, keys, path, entries: list, listed: bool) -> VolumeConfig:
         """Web files, read-only: `source` is one URL (whose file `name` may rename) or a list of URLs or of
@@ -586,7 +499,7 @@ class _Reader:
         self.only(spec, keys, _URL_VOLUME_KEYS)
         if self.value(spec, keys + ("mode",), str, "ro") != "ro":
             raise self.error(keys + ("mode",), "URL volumes are read-only: expected ro")
-        renamed = self.value(spec, keys + ("name",), _file_name, None)
+        renamed = self.value(spec, keys + ("name",), file_name, None)
         if renamed is not None and len(entries) != 1:
             raise self.error(keys + ("name",), "names the file of a volume of one URL; in a list, write { url: ..., name: ... }")
         files = {}
@@ -594,19 +507,19 @@ class _Reader:
             where = keys + ("source",) + ((f"[{index}]",) if listed else ())
             if isinstance(entry, ConfigTree):
                 self.only(entry, where, {"url", "name"})
-                url = self.value(entry, where + ("url",), _web_url, None)
+                url = self.value(entry, where + ("url",), web_url, None)
                 if url is None:
                     raise self.error(where, "missing key 'url'")
-                name = self.value(entry, where + ("name",), _file_name, None)
+                name = self.value(entry, where + ("name",), file_name, None)
             else:
-                url, name = self.converted(entry, where, _web_url), renamed
-            name = name or self.converted(url, where, _name_in_url)
+                url, name = self.converted(entry, where, web_url), renamed
+            name = name or self.converted(url, where, name_in_url)
             if name in files:
                 raise self.error(where, f"a second file named {name!r}; name one with {{ url: ..., name: ... }}")
             files[name] = url
         source = UrlSource(bucket="", prefix="", endpoint=None, rename_limit=1, files=files,
-                           max_connections=self.value(spec, keys + ("max_connections",), _positive, 8),
-                           verify=self.value(spec, keys + ("verify",), _verify, True))
+                           max_connections=self.value(spec, keys + ("max_connections",), positive, 8),
+                           verify=self.value(spec, keys + ("verify",), tls_verify, True))
         shown = next(iter(files.values())) if len(files) == 1 else f"{len(files)} URLs"
         return VolumeConfig(path=path, source=shown, read_only=True, objects=source)
 
@@ -642,67 +555,24 @@ def _enclosing_link_mount(path: str, link_mounts) -> LinkMount | None:
     return best if best is not None and matched(best) >= 0 else None
 
 
-def _http_url(value) -> str:
-    text = str(value).rstrip("/")
-    parsed = urllib.parse.urlsplit(text)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"expected an http(s)://host[:port][/path] URL, got {value!r}")
-    return text
-
-
-def _cid(value) -> str:
-    from multiformats import CID  # ~0.1 s to import: only for a tree with IPFS volumes
-    try:
-        return str(CID.decode(str(value)))
-    except Exception:  # multiformats raises a different error for each way a CID can be wrong
-        raise ValueError(f"expected ipfs://CID[/path] with a CIDv0 (Qm...) or CIDv1 (bafy...), got {value!r}") from None
-
-
-def ipfs_api_url(value) -> str:
-    """A node's RPC API given as a URL or as a multiaddr, as a URL."""
-    address = str(value)
-    return _http_url(address) if "://" in address else api_url(address)
-
-
-def _web_url(value) -> str:
-    parsed = urllib.parse.urlsplit(str(value))
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"expected an http(s)://host/path URL, got {redact_url(str(value))!r}")
-    return str(value)
-
-
-def _file_name(value) -> str:
-    name = str(value)
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise ValueError(f"expected a file name (no '/', not '.' or '..'), got {name!r}")
-    return name
-
-
-def _name_in_url(url: str) -> str:
-    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rpartition("/")[2])
-    if not name:
-        raise ValueError(f"{redact_url(url)!r} names no file; write {{ url: ..., name: ... }}")
-    return _file_name(name)
-
-
-def _json_key(value) -> dict:
-    """A JSON key: the path of its file, else the JSON text itself. Errors never echo it: it is a secret."""
-    text = str(value)
-    path = os.path.expanduser(text.strip())
-    if len(text) < 4096 and os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as stream:
-                text = stream.read()
-        except OSError as error:
-            raise ValueError(f"cannot read {path}: {error.strerror}") from None
-    try:
-        info = json.loads(text)
-    except ValueError:
-        raise ValueError("expected the path of a JSON key file, or the JSON text itself; "
-                         "it is neither an existing file nor valid JSON") from None
-    if not isinstance(info, dict) or "type" not in info:
-        raise ValueError("expected a Google JSON key, with a \"type\" such as service_account")
-    return info
+def _substituted(volume: VolumeConfig, substitutions: tuple[PathSubstitution, ...], link_mounts) -> VolumeConfig:
+    """An object volume that the first path substitution fitting its source maps to a local directory inside a link
+    mount is served from there, as ClearML's direct access: a host volume, no cache, its mode capped by the link mount."""
+    if volume.objects is None or volume.objects.single_object:
+        return volume
+    for rule in substitutions:
+        local = rule.local_path(volume.source)
+        if local is None:
+            continue
+        host_path = os.path.realpath(local)
+        link = _enclosing_link_mount(host_path, link_mounts)
+        if not os.path.isdir(host_path):
+            return replace(volume, chosen=f"the store: {local} is not an existing directory (path_substitution {rule.where})")
+        if link is None:
+            return replace(volume, chosen=f"the store: {local} lies outside every link mount (path_substitution {rule.where})")
+        return VolumeConfig(path=volume.path, source=volume.source, read_only=volume.read_only or link.read_only,
+                            host_path=host_path, chosen=f"the local copy {host_path}, no cache (path_substitution {rule.where})")
+    return volume
 
 
 def _volume_path_or_none(text: str) -> tuple[str, ...] | None:
@@ -717,84 +587,3 @@ def _volume_path(text) -> tuple[str, ...]:
     if path is None:
         raise ValueError(f"expected names separated by '/', without '.', '..' or empty parts, got {text!r}")
     return path
-
-
-def _positive(value) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    raise ValueError(f"expected a whole number above 0, got {value!r}")
-
-
-def _string_map(value) -> dict[str, str]:
-    if not isinstance(value, ConfigTree) or any(isinstance(v, (ConfigTree, list)) for v in value.values()):
-        raise ValueError(f"expected an object of names and values, such as {{ ServerSideEncryption: AES256 }}, got {value!r}")
-    return {_unquote(name): str(v) for name, v in value.items()}
-
-
-def _request_payer(value) -> str:
-    """S3's one payer a request can name: requester (the bucket's owner pays when a request names none)."""
-    if str(value) != "requester":
-        raise ValueError(f"expected requester, got {value!r}")
-    return "requester"
-
-
-def _regex(value) -> re.Pattern:
-    try:
-        return re.compile(str(value))
-    except re.error as error:
-        raise ValueError(f"not a valid regular expression ({error}): {value!r}") from None
-
-
-def _sha256(value) -> bytes:
-    """A SHA-256 digest written in hex (64 digits) or, as S3 reports it, in base64."""
-    text = str(value).strip()
-    try:
-        digest = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
-    except (ValueError, binascii.Error):
-        digest = b""
-    if len(digest) != 32:
-        raise ValueError(f"expected a SHA-256 digest in hex (64 digits) or base64, got {value!r}")
-    return digest
-
-
-def _verify(value) -> bool | str:
-    """TLS verification: true, false, or the path of a CA bundle."""
-    if isinstance(value, str) and value.strip().lower() not in ("true", "yes", "on", "false", "no", "off"):
-        return os.path.expanduser(value)
-    return _boolean(value)
-
-
-def _boolean(value) -> bool:
-    """HOCON's conversion: env substitutions arrive as strings such as "true", "yes" or "off"."""
-    if isinstance(value, bool):
-        return value
-    word = str(value).strip().lower()
-    if word in ("true", "yes", "on", "false", "no", "off"):
-        return word in ("true", "yes", "on")
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _id_number(value) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise ValueError(f"expected a numeric id (0 or more), got {value!r}")
-
-
-def _unquote(key: str) -> str:
-    return key[1:-1] if len(key) >= 2 and key[0] == key[-1] == '"' else key
-
-
-def _line_of(text: str, keys: tuple[str, ...]) -> int | None:
-    """Where the key path is written in the main file, found by a scan (pyhocon keeps no positions) that skips
-    comments."""
-    text = _COMMENT_OR_STRING.sub(lambda match: " " * len(match[0]) if match[1] else match[0], text)
-    position, found = 0, None
-    for key in (key for key in keys if not key.startswith("[")):  # a list's entries have no name to find
-        pattern = r'(?:^|[\s{,.])"?(' + re.escape(key) + r')"?\s*[.:={]'
-        found = re.compile(pattern, re.MULTILINE).search(text, position)
-        if found is None:
-            return None
-        position = found.end(1)
-    return text.count("\n", 0, found.start(1)) + 1 if found else None

@@ -13,6 +13,8 @@ class S3Credentials:
     secure: bool = True
     verify: bool | str = True
     use_credentials_chain: bool = False
+    multipart: bool = True  # False: every upload is one PUT, whatever its size (up to S3's 5 GiB)
+    extra_args: dict[str, str] = field(default_factory=dict, compare=False)  # a volume's own extra_args add to these
 
 
 def choose_s3_credentials(entries: list[S3Credentials], bucket: str, host: str | None) -> S3Credentials:

@@ -138,7 +138,8 @@ class Daemon:
         staging = self.config.staging
         if self.staging is None:
             self.staging = StagingArea(staging.dir, staging.max_size)
-        uploads = UploadSettings(staging.multipart_threshold, staging.part_size or store.part_size,
+        threshold = staging.multipart_threshold if store.multipart else sys.maxsize
+        uploads = UploadSettings(threshold, staging.part_size or store.part_size,
                                  staging.parallel_parts, staging.write_back)
         return WritableObjectVolume(store, source.prefix, self.staging, uploads, source.rename_limit,
                                     key_filter=source.filter, **shared)

@@ -1,9 +1,13 @@
 """Test harness: sample trees, config files, and fsmount daemons that never outlive a test."""
 import contextlib
 import os
+import json
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ MOUNT_TIMEOUT = 15
 # An Azure volume with neither key nor SAS looks for an Azure AD identity; the whole chain would also ask the instance
 # metadata address, off this machine. Tests of the chain name the one credential they use.
 os.environ.setdefault("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential")
+TOKEN = "token-made-for-the-test"  # what token_server grants
 
 
 def mounted_paths() -> set[str]:
@@ -179,3 +184,34 @@ def open_s3_bucket(moto):
 async def s3_bucket(moto):
     async with open_s3_bucket(moto) as opened:
         yield opened
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A local stand-in's handler: it answers in JSON and logs nothing."""
+
+    def answer(self, status: int, answer: dict):
+        body = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def token_server():
+    """An OAuth token endpoint on 127.0.0.1; `grants` holds the form of every request it answered."""
+    grants = []
+
+    class Handler(JsonHandler):
+        def do_POST(self):
+            grants.append(urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+            self.answer(200, {"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/token", grants
+    server.shutdown()

@@ -9,14 +9,14 @@ import ssl
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 import trio
 import trio_asyncio
 import trustme
 
-from conftest import write_config
+from conftest import JsonHandler, write_config
 from fsmount.credentials import AzureCredentials
 from fsmount.stores import azure_ad
 from fsmount.stores.aio import TrioStore
@@ -66,7 +66,7 @@ def authority(tls):
     holds the form of every request it answered, the client secret left out. The secret "wrong" is refused."""
     grants = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_POST(self):
             form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
             grants.append({"path": self.path, **{name: values[0] for name, values in form.items() if name != "client_secret"},
@@ -75,15 +75,7 @@ def authority(tls):
                 status, answer = 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret."}
             else:
                 status, answer = 200, {"access_token": _access_token(), "expires_in": 3600, "token_type": "Bearer"}
-            body = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
+            self.answer(status, answer)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -2,43 +2,13 @@
 for Google's OAuth server) and every request to the store carries it."""
 import json
 import re
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from buckets import GcsBucket
-from conftest import write_config
+from conftest import TOKEN, write_config
 from servers import Proxy
-
-TOKEN = "token-made-for-the-test"
-
-
-@pytest.fixture
-def token_server():
-    """An OAuth token endpoint on 127.0.0.1; `grants` holds the form of every request it answered."""
-    grants = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            grants.append(urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode()))
-            body = json.dumps({"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/token", grants
-    server.shutdown()
 
 
 def service_account_key(token_uri: str) -> dict:

@@ -46,6 +46,10 @@ class TrioStore:
         return self.store.identity
 
     @property
+    def multipart(self) -> bool:
+        return self.store.multipart
+
+    @property
     def parts_in_order(self) -> bool:
         return self.store.parts_in_order
 

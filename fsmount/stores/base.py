@@ -134,6 +134,11 @@ class Unavailable(StoreError):
     errno_value = errno.EIO
 
 
+class TooLarge(StoreError):
+    """More than one request may carry (S3's 5 GiB single PUT); not retried."""
+    errno_value = errno.EFBIG
+
+
 class CertificateRefused(StoreError):
     """The server's TLS certificate did not verify: an answer, not a fault, so it is not retried."""
     errno_value = errno.EIO
@@ -185,6 +190,7 @@ def retry_after_seconds(header: str | None) -> float | None:
 class Store(abc.ABC):
     """An asyncio client of one bucket or container; keys are relative to it."""
 
+    multipart = True  # False: every upload is one request, whatever its size
     parts_in_order = False  # True: an upload's parts must be sent one at a time, in order (GCS's resumable uploads)
     content_addressed = False  # True: a version names the bytes wherever they are (IPFS's CIDs), so caches key by it alone
     part_size = 8 * 2**20  # of uploads in parts, unless the config names one
@@ -345,9 +351,12 @@ def uploaded(key: str, size: int, version: str, metadata: dict[str, str] | None)
     return ObjectInfo(key, size, version, time.time_ns(), metadata_of(metadata))
 
 
-def content_md5(body: bytes) -> str:
-    """The base64 MD5 digest that S3, Azure and GCS check an upload's bytes against."""
-    return base64.b64encode(hashlib.md5(body).digest()).decode()
+def content_md5(body: bytes | typing.BinaryIO) -> str:
+    """The base64 MD5 digest that S3, Azure and GCS check an upload's bytes (or a file's, read from its start) against."""
+    if isinstance(body, bytes):
+        return base64.b64encode(hashlib.md5(body).digest()).decode()
+    body.seek(0)
+    return base64.b64encode(hashlib.file_digest(body, "md5").digest()).decode()
 
 
 def read_part(path: str, offset: int, size: int) -> bytes:

@@ -10,6 +10,7 @@ import http.client
 import mmap
 import sys
 import threading
+import typing
 
 import urllib3
 
@@ -95,9 +96,10 @@ class RangeFetcher:
         except NotFound as error:
             raise request.stale_if_gone(error) from None
 
-    def send(self, method: str, url: str, body: bytes | None, headers: dict[str, str], what: str) -> Reply:
+    def send(self, method: str, url: str, body: bytes | typing.BinaryIO | None, headers: dict[str, str],
+             what: str) -> Reply:
         """A signed request other than a ranged GET (an upload, a listing), sent (blocking) and retried as
-        GETs are; the server's answer."""
+        GETs are; the server's answer. A file BODY is sent from its start, each try."""
         def answer(response):
             if response.status in _ANSWERS:
                 return Reply(response.status, {name.lower(): value for name, value in response.headers.items()},
@@ -106,13 +108,15 @@ class RangeFetcher:
 
         return self._send(method, url, headers, body, what, answer)
 
-    def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None, what: str, answer):
+    def _send(self, method: str, url: str, headers: dict[str, str], body, what: str, answer):
         """ANSWER(response) gives the result, or None for a failure the status names."""
         for attempt in self.retries.attempts_of():
             with attempt:
                 return self._send_once(method, url, headers, body, what, answer)
 
-    def _send_once(self, method: str, url: str, headers: dict[str, str], body: bytes | None, what: str, answer):
+    def _send_once(self, method: str, url: str, headers: dict[str, str], body, what: str, answer):
+        if hasattr(body, "seek"):
+            body.seek(0)
         try:
             response = self._pool.request(method, url, headers=headers, body=body, preload_content=False,
                                           decode_content=False)

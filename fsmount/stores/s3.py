@@ -6,6 +6,7 @@ import datetime
 import functools
 import logging
 import os
+import typing
 
 import botocore.credentials
 import botocore.exceptions
@@ -15,8 +16,8 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from fsmount.stores.base import (AccessDenied, ListPage, NoSuchContainer, NotFound, ObjectInfo, PreconditionFailed,
-                                 RangeRequest, Reply, Request, Store, Throttled, Unavailable, content_md5, metadata_of,
-                                 read_part, status_error, uploaded)
+                                 RangeRequest, Reply, Request, Store, Throttled, TooLarge, Unavailable, content_md5,
+                                 metadata_of, read_part, status_error, uploaded)
 from fsmount.stores.ranges import RangeFetcher
 from fsmount.stores.retries import RetryPolicy
 from fsmount.stores.s3_signing import PROBE, LoopCredentials, Presigner, addressing_style, refresh_in_time
@@ -28,6 +29,7 @@ _PRECONDITION = {"PreconditionFailed"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded"}
 _VERSION_ID = "versionId="  # starts the version of an object read at a pinned version id
+SINGLE_PUT_MOST = 5 * 2**30  # S3's largest object one PUT makes
 
 
 @contextlib.contextmanager
@@ -204,9 +206,11 @@ class S3Store(Store):
     lists_metadata = False
 
     def __init__(self, bucket: str, endpoint: S3Endpoint, extra_args: dict | None = None,
-                 request_payer: str | None = None):
-        """REQUEST_PAYER "requester": every request says that the requester pays for it (a requester-pays bucket)."""
+                 request_payer: str | None = None, multipart: bool = True):
+        """REQUEST_PAYER "requester": every request says that the requester pays for it (a requester-pays bucket).
+        MULTIPART False: every upload is one PUT (ClearML's `multipart: false`, for servers without multipart uploads)."""
         self.bucket = bucket
+        self.multipart = multipart
         self.endpoint = endpoint
         self._extra_args = dict(extra_args or {})
         self._payer = {"RequestPayer": request_payer} if request_payer else {}
@@ -291,13 +295,28 @@ class S3Store(Store):
                         page.get("NextContinuationToken") if page.get("IsTruncated") else None)
 
     def put_request(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> Request:
-        params = {"Bucket": self.bucket, "Key": key, "Metadata": metadata or {}, **self._extra_args}
-        return self._signed_put("put_object", params, data, f"PUT {key}")
+        return self._signed_put("put_object", self._put_params(key, metadata), data, f"PUT {key}")
+
+    def _put_params(self, key: str, metadata: dict[str, str] | None) -> dict:
+        return {"Bucket": self.bucket, "Key": key, "Metadata": metadata or {}, **self._extra_args}
+
+    def upload_file(self, key: str, path: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """A file larger than a part goes up only without multipart uploads: streamed from the file, not read
+        into memory first."""
+        size = os.path.getsize(path)
+        if size > SINGLE_PUT_MOST:
+            raise TooLarge(f"PUT {key}: {size} bytes, past S3's limit of 5 GiB for one PUT (multipart: false)")
+        if size <= self.part_size:
+            return super().upload_file(key, path, metadata)
+        with open(path, "rb") as stream:
+            request = self._signed_put("put_object", self._put_params(key, metadata), stream, f"PUT {key}")
+            reply = self.fetcher.send(*request._replace(headers={**request.headers, "Content-Length": str(size)}))
+        return self.put_result(key, size, metadata, reply)
 
     def put_result(self, key: str, size: int, metadata: dict[str, str] | None, reply: Reply) -> ObjectInfo:
         return uploaded(key, size, reply.headers["etag"], metadata)
 
-    def _signed_put(self, operation: str, params: dict, body: bytes, what: str) -> Request:
+    def _signed_put(self, operation: str, params: dict, body: bytes | typing.BinaryIO, what: str) -> Request:
         """OPERATION with PARAMS and the Content-MD5 of BODY, which the server checks, presigned."""
         with _errors(f"SIGN {what}"):
             url, headers, _ = self._presigner.sign(operation, {**params, **self._payer, "ContentMD5": content_md5(body)})

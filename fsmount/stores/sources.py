@@ -29,7 +29,7 @@ class Stores:
         if isinstance(source, S3Source):
             from fsmount.stores.s3 import S3Store
             return S3Store(source.bucket, self._s3_endpoint(source), extra_args=source.extra_args,
-                           request_payer=source.request_payer)
+                           request_payer=source.request_payer, multipart=source.credentials.multipart)
         if isinstance(source, AzureSource):
             from fsmount.stores.azure import AzureStore
             return AzureStore(source.account, source.bucket, source.credentials, endpoint=source.endpoint,
