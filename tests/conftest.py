@@ -66,6 +66,8 @@ class Daemon:
             self.process.kill()
             self.process.wait()
             raise AssertionError(f"fsmount did not exit after unmount:\n{self.log()}")
+        if "the daemon failed" in self.log():
+            raise AssertionError(f"fsmount failed:\n{self.log()}")
 
 
 @pytest.fixture

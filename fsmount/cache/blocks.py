@@ -336,7 +336,7 @@ class BlockCache:
             if background:
                 await when_idle()
             batch = [first]
-            with contextlib.suppress(trio.WouldBlock):
+            with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):  # closed by write_queued at unmount
                 while len(batch) < _BATCH_MOST:
                     batch.append(receive.receive_nowait())
             try:
