@@ -18,6 +18,7 @@ from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials
                                  parse_connection_string)
 from fsmount.stores.base import redact_url
 from fsmount.stores.retries import RetryPolicy
+from fsmount.stores.tls import is_url
 from fsmount.units import parse_duration, parse_size, parse_ttl
 
 LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
@@ -55,6 +56,7 @@ class ObjectSource:
     rename_limit: int  # objects a directory rename may copy; EXDEV above
     filter: re.Pattern | None = None  # only objects whose full key it matches (re.search) are shown
     metadata_ttl: float | None = None  # the cache's when None; math.inf: `never`, for data that does not change
+    verify: bool | str = True  # TLS: verify, don't, with this CA bundle, or with the one at this URL (fetched at start)
 
     @property
     def single_object(self) -> bool:
@@ -89,7 +91,6 @@ class S3Source(ObjectSource):
 class AzureSource(ObjectSource):
     account: str
     credentials: AzureCredentials  # no key and no SAS: an Azure AD identity, else a public container
-    verify: bool | str = True  # TLS: verify, don't, or with this CA bundle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,7 +101,6 @@ class GcsSource(ObjectSource):
 @dataclass(frozen=True, kw_only=True)
 class UrlSource(ObjectSource):
     files: dict[str, str]  # file name -> URL
-    verify: bool | str = True  # TLS: verify, don't, or with this CA bundle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +162,7 @@ class Config:
     staging: StagingConfig
     retries: RetryPolicy
     volumes: tuple[VolumeConfig, ...]
+    ca_bundles: dict[str, str] = field(default_factory=dict)  # CA bundle URL a volume's `verify` names -> its key
 
 
 _TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "link_mounts", "cache", "staging",
@@ -175,8 +176,8 @@ _PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of 
 _VOLUME_KEYS = {"source", "mode", "path"}
 _OBJECT_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "filter", "metadata_ttl"}
 _VOLUME_KEYS_OF = {"s3": _OBJECT_VOLUME_KEYS | {"extra_args", "request_payer", "version_id", "checksum_sha256"},
-                   "azure": _OBJECT_VOLUME_KEYS | {"verify"}, "gs": _OBJECT_VOLUME_KEYS,
-                   "ipfs": _VOLUME_KEYS | {"api", "gateway", "max_connections"}}
+                   "azure": _OBJECT_VOLUME_KEYS | {"verify"}, "gs": _OBJECT_VOLUME_KEYS | {"verify"},
+                   "ipfs": _VOLUME_KEYS | {"api", "gateway", "max_connections", "verify"}}
 _URL_VOLUME_KEYS = _VOLUME_KEYS | {"name", "max_connections", "verify"}
 _CREDENTIAL_KINDS = {"s3", "azure", "gcs"}
 _S3_CREDENTIAL_KEYS = {"bucket", "host", "key", "secret", "region", "secure", "verify", "use_credentials_chain"}
@@ -209,6 +210,7 @@ class _Reader:
 
     def __init__(self, file: str, text: str):
         self.file, self.text = file, text
+        self.ca_bundles: dict[str, str] = {}  # each CA bundle URL a `verify` names -> the first key naming it
 
     def error(self, keys: tuple[str, ...], message: str) -> ConfigError:
         return ConfigError(self.file, ".".join(keys), message, _line_of(self.text, keys))
@@ -223,7 +225,7 @@ class _Reader:
         mountpoint = self.value(tree, ("mountpoint",), str, None)
         link_mounts = self.link_mounts(tree)
         cache = self.cache(tree)
-        return Config(
+        config = Config(
             file=self.file,
             mountpoint=mountpoint and os.path.expanduser(mountpoint),
             allow_other=self.value(tree, ("allow_other",), _boolean, False),
@@ -238,6 +240,8 @@ class _Reader:
             retries=self.retries(tree),
             volumes=self.volumes(tree, link_mounts, self.credentials(tree)),
         )
+        used = {volume.objects.verify for volume in config.volumes if volume.objects is not None}
+        return dataclasses.replace(config, ca_bundles={url: key for url, key in self.ca_bundles.items() if url in used})
 
     def only(self, tree: ConfigTree, keys: tuple[str, ...], allowed: set[str]):
         for key in tree:
@@ -351,9 +355,16 @@ class _Reader:
             secret=self.value(entry, keys + ("secret",), str, None),
             region=self.value(entry, keys + ("region",), str, None),
             secure=self.value(entry, keys + ("secure",), _boolean, True),
-            verify=self.value(entry, keys + ("verify",), _verify, True),
+            verify=self.verify(entry, keys),
             use_credentials_chain=self.value(entry, keys + ("use_credentials_chain",), _boolean, False),
         )
+
+    def verify(self, tree: ConfigTree, keys) -> bool | str:
+        """The `verify` key below KEYS; a CA bundle URL is noted, to be fetched when a daemon starts."""
+        verify = self.value(tree, keys + ("verify",), _verify, True)
+        if is_url(verify):
+            self.ca_bundles.setdefault(verify, ".".join(keys + ("verify",)))
+        return verify
 
     def azure_entry(self, entry: ConfigTree, keys) -> AzureCredentials:
         def text(key):
@@ -462,7 +473,8 @@ class _Reader:
         if host is not None and (endpoint is None or "://" not in endpoint):
             endpoint = f"{'https' if chosen.secure else 'http'}://{host}"
         source = S3Source(
-            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen, **self.object_options(spec, keys),
+            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen, verify=chosen.verify,
+            **self.object_options(spec, keys),
             extra_args=self.value(spec, keys + ("extra_args",), _string_map, {}),
             request_payer=self.value(spec, keys + ("request_payer",), _request_payer, None),
             version_id=self.value(spec, keys + ("version_id",), str, None),
@@ -504,7 +516,7 @@ class _Reader:
                                                  "azure://account/container/prefix, or add a credentials.azure entry")
         return AzureSource(bucket=container, prefix=prefix, account=account, credentials=chosen,
                            endpoint=endpoint or chosen.endpoint,
-                           verify=self.value(spec, keys + ("verify",), _verify, True), **self.object_options(spec, keys))
+                           verify=self.verify(spec, keys), **self.object_options(spec, keys))
 
     def gcs_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> GcsSource:
         """`gs://bucket/prefix`. With an emulator's endpoint (the key, or STORAGE_EMULATOR_HOST) and no
@@ -520,7 +532,7 @@ class _Reader:
         if chosen.use_default_chain and endpoint is not None:
             chosen = GcsCredentials(bucket=bucket)
         return GcsSource(bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
-                         **self.object_options(spec, keys))
+                         verify=self.verify(spec, keys), **self.object_options(spec, keys))
 
     def ipfs_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> IpfsSource:
         """`ipfs://CID[/path]` (CIDv0 or v1), from a node's RPC API (`api`: a multiaddr or URL, else
@@ -539,7 +551,7 @@ class _Reader:
             except ValueError as error:
                 raise ConfigError(self.file, f"${IPFS_API_ENV}", str(error)) from None
         return IpfsSource(bucket=root, prefix="", path=urllib.parse.unquote(url.path).strip("/"), api=api,
-                          gateway=gateway, endpoint=None, rename_limit=1,
+                          gateway=gateway, endpoint=None, rename_limit=1, verify=self.verify(spec, keys),
                           max_connections=self.value(spec, keys + ("max_connections",), _positive, 8))
 
     def url_volume(self, spec: ConfigTree, keys, path, entries: list, listed: bool) -> VolumeConfig:
@@ -568,7 +580,7 @@ class _Reader:
             files[name] = url
         source = UrlSource(bucket="", prefix="", endpoint=None, rename_limit=1, files=files,
                            max_connections=self.value(spec, keys + ("max_connections",), _positive, 8),
-                           verify=self.value(spec, keys + ("verify",), _verify, True))
+                           verify=self.verify(spec, keys))
         shown = next(iter(files.values())) if len(files) == 1 else f"{len(files)} URLs"
         return VolumeConfig(path=path, source=shown, read_only=True, objects=source)
 
@@ -718,8 +730,12 @@ def _sha256(value) -> bytes:
 
 
 def _verify(value) -> bool | str:
-    """TLS verification: true, false, or the path of a CA bundle."""
+    """TLS verification: true, false, the path of a CA bundle, or the http(s) URL of one (ClearML's)."""
     if isinstance(value, str) and value.strip().lower() not in ("true", "yes", "on", "false", "no", "off"):
+        if is_url(value):
+            return _web_url(value)
+        if "://" in value:
+            raise ValueError(f"expected true, false, the path of a CA bundle or its http(s) URL, got {redact_url(value)!r}")
         return os.path.expanduser(value)
     return _boolean(value)
 
