@@ -13,9 +13,10 @@ from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials
                                  choose_azure_credentials, choose_gcs_credentials, choose_s3_credentials)
 from fsmount.hocon import (AZURE_CREDENTIAL_KEYS, GCS_CREDENTIAL_KEYS, S3_CREDENTIAL_KEYS, ConfigError, Reader,
                            boolean, cid, file_name, http_url, id_number, ipfs_api_url, name_in_url, parse_file,
-                           positive, regex, request_payer, sha256, string_map, tls_verify, unquote, web_url)
+                           positive, regex, request_payer, sha256, string_map, unquote, web_url)
 from fsmount.stores.base import redact_url
 from fsmount.stores.retries import RetryPolicy
+from fsmount.stores.tls import is_url
 from fsmount.units import parse_duration, parse_size, parse_ttl
 
 LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
@@ -41,6 +42,7 @@ class ObjectSource:
     rename_limit: int  # objects a directory rename may copy; EXDEV above
     filter: re.Pattern | None = None  # only objects whose full key it matches (re.search) are shown
     metadata_ttl: float | None = None  # the cache's when None; math.inf: `never`, for data that does not change
+    verify: bool | str = True  # TLS: verify, don't, with this CA bundle, or with the one at this URL (fetched at start)
 
     @property
     def single_object(self) -> bool:
@@ -75,7 +77,6 @@ class S3Source(ObjectSource):
 class AzureSource(ObjectSource):
     account: str
     credentials: AzureCredentials  # no key and no SAS: an Azure AD identity, else a public container
-    verify: bool | str = True  # TLS: verify, don't, or with this CA bundle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +87,6 @@ class GcsSource(ObjectSource):
 @dataclass(frozen=True, kw_only=True)
 class UrlSource(ObjectSource):
     files: dict[str, str]  # file name -> URL
-    verify: bool | str = True  # TLS: verify, don't, or with this CA bundle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,6 +149,7 @@ class Config:
     staging: StagingConfig
     retries: RetryPolicy
     volumes: tuple[VolumeConfig, ...]
+    ca_bundles: dict[str, str] = field(default_factory=dict)  # CA bundle URL a volume's `verify` names -> its key
     clearml_file: str | None = None
     clearml: tuple[Taken, ...] = ()  # what the ClearML file gave
 
@@ -164,8 +165,8 @@ _PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of 
 _VOLUME_KEYS = {"source", "mode", "path"}
 _OBJECT_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "filter", "metadata_ttl"}
 _VOLUME_KEYS_OF = {"s3": _OBJECT_VOLUME_KEYS | {"extra_args", "request_payer", "version_id", "checksum_sha256"},
-                   "azure": _OBJECT_VOLUME_KEYS | {"verify"}, "gs": _OBJECT_VOLUME_KEYS,
-                   "ipfs": _VOLUME_KEYS | {"api", "gateway", "max_connections"}}
+                   "azure": _OBJECT_VOLUME_KEYS | {"verify"}, "gs": _OBJECT_VOLUME_KEYS | {"verify"},
+                   "ipfs": _VOLUME_KEYS | {"api", "gateway", "max_connections", "verify"}}
 _URL_VOLUME_KEYS = _VOLUME_KEYS | {"name", "max_connections", "verify"}
 _CREDENTIAL_KINDS = {"s3", "azure", "gcs"}
 _GCS_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
@@ -226,7 +227,7 @@ class _Reader(Reader):
         cache = self.cache(tree, clearml.cache_dir)
         substitutions = path_substitutions(self, tree, ("path_substitution",)) + clearml.path_substitution
         credentials = self.all_credentials(tree, clearml)
-        return Config(
+        config = Config(
             file=self.file,
             mountpoint=mountpoint and os.path.expanduser(mountpoint),
             allow_other=self.value(tree, ("allow_other",), boolean, False),
@@ -245,6 +246,9 @@ class _Reader(Reader):
                           if taken.setting and tree.get(taken.setting, None) is not None else taken
                           for taken in clearml.taken),
         )
+        return replace(config, ca_bundles={
+            volume.objects.verify: self.ca_bundles.get(volume.objects.verify, f"volumes.{volume.name}.verify")
+            for volume in config.volumes if volume.objects is not None and is_url(volume.objects.verify)})
 
     def all_credentials(self, tree: ConfigTree, clearml: ClearmlSettings) -> dict[str, list]:
         """The credentials entries of this file, then the ClearML file's; and the S3 connection bound it sets."""
@@ -412,7 +416,7 @@ class _Reader(Reader):
         if host is not None and (endpoint is None or "://" not in endpoint):
             endpoint = f"{'https' if chosen.secure else 'http'}://{host}"
         source = S3Source(
-            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
+            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen, verify=chosen.verify,
             **self.object_options(spec, keys, self.s3_connections),
             extra_args=chosen.extra_args | self.value(spec, keys + ("extra_args",), string_map, {}),
             request_payer=self.value(spec, keys + ("request_payer",), request_payer, None),
@@ -455,7 +459,7 @@ class _Reader(Reader):
                                                  "azure://account/container/prefix, or add a credentials.azure entry")
         return AzureSource(bucket=container, prefix=prefix, account=account, credentials=chosen,
                            endpoint=endpoint or chosen.endpoint,
-                           verify=self.value(spec, keys + ("verify",), tls_verify, True), **self.object_options(spec, keys))
+                           verify=self.verify(spec, keys), **self.object_options(spec, keys))
 
     def gcs_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> GcsSource:
         """`gs://bucket/prefix`. With an emulator's endpoint (the key, or STORAGE_EMULATOR_HOST) and no
@@ -470,7 +474,7 @@ class _Reader(Reader):
         chosen = choose_gcs_credentials(credentials["gcs"], bucket, prefix)
         if chosen.use_default_chain and endpoint is not None:
             chosen = GcsCredentials(bucket=bucket)
-        return GcsSource(bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen,
+        return GcsSource(bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen, verify=self.verify(spec, keys),
                          **self.object_options(spec, keys))
 
     def ipfs_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> IpfsSource:
@@ -490,7 +494,7 @@ class _Reader(Reader):
             except ValueError as error:
                 raise ConfigError(self.file, f"${IPFS_API_ENV}", str(error)) from None
         return IpfsSource(bucket=root, prefix="", path=urllib.parse.unquote(url.path).strip("/"), api=api,
-                          gateway=gateway, endpoint=None, rename_limit=1,
+                          gateway=gateway, endpoint=None, rename_limit=1, verify=self.verify(spec, keys),
                           max_connections=self.value(spec, keys + ("max_connections",), positive, 8))
 
     def url_volume(self, spec: ConfigTree, keys, path, entries: list, listed: bool) -> VolumeConfig:
@@ -519,7 +523,7 @@ class _Reader(Reader):
             files[name] = url
         source = UrlSource(bucket="", prefix="", endpoint=None, rename_limit=1, files=files,
                            max_connections=self.value(spec, keys + ("max_connections",), positive, 8),
-                           verify=self.value(spec, keys + ("verify",), tls_verify, True))
+                           verify=self.verify(spec, keys))
         shown = next(iter(files.values())) if len(files) == 1 else f"{len(files)} URLs"
         return VolumeConfig(path=path, source=shown, read_only=True, objects=source)
 

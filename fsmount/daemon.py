@@ -16,7 +16,7 @@ import trio
 from fsmount.cache.attributes import KnownAttributes
 from fsmount.cache.blocks import BlockCache
 from fsmount.cache.listings import KnownListings
-from fsmount.config import Config, VolumeConfig
+from fsmount.config import Config, ConfigError, VolumeConfig
 from fsmount.fs.inodes import InodeTable
 from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
@@ -24,6 +24,7 @@ from fsmount.staging.area import StagingArea
 from fsmount.stores.aio import TrioStore, asyncio_loop
 from fsmount.stores.ranges import receive_buffers
 from fsmount.stores.sources import Stores
+from fsmount.stores.tls import fetch_ca_bundle
 from fsmount.volumes.base import Volume
 from fsmount.volumes.host import HostVolume
 from fsmount.volumes.objects import ObjectVolume
@@ -108,7 +109,7 @@ class Daemon:
         self.known_attributes: KnownAttributes | None = None
         self.known_listings: KnownListings | None = None
         self.staging: StagingArea | None = None
-        self.stores = Stores(config.cache.dir, config.retries)
+        self.stores = Stores(config.cache.dir, config.retries, _ca_bundles(config))
         self.prefetcher = Prefetcher(max(2, _READ_AHEAD_MEMORY // config.cache.block_size))
         volumes = []
         for volume in config.volumes:
@@ -179,6 +180,18 @@ class Daemon:
                     self.known_listings.close()
                 if self.staging is not None:
                     self.staging.close()
+
+
+def _ca_bundles(config: Config) -> dict[str, str]:
+    """The file of each CA bundle URL the volumes' `verify` names, fetched now, once however many name it. One that
+    cannot be had stops the mount, naming the key."""
+    bundles = {}
+    for url, key in config.ca_bundles.items():
+        try:
+            bundles[url] = fetch_ca_bundle(url, os.path.join(config.cache.dir, "ca"))
+        except ValueError as error:
+            raise ConfigError(config.file, key, str(error)) from None
+    return bundles
 
 
 def _return_large_buffers_to_the_system():

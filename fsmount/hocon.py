@@ -15,6 +15,7 @@ from pyhocon.exceptions import ConfigException
 from fsmount.credentials import AzureCredentials, GcsCredentials, S3Credentials, parse_connection_string
 from fsmount.multiaddr import api_url
 from fsmount.stores.base import redact_url
+from fsmount.stores.tls import is_url
 
 S3_CREDENTIAL_KEYS = {"bucket", "host", "key", "secret", "region", "secure", "verify", "use_credentials_chain",
                       "multipart", "extra_args"}
@@ -57,6 +58,7 @@ class Reader:
 
     def __init__(self, file: str, text: str):
         self.file, self.text = file, text
+        self.ca_bundles: dict[str, str] = {}  # each CA bundle URL a `verify` names -> the first key naming it
 
     def error(self, keys: tuple[str, ...], message: str) -> ConfigError:
         return ConfigError(self.file, ".".join(keys), message, line_of(self.text, keys))
@@ -105,6 +107,13 @@ class Reader:
             read_entries.append(read(entry, where))
         return read_entries
 
+    def verify(self, tree: ConfigTree, keys) -> bool | str:
+        """The `verify` key below KEYS; a CA bundle URL is noted, to be fetched when a daemon starts."""
+        verify = self.value(tree, keys + ("verify",), tls_verify, True)
+        if is_url(verify):
+            self.ca_bundles.setdefault(verify, ".".join(keys + ("verify",)))
+        return verify
+
     def s3_entry(self, entry: ConfigTree, keys) -> S3Credentials:
         return S3Credentials(
             bucket=self.value(entry, keys + ("bucket",), str, None),
@@ -113,7 +122,7 @@ class Reader:
             secret=self.value(entry, keys + ("secret",), str, None),
             region=self.value(entry, keys + ("region",), str, None),
             secure=self.value(entry, keys + ("secure",), boolean, True),
-            verify=self.value(entry, keys + ("verify",), tls_verify, True),
+            verify=self.verify(entry, keys),
             use_credentials_chain=self.value(entry, keys + ("use_credentials_chain",), boolean, False),
             multipart=self.value(entry, keys + ("multipart",), boolean, True),
             extra_args=self.value(entry, keys + ("extra_args",), string_map, {}),
@@ -243,8 +252,12 @@ def sha256(value) -> bytes:
 
 
 def tls_verify(value) -> bool | str:
-    """TLS verification: true, false, or the path of a CA bundle."""
+    """TLS verification: true, false, the path of a CA bundle, or the http(s) URL of one (ClearML's)."""
     if isinstance(value, str) and value.strip().lower() not in ("true", "yes", "on", "false", "no", "off"):
+        if is_url(value):
+            return web_url(value)
+        if "://" in value:
+            raise ValueError(f"expected true, false, the path of a CA bundle or its http(s) URL, got {redact_url(value)!r}")
         return os.path.expanduser(value)
     return boolean(value)
 

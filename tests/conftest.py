@@ -2,6 +2,7 @@
 import contextlib
 import os
 import json
+import ssl
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio_asyncio
+import trustme
 
 BIN = Path(sys.executable).parent
 FSMOUNT = str(BIN / "fsmount")
@@ -161,6 +163,29 @@ def azurite(tmp_path_factory):
 def fake_gcs(tmp_path_factory):
     """A fake-gcs-server (GCS) for the whole session."""
     yield from _server("fake-gcs", tmp_path_factory)
+
+
+class PrivateCa:
+    """A CA the test makes, in DIRECTORY: `pem`, its certificate's file (for `verify`), and `server`, an SSL context
+    serving a certificate for 127.0.0.1 that it signed."""
+
+    def __init__(self, directory: Path):
+        ca = trustme.CA()
+        self.pem = directory / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.pem))
+        self.server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(self.server)
+
+
+@pytest.fixture(scope="session")
+def private_ca(tmp_path_factory) -> PrivateCa:
+    return PrivateCa(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="session")
+def other_ca(tmp_path_factory) -> PrivateCa:
+    """A second CA, which vouches for none of private_ca's certificates."""
+    return PrivateCa(tmp_path_factory.mktemp("other-ca"))
 
 
 @contextlib.asynccontextmanager

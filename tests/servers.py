@@ -1,5 +1,6 @@
 """Local store servers for tests, started through scripts/serve on 127.0.0.1 and stopped after the session, and the
 relays (Proxy, FaultRelay) and web server that tests put in front of them or beside them."""
+import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -500,6 +501,50 @@ class FaultRelay(_Relay):
     def close(self):
         self._closed.set()
         super().close()
+
+
+class TlsRelay:
+    """HTTPS on 127.0.0.1 in front of a plain-http server on TARGET_PORT: TLS ends here, with CONTEXT (a server
+    context), and the bytes go on as they are. On an asyncio loop of its own rather than a thread a direction, as
+    Proxy: an SSL socket must not be read and written from two threads at once."""
+
+    def __init__(self, target_port: int, context: ssl.SSLContext):
+        self._target = target_port
+        self._open: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.SelectorEventLoop()  # not the policy's: trio_asyncio, imported by tests, sets its own
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", 0, ssl=context, ssl_handshake_timeout=10))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+
+    async def _relay(self, client: asyncio.StreamReader, client_writer: asyncio.StreamWriter):
+        upstream, upstream_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        self._open |= {client_writer, upstream_writer}
+        await asyncio.gather(_pipe(client, upstream_writer), _pipe(upstream, client_writer))
+        self._open -= {client_writer, upstream_writer}
+
+    def close(self):
+        async def stop():
+            self._server.close()
+            relays = asyncio.all_tasks() - {asyncio.current_task()}
+            for writer in self._open:
+                writer.transport.abort()  # each relay's pipes then read the end of their streams
+            if relays:
+                await asyncio.wait(relays, timeout=5)
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter):
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except OSError:
+        pass
+    finally:
+        sink.close()
 
 
 class WebServer:

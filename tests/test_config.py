@@ -350,6 +350,31 @@ def test_url_volume_errors(tmp_path, text, message):
     assert config_error(tmp_path, text).startswith(message)
 
 
+def test_verify_is_true_false_a_ca_bundle_path_or_its_url_which_is_noted_for_the_daemon_to_fetch(tmp_path):
+    """Only the URLs volumes use are noted: a credentials entry no volume chooses is never fetched."""
+    bundle = "https://ca.example/bundle.pem"
+    config = load_config(str(write_config(tmp_path, f"""
+        credentials {{ s3: [ {{ host: "127.0.0.1:9000", key: k, secret: s, verify: "{bundle}" }}
+                             {{ bucket: unused, verify: "http://ca.example/unused.pem" }} ] }}
+        volumes {{
+          s3 {{ source: "s3://127.0.0.1:9000/b/" }}
+          web {{ source: "https://e.org/f", verify: "~/ca.pem" }}
+          ipfs {{ source: "ipfs://QmPZ9gcCEpqKTo6aq61g2nXGUhM4iCL3ewB6LDXZCtioEB", gateway: "https://gw.example",
+                  verify: "{bundle}" }}
+          gcs {{ source: "gs://b/", verify: false }}
+        }}
+    """)))
+    assert {volume.name: volume.objects.verify for volume in config.volumes} == {
+        "s3": bundle, "web": os.path.expanduser("~/ca.pem"), "ipfs": bundle, "gcs": False}
+    assert config.ca_bundles == {bundle: "credentials.s3.[0].verify"}
+
+
+def test_verify_of_another_scheme_is_refused(tmp_path):
+    assert config_error(tmp_path, 'volumes { w { source: "https://e.org/f", verify: "ftp://ca.example/ca.pem" } }') == (
+        ":1: volumes.w.verify: expected true, false, the path of a CA bundle or its http(s) URL, "
+        "got 'ftp://ca.example/ca.pem'")
+
+
 def test_ipfs_volumes_take_a_cid_and_a_path_from_an_api_or_a_gateway(tmp_path, monkeypatch):
     monkeypatch.setenv("FSMOUNT_IPFS_API", "/dns4/node.internal/tcp/443/https")
     config = load_config(str(write_config(tmp_path, """

@@ -1,14 +1,19 @@
 """A GCS volume with a service account key: the daemon gets its token from the key's token_uri (a local stand-in
-for Google's OAuth server) and every request to the store carries it."""
+for Google's OAuth server) and every request to the store carries it; over HTTPS, the volume's `verify` reaches
+both."""
+import errno
 import json
+import os
 import re
+import urllib.parse
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from buckets import GcsBucket
 from conftest import TOKEN, write_config
-from servers import Proxy
+from servers import Proxy, TlsRelay
 
 
 def service_account_key(token_uri: str) -> dict:
@@ -41,3 +46,35 @@ def test_every_request_carries_the_token_of_the_service_account_key(workspace, f
     assert len(request_lines) >= 3  # a listing, a read, an upload
     assert len(re.findall(rf"authorization: Bearer {TOKEN}\r\n".encode(), sent, re.IGNORECASE)) == len(request_lines)
     assert len(grants) == 1 and grants[0]["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+
+
+def test_verify_reaches_the_token_requests_and_the_store_over_https(workspace, fake_gcs, mount, token_server, private_ca):
+    """The untrusted volume reaches the store over plain http: only its token request meets a certificate."""
+    token_uri, grants = token_server
+    bucket = GcsBucket(fake_gcs, {"data/a.txt": b"over https\n"})
+    relays = [TlsRelay(port, private_ca.server) for port in (urllib.parse.urlsplit(token_uri).port, fake_gcs.port)]
+    token, api = relays
+    (workspace / "key.json").write_text(json.dumps(service_account_key(f"{token.url}/token")))
+    try:
+        daemon = mount(write_config(workspace, f"""
+            cache {{ dir: "{workspace}/cache" }}
+            staging {{ write_back: 0 }}
+            credentials {{ gcs: [ {{ bucket: {bucket}, project: test, credentials_json: "{workspace}/key.json" }} ] }}
+            volumes {{
+                untrusted {{ source: "gs://{bucket}/", endpoint: "{fake_gcs.url}" }}
+                trusted {{ source: "gs://{bucket}/", endpoint: "{api.url}", verify: "{private_ca.pem}", mode: rw }}
+            }}
+        """), workspace / "mnt")
+        with pytest.raises(OSError) as error:
+            (workspace / "mnt" / "untrusted" / "data" / "a.txt").read_bytes()
+        assert error.value.errno == errno.EIO
+        assert f"getting a token for {bucket}: certificate verify failed: unable to get local issuer" in daemon.log()
+        root = workspace / "mnt" / "trusted"
+        assert (root / "data" / "a.txt").read_bytes() == b"over https\n"
+        (root / "data" / "b.txt").write_bytes(b"written over https\n")
+        assert sorted(os.listdir(root / "data")) == ["a.txt", "b.txt"]
+    finally:
+        for relay in relays:
+            relay.close()
+    assert bucket.get("data/b.txt") == b"written over https\n"
+    assert len(grants) == 1

@@ -11,7 +11,6 @@ import email.utils
 import errno
 import hashlib
 import os
-import ssl
 import time
 import types
 import typing
@@ -25,18 +24,6 @@ if typing.TYPE_CHECKING:
 
 
 NO_METADATA: Mapping[str, str] = types.MappingProxyType({})  # one for every object a listing gives without any
-
-
-def urllib3_tls(verify: bool | str) -> dict:
-    """urllib3's TLS options for VERIFY (a volume's `verify`: check certificates, don't, or against this CA bundle)."""
-    if verify is False:
-        return {"cert_reqs": "CERT_NONE"}
-    return {"cert_reqs": "CERT_REQUIRED", **({"ca_certs": verify} if isinstance(verify, str) else {})}
-
-
-def aiohttp_tls(verify: bool | str) -> ssl.SSLContext | bool:
-    """aiohttp's `ssl` for VERIFY: False, the default checks (True), or a context trusting that CA bundle."""
-    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
 def redact_url(url: str) -> str:
@@ -163,13 +150,13 @@ def status_error(status: int, message: str, retry_after: str | None = None) -> S
 
 
 def unanswered(what: str, failure: BaseException) -> StoreError:
-    """The error of a request that got no answer (FAILURE, from urllib3 or http.client): a certificate that did not
-    verify is refused for good, anything else is a server out of reach, tried again."""
+    """The error of a request that got no answer (FAILURE, from urllib3, http.client or an SDK that wraps them): a
+    certificate that did not verify is refused for good, anything else is a server out of reach, tried again."""
     cause = failure
-    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+    while cause is not None and not hasattr(cause, "verify_message"):  # aiohttp's wrapper is an SSLCertVerificationError too
         cause = cause.__cause__ or cause.__context__
     if cause is not None:
-        return CertificateRefused(f"{what}: {cause.verify_message}")
+        return CertificateRefused(f"{what}: certificate verify failed: {cause.verify_message}")
     return Unavailable(f"{what}: {type(failure).__name__}")
 
 

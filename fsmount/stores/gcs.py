@@ -27,9 +27,10 @@ import urllib3
 
 from fsmount.credentials import GcsCredentials
 from fsmount.stores.base import (AccessDenied, CertificateRefused, ListPage, NotFound, ObjectInfo, RangeRequest, Reply, Request, Store,
-                                 Unavailable, aiohttp_tls, content_md5, metadata_of, read_part, status_error)
+                                 Unavailable, content_md5, metadata_of, read_part, status_error, unanswered)
 from fsmount.stores.ranges import RangeFetcher
 from fsmount.stores.retries import RetryPolicy
+from fsmount.stores.tls import aiohttp_tls, urllib3_tls
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class GcsStore(Store):
         self._verify = verify
         self.fetcher = RangeFetcher(max_connections, verify, retries)
         self._max_connections = max_connections
+        self._token_pool = urllib3.PoolManager(**urllib3_tls(verify))  # google-auth's token requests
         self._token_lock = threading.Lock()
         self._google = None  # google-auth's credentials; None: anonymous
         self._session: aiohttp.ClientSession | None = None
@@ -96,6 +98,7 @@ class GcsStore(Store):
 
     async def close(self):
         self.fetcher.close()
+        self._token_pool.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -107,8 +110,11 @@ class GcsStore(Store):
         with self._token_lock:
             if fresh or not self._google.valid:
                 try:
-                    self._google.refresh(google.auth.transport.urllib3.Request(urllib3.PoolManager()))
+                    self._google.refresh(google.auth.transport.urllib3.Request(self._token_pool))
                 except google.auth.exceptions.GoogleAuthError as error:
+                    failure = unanswered(f"getting a token for {self.bucket}", error)
+                    if isinstance(failure, CertificateRefused):
+                        raise failure from None
                     raise AccessDenied(f"getting a token for {self.bucket}: {type(error).__name__}") from None
             return {"Authorization": f"Bearer {self._google.token}"}
 

@@ -50,15 +50,15 @@ class Entry:
 class IpfsStore(ReadOnlyStore):
     content_addressed = True
     def __init__(self, root: str, path: str, listing_dir: str, api: str | None = None, gateway: str | None = None,
-                 max_connections: int = 8, retries: RetryPolicy = RetryPolicy()):
+                 verify: bool | str = True, max_connections: int = 8, retries: RetryPolicy = RetryPolicy()):
         """ROOT: a CID, PATH below it names the volume's top. API: a node's RPC API URL; else GATEWAY: a
-        trustless gateway's URL. LISTING_DIR: where listings are kept across mounts."""
+        trustless gateway's URL. VERIFY: TLS, for either. LISTING_DIR: where listings are kept across mounts."""
         self.root = unixfs.text(CID.decode(root))
         self.path = tuple(part for part in path.split("/") if part)
         self._listing_dir = listing_dir
         self._api = api
         self._gateway = gateway
-        self.fetcher = RangeFetcher(max_connections, retries=retries)
+        self.fetcher = RangeFetcher(max_connections, verify, retries)
         self._fetches = concurrent.futures.ThreadPoolExecutor(max_connections, thread_name_prefix="ipfs")
         self._top: Entry | None = None
         self._nodes = _Recent(_NODE_BYTES_KEPT, unixfs.Node.weight)  # CID -> unixfs.Node

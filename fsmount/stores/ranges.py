@@ -15,9 +15,10 @@ import typing
 import urllib3
 
 from fsmount.stores import arrival
-from fsmount.stores.base import NotFound, RangeRequest, Reply, StoreError, status_error, unanswered, urllib3_tls
+from fsmount.stores.base import NotFound, RangeRequest, Reply, StoreError, status_error, unanswered
 from fsmount.stores.curl import CurlRequests
 from fsmount.stores.retries import RetryPolicy
+from fsmount.stores.tls import urllib3_tls
 
 _ANSWERS = {200, 201, 308}  # 308: a resumable upload (GCS) took a chunk and wants the next
 _REUSED_FROM = 1024 * 1024  # bodies of this many bytes or more are read into ReceiveBuffers

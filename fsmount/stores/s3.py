@@ -15,9 +15,9 @@ import botocore.utils
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from fsmount.stores.base import (AccessDenied, ListPage, NoSuchContainer, NotFound, ObjectInfo, PreconditionFailed,
-                                 RangeRequest, Reply, Request, Store, Throttled, TooLarge, Unavailable, content_md5,
-                                 metadata_of, read_part, status_error, uploaded)
+from fsmount.stores.base import (AccessDenied, CertificateRefused, ListPage, NoSuchContainer, NotFound, ObjectInfo,
+                                 PreconditionFailed, RangeRequest, Reply, Request, Store, Throttled, TooLarge, Unavailable,
+                                 content_md5, metadata_of, read_part, status_error, unanswered, uploaded)
 from fsmount.stores.ranges import RangeFetcher
 from fsmount.stores.retries import RetryPolicy
 from fsmount.stores.s3_signing import PROBE, LoopCredentials, Presigner, addressing_style, refresh_in_time
@@ -52,7 +52,7 @@ def _errors(what: str):
     except botocore.exceptions.NoCredentialsError:
         raise AccessDenied(f"{what}: no credentials") from None
     except (botocore.exceptions.BotoCoreError, asyncio.TimeoutError, ConnectionError) as error:
-        raise Unavailable(f"{what}: {type(error).__name__}") from None
+        raise unanswered(what, error) from None
 
 
 def _parse_timestamp(text: str) -> datetime.datetime:
@@ -157,7 +157,7 @@ class S3Endpoint:
         if bucket not in self._regions:
             try:
                 headers = await self._bucket_headers(bucket)
-            except (Throttled, Unavailable) as error:
+            except (Throttled, Unavailable, CertificateRefused) as error:
                 log.warning("bucket %s: its region is unknown (%s): its requests are signed for %s",
                             bucket, error.strerror, self.region)
                 return self.region
@@ -179,7 +179,7 @@ class S3Endpoint:
                     if status == 429 or status >= 500:
                         raise status_error(status, f"HEAD BUCKET {bucket}: {status}") from None
                 except (botocore.exceptions.BotoCoreError, asyncio.TimeoutError, ConnectionError) as error:
-                    raise Unavailable(f"HEAD BUCKET {bucket}: {type(error).__name__}") from None
+                    raise unanswered(f"HEAD BUCKET {bucket}", error) from None
         return response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
 
     async def close(self):

@@ -18,44 +18,47 @@ class Stores:
     """Makes the stores of a tree's volumes. The S3 volumes of one server with one set of credentials share a client and
     a connection pool, as large as the largest `max_connections` among them."""
 
-    def __init__(self, cache_dir: str, retries: RetryPolicy = RetryPolicy()):
-        """CACHE_DIR: the block cache's, beside which a store may keep files of its own. RETRIES: every store's."""
+    def __init__(self, cache_dir: str, retries: RetryPolicy = RetryPolicy(), ca_bundles: dict[str, str] | None = None):
+        """CACHE_DIR: the block cache's, beside which a store may keep files of its own. RETRIES: every store's.
+        CA_BUNDLES: the file fetched for each CA bundle URL a `verify` names (fsmount.stores.tls)."""
         self._cache_dir = cache_dir
         self._retries = retries
+        self._ca_bundles = ca_bundles or {}
         self._s3_endpoints: dict[tuple, "S3Endpoint"] = {}
 
     def store_for(self, source: ObjectSource, read_only: bool = True) -> Store:
         """READ_ONLY: the volume changes nothing, so what the store signs for it may only read and list."""
+        verify = self._ca_bundles.get(source.verify, source.verify)
         if isinstance(source, S3Source):
             from fsmount.stores.s3 import S3Store
-            return S3Store(source.bucket, self._s3_endpoint(source), extra_args=source.extra_args,
+            return S3Store(source.bucket, self._s3_endpoint(source, verify), extra_args=source.extra_args,
                            request_payer=source.request_payer, multipart=source.credentials.multipart)
         if isinstance(source, AzureSource):
             from fsmount.stores.azure import AzureStore
             return AzureStore(source.account, source.bucket, source.credentials, endpoint=source.endpoint,
-                              verify=source.verify, max_connections=source.max_connections, read_only=read_only,
+                              verify=verify, max_connections=source.max_connections, read_only=read_only,
                               retries=self._retries)
         if isinstance(source, GcsSource):
             from fsmount.stores.gcs import GcsStore
-            return GcsStore(source.bucket, source.credentials, endpoint=source.endpoint,
+            return GcsStore(source.bucket, source.credentials, endpoint=source.endpoint, verify=verify,
                             max_connections=source.max_connections, retries=self._retries)
         if isinstance(source, UrlSource):
             from fsmount.stores.urls import UrlStore
-            return UrlStore(source.files, os.path.join(self._cache_dir, "spool"), verify=source.verify,
+            return UrlStore(source.files, os.path.join(self._cache_dir, "spool"), verify=verify,
                             max_connections=source.max_connections, retries=self._retries)
         if isinstance(source, IpfsSource):
             from fsmount.stores.ipfs import IpfsStore
             return IpfsStore(source.bucket, source.path, os.path.join(self._cache_dir, "ipfs"), api=source.api,
-                             gateway=source.gateway, max_connections=source.max_connections,
+                             gateway=source.gateway, verify=verify, max_connections=source.max_connections,
                              retries=self._retries)
         raise TypeError(f"no store for {type(source).__name__}")
 
-    def _s3_endpoint(self, source: S3Source) -> "S3Endpoint":
+    def _s3_endpoint(self, source: S3Source, verify: bool | str) -> "S3Endpoint":
         from fsmount.stores.s3 import S3Endpoint
         credentials = source.credentials
         chain = credentials.use_credentials_chain
         key, secret = (None, None) if chain else (credentials.key, credentials.secret)
-        reach = (source.endpoint, credentials.region, key, secret, credentials.verify)
+        reach = (source.endpoint, credentials.region, key, secret, verify)
         endpoint = self._s3_endpoints.get(reach)
         if endpoint is None:
             endpoint = self._s3_endpoints[reach] = S3Endpoint(*reach, max_connections=source.max_connections,

@@ -20,10 +20,10 @@ import aiohttp
 import urllib3
 
 from fsmount.stores.base import (CertificateRefused, ListPage, NotFound, ObjectInfo, PreconditionFailed, RangeRequest,
-                                 ReadOnlyStore, Unavailable, aiohttp_tls, read_part, redact_url, status_error, unanswered,
-                                 urllib3_tls)
+                                 ReadOnlyStore, Unavailable, read_part, redact_url, status_error, unanswered)
 from fsmount.stores.ranges import RangeFetcher
 from fsmount.stores.retries import RetryPolicy
+from fsmount.stores.tls import aiohttp_tls, urllib3_tls
 
 _SIZE = "size:"
 _HEAD_REFUSED = {403, 405, 501}  # starts the version of a URL whose server names neither an ETag nor a time
