@@ -287,7 +287,7 @@ class Server:
 
         async def put(key, data):
             async with slots:
-                await self.store.put(key, data)
+                await asyncio.to_thread(self.store.upload_bytes, key, data)
 
         async def put_all():
             await asyncio.gather(*(put(key, data) for key, data in jobs))
