@@ -99,3 +99,48 @@ def test_retries_in_the_config(tmp_path):
         load_config(write_config(tmp_path, "retries { attempts: 0 }\n" + volumes))
     with pytest.raises(ConfigError, match="retries.tries"):
         load_config(write_config(tmp_path, "retries { tries: 3 }\n" + volumes))
+
+
+def test_call_tries_once_outside_stamina_then_follows_the_policy():
+    failures = [status_error(503, "GET a: 503", retry_after="0.3"), Unavailable("GET a: reset")]
+    tries = []
+
+    def attempt():
+        tries.append(time.monotonic())
+        if failures:
+            raise failures.pop(0)
+        return "done"
+
+    assert RetryPolicy(attempts=3).call(attempt) == "done"
+    assert len(tries) == 3 and tries[1] - tries[0] >= 0.3  # the first failure's Retry-After was waited
+
+
+def test_call_counts_the_first_try_among_the_attempts_and_raises_answers_at_once():
+    def throttled():
+        raise Throttled("GET a: 503")
+
+    count = 0
+
+    def counted():
+        nonlocal count
+        count += 1
+        throttled()
+
+    with pytest.raises(Throttled):
+        RetryPolicy(attempts=3).call(counted)
+    assert count == 3
+    with pytest.raises(NotFound):
+        RetryPolicy().call(lambda: (_ for _ in ()).throw(NotFound("GET a: 404")))
+
+
+async def test_call_async_retries_on_the_trio_loop():
+    failures = [Throttled("GET a: 503")]
+
+    async def attempt():
+        if failures:
+            raise failures.pop()
+        return "done"
+
+    with trio.fail_after(10):
+        assert await RetryPolicy().call_async(attempt) == "done"
+    assert not failures

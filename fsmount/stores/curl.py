@@ -66,12 +66,13 @@ class CurlRequests:
 
     async def _retried(self, method: str, url: str, body: bytes | None, headers: dict[str, str], what: str,
                        answers: set[int]) -> Reply:
-        async for attempt in self.retries.attempts_of():
-            with attempt:
-                reply = await self._perform(method, url, body, headers, what)
-                if reply.status in answers:
-                    return reply
-                raise status_error(reply.status, f"{what}: {reply.status}", reply.headers.get("retry-after"))
+        async def attempt() -> Reply:
+            reply = await self._perform(method, url, body, headers, what)
+            if reply.status in answers:
+                return reply
+            raise status_error(reply.status, f"{what}: {reply.status}", reply.headers.get("retry-after"))
+
+        return await self.retries.call_async(attempt)
 
     async def _perform(self, method: str, url: str, body: bytes | None, headers: dict[str, str], what: str) -> Reply:
         if self._timer_changed is None:

@@ -111,9 +111,7 @@ class RangeFetcher:
 
     def _send(self, method: str, url: str, headers: dict[str, str], body, what: str, answer):
         """ANSWER(response) gives the result, or None for a failure the status names."""
-        for attempt in self.retries.attempts_of():
-            with attempt:
-                return self._send_once(method, url, headers, body, what, answer)
+        return self.retries.call(lambda: self._send_once(method, url, headers, body, what, answer))
 
     def _send_once(self, method: str, url: str, headers: dict[str, str], body, what: str, answer):
         if hasattr(body, "seek"):
