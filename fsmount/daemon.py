@@ -17,6 +17,7 @@ from fsmount.cache.attributes import KnownAttributes
 from fsmount.cache.blocks import BlockCache
 from fsmount.cache.listings import KnownListings
 from fsmount.config import Config, ConfigError, VolumeConfig
+from fsmount.control import ControlServer, Handler
 from fsmount.fs.inodes import InodeTable
 from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
@@ -149,12 +150,19 @@ class Daemon:
     def volumes(self) -> list[Volume]:
         return self.operations.namespace.volumes
 
+    def commands(self) -> dict[str, Handler]:
+        """What the daemon answers on its control socket (fsmount/control.py), by command."""
+        return {}
+
     async def serve(self, mountpoint: str, ready: int | None):
         async with asyncio_loop():
             try:
                 async with trio.open_nursery() as nursery:
                     self.operations.after_init = lambda: nursery.start_soon(_raise_kernel_read_ahead, mountpoint)
                     await nursery.start(_terminate_on_signal)
+                    control = ControlServer(mountpoint)
+                    control.commands.update(self.commands())
+                    await nursery.start(control.serve)
                     nursery.start_soon(_hand_back_idle_buffers)
                     await nursery.start(self.prefetcher.run)
                     if self.cache is not None:
@@ -204,7 +212,7 @@ def _return_large_buffers_to_the_system():
 def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bool):
     """Mounts and serves; returns once unmounted. In the background, the caller's process exits
     as soon as the mount is live and the daemon serves it."""
-    mountpoint = os.path.abspath(mountpoint)
+    mountpoint = os.path.realpath(mountpoint)
     try:
         if not stat.S_ISDIR(os.stat(mountpoint).st_mode):
             raise MountError(f"mount point {mountpoint} is not a directory")
