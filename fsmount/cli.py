@@ -1,17 +1,18 @@
-"""The command line: `fsmount mount|check|status|sync|umount|publish` and the mount(8) helper `mount.fsmount`."""
+"""The command line: `fsmount mount|check|status|sync|umount|publish|warm` and the mount(8) helper `mount.fsmount`."""
 import argparse
 import errno
+import json
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 
-from fsmount.cache.listings import counts as listing_counts
+from fsmount import control
 from fsmount.config import IPFS_API_ENV, Config, ConfigError, load_config, load_publish_target
 from fsmount.stores.base import redact_url
 from fsmount.daemon import MountError, mount, parse_mount_options
-from fsmount.staging.area import CLOSED, read_journal
+from fsmount.staging.area import read_journal
+from fsmount.status import describe as describe_status, from_journal as status_of_journal
 from fsmount.stores.base import Store
 from fsmount.stores.gcs import GcsStore
 from fsmount.units import format_size, format_ttl
@@ -27,8 +28,10 @@ def main(argv=None) -> int:
     mount_parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
     check_parser = commands.add_parser("check", help="validate a config and print its mount table")
     check_parser.add_argument("config")
-    status_parser = commands.add_parser("status", help="list files waiting for upload and files kept aside")
-    status_parser.add_argument("config")
+    status_parser = commands.add_parser("status", help="what a running mount is doing; or, given a config, what waits "
+                                                       "in its staging area")
+    status_parser.add_argument("target", metavar="MOUNTPOINT|CONFIG")
+    status_parser.add_argument("--json", action="store_true", help="the running daemon's state as JSON")
     sync_parser = commands.add_parser("sync", help="upload every file closed under PATH now, and wait")
     sync_parser.add_argument("path", nargs="?", default=".", help="a file or directory in a mount (default: .)")
     umount_parser = commands.add_parser("umount", help="unmount; the daemon then exits")
@@ -47,7 +50,7 @@ def main(argv=None) -> int:
     if args.command == "check":
         return _run(lambda: print(describe(load_config(args.config))))
     if args.command == "status":
-        return _run(lambda: print(status(load_config(args.config))))
+        return status(args.target, args.json)
     if args.command == "sync":
         return sync(args.path)
     if args.command == "umount":
@@ -116,6 +119,30 @@ def publish(directory: str, to: str, config_file: str | None, endpoint: str | No
         return 130
     print(result)
     return 0
+
+
+def status(target: str, as_json: bool) -> int:
+    """The state of the daemon serving the mount TARGET (or the mount holding it); for a config file, its journal."""
+    if not os.path.isdir(target):
+        if as_json:
+            print(f"fsmount status: --json needs a running daemon: give its mount point, not {target}", file=sys.stderr)
+            return 1
+        return _run(lambda: print(status_of_journal(load_config(target))))
+    try:
+        mountpoint = _mount_of(target)
+        state = control.ask(mountpoint, "status")
+    except (control.NotServing, control.CommandFailed, OSError) as error:
+        print(f"fsmount status: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(state, indent=2) if as_json else describe_status(state, mountpoint))
+    return 0
+
+
+def _mount_of(path: str) -> str:
+    mountpoint = control.mount_holding(path)
+    if mountpoint is None:
+        raise control.NotServing(f"{path} is in no fsmount mount")
+    return mountpoint
 
 
 def umount(mountpoint: str, lazy: bool) -> int:
@@ -188,23 +215,4 @@ def describe(config: Config) -> str:
         lines.append(f"{volume.name:<{width}}  {'ro' if volume.read_only else 'rw'}    {redact_url(volume.source)}{note}")
         if volume.chosen:
             lines.append(f"{'':<{width}}        served from {volume.chosen}")
-    return "\n".join(lines)
-
-
-def status(config: Config) -> str:
-    """What `fsmount status` prints: the staged files that wait for an upload, and the files kept aside."""
-    staging = config.staging
-    pending, kept = read_journal(staging.dir)
-    waiting = [entry for entry in pending if entry.state == CLOSED]
-    lines = [f"staging      {staging.dir}: at most {format_size(staging.max_size)}",
-             f"uploads      {len(waiting)} waiting, {len(pending) - len(waiting)} files open for writing"]
-    for entry in waiting:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.since))
-        lines.append(f"  waiting    {format_size(entry.size):>10}  since {since}  {entry.store}/{entry.key}  ({entry.path})"
-                     + (f"\n             last upload failed: {entry.error}" if entry.error else ""))
-    lines.append(f"kept aside   {len(kept)} files that were never closed, so never uploaded"
-                 + (":" if kept else ""))
-    lines += [f"  {path}" for path in kept]
-    directories, entries = listing_counts(config.cache.dir)
-    lines.append(f"listings     {directories} directories of {entries} entries kept in {config.cache.dir}")
     return "\n".join(lines)

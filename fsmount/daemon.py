@@ -8,6 +8,7 @@ import resource
 import signal
 import stat
 import sys
+import time
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -22,6 +23,7 @@ from fsmount.fs.inodes import InodeTable
 from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
 from fsmount.staging.area import StagingArea
+from fsmount.status import gather as gather_status
 from fsmount.stores.aio import TrioStore, asyncio_loop
 from fsmount.stores.ranges import receive_buffers
 from fsmount.stores.sources import Stores
@@ -104,6 +106,7 @@ class Daemon:
 
     def __init__(self, config: Config, options: MountOptions):
         self.config = config
+        self.started = time.monotonic()
         self.uid = config.uid if options.uid is None else options.uid
         self.gid = config.gid if options.gid is None else options.gid
         self.cache: BlockCache | None = None
@@ -152,7 +155,10 @@ class Daemon:
 
     def commands(self) -> dict[str, Handler]:
         """What the daemon answers on its control socket (fsmount/control.py), by command."""
-        return {}
+        async def status(request: dict, report) -> dict:
+            return gather_status(self)
+
+        return {"status": status}
 
     async def serve(self, mountpoint: str, ready: int | None):
         async with asyncio_loop():

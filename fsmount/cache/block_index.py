@@ -66,6 +66,9 @@ class BlockIndex:
     def size(self) -> int:
         return self._db.execute("SELECT coalesce(sum(size), 0) FROM blocks").fetchone()[0]
 
+    def count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM blocks WHERE ready = 1").fetchone()[0]
+
     def has(self, name: str) -> bool:
         return self._db.execute("SELECT 1 FROM blocks WHERE name = ? AND ready = 1", (name,)).fetchone() is not None
 

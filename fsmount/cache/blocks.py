@@ -425,6 +425,9 @@ class BlockCache:
         self._remove(name, size, place)
         return False
 
+    def blocks(self) -> int:
+        return self._index.count()
+
     def unread(self) -> int:
         """How many blocks filled ahead of their readers wait in memory for them."""
         return self._filled.unread()

@@ -72,6 +72,7 @@ class StagedFile:
         self.discarded = False  # unlinked: never uploaded, gone with its last handle
         self.sparse = False  # written or truncated past its end, leaving a hole
         self.stored = None  # what the store holds of the file (its volume's ObjectInfo), once it holds it all
+        self.error: str | None = None  # why its last upload failed
         self.lock = trio.Lock()  # one upload, fill or rename of the file at a time
 
     @property
@@ -205,6 +206,7 @@ class StagingArea:
     def failed(self, staged: StagedFile, error: str | None):
         """Why STAGED's last upload failed (None: it did not), for `fsmount status` and `fsmount sync`."""
         self._db.execute("UPDATE staged SET error = ? WHERE id = ?", (error, staged.row))
+        staged.error = error
 
     def rename(self, staged: StagedFile, key: str):
         self._db.execute("UPDATE staged SET key = ? WHERE id = ?", (key, staged.row))
@@ -279,8 +281,13 @@ def read_journal(directory: str) -> tuple[list[Pending], list[str]]:
     for row, store, key, state, since, error in rows:
         path = os.path.join(files, str(row))
         pending.append(Pending(store, key, state, _size_of(path), since, path, error))
+    return pending, kept_files(directory)
+
+
+def kept_files(directory: str) -> list[str]:
+    """The files kept aside under the staging DIRECTORY: never closed, so never uploaded."""
     kept = os.path.join(directory, "kept")
-    return pending, sorted(os.path.join(kept, name) for name in os.listdir(kept)) if os.path.isdir(kept) else []
+    return sorted(os.path.join(kept, name) for name in os.listdir(kept)) if os.path.isdir(kept) else []
 
 
 def _size_of(path: str) -> int:

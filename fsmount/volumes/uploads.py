@@ -98,6 +98,11 @@ class Uploads:
         """Files closed and not uploaded yet: waiting, failed or on their way."""
         return [*self._due, *self._uploading]
 
+    def counts(self) -> tuple[int, int, list[tuple[StagedFile, int]]]:
+        """How many files wait for their upload, how many are on their way, and the failing ones with how many
+        times they failed in a row."""
+        return len(self._due), len(self._uploading), list(self._failures.items())
+
     def is_pending(self, staged: StagedFile) -> bool:
         return staged in self._due or staged in self._uploading
 
