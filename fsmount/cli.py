@@ -5,14 +5,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.parse
 
 from fsmount import control
 from fsmount.config import IPFS_API_ENV, Config, ConfigError, load_config, load_publish_target
 from fsmount.stores.base import redact_url
 from fsmount.daemon import MountError, mount, parse_mount_options
+from fsmount.progress import Progress
 from fsmount.staging.area import read_journal
 from fsmount.status import describe as describe_status, from_journal as status_of_journal
+from fsmount.warm import summary as warm_summary
 from fsmount.stores.base import Store
 from fsmount.stores.gcs import GcsStore
 from fsmount.units import format_size, format_ttl
@@ -34,6 +37,10 @@ def main(argv=None) -> int:
     status_parser.add_argument("--json", action="store_true", help="the running daemon's state as JSON")
     sync_parser = commands.add_parser("sync", help="upload every file closed under PATH now, and wait")
     sync_parser.add_argument("path", nargs="?", default=".", help="a file or directory in a mount (default: .)")
+    warm_parser = commands.add_parser("warm", help="fill the block cache with the files under PATHs of a running mount")
+    warm_parser.add_argument("paths", nargs="*", metavar="PATH")
+    warm_parser.add_argument("--from", dest="manifest", metavar="FILE", help="paths to warm, one a line ('-': stdin)")
+    warm_parser.add_argument("--jobs", type=int, default=8, help="blocks fetched at once (default: 8)")
     umount_parser = commands.add_parser("umount", help="unmount; the daemon then exits")
     umount_parser.add_argument("mountpoint")
     umount_parser.add_argument("-l", "--lazy", action="store_true", help="detach now, even while files are open")
@@ -53,6 +60,8 @@ def main(argv=None) -> int:
         return status(args.target, args.json)
     if args.command == "sync":
         return sync(args.path)
+    if args.command == "warm":
+        return warm(args.paths, args.manifest, args.jobs)
     if args.command == "umount":
         return umount(args.mountpoint, args.lazy)
     return _run(lambda: _mount(args.config, args.mountpoint, args.options, args.foreground))
@@ -97,7 +106,7 @@ def publish(directory: str, to: str, config_file: str | None, endpoint: str | No
     try:
         if not os.path.isdir(directory):
             raise OSError(errno.ENOTDIR, f"{directory}: not a directory")
-        progress = publishing.Progress(publishing.file_bytes(directory))
+        progress = Progress(publishing.file_bytes(directory), "publish", "read")
         scheme = to.partition("://")[0]
         if to == "ipfs":
             from fsmount.publish_ipfs import publish_ipfs
@@ -143,6 +152,50 @@ def _mount_of(path: str) -> str:
     if mountpoint is None:
         raise control.NotServing(f"{path} is in no fsmount mount")
     return mountpoint
+
+
+def warm(paths: list[str], manifest: str | None, jobs: int) -> int:
+    """Fills the cache with the files under PATHS and those FILE lists, through the daemon of each one's mount."""
+    if manifest is not None:
+        try:
+            with sys.stdin if manifest == "-" else open(manifest) as lines:
+                paths = paths + [line.rstrip("\n") for line in lines if line.strip()]
+        except OSError as error:
+            print(f"fsmount warm: {manifest}: {error.strerror}", file=sys.stderr)
+            return 1
+    if not paths:
+        print("fsmount warm: no path given", file=sys.stderr)
+        return 1
+    by_mount: dict[str, list[str]] = {}
+    for path in paths:
+        mountpoint = control.mount_holding(path)
+        if mountpoint is None:
+            print(f"fsmount warm: {path} is in no fsmount mount", file=sys.stderr)
+            return 1
+        by_mount.setdefault(mountpoint, []).append(os.path.relpath(os.path.realpath(path), mountpoint))
+    failed = False
+    for mountpoint, inside in by_mount.items():
+        started = time.monotonic()
+        progress = None
+
+        def show(step: dict):
+            nonlocal progress
+            if progress is None:
+                progress = Progress(step["bytes_total"], "warm", "fetched or found")
+            progress.add(step["bytes"] - progress.done, f"{step['files']}/{step['files_total']} files")
+
+        try:
+            result = control.ask(mountpoint, "warm", show, paths=[path if path != "." else "" for path in inside],
+                                 jobs=jobs)
+        except (control.NotServing, control.CommandFailed, OSError) as error:
+            print(f"fsmount warm: {error}", file=sys.stderr)
+            return 1
+        finally:
+            if progress is not None:
+                progress.finish()
+        print(warm_summary(result, time.monotonic() - started))
+        failed |= bool(result["failed"])
+    return 1 if failed else 0
 
 
 def umount(mountpoint: str, lazy: bool) -> int:

@@ -24,6 +24,7 @@ from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
 from fsmount.staging.area import StagingArea
 from fsmount.status import gather as gather_status
+from fsmount.warm import warm as warm_cache
 from fsmount.stores.aio import TrioStore, asyncio_loop
 from fsmount.stores.ranges import receive_buffers
 from fsmount.stores.sources import Stores
@@ -158,7 +159,10 @@ class Daemon:
         async def status(request: dict, report) -> dict:
             return gather_status(self)
 
-        return {"status": status}
+        async def warm(request: dict, report) -> dict:
+            return await warm_cache(self.operations.namespace, self.cache, request["paths"], request["jobs"], report)
+
+        return {"status": status, "warm": warm}
 
     async def serve(self, mountpoint: str, ready: int | None):
         async with asyncio_loop():

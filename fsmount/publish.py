@@ -12,19 +12,17 @@ import contextlib
 import hashlib
 import os
 import stat
-import sys
 import tarfile
 import threading
 import uuid
 
-import tqdm
 import trio
 
 from fsmount.config import PublishTarget
+from fsmount.progress import Progress
 from fsmount.stores.aio import TrioStore, asyncio_loop
 from fsmount.stores.base import Store
 from fsmount.stores.sources import Stores
-from fsmount.units import format_size
 
 CHECKSUM_KEY = "sha256"  # the metadata key of a published tarball's SHA-256, in hex
 
@@ -44,34 +42,6 @@ def walk(root: str, relative: str = ""):
 def file_bytes(root: str) -> int:
     """The bytes of the regular files below ROOT: what a publish reads."""
     return sum(info.st_size for _, _, info in walk(root) if stat.S_ISREG(info.st_mode))
-
-
-class Progress:
-    """How many of the tree's file bytes have been read: on a terminal tqdm's bar (bytes, rate, time left); else a
-    plain line per tenth."""
-
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.done = total, 0
-        self._stream = stream
-        self._bar = tqdm.tqdm(total=total, desc="publish", unit="B", unit_scale=True, unit_divisor=1024,
-                              file=stream) if stream.isatty() else None
-        self._tenths = 0  # shown, without a terminal
-        self._lock = threading.Lock()
-
-    def add(self, size: int):
-        with self._lock:
-            self.done += size
-            if self._bar is not None:
-                self._bar.update(size)
-            elif self.done * 10 // max(self.total, 1) > self._tenths:
-                self._tenths = self.done * 10 // max(self.total, 1)
-                share = self.done * 100 // max(self.total, 1)
-                print(f"publish: {share:3d}%  {format_size(self.done)} of {format_size(self.total)} read",
-                      file=self._stream, flush=True)
-
-    def finish(self):
-        if self._bar is not None:
-            self._bar.close()
 
 
 class _Counted:
