@@ -20,6 +20,8 @@ from fsmount.stores.base import Store
 from fsmount.stores.gcs import GcsStore
 from fsmount.units import format_size, format_ttl
 
+_STATUS_TIMEOUT = 30  # seconds: a daemon that takes longer to say how it is, is not well
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fsmount", description="One FUSE tree over object stores and linked host paths.")
@@ -139,7 +141,7 @@ def status(target: str, as_json: bool) -> int:
         return _run(lambda: print(status_of_journal(load_config(target))))
     try:
         mountpoint = _mount_of(target)
-        state = control.ask(mountpoint, "status")
+        state = control.ask(mountpoint, "status", timeout=_STATUS_TIMEOUT)
     except (control.NotServing, control.CommandFailed, OSError) as error:
         print(f"fsmount status: {error}", file=sys.stderr)
         return 1

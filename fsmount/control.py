@@ -125,10 +125,12 @@ async def _send(stream: trio.SocketStream, message: dict):
     await stream.send_all(json.dumps(message).encode() + b"\n")
 
 
-def ask(mountpoint: str, command: str, progress: Callable[[dict], None] | None = None, **arguments):
+def ask(mountpoint: str, command: str, progress: Callable[[dict], None] | None = None, timeout: float | None = None,
+        **arguments):
     """Sends COMMAND with ARGUMENTS to the daemon serving MOUNTPOINT and returns its result; PROGRESS is
-    called with each progress line on the way."""
+    called with each progress line on the way. TIMEOUT: seconds to wait for each line, at most (TimeoutError)."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.settimeout(timeout)
     try:
         try:
             connection.connect(socket_path(os.path.realpath(mountpoint)))
