@@ -40,6 +40,35 @@ def _log_stray_error(loop, context: dict):
 class TrioStore:
     def __init__(self, store: Store):
         self.store = store
+        self._in_flight: dict[Store, int] = {}  # calls under way, by the store that serves them
+        self._call_ended: trio.Event | None = None  # set when one ends, for whoever waits on one
+
+    @contextlib.contextmanager
+    def _using(self):
+        """The store that serves a call from start to end, even when another replaces it meanwhile."""
+        store = self.store
+        self._in_flight[store] = self._in_flight.get(store, 0) + 1
+        try:
+            yield store
+        finally:
+            self._in_flight[store] -= 1
+            if not self._in_flight[store]:
+                del self._in_flight[store]
+            if self._call_ended is not None:
+                self._call_ended.set()
+                self._call_ended = None
+
+    async def replace(self, store: Store, task_status=trio.TASK_STATUS_IGNORED):
+        """STORE (the same bucket, reached with other credentials) serves every call from now on, once it is open;
+        the store it replaces is closed once the calls it serves are done."""
+        await aio_as_trio(store.open)()
+        old, self.store = self.store, store
+        task_status.started()
+        while old in self._in_flight:
+            self._call_ended = self._call_ended or trio.Event()
+            await self._call_ended.wait()
+        with trio.CancelScope(shield=True):
+            await aio_as_trio(old.close)()
 
     @property
     def identity(self) -> str:
@@ -75,11 +104,13 @@ class TrioStore:
         await aio_as_trio(self.store.close)()
 
     async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
-        return await aio_as_trio(self.store.stat)(key, pinned)
+        with self._using() as store:
+            return await aio_as_trio(store.stat)(key, pinned)
 
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:
-        return await aio_as_trio(self.store.list_page)(prefix, delimiter, token, page_size)
+        with self._using() as store:
+            return await aio_as_trio(store.list_page)(prefix, delimiter, token, page_size)
 
     async def list(self, prefix: str, delimiter: str = "/", page_size: int | None = None) -> AsyncIterator[ListPage]:
         """Every page in turn. A trio generator on this side of the seam, so it may be resumed from any
@@ -97,11 +128,12 @@ class TrioStore:
         small range whose request can be signed at once is fetched on the event loop, the rest from worker threads."""
         for fresh in (False, True):
             try:
-                if length < SMALL_REQUEST and self.store.signs_at_once():
-                    request = self.store.range_request(key, start, length, version, fresh)
-                    return await self.store.fetcher.small_requests.get(request)
-                return await trio.to_thread.run_sync(self.store.read_range, key, start, length, version, fresh,
-                                                     abandon_on_cancel=True)
+                with self._using() as store:
+                    if length < SMALL_REQUEST and store.signs_at_once():
+                        request = store.range_request(key, start, length, version, fresh)
+                        return await store.fetcher.small_requests.get(request)
+                    return await trio.to_thread.run_sync(store.read_range, key, start, length, version, fresh,
+                                                         abandon_on_cancel=True)
             except AccessDenied:  # perhaps a signature that expired early, with the credentials it was made with
                 if fresh:
                     raise
@@ -109,10 +141,11 @@ class TrioStore:
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         """Makes KEY of DATA in one request: a small one on the event loop, when it can be signed at once;
         else from a worker thread (the seam and asyncio's thread cost ~1 ms of ~8)."""
-        if len(data) < SMALL_REQUEST and self.store.signs_at_once():
-            reply = await self.store.fetcher.small_requests.send(self.store.put_request(key, data, metadata))
-            return self.store.put_result(key, len(data), metadata, reply)
-        return await trio.to_thread.run_sync(self.store.upload_bytes, key, data, metadata, abandon_on_cancel=True)
+        with self._using() as store:
+            if len(data) < SMALL_REQUEST and store.signs_at_once():
+                reply = await store.fetcher.small_requests.send(store.put_request(key, data, metadata))
+                return store.put_result(key, len(data), metadata, reply)
+            return await trio.to_thread.run_sync(store.upload_bytes, key, data, metadata, abandon_on_cancel=True)
 
     async def put_file(self, key: str, path: str, threshold: int, part_size: int, parallel: int,
                        metadata: dict[str, str] | None = None) -> ObjectInfo:
@@ -122,29 +155,37 @@ class TrioStore:
         if size < min(SMALL_REQUEST, threshold + 1):
             with open(path, "rb") as stream:  # a few pages, in the page cache: read on the loop
                 return await self.put(key, stream.read(), metadata)
-        if size <= threshold:
-            return await trio.to_thread.run_sync(self.store.upload_file, key, path, metadata, abandon_on_cancel=True)
-        return await aio_as_trio(self.store.put_in_parts)(key, path, part_size, parallel, metadata)
+        with self._using() as store:
+            if size <= threshold:
+                return await trio.to_thread.run_sync(store.upload_file, key, path, metadata, abandon_on_cancel=True)
+            return await aio_as_trio(store.put_in_parts)(key, path, part_size, parallel, metadata)
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
-        return await aio_as_trio(self.store.start_upload)(key, metadata)
+        with self._using() as store:
+            return await aio_as_trio(store.start_upload)(key, metadata)
 
     async def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
-        return await trio.to_thread.run_sync(self.store.upload_part, key, upload, number, path, offset, size,
-                                             abandon_on_cancel=True)
+        with self._using() as store:
+            return await trio.to_thread.run_sync(store.upload_part, key, upload, number, path, offset, size,
+                                                 abandon_on_cancel=True)
 
     async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
                               metadata: dict[str, str] | None = None) -> ObjectInfo:
-        return await aio_as_trio(self.store.complete_upload)(key, upload, parts, size, metadata)
+        with self._using() as store:
+            return await aio_as_trio(store.complete_upload)(key, upload, parts, size, metadata)
 
     async def abort_upload(self, key: str, upload: str):
-        await aio_as_trio(self.store.abort_upload)(key, upload)
+        with self._using() as store:
+            await aio_as_trio(store.abort_upload)(key, upload)
 
     async def version_id(self, key: str) -> str | None:
-        return await aio_as_trio(self.store.version_id)(key)
+        with self._using() as store:
+            return await aio_as_trio(store.version_id)(key)
 
     async def delete(self, key: str):
-        await aio_as_trio(self.store.delete)(key)
+        with self._using() as store:
+            await aio_as_trio(store.delete)(key)
 
     async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
-        return await aio_as_trio(self.store.copy)(source_key, key, metadata)
+        with self._using() as store:
+            return await aio_as_trio(store.copy)(source_key, key, metadata)
