@@ -77,6 +77,17 @@ class InodeTable:
         parent.entries[name] = node
         return node
 
+    def unpin(self, node: Node):
+        """NODE, pinned, leaves the tree, and with it every node of its volume (a volume's root): the kernel's
+        requests for them get ESTALE from now on."""
+        del node.parent.entries[node.name]
+        gone = [other for other in self._by_inode.values() if other.volume is node.volume] if node.volume is not None else [node]
+        for other in gone:
+            del self._by_inode[other.inode]
+            for parent, name in [(other.parent, other.name), *other.links]:
+                self._unmap(other, parent, name)
+            self._identify(other, None)
+
     def child(self, parent: Node, name: str, attrs=None) -> Node:
         """The node for NAME in a volume directory, made if new; the caller counts the lookup. ATTRS, if
         given, may show a hard link of a file known by another name: then it is that file's node."""

@@ -18,21 +18,48 @@ class Namespace:
     def __init__(self, inodes: InodeTable, volumes: list[tuple[Path, Volume, bool]], uid: int, gid: int):
         """VOLUMES: (path in the tree, volume, read_only) for each; paths neither repeat nor nest."""
         self.inodes = inodes
-        self.volumes = [volume for _, volume, _ in volumes]
-        # With none, xattr requests get ENOSYS, and the kernel stops sending them for the mount.
-        self.xattrs = any(volume.has_xattrs for volume in self.volumes)
-        self._read_only = {id(volume): read_only for _, volume, read_only in volumes}
+        self.volumes: list[Volume] = []
+        self._read_only: dict[int, bool] = {}
+        # False: xattr requests get ENOSYS, and the kernel stops sending them for the mount, so it never turns back.
+        self.xattrs = False
         now = time.time_ns()
         self._virtual = Attrs(stat.S_IFDIR | 0o555, nlink=2, uid=uid, gid=gid, atime_ns=now, mtime_ns=now, ctime_ns=now)
-        for path, volume, _ in volumes:
-            parent = inodes.root
-            for name in path[:-1]:
-                parent = parent.entries.get(name) or inodes.pin(parent, name)
-            inodes.pin(parent, path[-1], volume)
+        for path, volume, read_only in volumes:
+            self.add(path, volume, read_only)
+
+    def add(self, path: Path, volume: Volume, read_only: bool) -> tuple[Node, str]:
+        """Puts VOLUME at PATH, which no volume holds, nor lies in or under; returns the parent and name of the
+        first node made, whose entry the kernel may have been told is not there."""
+        parent, made = self.inodes.root, None
+        for name in path[:-1]:
+            if name not in parent.entries:
+                made = made or (parent, name)
+                self.inodes.pin(parent, name)
+            parent = parent.entries[name]
+        self.inodes.pin(parent, path[-1], volume)
+        self.volumes.append(volume)
+        self._read_only[id(volume)] = read_only
+        self.xattrs = self.xattrs or volume.has_xattrs
+        return made or (parent, path[-1])
+
+    def remove(self, path: Path) -> tuple[Node, str]:
+        """Takes the volume at PATH out of the tree, with the virtual directories it leaves empty; returns the
+        parent and name of the highest node gone, whose entry the kernel must forget."""
+        node = self.inodes.root
+        for name in path:
+            node = node.entries[name]
+        self.volumes.remove(node.volume)
+        del self._read_only[id(node.volume)]
+        while node.parent is not self.inodes.root and len(node.parent.entries) == 1:
+            node = node.parent
+        parent, name = node.parent, node.name
+        for below in _pinned_below(node):
+            self.inodes.unpin(below)
+        return parent, name
 
     def writable(self, node: Node) -> Volume:
         """The volume that may change NODE; EROFS for virtual directories and read-only volumes."""
-        if node.volume is None or self._read_only[id(node.volume)]:
+        if node.volume is None or self._read_only.get(id(node.volume), True):  # not there: a reload removed it
             raise OSError(errno.EROFS, "read-only")
         return node.volume
 
@@ -85,6 +112,13 @@ class Namespace:
             "f_blocks": total // _STATFS_BLOCK, "f_bfree": free // _STATFS_BLOCK, "f_bavail": avail // _STATFS_BLOCK,
             "f_files": files, "f_ffree": ffree, "f_favail": ffree,
         }
+
+
+def _pinned_below(node: Node) -> list[Node]:
+    """NODE and the pinned nodes under it, deepest first."""
+    if node.volume is not None:
+        return [node]
+    return [below for child in node.entries.values() for below in _pinned_below(child)] + [node]
 
 
 class _Listing(DirHandle):

@@ -67,6 +67,7 @@ class Operations(pyfuse3.Operations):
         self.inodes: InodeTable = namespace.inodes
         self._handles: dict[int, _Open] = {}
         self._numbers = itertools.count(1)
+        self._released: trio.Event | None = None  # set at the next release, for whoever waits on one
         self.after_init = None  # called once the kernel's INIT has been answered
 
     def init(self):
@@ -114,7 +115,20 @@ class Operations(pyfuse3.Operations):
         opened = self._handles.pop(number)
         opened.node.handles.discard(number)
         self.inodes.drop_if_unused(opened.node)
+        if self._released is not None:
+            self._released.set()
+            self._released = None
         return opened
+
+    def opened_in(self, volume) -> int:
+        """How many files and directories of VOLUME are open."""
+        return sum(opened.node.volume is volume for opened in self._handles.values())
+
+    async def unopened(self, volume):
+        """Returns once nothing of VOLUME is open."""
+        while self.opened_in(volume):
+            self._released = self._released or trio.Event()
+            await self._released.wait()
 
     # Names and attributes
 
