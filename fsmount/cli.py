@@ -1,4 +1,4 @@
-"""The command line: `fsmount mount|check|status|sync|umount|publish|warm` and the mount(8) helper `mount.fsmount`."""
+"""The command line: `fsmount mount|check|status|sync|reload|umount|publish|warm` and the mount(8) helper `mount.fsmount`."""
 import argparse
 import errno
 import json
@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     warm_parser.add_argument("paths", nargs="*", metavar="PATH")
     warm_parser.add_argument("--from", dest="manifest", metavar="FILE", help="paths to warm, one a line ('-': stdin)")
     warm_parser.add_argument("--jobs", type=int, default=8, help="blocks fetched at once (default: 8)")
+    reload_parser = commands.add_parser("reload", help="have the daemon read its config again and apply it (as SIGHUP)")
+    reload_parser.add_argument("mountpoint")
     umount_parser = commands.add_parser("umount", help="unmount; the daemon then exits")
     umount_parser.add_argument("mountpoint")
     umount_parser.add_argument("-l", "--lazy", action="store_true", help="detach now, even while files are open")
@@ -64,6 +66,8 @@ def main(argv=None) -> int:
         return sync(args.path)
     if args.command == "warm":
         return warm(args.paths, args.manifest, args.jobs)
+    if args.command == "reload":
+        return reload(args.mountpoint)
     if args.command == "umount":
         return umount(args.mountpoint, args.lazy)
     return _run(lambda: _mount(args.config, args.mountpoint, args.options, args.foreground))
@@ -198,6 +202,33 @@ def warm(paths: list[str], manifest: str | None, jobs: int) -> int:
         print(warm_summary(result, time.monotonic() - started))
         failed |= bool(result["failed"])
     return 1 if failed else 0
+
+
+def reload(mountpoint: str) -> int:
+    """Asks the daemon serving MOUNTPOINT to reload its config; prints what changed, or why the config was refused."""
+    try:
+        changes = control.ask(_mount_of(mountpoint), "reload")
+    except (control.NotServing, control.CommandFailed, OSError) as error:
+        print(f"fsmount reload: {error}", file=sys.stderr)
+        return 1
+    print(describe_reload(changes))
+    return 0
+
+
+def describe_reload(changes: dict) -> str:
+    """What `fsmount reload` prints of the daemon's answer (fsmount.reload.Changes)."""
+    lines = [f"{what:<12} {name}{note}" for key, what, note in (
+        ("added", "added", ""), ("removed", "removed", ""),
+        ("waiting", "waiting", ": files of it are open; it leaves once they are closed"),
+        ("arriving", "arriving", ": once the volume in its way has left"),
+        ("credentials", "credentials", ": new ones, for every request from now on"),
+        ("kept", "kept", ": no longer leaving")) for name in changes[key]]
+    lines += [f"{'failed':<12} {name}: {why}" for name, why in changes["failed"].items()]
+    if changes["log_level"]:
+        lines.append(f"{'log level':<12} {changes['log_level']}")
+    if changes["remount"]:
+        lines.append(f"{'remount':<12} {', '.join(changes['remount'])} changed: that takes effect at the next mount")
+    return "\n".join(lines) or "no change"
 
 
 def umount(mountpoint: str, lazy: bool) -> int:

@@ -9,7 +9,7 @@ import signal
 import stat
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyfuse3
 import trio
@@ -18,10 +18,11 @@ from fsmount.cache.attributes import KnownAttributes
 from fsmount.cache.blocks import BlockCache
 from fsmount.cache.listings import KnownListings
 from fsmount.config import Config, ConfigError, VolumeConfig
-from fsmount.control import ControlServer, Handler
+from fsmount.control import CommandFailed, ControlServer, Handler
 from fsmount.fs.inodes import InodeTable
 from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
+from fsmount.reload import Reloader
 from fsmount.staging.area import StagingArea
 from fsmount.status import gather as gather_status
 from fsmount.warm import warm as warm_cache
@@ -108,6 +109,7 @@ class Daemon:
     def __init__(self, config: Config, options: MountOptions):
         self.config = config
         self.started = time.monotonic()
+        self.options = options
         self.uid = config.uid if options.uid is None else options.uid
         self.gid = config.gid if options.gid is None else options.gid
         self.cache: BlockCache | None = None
@@ -116,13 +118,18 @@ class Daemon:
         self.staging: StagingArea | None = None
         self.stores = Stores(config.cache.dir, config.retries, _ca_bundles(config))
         self.prefetcher = Prefetcher(max(2, _READ_AHEAD_MEMORY // config.cache.block_size))
-        volumes = []
-        for volume in config.volumes:
-            read_only = volume.read_only or options.read_only
-            volumes.append((volume.path, self._volume(volume, read_only), read_only))
-        self.operations = Operations(Namespace(InodeTable(), volumes, self.uid, self.gid))
+        self.nursery: trio.Nursery | None = None  # while it serves
+        volumes = {volume.path: (volume, self.make_volume(volume)) for volume in config.volumes}
+        self.operations = Operations(Namespace(InodeTable(), [(path, made, self.read_only(volume))
+                                                              for path, (volume, made) in volumes.items()],
+                                               self.uid, self.gid))
+        self.reloader = Reloader(self, volumes)
 
-    def _volume(self, volume: VolumeConfig, read_only: bool) -> Volume:
+    def read_only(self, volume: VolumeConfig) -> bool:
+        return volume.read_only or self.options.read_only
+
+    def make_volume(self, volume: VolumeConfig) -> Volume:
+        read_only = self.read_only(volume)
         if volume.host_path is not None:
             return HostVolume(volume.host_path, self.config.attr_timeout)
         cache = self.config.cache
@@ -150,6 +157,17 @@ class Daemon:
         return WritableObjectVolume(store, source.prefix, self.staging, uploads, source.rename_limit,
                                     key_filter=source.filter, **shared)
 
+    def fetch_ca_bundles(self, config: Config):
+        """Fetches the CA bundles CONFIG's volumes name that the stores do not have yet; ConfigError naming the
+        key of one that cannot be had."""
+        missing = {url: key for url, key in config.ca_bundles.items() if url not in self.stores.ca_bundles}
+        self.stores.ca_bundles.update(_ca_bundles(replace(config, ca_bundles=missing)))
+
+    def set_log_level(self, level: str):
+        """The config's `log.level`, unless the mount's `debug` option overrides it."""
+        if not self.options.debug:
+            set_log_level(logging.getLevelName(level.upper()))
+
     @property
     def volumes(self) -> list[Volume]:
         return self.operations.namespace.volumes
@@ -162,23 +180,28 @@ class Daemon:
         async def warm(request: dict, report) -> dict:
             return await warm_cache(self.operations.namespace, self.cache, request["paths"], request["jobs"], report)
 
-        return {"status": status, "warm": warm}
+        async def reload(request: dict, report) -> dict:
+            try:
+                return await self.reloader.reload()
+            except ConfigError as error:
+                raise CommandFailed(str(error)) from None
+
+        return {"status": status, "warm": warm, "reload": reload}
 
     async def serve(self, mountpoint: str, ready: int | None):
         async with asyncio_loop():
             try:
                 async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
                     self.operations.after_init = lambda: nursery.start_soon(_raise_kernel_read_ahead, mountpoint)
                     await nursery.start(_terminate_on_signal)
+                    await nursery.start(self.reloader.reload_on_sighup)
                     control = ControlServer(mountpoint)
                     control.commands.update(self.commands())
                     await nursery.start(control.serve)
                     nursery.start_soon(_hand_back_idle_buffers)
                     await nursery.start(self.prefetcher.run)
-                    if self.cache is not None:
-                        await nursery.start(self.cache.write_behind)
-                    for volume in self.volumes:
-                        await volume.start(nursery)
+                    await self.reloader.start()
                     if ready is not None:
                         os.write(ready, b"1")
                         os.close(ready)
@@ -242,6 +265,7 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # open files, block files and host directories
     _return_large_buffers_to_the_system()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the daemon serves, which reloads then: the config is fresh
     try:
         pyfuse3.init(daemon.operations, mountpoint, fuse_options)
     except RuntimeError as error:
@@ -261,7 +285,7 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
 
 
 async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
@@ -326,16 +350,19 @@ def _setup_logging(config: Config, options: MountOptions, foreground: bool) -> s
         handler = logging.FileHandler(log_file)
     if not isinstance(handler, logging.handlers.SysLogHandler):
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    level = logging.DEBUG if options.debug else logging.getLevelName(config.log_level.upper())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    # The libraries' own info and debug lines name every request, signatures and signed URLs among them
-    # (botocore's, urllib3's), or run to ~30 lines a request (Azure's): only their warnings are logged.
-    root.setLevel(max(level, logging.WARNING))
-    log.setLevel(level)
+    logging.getLogger().addHandler(handler)
+    set_log_level(logging.DEBUG if options.debug else logging.getLevelName(config.log_level.upper()))
     if log_file and not foreground:
         print(f"fsmount: logging to {log_file}", file=sys.stderr)
     return log_file
+
+
+def set_log_level(level: int):
+    """fsmount's own lines from LEVEL up. The libraries' own info and debug lines name every request, signatures and
+    signed URLs among them (botocore's, urllib3's), or run to ~30 lines a request (Azure's): only their warnings are
+    logged."""
+    logging.getLogger().setLevel(max(level, logging.WARNING))
+    log.setLevel(level)
 
 
 def _mode_or_zero(path: str) -> int:

@@ -23,12 +23,12 @@ class Stores:
         CA_BUNDLES: the file fetched for each CA bundle URL a `verify` names (fsmount.stores.tls)."""
         self._cache_dir = cache_dir
         self._retries = retries
-        self._ca_bundles = ca_bundles or {}
+        self.ca_bundles = ca_bundles or {}
         self._s3_endpoints: dict[tuple, "S3Endpoint"] = {}
 
     def store_for(self, source: ObjectSource, read_only: bool = True) -> Store:
         """READ_ONLY: the volume changes nothing, so what the store signs for it may only read and list."""
-        verify = self._ca_bundles.get(source.verify, source.verify)
+        verify = self.ca_bundles.get(source.verify, source.verify)
         if isinstance(source, S3Source):
             from fsmount.stores.s3 import S3Store
             return S3Store(source.bucket, self._s3_endpoint(source, verify), extra_args=source.extra_args,
