@@ -237,3 +237,22 @@ def test_an_open_file_reads_on_with_the_new_credentials(workspace, moto, mount):
     assert moto.requests(f"/{bucket}/b.txt?", "X-Amz-Credential=first-key") == 0
     for secret in ("first-secret", "second-secret"):
         assert secret not in daemon.log()
+
+
+def test_a_removed_volume_sends_its_waiting_uploads(workspace, moto, mount):
+    def config(bucket: S3Bucket, volume: str, extra: str = ""):
+        return write_config(workspace, f"""
+            cache {{ dir: "{workspace}/cache" }}
+            staging {{ write_back: 1h }}
+            {bucket.config(extra, volume=volume)}
+        """)
+
+    bucket = S3Bucket(moto)
+    mnt = workspace / "mnt"
+    mount(config(bucket, "bucket", "mode: rw"), mnt)
+    (mnt / "bucket" / "new.txt").write_bytes(b"written, closed, not yet sent\n")
+    assert bucket.keys() == []
+    config(S3Bucket(moto), "other")
+    assert reloaded(mnt).splitlines() == ["added        other", "removed      bucket"]
+    wait_for(lambda: bucket.keys() == ["new.txt"], 10, "the upload")
+    assert bucket.get("new.txt") == b"written, closed, not yet sent\n"
