@@ -15,7 +15,7 @@ def gather(daemon) -> dict:
     cache = daemon.cache
     volumes = []
     uploads = {"waiting": 0, "uploading": 0, "failing": []}
-    for volume_config, volume in zip(config.volumes, daemon.volumes):
+    for volume_config, volume in daemon.reloader.mounted():
         volumes.append({"path": "/" + volume_config.name, "source": redact_url(volume_config.source),
                         "mode": "ro" if volume_config.read_only else "rw"})
         staged_files = getattr(volume, "staged_files", None)

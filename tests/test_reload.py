@@ -11,6 +11,7 @@ import pytest
 
 from buckets import AzureBucket, S3Bucket
 from conftest import FSMOUNT, mounted_paths, wait_for, write_config
+from fsmount import control
 from fsmount.control import socket_path
 from servers import AZURITE_ACCOUNT, AZURITE_KEY, azurite_endpoint
 
@@ -63,6 +64,7 @@ def test_a_reload_adds_and_removes_volumes(workspace, links, mount):
     assert sorted(os.listdir(mnt)) == ["data", "extra", "team"]
     assert os.listdir(mnt / "team") == ["b"]
     assert (mnt / "data" / "data.txt").read_text() == "in data\n"
+    assert [volume["path"] for volume in control.ask(str(mnt), "status")["volumes"]] == ["/data", "/extra", "/team/b"]
 
 
 @contextlib.contextmanager
