@@ -77,7 +77,13 @@ class Reloader:
         if daemon.cache is not None and not self._writing_behind:
             await daemon.nursery.start(daemon.cache.write_behind)
             self._writing_behind = True
-        return await daemon.nursery.start(_run_volume, volume)
+        scope, nursery = await daemon.nursery.start(_nursery)
+        try:
+            await volume.start(nursery)  # here, so that its failure comes as it is, not in the nursery's group
+        except BaseException:
+            scope.cancel()
+            raise
+        return scope
 
     async def reload_on_sighup(self, task_status=trio.TASK_STATUS_IGNORED):
         with trio.open_signal_receiver(signal.SIGHUP) as signals:
@@ -180,10 +186,13 @@ class Reloader:
                 changes.arriving.append(wanted.name)
                 continue
             del self._arriving[path]
+            volume = None
             try:
                 volume = self.daemon.make_volume(wanted)
                 work = await self._start(volume)
             except OSError as error:
+                if volume is not None:
+                    await volume.close()  # what its start opened before it failed
                 log.error("volume %s cannot be added: %s", wanted.name, error.strerror or error)
                 changes.failed[wanted.name] = error.strerror or str(error)
                 continue
@@ -194,11 +203,11 @@ class Reloader:
             changes.added.append(wanted.name)
 
 
-async def _run_volume(volume: Volume, task_status=trio.TASK_STATUS_IGNORED):
+async def _nursery(task_status=trio.TASK_STATUS_IGNORED):
+    """Starts as a nursery, open until the scope it starts with too is cancelled."""
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
-            await volume.start(nursery)
-            task_status.started(scope)
+            task_status.started((scope, nursery))
             await trio.sleep_forever()
 
 

@@ -258,3 +258,23 @@ def test_a_removed_volume_sends_its_waiting_uploads(workspace, moto, mount):
     assert reloaded(mnt).splitlines() == ["added        other", "removed      bucket"]
     wait_for(lambda: bucket.keys() == ["new.txt"], 10, "the upload")
     assert bucket.get("new.txt") == b"written, closed, not yet sent\n"
+
+
+def test_a_volume_that_cannot_start_fails_alone(workspace, links, mount):
+    (workspace / "key.json").write_text('{"type": "service_account"}')  # a key that checks, and that Google refuses
+
+    def config(volumes: str):
+        return write_config(workspace, f"""
+            link_mounts: ["{links}"]
+            cache {{ dir: "{workspace}/cache" }}
+            credentials {{ gcs: [ {{ bucket: nowhere, credentials_json: "{workspace}/key.json" }} ] }}
+            volumes {{ data {{ source: "file://{links}/data" }}, {volumes} }}
+        """)
+
+    mnt = workspace / "mnt"
+    daemon = mount(config(""), mnt)
+    config(f'bad {{ source: "gs://nowhere/", endpoint: "http://127.0.0.1:9" }}, extra {{ source: "file://{links}/extra" }}')
+    assert reloaded(mnt).splitlines() == [
+        "added        extra", "failed       bad: bucket nowhere: unusable credentials_json: DefaultCredentialsError"]
+    assert "volume bad cannot be added: bucket nowhere: unusable credentials_json" in daemon.log()
+    assert sorted(os.listdir(mnt)) == ["data", "extra"]
