@@ -55,7 +55,7 @@ class Reloader:
         """DAEMON: fsmount.daemon.Daemon; VOLUMES: those it was made with, by path."""
         self.daemon = daemon
         self.running = {path: _Running(config, volume) for path, (config, volume) in volumes.items()}
-        self._log_level = daemon.config.log_level
+        self.log_level = daemon.config.log_level  # the config's, as last read
         self._arriving: dict[Path, VolumeConfig] = {}
         self._lock = trio.Lock()  # one reload at a time, and arrivals between them
         self._writing_behind = False  # the block cache's write-behind runs
@@ -107,8 +107,8 @@ class Reloader:
                 log.error("reload refused, the tree stays as it was: %s", error)
                 raise
             changes = Changes()
-            if config.log_level != self._log_level:
-                self._log_level = changes.log_level = config.log_level
+            if config.log_level != self.log_level:
+                self.log_level = changes.log_level = config.log_level
                 self.daemon.set_log_level(config.log_level)
             wanted = {volume.path: volume for volume in config.volumes}
             for path, running in list(self.running.items()):
