@@ -6,6 +6,7 @@ import filecmp
 import os
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,7 @@ from buckets import new_bucket
 from conftest import FSMOUNT, MOUNT_TIMEOUT, force_unmount, wait_for
 from fsmount.csi import csi_pb2 as csi, csi_pb2_grpc
 from fsmount.csi.service import DRIVER_NAME
+from fsmount.csi.volume_config import check, read_node_config, volume_config, write_private
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "Secret-Only-The-Node-May-See-7f3a9c"  # moto takes any key; this one must show up nowhere
@@ -169,6 +171,17 @@ def test_two_targets_share_one_daemon_until_the_last_unpublish(plugin, bucket):
     assert SECRET not in plugin.log() + daemon_logs(plugin)
 
 
+def test_concurrent_publishes_of_one_volume_start_one_daemon(plugin, bucket):
+    pods = [target(plugin, f"pod-{index}") for index in range(4)]
+    with ThreadPoolExecutor(len(pods)) as pool:
+        list(pool.map(lambda pod: plugin.publish(pod, bucket), pods))
+    assert len(plugin.daemons()) == 1
+    assert all((pod / "hello.txt").read_text() == "hello\n" for pod in pods)
+    with ThreadPoolExecutor(len(pods)) as pool:
+        list(pool.map(plugin.unpublish, pods))
+    assert plugin.daemons() == [] and not any(pod.exists() for pod in pods)
+
+
 def test_last_unpublish_waits_for_uploads(plugin, bucket):
     pod = target(plugin, "pod-w")
     plugin.publish(pod, bucket, mode="rw")
@@ -320,7 +333,7 @@ def _documents(name: str) -> list[dict]:
         return [document for document in yaml.safe_load_all(stream) if document]
 
 
-def test_manifests_give_the_sidecars_what_they_need():
+def test_manifests_give_the_sidecars_what_they_need(tmp_path):
     driver, = _documents("csidriver.yaml")
     assert driver["kind"] == "CSIDriver" and driver["metadata"]["name"] == DRIVER_NAME
     assert driver["spec"]["attachRequired"] is False and driver["spec"]["volumeLifecycleModes"] == ["Persistent"]
@@ -339,9 +352,25 @@ def test_manifests_give_the_sidecars_what_they_need():
     registration = [arg for arg in registrar["args"] if arg.startswith("--kubelet-registration-path=")]
     assert registration == [f"--kubelet-registration-path={host_paths['plugin-dir']}/csi.sock"]
     assert host_paths["registration-dir"] == "/var/lib/kubelet/plugins_registry"
+    config_map, = _documents("node-config.yaml")
+    (tmp_path / "node.conf").write_text(config_map["data"]["node.conf"].replace("/srv/shared", str(tmp_path)))
+    node = read_node_config(str(tmp_path / "node.conf"), str(tmp_path / "state"))
     for example in sorted((ROOT / "deploy" / "kubernetes" / "examples").glob("*.yaml")):
         kinds = {document["kind"]: document for document in _documents(f"examples/{example.name}")}
         assert {"PersistentVolume", "PersistentVolumeClaim", "Pod"} <= set(kinds), example.name
         volume = kinds["PersistentVolume"]["spec"]
         assert volume["csi"]["driver"] == DRIVER_NAME and "source" in volume["csi"]["volumeAttributes"]
         assert kinds["PersistentVolumeClaim"]["spec"]["volumeName"] == kinds["PersistentVolume"]["metadata"]["name"]
+        if not volume["csi"]["volumeAttributes"]["source"].startswith("file://"):  # the node's own paths
+            secret = kinds.get("Secret", {}).get("stringData", {})
+            config = volume_config(node, volume["csi"]["volumeAttributes"], secret, False, str(tmp_path / "cache"),
+                                   2**30, 2**30, str(tmp_path / "log"))
+            write_private(str(tmp_path / f"{example.stem}.conf"), config)
+            check(str(tmp_path / f"{example.stem}.conf"), secret)  # fsmount takes the example as it is
+
+
+def test_the_node_config_of_the_manifests_is_one_fsmount_takes(tmp_path):
+    config_map, = _documents("node-config.yaml")
+    (tmp_path / "node.conf").write_text(config_map["data"]["node.conf"])
+    node = read_node_config(str(tmp_path / "node.conf"), str(tmp_path / "state"))
+    assert node.cache_dir == "/var/lib/fsmount-csi/cache" and node.cache_bound == 40 * 2**30
