@@ -226,6 +226,11 @@ def test_spec_error_codes(plugin, bucket):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("volume attribute colour: unknown key")
     code, message = code_of(lambda: publish(publish_request(pod, good, {**secrets, "password": SECRET})))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "secret password: unknown key" in message
+    code, message = code_of(lambda: publish(publish_request(pod, good, {**secrets, "secure": SECRET})))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message == "secret secure: expected true or false, got '***'"
+    code, message = code_of(lambda: publish(publish_request(pod, good, {**secrets, "verify": bucket.server.url})))
+    assert code == grpc.StatusCode.INTERNAL and "holds no PEM certificate" in message  # the daemon's own error
+    assert not list((plugin.state / "volumes").iterdir())  # nor its config, with the secret
     code, message = code_of(lambda: publish(publish_request(pod, {"source": "file:///etc"}, {})))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "outside every link mount" in message
     code, message = code_of(lambda: publish(publish_request(pod, good, secrets, flags=["sparkle"])))

@@ -58,7 +58,6 @@ class Record:
     volume_id: str
     options: str
     cache_size: int
-    staging_size: int
     pid: int | None = None
     targets: dict[str, dict] = field(default_factory=dict)  # path -> {"access_mode", "capability", "params"}
 
@@ -92,29 +91,34 @@ class Registry:
     def _save(self, record: Record):
         write_private(self._file(record.key, "record.json"), dataclasses.asdict(record))
 
+    def _records_of(self, volume_id: str) -> list[Record]:
+        return [record for record in list(self.records.values()) if record.volume_id == volume_id]
+
     def _volume_lock(self, volume_id: str) -> threading.Lock:
         with self._lock:
             return self._volume_locks[volume_id]
 
     def recover(self):
         """Takes up the daemons and targets of the state directory: a daemon that died is started again and its
-        targets bound anew; targets that are gone are forgotten, and daemons left with none are ended."""
+        targets bound anew; targets that are gone are forgotten, and daemons left with none are unmounted, to end once their uploads are done."""
         for record in list(self.records.values()):
             try:
                 with self._volume_lock(record.volume_id):
                     for target in [t for t in record.targets if not os.path.lexists(t) and not mounts.dead(t)]:
                         del record.targets[target]
+                    self._save(record)
                     if record.targets:
                         self._serve(record)
-                    self._save(record)
-                    if not record.targets:
-                        self._stop(record)
+                    elif mounts.mounted(self._mountpoint(record)):
+                        mounts.unmount(self._mountpoint(record), lazy=mounts.dead(self._mountpoint(record)))
             except (CsiError, mounts.MountFailed, OSError) as error:
                 log.warning("volume %s: not repaired: %s", record.volume_id, error)
+        with self._lock:
+            self._reap()
 
     def publish(self, request: Publication):
         with self._volume_lock(request.volume_id):
-            same_volume = [record for record in self.records.values() if record.volume_id == request.volume_id]
+            same_volume = self._records_of(request.volume_id)
             for record in same_volume:
                 published = record.targets.get(request.target)
                 if published is not None:
@@ -133,8 +137,13 @@ class Registry:
             key = daemon_key(self.salt, request.volume_id, request.attributes, request.secrets, request.options,
                              request.read_only)
             record = self._record(key, request)
-            self._serve(record)
-            self._ensure_bound(record, request.target)
+            try:
+                self._serve(record)
+                self._ensure_bound(record, request.target)
+            except BaseException:
+                if not record.targets:  # a daemon of no target: its config, with the secret, goes too
+                    self._stop(record)
+                raise
             record.targets[request.target] = {"access_mode": request.access_mode, "capability": request.capability,
                                               "params": request.params}
             self._save(record)
@@ -143,8 +152,7 @@ class Registry:
 
     def unpublish(self, volume_id: str, target: str):
         with self._volume_lock(volume_id):
-            record = next((record for record in self.records.values()
-                           if record.volume_id == volume_id and target in record.targets), None)
+            record = next((record for record in self._records_of(volume_id) if target in record.targets), None)
             mounts.clear(target)
             mounts.remove_directory(target)
             if record is None:
@@ -157,8 +165,7 @@ class Registry:
 
     def usage(self, volume_id: str, path: str) -> tuple[dict | None, str | None]:
         """(the status of the daemon serving PATH, or None; why it is not serving, or None)."""
-        record = next((record for record in self.records.values()
-                       if record.volume_id == volume_id and os.path.abspath(path) in record.targets), None)
+        record = next((record for record in self._records_of(volume_id) if os.path.abspath(path) in record.targets), None)
         if record is None:
             raise CsiError(StatusCode.NOT_FOUND, f"volume {volume_id} is not published on {path}")
         if not mounts.serving(path):
@@ -200,7 +207,7 @@ class Registry:
                                    f"the volume's cache share, {format_size(share)}, is more than the "
                                    f"{format_size(left)} left of the node's {format_size(self.node.cache_bound)}")
                 self._make_room(share, key)
-                record = Record(key, request.volume_id, request.options, share, staging_size)
+                record = Record(key, request.volume_id, request.options, share)
                 self.records[key] = record
                 self._save(record)
                 return record

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -43,6 +44,9 @@ def _answering(method):
             code, message = error.code, str(error)
         except (MountFailed, OSError) as error:
             code, message = grpc.StatusCode.INTERNAL, str(error)
+        except Exception as error:
+            log.error("%s failed:\n%s", method.__name__, mask(traceback.format_exc(), secrets))
+            code, message = grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"
         message = mask(message, secrets)
         log.warning("%s: %s: %s", method.__name__, code.name, message)
         context.abort(code, message)
@@ -168,6 +172,7 @@ def serve(endpoint: str, node_id: str, config_file: str | None, state_dir: str, 
         os.unlink(socket_path)  # a plugin that served here before
     server.add_insecure_port(endpoint)
     server.start()
+    os.chmod(socket_path, 0o600)  # whoever may speak to it mounts as root
     log.info("serving CSI %s on %s as node %s (%d volumes of the state directory %s)", DRIVER_NAME, endpoint,
              node_id, len(registry.records), registry.state_dir)
     stopping = threading.Event()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pyhocon import ConfigTree
 
 from fsmount.config import load_config
-from fsmount.hocon import ConfigError, Reader, parse_file
+from fsmount.hocon import ConfigError, parse_file, unquote
 from fsmount.units import parse_size
 
 VOLUME = "volume"  # the volume's name in its daemon's tree: targets are bind mounts of MOUNTPOINT/volume
@@ -23,8 +23,6 @@ _OBJECTS = {"extra_args"}  # attributes (and secret keys) that are objects, writ
 _PLACED_BY_PLUGIN = {"path"}
 _SECRET_KIND = {"s3": "s3", "azure": "azure", "gs": "gcs"}  # a source's scheme -> its credentials list
 _NODE_ONLY = {"volumes", "mountpoint"}
-_DEFAULT_CACHE_BOUND = 10 * 2**30
-_DEFAULT_STAGING_BOUND = 10 * 2**30
 _SHORTEST_MASKED = 4  # secret values shorter than this (true, no, 1) are left in messages: they give nothing away
 
 
@@ -47,34 +45,32 @@ def read_node_config(file: str | None, state_dir: str) -> NodeDefaults:
     """The node config FILE (None: fsmount's defaults, the cache in STATE_DIR/cache), checked as fsmount checks a
     config, with one probe volume; raises ConfigError."""
     if file is None:
-        tree, text, file_name = ConfigTree(), "", "(no --config)"
+        tree, file_name = ConfigTree(), "(no --config)"
     else:
         file_name = os.path.abspath(file)
-        tree, text = parse_file(file_name)
-    reader = Reader(file_name, text)
-    for key in _NODE_ONLY & set(tree):
-        raise reader.error((key,), "the node config holds defaults only: each volume comes from a PersistentVolume")
-    cache, staging = tree.get("cache", ConfigTree()), tree.get("staging", ConfigTree())
+        tree, _ = parse_file(file_name)
+    clash = sorted(_NODE_ONLY & {unquote(key) for key in tree})
+    if clash:
+        raise ConfigError(file_name, clash[0], "the node config holds defaults only: each volume comes from a "
+                                               "PersistentVolume")
     plain = tree.as_plain_ordered_dict()
     if "clearml" in plain:
         plain["clearml"] = os.path.join(os.path.dirname(file_name), os.path.expanduser(str(plain["clearml"])))
-    staging_dir = reader.value(staging, ("staging", "dir"), str, None)
-    node = NodeDefaults(
-        file=file and file_name, tree=plain,
-        cache_dir=os.path.expanduser(reader.value(cache, ("cache", "dir"), str, os.path.join(state_dir, "cache"))),
-        cache_bound=reader.value(cache, ("cache", "max_size"), parse_size, _DEFAULT_CACHE_BOUND),
-        staging_dir=staging_dir and os.path.expanduser(staging_dir),
-        staging_bound=reader.value(staging, ("staging", "max_size"), parse_size, _DEFAULT_STAGING_BOUND))
-    probe = os.path.join(state_dir, "node-config-check.conf")
+    if isinstance(plain.get("cache", {}), dict):
+        plain["cache"] = {"dir": os.path.join(state_dir, "cache"), **plain.get("cache", {})}
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    write_private(probe, {**copy.deepcopy(node.tree), "volumes": {"probe": {"source": "http://localhost/probe"}}})
+    probe = os.path.join(state_dir, "node-config-check.conf")
+    write_private(probe, {**copy.deepcopy(plain), "volumes": {"probe": {"source": "http://localhost/probe"}}})
     try:
-        load_config(probe)
+        config = load_config(probe)
     except ConfigError as error:
         raise ConfigError(file_name, error.key, error.message) from None
     finally:
         os.unlink(probe)
-    return node
+    own_staging = isinstance(plain.get("staging"), dict) and "dir" in plain["staging"]
+    return NodeDefaults(file=file and file_name, tree=plain, cache_dir=config.cache.dir,
+                        cache_bound=config.cache.max_size, staging_dir=config.staging.dir if own_staging else None,
+                        staging_bound=config.staging.max_size)
 
 
 def volume_attributes(context: dict[str, str]) -> dict[str, str]:
@@ -138,8 +134,8 @@ def check(config_file: str, secrets: dict[str, str]):
 
 def _where(key: str | None) -> str:
     """A key of the daemon's config as the PersistentVolume names it."""
-    if not key:
-        return "volume"
+    if not key or key == f"volumes.{VOLUME}":
+        return "volume attributes"
     if key.startswith(f"volumes.{VOLUME}."):
         return f"volume attribute {key.removeprefix(f'volumes.{VOLUME}.')}"
     if key.startswith("credentials."):
