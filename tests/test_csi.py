@@ -78,8 +78,8 @@ class Plugin:
                 **attributes):
         """Publishes BUCKET, with the ATTRIBUTES given beside its source and endpoint, on TARGET."""
         context = {"source": f"s3://{bucket.name}/", "endpoint": bucket.server.url, **attributes}
-        self.node.NodePublishVolume(publish_request(target, context, {"key": "test", "secret": SECRET}, readonly, access,
-                                                    volume_id=volume_id))
+        secrets = {"key": "test", "secret": SECRET}
+        self.node.NodePublishVolume(publish_request(target, context, secrets, readonly, access, volume_id=volume_id))
 
     def unpublish(self, target: Path, volume_id: str = "pv-data"):
         self.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target)))

@@ -1,7 +1,8 @@
 """The node's fsmount volumes: one daemon per volume (same attributes, credentials, mount flags and mode), bind-mounted
-into each target path that publishes it and ended with the last; the node's cache bound, shared out among them; all of
-it kept in the state directory, so that a restarted plugin takes up its daemons again and repairs what a dead one left."""
+into each target path that publishes it and ended with the last; the node's cache bound, shared out among them; all
+of it kept in the state directory, so that a restarted plugin takes up its daemons and repairs what a dead one left."""
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,7 +18,7 @@ from grpc import StatusCode
 from fsmount import control
 from fsmount.csi import mounts
 from fsmount.csi.volume_config import (VOLUME, InvalidVolume, NodeDefaults, cache_share, check, daemon_key, mask,
-                                       volume_config, write_private)
+                                       staging_dir, volume_config, write_private)
 from fsmount.staging.area import read_journal
 from fsmount.units import format_size
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 SINGLE_NODE_SINGLE_WRITER = 6  # VolumeCapability.AccessMode: one workload on one node
 _START_MOST = 120  # seconds a daemon may take to mount (a CA bundle to fetch, a bucket's region to learn)
 _DRAIN_MOST = 90  # seconds an unpublish waits for an ended daemon's uploads, within kubelet's two minutes
+_ASK_MOST = 10  # seconds a daemon may take to answer on its control socket: a hung one is not serving
 _LOG_LINES = 5  # of a daemon's log, in the error of a daemon that did not start
 
 
@@ -100,7 +102,8 @@ class Registry:
 
     def recover(self):
         """Takes up the daemons and targets of the state directory: a daemon that died is started again and its
-        targets bound anew; targets that are gone are forgotten, and daemons left with none are unmounted, to end once their uploads are done."""
+        targets bound anew; targets that are gone are forgotten, and a daemon left with none is unmounted (its record
+        goes once it has sent its uploads and exited)."""
         for record in list(self.records.values()):
             try:
                 with self._volume_lock(record.volume_id):
@@ -142,7 +145,8 @@ class Registry:
                 self._ensure_bound(record, request.target)
             except BaseException:
                 if not record.targets:  # a daemon of no target: its config, with the secret, goes too
-                    self._stop(record)
+                    with contextlib.suppress(mounts.MountFailed, OSError):  # the first error is the one to tell
+                        self._stop(record)
                 raise
             record.targets[request.target] = {"access_mode": request.access_mode, "capability": request.capability,
                                               "params": request.params}
@@ -165,13 +169,14 @@ class Registry:
 
     def usage(self, volume_id: str, path: str) -> tuple[dict | None, str | None]:
         """(the status of the daemon serving PATH, or None; why it is not serving, or None)."""
-        record = next((record for record in self._records_of(volume_id) if os.path.abspath(path) in record.targets), None)
+        path = os.path.abspath(path)
+        record = next((record for record in self._records_of(volume_id) if path in record.targets), None)
         if record is None:
             raise CsiError(StatusCode.NOT_FOUND, f"volume {volume_id} is not published on {path}")
         if not mounts.serving(path):
             return None, f"{path} is not served: its fsmount daemon is gone; publishing it again repairs it"
         try:
-            return control.ask(self._mountpoint(record), "status"), None
+            return control.ask(self._mountpoint(record), "status", timeout=_ASK_MOST), None
         except (control.NotServing, control.CommandFailed, OSError) as error:
             return None, f"the fsmount daemon does not answer: {error}"
 
@@ -231,16 +236,15 @@ class Registry:
         for _, used, path, name in sorted(stopped):
             if taken + held + share <= self.node.cache_bound:
                 return
-            if self._uploads_waiting(path, name):
+            if self._uploads_waiting(path):
                 continue
             shutil.rmtree(path, ignore_errors=True)
             held -= used
             log.info("removed the cache of an ended volume, %s (%s), for room", name, format_size(used))
 
-    def _uploads_waiting(self, cache_dir: str, key: str) -> bool:
-        staging = os.path.join(self.node.staging_dir, key) if self.node.staging_dir else os.path.join(cache_dir, "staging")
+    def _uploads_waiting(self, cache_dir: str) -> bool:
         try:
-            pending, kept = read_journal(staging)
+            pending, kept = read_journal(staging_dir(self.node, cache_dir))
         except Exception:  # sqlite3's errors: a journal that cannot be read may still hold what no one uploaded
             return True
         return bool(pending or kept)
@@ -283,7 +287,7 @@ class Registry:
     @staticmethod
     def _pid(mountpoint: str) -> int | None:
         try:
-            return control.ask(mountpoint, "status")["pid"]
+            return control.ask(mountpoint, "status", timeout=_ASK_MOST)["pid"]
         except (control.NotServing, control.CommandFailed, OSError):
             return None
 

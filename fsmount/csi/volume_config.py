@@ -1,5 +1,6 @@
 """A CSI volume as an fsmount config: a PersistentVolume's attributes and node-publish secret over the node config's
-defaults, written as the config file of the one daemon that serves it; its errors in the volume's terms, secrets masked."""
+defaults, written as the config file of the one daemon that serves it; its errors in the volume's terms, secrets
+masked."""
 import contextlib
 import copy
 import hashlib
@@ -33,7 +34,6 @@ class InvalidVolume(Exception):
 @dataclass(frozen=True)
 class NodeDefaults:
     """The node config: what every volume's config starts from, and the bounds the node's volumes share."""
-    file: str | None
     tree: dict
     cache_dir: str
     cache_bound: int
@@ -56,6 +56,7 @@ def read_node_config(file: str | None, state_dir: str) -> NodeDefaults:
     plain = tree.as_plain_ordered_dict()
     if "clearml" in plain:
         plain["clearml"] = os.path.join(os.path.dirname(file_name), os.path.expanduser(str(plain["clearml"])))
+    state_dir = os.path.abspath(state_dir)
     if isinstance(plain.get("cache", {}), dict):
         plain["cache"] = {"dir": os.path.join(state_dir, "cache"), **plain.get("cache", {})}
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
@@ -68,8 +69,8 @@ def read_node_config(file: str | None, state_dir: str) -> NodeDefaults:
     finally:
         os.unlink(probe)
     own_staging = isinstance(plain.get("staging"), dict) and "dir" in plain["staging"]
-    return NodeDefaults(file=file and file_name, tree=plain, cache_dir=config.cache.dir,
-                        cache_bound=config.cache.max_size, staging_dir=config.staging.dir if own_staging else None,
+    return NodeDefaults(tree=plain, cache_dir=os.path.abspath(config.cache.dir), cache_bound=config.cache.max_size,
+                        staging_dir=os.path.abspath(config.staging.dir) if own_staging else None,
                         staging_bound=config.staging.max_size)
 
 
@@ -99,12 +100,9 @@ def volume_config(node: NodeDefaults, attributes: dict[str, str], secrets: dict[
                   cache_dir: str, cache_size: int, staging_size: int, log_file: str) -> dict:
     """The config of the daemon serving one volume, as plain data (JSON, which HOCON reads as it is)."""
     config = copy.deepcopy(node.tree)
-    config.pop("mountpoint", None)
     config["allow_other"] = True  # the pods' users are not the daemon's
     config["cache"] = {**config.get("cache", {}), "dir": cache_dir, "max_size": cache_size}
-    staging_dir = os.path.join(node.staging_dir, os.path.basename(cache_dir)) if node.staging_dir else \
-        os.path.join(cache_dir, "staging")
-    config["staging"] = {**config.get("staging", {}), "dir": staging_dir, "max_size": staging_size}
+    config["staging"] = {**config.get("staging", {}), "dir": staging_dir(node, cache_dir), "max_size": staging_size}
     config["log"] = {**config.get("log", {}), "file": log_file}
     volume = {}
     for key, value in attributes.items():
@@ -115,13 +113,20 @@ def volume_config(node: NodeDefaults, attributes: dict[str, str], secrets: dict[
     if read_only:
         volume["mode"] = "ro"
     config["volumes"] = {VOLUME: volume}
-    if secrets:
-        scheme = urllib.parse.urlsplit(attributes.get("source", "")).scheme
+    if secrets and "source" in attributes:  # without one, the config's check says what is missing
+        scheme = urllib.parse.urlsplit(attributes["source"]).scheme
         if scheme not in _SECRET_KIND:
             raise InvalidVolume("a node-publish secret is for s3://, azure:// and gs:// volumes only")
         entry = {key: _typed(key, value, "secret") for key, value in secrets.items()}
         config["credentials"] = {**config.get("credentials", {}), _SECRET_KIND[scheme]: [entry]}
     return config
+
+
+def staging_dir(node: NodeDefaults, cache_dir: str) -> str:
+    """Where the volume caching in CACHE_DIR stages its files: a directory of its own, as its cache."""
+    if node.staging_dir:
+        return os.path.join(node.staging_dir, os.path.basename(cache_dir))
+    return os.path.join(cache_dir, "staging")
 
 
 def check(config_file: str, secrets: dict[str, str]):
@@ -154,7 +159,8 @@ def _typed(key: str, value: str, what: str):
         except ValueError:
             parsed = None
         if not isinstance(parsed, dict):
-            raise InvalidVolume(f"{what} {key}: expected a JSON object, such as {{\"ServerSideEncryption\": \"AES256\"}}")
+            raise InvalidVolume(f"{what} {key}: expected a JSON object, such as "
+                                '{"ServerSideEncryption": "AES256"}')
         return parsed
     return value
 
