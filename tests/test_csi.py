@@ -145,9 +145,9 @@ def test_identity_and_node_answers(plugin):
 
 def test_two_targets_share_one_daemon_until_the_last_unpublish(plugin, bucket):
     first, second = target(plugin, "pod-a"), target(plugin, "pod-b")
-    plugin.publish(first, bucket)
-    plugin.publish(second, bucket)
-    plugin.publish(second, bucket)  # kubelet repeats itself: the same answer, nothing more
+    plugin.publish(first, bucket, **{"csi.storage.k8s.io/pod.name": "a"})  # what kubelet adds is not the volume's
+    plugin.publish(second, bucket, **{"csi.storage.k8s.io/pod.name": "b"})
+    plugin.publish(second, bucket, **{"csi.storage.k8s.io/pod.name": "b"})  # kubelet repeats itself: nothing more
     assert (first / "data" / "a.bin").read_bytes() == DATA
     assert (second / "data" / "a.bin").read_bytes() == DATA
     assert (second / "hello.txt").read_text() == "hello\n"
@@ -180,6 +180,19 @@ def test_concurrent_publishes_of_one_volume_start_one_daemon(plugin, bucket):
     with ThreadPoolExecutor(len(pods)) as pool:
         list(pool.map(plugin.unpublish, pods))
     assert plugin.daemons() == [] and not any(pod.exists() for pod in pods)
+
+
+def test_a_host_directory_inside_the_node_link_mounts(plugin):
+    shared = plugin.directory / "links" / "models"
+    shared.mkdir()
+    (shared / "weights.bin").write_bytes(DATA)
+    pod = target(plugin, "pod-h")
+    plugin.node.NodePublishVolume(publish_request(pod, {"source": f"file://{shared}"}, {}, volume_id="pv-host"))
+    assert (pod / "weights.bin").read_bytes() == DATA
+    stats = plugin.node.NodeGetVolumeStats(csi.NodeGetVolumeStatsRequest(volume_id="pv-host", volume_path=str(pod)))
+    assert not stats.volume_condition.abnormal and stats.usage[0].used == 0  # linked: nothing cached
+    plugin.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id="pv-host", target_path=str(pod)))
+    assert plugin.daemons() == [] and (shared / "weights.bin").exists()
 
 
 def test_last_unpublish_waits_for_uploads(plugin, bucket):
