@@ -156,6 +156,9 @@ def serve(endpoint: str, node_id: str, config_file: str | None, state_dir: str, 
     if not endpoint.startswith("unix://"):
         print(f"fsmount csi: expected --endpoint unix:///path/csi.sock, got {endpoint!r}", file=sys.stderr)
         return 1
+    if max_volumes < 1:
+        print(f"fsmount csi: expected --max-volumes of 1 or more, got {max_volumes}", file=sys.stderr)
+        return 1
     try:
         node = read_node_config(config_file, state_dir)
     except ConfigError as error:
