@@ -1,4 +1,5 @@
-"""The command line: `fsmount mount|check|status|sync|reload|umount|publish|warm` and the mount(8) helper `mount.fsmount`."""
+"""The command line: `fsmount mount|check|status|sync|reload|umount|publish|warm|csi` and the mount(8) helper
+`mount.fsmount`."""
 import argparse
 import errno
 import json
@@ -55,7 +56,18 @@ def main(argv=None) -> int:
     publish_parser.add_argument("--config", help="the config whose credentials, staging and retries to use")
     publish_parser.add_argument("--endpoint", help="the object store's URL, as a volume's `endpoint`")
     publish_parser.add_argument("--api", help=f"the IPFS node's RPC API, a multiaddr or URL (default: ${IPFS_API_ENV})")
+    csi_parser = commands.add_parser("csi", help="serve the CSI node plugin, for Kubernetes")
+    csi_parser.add_argument("--endpoint", required=True, help="the Unix socket to serve, as unix:///csi/csi.sock")
+    csi_parser.add_argument("--node-id", required=True, help="this node's name, as the cluster knows it")
+    csi_parser.add_argument("--config", help="the node config: defaults for every volume (cache, link_mounts, ...)")
+    csi_parser.add_argument("--state-dir", default="/var/lib/fsmount-csi",
+                            help="the plugin's state: the volumes' configs, mount points and daemons' logs")
+    csi_parser.add_argument("--max-volumes", type=int, default=16,
+                            help="volumes this node serves at most; each gets that share of cache.max_size")
     args = parser.parse_args(argv)
+    if args.command == "csi":
+        from fsmount.csi.service import serve  # gRPC's import is for the plugin alone
+        return serve(args.endpoint, args.node_id, args.config, args.state_dir, args.max_volumes)
     if args.command == "publish":
         return publish(args.directory, args.to, args.config, args.endpoint, args.api)
     if args.command == "check":
