@@ -9,6 +9,7 @@ import ctypes
 import errno
 import hashlib
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -248,6 +249,29 @@ def test_s3_3_across_volumes_a_rename_is_exdev_unless_a_side_is_read_only(tree):
     subprocess.run(["mv", str(tree.host_rw / "cross.txt"), str(tree.s3_rw / "crossed.txt")], check=True)
     assert (tree.s3_rw / "crossed.txt").read_bytes() == b"crossing"
     assert not (tree.host_rw / "cross.txt").exists()
+
+
+def test_s3_4_a_reload_adds_volumes_at_once_and_removes_them_once_unused(workspace, mount):
+    links = workspace / "links"
+    for name in ("first", "second"):
+        (links / name).mkdir()
+        (links / name / f"{name}.txt").write_text(f"{name}\n")
+
+    def config(*names):
+        volumes = " ".join(f'{name} {{ source: "file://{links}/{name}", mode: rw }}' for name in names)
+        return write_config(workspace, f'link_mounts: ["{links}"]\nvolumes {{ {volumes} }}')
+
+    daemon = mount(config("first"), workspace / "mnt")
+    mnt = workspace / "mnt"
+    assert os.listdir(mnt) == ["first"]
+    with open(mnt / "first" / "first.txt", "rb") as still_open:
+        config("second")
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: (mnt / "second" / "second.txt").exists(), 10, "the volume the reload added")
+        assert sorted(os.listdir(mnt)) == ["first", "second"]  # the removed one stays while a file of it is open
+        assert still_open.read() == b"first\n"
+    wait_for(lambda: os.listdir(mnt) == ["second"], 10, "the removed volume gone once nothing of it is open")
+    assert errno_of(lambda: os.stat(mnt / "first")) == errno.ENOENT
 
 
 # 4. Names in object volumes
