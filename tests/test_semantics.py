@@ -396,9 +396,6 @@ def test_s6_staging_is_bounded_enospc_and_efbig_and_what_was_staged_stays(worksp
     assert bucket.get("before") == b"b" * BLOCK
 
 
-@pytest.mark.xfail(strict=True, reason="fsmount/volumes/writable.py unlink (and a rename over a staged file) discards "
-                   "the staged file while holding its lock, so StagedFiles.finish_if_idle keeps it: a file closed and "
-                   "waiting for write-back keeps its staging space and journal row after it is removed")
 def test_s6_a_removed_file_gives_its_staging_space_back(workspace, mount, moto):
     root, _, _, _ = rw_volume(workspace, mount, moto, "write_back: 1h, max_size: 1536KiB")  # one file of 1 MiB
     for attempt in range(3):  # an editor's swap file, written, closed and removed, again and again

@@ -191,9 +191,11 @@ class StagedFiles:
         finally:
             self.staging.remove(staged)
 
-    def discard(self, staged: StagedFile):
-        """STAGED is unlinked, or replaced by a rename: it is never uploaded; its handles keep its bytes."""
-        staged.discarded = True
-        self.staging.set_state(staged, UNLINKED)
-        self.uploads.discard(staged)
-        self.finish_if_idle(staged)
+    async def discard(self, staged: StagedFile):
+        """STAGED is unlinked, or replaced by a rename: it is never uploaded (an upload under way ends first); its
+        handles keep its bytes, and it leaves the staging area with the last of them."""
+        async with staged.lock:
+            staged.discarded = True
+            self.staging.set_state(staged, UNLINKED)
+            self.uploads.discard(staged)
+        self.finish_if_idle(staged)  # not under the lock, which keeps a file in use

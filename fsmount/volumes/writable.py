@@ -184,8 +184,7 @@ class WritableObjectVolume(ObjectVolume):
             raise OSError(errno.EISDIR, "is a directory")
         staged = self.staged_files.pop(path)
         if staged is not None:
-            async with staged.lock:  # an upload under way ends first
-                self.staged_files.discard(staged)
+            await self.staged_files.discard(staged)
         self.staged_files.unlinked(path)
         if staged is None or staged.key_in_store:
             await self._delete(self.tree.key(path))
@@ -240,9 +239,8 @@ class WritableObjectVolume(ObjectVolume):
     async def _rename_file(self, path: Path, new_path: Path, target_in_store: bool):
         """TARGET_IN_STORE: whether the store may hold an object at NEW_PATH."""
         replaced = self.staged_files.pop(new_path)
-        if replaced is not None:  # its handles keep the bytes they had; they are never uploaded
-            async with replaced.lock:  # an upload of it under way lands before the one that replaces it
-                self.staged_files.discard(replaced)
+        if replaced is not None:  # its handles keep the bytes they had; an upload of it under way lands first
+            await self.staged_files.discard(replaced)
             target_in_store = replaced.key_in_store
         staged = self.staged_files.get(path)
         async with staged.lock if staged is not None else contextlib.nullcontext():
