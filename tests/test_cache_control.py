@@ -1,13 +1,20 @@
 """`fsmount cache du|verify|evict|clear` on a real mount of moto S3, asked of the daemon while mounted and done on the
 cache's directory with --config while not."""
+import functools
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from conftest import FSMOUNT, wait_for
+from fsmount.cache import blockio, maintenance
+from fsmount.cache.block_index import Selection
+from fsmount.cache.blocks import BlockCache, block_name
 from fsmount.units import format_size
 from test_object_volume import drop_page_cache, fill_bucket, s3_config
 
@@ -175,3 +182,41 @@ def test_a_path_in_no_volume_is_an_error(tree):
     tree.read("a.bin")
     done = tree.cache("du", "nothing/here", check=False)
     assert done.returncode == 1 and "/nothing/here: no volume is there" in done.stderr
+
+
+async def test_a_block_a_reader_holds_is_dropped_once_the_reader_is_done(s3_bucket, tmp_path, monkeypatch):
+    store, _ = s3_bucket
+    data = os.urandom(2**20)
+    info = await store.put("object", data)
+    name = block_name(store.identity, info.key, info.version, 0)
+    fetch = functools.partial(store.read, info.key, 0, len(data), info.version)
+    first = BlockCache(str(tmp_path), 10 * 2**20, 2**20)
+    await first.read(name, 0, len(data), fetch, origin=(store.identity, info.key))
+    first.close()
+    checking, checked = threading.Event(), threading.Event()
+
+    def held_check(*place):  # a new process checks a block at its first use, holding it meanwhile
+        checking.set()
+        checked.wait(30)
+        return intact(*place)
+
+    intact = blockio.intact
+    monkeypatch.setattr(blockio, "intact", held_check)
+    cache = BlockCache(str(tmp_path), 10 * 2**20, 2**20)
+    results = {}
+
+    async def read():
+        results["read"] = await cache.read(name, 0, len(data), fetch)
+
+    async def evict():
+        results["evict"] = await maintenance.evict(cache, [Selection(store.identity, key=info.key)])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.to_thread.run_sync(checking.wait, 10)
+        nursery.start_soon(evict)
+        await trio.testing.wait_all_tasks_blocked()
+        assert cache.contains(name) and "evict" not in results
+        checked.set()
+    assert results == {"read": data, "evict": {"blocks": 1, "bytes": len(data), "in_use": 0}}
+    assert not cache.contains(name) and cache.size == 0

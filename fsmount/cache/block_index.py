@@ -140,10 +140,13 @@ class BlockIndex:
         return self._db.execute(f"SELECT coalesce(sum(size), 0), count(*) FROM blocks WHERE ready = 1 AND ({where})",
                                 parameters).fetchone()
 
-    def selected(self, selection: Selection) -> list[Row]:
-        """The written blocks SELECTION names."""
+    def selected(self, selection: Selection, after: int, count: int) -> list[tuple[int, str, int, int, int | None,
+                                                                                   int | None]]:
+        """(rowid, *Row) of COUNT written blocks SELECTION names after rowid AFTER, in rowid order: from 0 on, each
+        block once (until a fill replaces it)."""
         where, parameters = self._where(selection)
-        return self._db.execute(f"SELECT {_ROW} FROM blocks WHERE ready = 1 AND ({where})", parameters).fetchall()
+        return self._db.execute(f"SELECT rowid, {_ROW} FROM blocks WHERE ready = 1 AND rowid > ? AND ({where}) "
+                                "ORDER BY rowid LIMIT ?", [after, *parameters, count]).fetchall()
 
     def _where(self, selection: Selection) -> tuple[str, list]:
         if selection.identity is None:
@@ -160,11 +163,6 @@ class BlockIndex:
             clauses.append("(key >= ? AND key < ?)")
             parameters += [prefix, prefix[:-1] + bytes([prefix[-1] + 1])]
         return f"store = ? AND ({' OR '.join(clauses) or '0'})", [None if found is None else found[0], *parameters]
-
-    def after(self, rowid: int, count: int) -> list[tuple[int, str, int, int, int | None, int | None]]:
-        """(rowid, *Row) of COUNT written blocks after ROWID, in its order: each block once, from 0 on."""
-        return self._db.execute(f"SELECT rowid, {_ROW} FROM blocks WHERE ready = 1 AND rowid > ? ORDER BY rowid "
-                                "LIMIT ?", (rowid, count)).fetchall()
 
     def least_used(self, count: int) -> list[tuple[str, int, int | None, int | None]]:
         """(name, size, segment, position) of the COUNT written blocks used longest ago."""

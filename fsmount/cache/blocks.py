@@ -120,10 +120,10 @@ class BlockCache:
     def index(self) -> BlockIndex:
         return self._index
 
-    def drop(self, rows: list[Row]) -> list[Row]:
-        """Removes the blocks of ROWS that are as the index has them and in no reader's hands, in one transaction;
-        returns those a reader holds or a fill is replacing (each to be checked again at its next use)."""
-        held = []
+    def drop(self, rows: list[Row]) -> tuple[list[Row], list[Row]]:
+        """Removes the blocks of ROWS that are as the index has them and in no reader's hands, in one transaction:
+        (those removed, those a reader holds or a fill is replacing, each to be checked again at its next use)."""
+        removed, held = [], []
         with self._index.transaction():
             for name, size, checksum, segment, position in rows:
                 if name in self._pins or name in self._fills:
@@ -131,7 +131,8 @@ class BlockCache:
                     self._verified.pop(name, None)
                 elif self._index.find(name) == (size, checksum, segment, position):
                     self._remove(name, size, None if segment is None else (segment, position))
-        return held
+                    removed.append((name, size, checksum, segment, position))
+        return removed, held
 
     def _forget_everything(self, directory: str):
         """Drops the blocks of an index another version of fsmount made: their checksums are of another kind."""
@@ -148,9 +149,8 @@ class BlockCache:
                     os.unlink(path)
         self._index.drop_unfinished()
 
-    async def read(self, name: str, offset: int, length: int, fetch, page_cache: bool = False,
-                   background: bool = False, size: int | None = None, origin: Origin | None = None
-                   ) -> bytes | memoryview:
+    async def read(self, name: str, offset: int, length: int, fetch, page_cache: bool = False, background: bool = False,
+                   size: int | None = None, origin: Origin | None = None) -> bytes | memoryview:
         """LENGTH bytes from OFFSET of block NAME (a view of them while the block is in memory, as soon as
         they have arrived when it is on its way); on a miss
         `await fetch()` gets the block's bytes, SIZE of them (a whole block if None) or fewer.

@@ -19,11 +19,18 @@ _HELD_WAIT = 0.05
 
 async def evict(cache: BlockCache, selections: list[Selection]) -> dict:
     """Drops the blocks SELECTIONS name: {"blocks", "bytes"} dropped, and "in_use", those readers held throughout."""
-    rows = {row[0]: row for selection in selections for row in cache.index.selected(selection)}
-    held = await _drop(cache, list(rows.values()))
-    kept = {row[0] for row in held}
-    dropped = [row for row in rows.values() if row[0] not in kept]
-    return {"blocks": len(dropped), "bytes": sum(row[1] for row in dropped), "in_use": len(held)}
+    removed, held = [], []
+    for selection in selections:
+        after = 0
+        while rows := cache.index.selected(selection, after, _DROP_BATCH):
+            after = rows[-1][0]
+            dropped, holding = cache.drop([row[1:] for row in rows])
+            removed += dropped
+            held += holding
+            await trio.sleep(0)
+    let_go = await _drop_held(cache, held)
+    removed += let_go
+    return {"blocks": len(removed), "bytes": sum(row[1] for row in removed), "in_use": len(held) - len(let_go)}
 
 
 async def verify(cache: BlockCache, report) -> dict:
@@ -31,20 +38,24 @@ async def verify(cache: BlockCache, report) -> dict:
     bytes checked of those there were) after each batch. {"blocks", "bytes"} checked, "damaged" and "dropped"."""
     total, _ = cache.index.usage(Selection(None))
     checked = done = 0
-    damaged: list[Row] = []
+    damaged = dropped = 0
+    held = []
     after = 0
-    while rows := cache.index.after(after, _CHECK_BATCH):
+    while rows := cache.index.selected(Selection(None), after, _CHECK_BATCH):
         after = rows[-1][0]
         for batch in _by_bytes([row[1:] for row in rows]):
             places = [(cache.block_path(name, segment), position or 0, size, checksum)
                       for name, size, checksum, segment, position in batch]
             intact = await trio.to_thread.run_sync(_check, places)
-            damaged += [row for row, whole in zip(batch, intact) if not whole]
+            removed, holding = cache.drop([row for row, whole in zip(batch, intact) if not whole])
+            damaged += intact.count(False)
+            dropped += len(removed)
+            held += holding
             checked += len(batch)
             done += sum(row[1] for row in batch)
             await report({"done": done, "total": max(total, done)})
-    held = await _drop(cache, damaged)
-    return {"blocks": checked, "bytes": done, "damaged": len(damaged), "dropped": len(damaged) - len(held)}
+    dropped += len(await _drop_held(cache, held))
+    return {"blocks": checked, "bytes": done, "damaged": damaged, "dropped": dropped}
 
 
 def _check(places: list[tuple[str, int, int, int]]) -> list[bool]:
@@ -64,15 +75,13 @@ def _by_bytes(rows: list[Row]) -> list[list[Row]]:
     return [batch for batch in batches if batch]
 
 
-async def _drop(cache: BlockCache, rows: list[Row]) -> list[Row]:
-    """Drops the blocks of ROWS, a batch at a time; returns those readers held throughout."""
-    held = []
-    for start in range(0, len(rows), _DROP_BATCH):
-        held += cache.drop(rows[start:start + _DROP_BATCH])
-        await trio.sleep(0)
+async def _drop_held(cache: BlockCache, held: list[Row]) -> list[Row]:
+    """Drops the blocks of HELD, which readers held, once they let go of them; those they hold throughout stay."""
+    removed = []
     for _ in range(_HELD_TRIES):
         if not held:
             break
         await trio.sleep(_HELD_WAIT)
-        held = cache.drop(held)
-    return held
+        dropped, held = cache.drop(held)
+        removed += dropped
+    return removed
