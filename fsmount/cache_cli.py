@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _target(config_file: str | None, paths: list[str | None], volume_names: bool = False):
     """(ask(command, progress=None, **request), each of PATHS as names from the tree's top): the daemon of the mount
-    the paths are in, or with CONFIG_FILE, its cache directory. A path None: the tree's top. VOLUME_NAMES: a path
-    in no mount names a volume of the only fsmount mount."""
+    the paths are in, or with CONFIG_FILE, its cache directory. A path None: the current directory, or the top of the
+    only fsmount mount when that is in none (the tree's top, with CONFIG_FILE). VOLUME_NAMES: a path that is in no
+    mount and no file names a volume of the only fsmount mount."""
     if config_file is not None:
         config = load_config(config_file)
         return functools.partial(offline, config), [_names(path or "") for path in paths]
