@@ -38,7 +38,7 @@ class Selection:
     in "/", or "": every key); KEY or PREFIX None: no key so."""
     identity: str | None
     key: str | None = None
-    prefix: str | None = ""
+    prefix: str | None = None
 
 
 class BlockIndex:
