@@ -17,7 +17,7 @@ def add_parser(commands: argparse._SubParsersAction):
     cache = commands.add_parser("cache", help="what the block cache holds: du, verify, evict, clear")
     actions = cache.add_subparsers(dest="action", required=True)
     du = actions.add_parser("du", help="bytes cached per volume, or under PATH")
-    du.add_argument("path", nargs="?", help="a file or directory (default: .); a directory above volumes: each volume")
+    du.add_argument("path", nargs="?", help="a file or directory; a directory above volumes, or none: each volume")
     du.add_argument("--json", action="store_true", help="print the numbers as JSON")
     verify = actions.add_parser("verify", help="check every block's checksum; drop those damaged or missing")
     verify.add_argument("path", nargs="?", help="any path in the mount whose cache to check (default: .)")
@@ -57,17 +57,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _target(config_file: str | None, paths: list[str | None], volume_names: bool = False):
     """(ask(command, progress=None, **request), each of PATHS as names from the tree's top): the daemon of the mount
-    the paths are in, or with CONFIG_FILE, its cache directory. A path None: the current directory, or the top of the
-    only fsmount mount when that is in none (the tree's top, with CONFIG_FILE). VOLUME_NAMES: a path that is in no
-    mount and no file names a volume of the only fsmount mount."""
+    the paths are in, or with CONFIG_FILE, its cache directory. A path None: the tree's top, of the mount holding the
+    current directory or else of the only fsmount mount. VOLUME_NAMES: a path that is in no mount and no file names
+    a volume of the only fsmount mount."""
     if config_file is not None:
         config = load_config(config_file)
         return functools.partial(offline, config), [_names(path or "") for path in paths]
     points, named = set(), []
     for path in paths:
         point = control.mount_holding(path or ".")
-        if point is None and path is None:
-            point = _only_mount()
+        if path is None:
+            point = point or _only_mount()
             named.append([])
         elif point is None and volume_names and not os.path.exists(path):
             point = _only_mount()
@@ -75,7 +75,7 @@ def _target(config_file: str | None, paths: list[str | None], volume_names: bool
         elif point is None:
             raise control.CommandFailed(f"{path} is in no fsmount mount; with --config CONFIG, name the tree's paths")
         else:
-            relative = os.path.relpath(os.path.realpath(path or "."), point)
+            relative = os.path.relpath(os.path.realpath(path), point)
             named.append(_names(relative if relative != "." else ""))
         points.add(point)
     if len(points) > 1:

@@ -103,6 +103,7 @@ def test_du_counts_the_bytes_read_per_volume_and_per_path(tree):
     whole = tree.du("")
     assert used(whole) == {"bucket": read}
     assert whole["cache"]["bytes"] == read
+    assert json.loads(tree.cache("du", options=("--json",), cwd="bucket/dir").stdout) == whole  # no PATH: each volume
     assert used(tree.du("bucket/dir")) == {"bucket/dir": len(FILES["dir/b.bin"]) + len(FILES["dir/sub/c.txt"])}
     assert used(tree.du("bucket/a.bin")) == {"bucket/a.bin": len(FILES["a.bin"])}
     assert used(tree.du("bucket/dir.txt")) == {"bucket/dir.txt": len(FILES["dir.txt"])}
