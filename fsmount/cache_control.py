@@ -31,6 +31,7 @@ class CachedVolume:
     path: Path
     identity: str | None
     prefix: str  # of its keys
+    live: ObjectVolume | None = dataclasses.field(default=None, compare=False)  # the daemon's, which serves it
 
     def selection(self, below: Path) -> Selection:
         """The blocks of what is at BELOW in the volume: a file's, or those of everything under a directory."""
@@ -52,8 +53,10 @@ def tree_volumes(config: Config, identities: list[str | None]) -> list[CachedVol
 
 def commands(cache: BlockCache | None, config: Config, volumes: list) -> dict[str, control.Handler]:
     """The daemon's handlers of the cache commands, for the CACHE of its VOLUMES (in CONFIG's order)."""
-    identities = [volume.store.identity if isinstance(volume, ObjectVolume) else None for volume in volumes]
-    return CacheCommands(cache, config.cache.dir, tree_volumes(config, identities)).handlers()
+    objects = [volume if isinstance(volume, ObjectVolume) else None for volume in volumes]
+    cached = tree_volumes(config, [None if volume is None else volume.store.identity for volume in objects])
+    return CacheCommands(cache, config.cache.dir, [dataclasses.replace(volume, live=live)
+                                                    for volume, live in zip(cached, objects)]).handlers()
 
 
 def offline(config: Config, command: str, progress=None, **request):
@@ -127,20 +130,24 @@ class CacheCommands:
         return result
 
     async def evict(self, request: dict, report) -> dict:
-        """{"paths": [names, ...]}: drops their blocks."""
+        """{"paths": [names, ...]}: drops their blocks; the kernel drops its pages of those files at their next open."""
         paths = request.get("paths")
         if not isinstance(paths, list) or not paths:
             raise control.CommandFailed("evict: no path given")
-        return await self._drop([selection for path in paths for _, selection in self._named(_path({"path": path}))])
+        paths = [_path({"path": path}) for path in paths]
+        result = await self._drop([selection for path in paths for _, selection in self._named(path)])
+        self._forget_pages(paths)
+        return result
 
     async def clear(self, request: dict, report) -> dict:
         """{"path": names or null}: drops the blocks of the volumes at or under PATH; with no PATH, every block."""
-        if request.get("path") is None:
-            return await self._drop([Selection(None)])
-        path = _path(request)
+        everything = request.get("path") is None
+        path = () if everything else _path(request)
         if any(path[:len(volume.path)] == volume.path and path != volume.path for volume in self.volumes):
             raise control.CommandFailed(f"/{'/'.join(path)} is in a volume, not one: evict drops what is under a path")
-        return await self._drop([selection for _, selection in self._named(path)])
+        result = await self._drop([Selection(None)] if everything else [selection for _, selection in self._named(path)])
+        self._forget_pages([path])
+        return result
 
     async def _drop(self, selections: list[Selection]) -> dict:
         if self.cache is None:
@@ -148,6 +155,14 @@ class CacheCommands:
         result = await maintenance.evict(self.cache, selections)
         log.info("cache: %(blocks)d blocks dropped (%(bytes)d bytes), %(in_use)d kept as readers hold them", result)
         return result
+
+    def _forget_pages(self, paths: list[Path]):
+        """The kernel's pages of the files at or under PATHS go at their next open, in the volumes the daemon serves."""
+        for volume in self.volumes:
+            below = [path[len(volume.path):] for path in paths if path[:len(volume.path)] == volume.path]
+            below += [()] if any(volume.path[:len(path)] == path for path in paths) else []
+            if volume.live is not None and below:
+                volume.live.forget_pages(*below)
 
     def _usage(self, selection: Selection) -> dict:
         used, blocks = (0, 0) if self.cache is None else self.cache.index.usage(selection)

@@ -274,6 +274,11 @@ class ObjectVolume(Volume):
     def forget_below(self, *paths: Path):
         """This daemon moved every name at or under PATHS."""
         self.tree.forget_below(*paths)
+        self.forget_pages(*paths)
+
+    def forget_pages(self, *paths: Path):
+        """The kernel's pages of the files at or under PATHS are dropped at their next open (their blocks left the
+        cache: a reader expects the store's bytes again)."""
         self._opened_versions.pop_where(lambda cached: any(cached[:len(path)] == path for path in paths))
 
     async def _list_again(self, path: Path):
