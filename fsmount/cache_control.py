@@ -41,22 +41,23 @@ class CachedVolume:
         return Selection(self.identity, key=key, prefix=key + "/")
 
 
-def tree_volumes(config: Config, identities: list[str | None]) -> list[CachedVolume]:
-    """CONFIG's volumes, given IDENTITIES, each one's store identity (None: a linked host path)."""
+def tree_volumes(config: Config, identities: list[str | None], live: list[ObjectVolume | None] | None = None
+                 ) -> list[CachedVolume]:
+    """CONFIG's volumes, given IDENTITIES, each one's store identity (None: a linked host path), and the daemon's
+    LIVE volumes serving them, if it serves them."""
     volumes = []
-    for volume, identity in zip(config.volumes, identities):
+    for volume, identity, served in zip(config.volumes, identities, live or [None] * len(identities)):
         source = volume.objects
         prefix = "" if identity is None else source.prefix.rpartition("/")[0] if source.single_object else source.prefix
-        volumes.append(CachedVolume(volume.path, identity, key_prefix(prefix)))
+        volumes.append(CachedVolume(volume.path, identity, key_prefix(prefix), served))
     return volumes
 
 
 def commands(cache: BlockCache | None, config: Config, volumes: list) -> dict[str, control.Handler]:
     """The daemon's handlers of the cache commands, for the CACHE of its VOLUMES (in CONFIG's order)."""
-    objects = [volume if isinstance(volume, ObjectVolume) else None for volume in volumes]
-    cached = tree_volumes(config, [None if volume is None else volume.store.identity for volume in objects])
-    return CacheCommands(cache, config.cache.dir, [dataclasses.replace(volume, live=live)
-                                                    for volume, live in zip(cached, objects)]).handlers()
+    live = [volume if isinstance(volume, ObjectVolume) else None for volume in volumes]
+    identities = [None if volume is None else volume.store.identity for volume in live]
+    return CacheCommands(cache, config.cache.dir, tree_volumes(config, identities, live)).handlers()
 
 
 def offline(config: Config, command: str, progress=None, **request):
