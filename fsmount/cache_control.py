@@ -15,7 +15,7 @@ from fsmount import control
 from fsmount.cache import maintenance
 from fsmount.cache.block_index import Selection
 from fsmount.cache.blocks import BlockCache
-from fsmount.config import Config, ConfigError, load_config
+from fsmount.config import Config, ConfigError, VolumeConfig, load_config
 from fsmount.stores.sources import Stores
 from fsmount.volumes.objects import ObjectVolume
 from fsmount.volumes.object_tree import key_prefix
@@ -41,23 +41,30 @@ class CachedVolume:
         return Selection(self.identity, key=key, prefix=key + "/")
 
 
-def tree_volumes(config: Config, identities: list[str | None], live: list[ObjectVolume | None] | None = None
-                 ) -> list[CachedVolume]:
-    """CONFIG's volumes, given IDENTITIES, each one's store identity (None: a linked host path), and the daemon's
-    LIVE volumes serving them, if it serves them."""
-    volumes = []
-    for volume, identity, served in zip(config.volumes, identities, live or [None] * len(identities)):
-        source = volume.objects
-        prefix = "" if identity is None else source.prefix.rpartition("/")[0] if source.single_object else source.prefix
-        volumes.append(CachedVolume(volume.path, identity, key_prefix(prefix), served))
-    return volumes
+def tree_volume(volume: VolumeConfig, identity: str | None, live: ObjectVolume | None = None) -> CachedVolume:
+    """VOLUME as the cache knows it, given its store's IDENTITY (None: a linked host path) and the daemon's LIVE
+    volume serving it, if a daemon serves it."""
+    source = volume.objects
+    prefix = "" if identity is None else source.prefix.rpartition("/")[0] if source.single_object else source.prefix
+    return CachedVolume(volume.path, identity, key_prefix(prefix), live)
 
 
-def commands(cache: BlockCache | None, config: Config, volumes: list) -> dict[str, control.Handler]:
-    """The daemon's handlers of the cache commands, for the CACHE of its VOLUMES (in CONFIG's order)."""
-    live = [volume if isinstance(volume, ObjectVolume) else None for volume in volumes]
-    identities = [None if volume is None else volume.store.identity for volume in live]
-    return CacheCommands(cache, config.cache.dir, tree_volumes(config, identities, live)).handlers()
+def commands(daemon) -> dict[str, control.Handler]:
+    """The handlers of the cache commands of DAEMON (fsmount.daemon.Daemon), each on its cache and the volumes it
+    serves at the time: a reload adds and removes volumes, and the first object volume makes the cache."""
+    def current() -> CacheCommands:
+        volumes = []
+        for config, volume in daemon.reloader.mounted():
+            live = volume if isinstance(volume, ObjectVolume) else None
+            volumes.append(tree_volume(config, None if live is None else live.store.identity, live))
+        return CacheCommands(daemon.cache, daemon.config.cache.dir, volumes)
+
+    def handler(name: str) -> control.Handler:
+        async def handle(request: dict, report):
+            return await current().handlers()[name](request, report)
+        return handle
+
+    return {name: handler(name) for name in CacheCommands.NAMES}
 
 
 def offline(config: Config, command: str, progress=None, **request):
@@ -74,7 +81,8 @@ def offline(config: Config, command: str, progress=None, **request):
             progress(line)
 
     try:
-        handlers = CacheCommands(cache, config.cache.dir, tree_volumes(config, identities)).handlers()
+        handlers = CacheCommands(cache, config.cache.dir, [tree_volume(volume, identity) for volume, identity
+                                                            in zip(config.volumes, identities)]).handlers()
         return trio.run(handlers[command], request, report)
     finally:
         if cache is not None:
@@ -113,8 +121,10 @@ class CacheCommands:
         self.directory = directory
         self.volumes = volumes
 
+    NAMES = ("cache.du", "cache.verify", "cache.evict", "cache.clear")
+
     def handlers(self) -> dict[str, control.Handler]:
-        return {"cache.du": self.du, "cache.verify": self.verify, "cache.evict": self.evict, "cache.clear": self.clear}
+        return dict(zip(self.NAMES, (self.du, self.verify, self.evict, self.clear)))
 
     async def du(self, request: dict, report) -> dict:
         """{"path": names}: {"entries": [{"path", "bytes", "blocks"}], one a volume under PATH (or PATH itself, in a

@@ -187,8 +187,7 @@ class Daemon:
             except ConfigError as error:
                 raise CommandFailed(str(error)) from None
 
-        return {"status": status, "warm": warm, "reload": reload,
-                **cache_control.commands(self.cache, self.config, self.volumes)}
+        return {"status": status, "warm": warm, "reload": reload, **cache_control.commands(self)}
 
     async def serve(self, mountpoint: str, ready: int | None):
         async with asyncio_loop():

@@ -225,3 +225,17 @@ async def test_a_block_a_reader_holds_is_dropped_once_the_reader_is_done(s3_buck
         checked.set()
     assert results == {"read": data, "evict": {"blocks": 1, "bytes": len(data), "in_use": 0}}
     assert not cache.contains(name) and cache.size == 0
+
+
+def test_a_volume_a_reload_added_is_counted_and_evicted(workspace, moto, mount):
+    tree = Tree(workspace, moto, mount, unmounted=False)
+    tree.read("a.bin")
+    tree.config.write_text(tree.config.read_text().replace(
+        "volumes {", f'volumes {{ more {{ source: "s3://{tree.bucket}/dir", endpoint: "{moto.url}" }}', 1))
+    reload = subprocess.run([FSMOUNT, "reload", str(tree.mountpoint)], capture_output=True, text=True, timeout=60)
+    assert reload.stdout == "added        more\n", reload.stderr
+    assert (tree.mountpoint / "more" / "b.bin").read_bytes() == FILES["dir/b.bin"]
+    tree.written(len(FILES["a.bin"]) + len(FILES["dir/b.bin"]))
+    assert used(tree.du("")) == {"bucket": len(FILES["a.bin"]) + len(FILES["dir/b.bin"]), "more": len(FILES["dir/b.bin"])}
+    tree.cache("evict", "more")
+    assert used(tree.du("")) == {"bucket": len(FILES["a.bin"]), "more": 0}
