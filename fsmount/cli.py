@@ -1,4 +1,4 @@
-"""The command line: `fsmount mount|check|status|sync|reload|umount|publish|warm|csi` and the mount(8) helper
+"""The command line: `fsmount mount|check|status|sync|reload|umount|publish|warm|csi|cache` and the mount(8) helper
 `mount.fsmount`."""
 import argparse
 import errno
@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.parse
 
-from fsmount import control
+from fsmount import cache_cli, control
 from fsmount.config import IPFS_API_ENV, Config, ConfigError, load_config, load_publish_target
 from fsmount.stores.base import redact_url
 from fsmount.daemon import MountError, mount, parse_mount_options
@@ -64,7 +64,10 @@ def main(argv=None) -> int:
                             help="the plugin's state: the volumes' configs, mount points and daemons' logs")
     csi_parser.add_argument("--max-volumes", type=int, default=16,
                             help="volumes this node serves at most; each gets that share of cache.max_size")
+    cache_cli.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "cache":
+        return cache_cli.run(args)
     if args.command == "csi":
         from fsmount.csi.service import serve  # gRPC's import is for the plugin alone
         return serve(args.endpoint, args.node_id, args.config, args.state_dir, args.max_volumes)

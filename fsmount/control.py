@@ -46,12 +46,17 @@ def socket_path(mountpoint: str) -> str:
     return os.path.join(socket_directory(), f"{name}.sock")
 
 
+def mounts() -> dict[str, str]:
+    """The fsmount mounts: mount point -> its source, the config file its daemon read."""
+    with open("/proc/self/mountinfo") as mountinfo:
+        return {_unescape(line.split()[4]): _unescape(line.split(" - ")[1].split()[1]) for line in mountinfo
+                if line.split(" - ")[1].startswith("fuse.fsmount ")}
+
+
 def mount_holding(path: str) -> str | None:
     """The mount point of the fsmount mount holding PATH, or None."""
     path = os.path.realpath(path).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as mountinfo:
-        points = [_unescape(line.split()[4]) for line in mountinfo if line.split(" - ")[1].startswith("fuse.fsmount ")]
-    holding = [point for point in points if path.startswith(point.rstrip("/") + "/")]
+    holding = [point for point in mounts() if path.startswith(point.rstrip("/") + "/")]
     return max(holding, key=len) if holding else None
 
 

@@ -15,6 +15,7 @@ import pyfuse3
 import trio
 
 from fsmount.cache.attributes import KnownAttributes
+from fsmount import cache_control
 from fsmount.cache.blocks import BlockCache
 from fsmount.cache.listings import KnownListings
 from fsmount.config import Config, ConfigError, VolumeConfig
@@ -186,7 +187,7 @@ class Daemon:
             except ConfigError as error:
                 raise CommandFailed(str(error)) from None
 
-        return {"status": status, "warm": warm, "reload": reload}
+        return {"status": status, "warm": warm, "reload": reload, **cache_control.commands(self)}
 
     async def serve(self, mountpoint: str, ready: int | None):
         async with asyncio_loop():

@@ -101,10 +101,10 @@ def _blocks(files: list[_File], block_size: int):
 
 
 async def _fill(cache: BlockCache, file: _File, index: int, tally: _Tally):
-    name, fetch, size = file.volume.piece(file.path, file.info, index, cache.block_size)
+    name, fetch, size, origin = file.volume.piece(file.path, file.info, index, cache.block_size)
     try:
         if size and not cache.contains(name):
-            await cache.read(name, 0, 0, fetch, background=True, size=size)
+            await cache.read(name, 0, 0, fetch, background=True, size=size, origin=origin)
             file.fetched = True
             tally.fetched_bytes += size
         else:

@@ -155,7 +155,7 @@ async def test_a_fill_cut_short_by_a_crash_is_forgotten(s3_bucket, tmp_path):
     name = block_name(store.identity, info.key, info.version, 0)
     crashed = BlockCache(str(tmp_path), 10 * BLOCK, BLOCK)
     # What a daemon killed between recording a fill and renaming its file leaves behind.
-    crashed._index.enter_unwritten([(name, BLOCK)])
+    crashed._index.enter_unwritten([(name, BLOCK, None)])
     os.makedirs(os.path.dirname(crashed._path(name)))
     with open(crashed._path(name), "wb") as torn:
         torn.write(data[:100])

@@ -17,7 +17,7 @@ class Directory:
 
     def piece_at(self, position: int) -> Piece | None:
         name = f"file-{position:03d}"
-        return None if name in self.filled else Piece(name, None, SIZE)
+        return None if name in self.filled else Piece(name, None, SIZE, ("store", name))
 
     async def fill(self, piece: Piece):
         self.filled.append(piece.name)

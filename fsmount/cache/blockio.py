@@ -94,6 +94,15 @@ def read_range(path: str, position: int, size: int) -> bytes:
         return os.pread(stream.fileno(), size, position)
 
 
+def intact(path: str, position: int, size: int, expected: int) -> bool:
+    """Whether the SIZE bytes from POSITION of the file at PATH are there and have the checksum EXPECTED."""
+    try:
+        data = read_range(path, position, size)
+    except FileNotFoundError:
+        return False
+    return len(data) == size and checksum(data) == expected
+
+
 def write_blocks(runs: list[tuple[str, int, list]], files: list[tuple[str, bytes, int]]) -> list[int | OSError]:
     """Writes each run of packed blocks ((segment's path, position, blocks)) in one call, and each of FILES
     ((path, data, O_DIRECT or 0)) by `write_atomically`: a checksum, or why not, a block, in that order."""

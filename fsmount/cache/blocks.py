@@ -35,7 +35,8 @@ import trio
 
 from fsmount.cache.background import run_in_background, when_idle
 from fsmount.cache import blockio
-from fsmount.cache.block_index import BlockIndex
+from fsmount.cache.block_index import BlockIndex, Origin, Row
+from fsmount.cache.budget import Budget
 from fsmount.cache.filled import FilledBlocks
 from fsmount.cache.segments import Segments, packed_runs
 from fsmount.stores import arrival
@@ -70,28 +71,9 @@ class _Fill:
     read: bool = False  # by a reader, as it was being written
     read_to_end: bool = False  # by a reader, which most likely is done with it
     reserved: int = 0  # bytes of the budget of unwritten blocks it holds
+    origin: Origin | None = None  # what the index files it under
     arrival: Arrival = dataclasses.field(default_factory=Arrival)  # of its bytes, while they are fetched
     error: BaseException | None = None  # why its fetch failed
-
-
-class _Budget:
-    """Bytes that may be taken at once, at most LIMIT; one taker may go past it when nothing else is taken."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.taken = 0
-        self._waiting = trio.lowlevel.ParkingLot()
-
-    async def acquire(self, size: int):
-        while self.taken and self.taken + size > self.limit:
-            await self._waiting.park()
-        self.taken += size
-        if self.taken < self.limit:
-            self._waiting.unpark()  # the next taker may fit too: each wakes one, not every one at each release
-
-    def release(self, size: int):
-        self.taken -= size
-        self._waiting.unpark()
 
 
 class BlockCache:
@@ -116,7 +98,7 @@ class BlockCache:
         self._verified: dict[str, tuple[int, int, int] | None] = {}
         self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._filled = FilledBlocks(memory)
-        self._unwritten = _Budget(unwritten)
+        self._unwritten = Budget(unwritten)
         self._queued: trio.MemorySendChannel | None = None  # to the writers, while they run
         self._queued_background: trio.MemorySendChannel | None = None  # to the writer of background fills
         self._fetchers: trio.Nursery | None = None  # where large blocks are fetched while their readers go on
@@ -129,6 +111,28 @@ class BlockCache:
 
     def _path(self, name: str) -> str:
         return os.path.join(self._blocks_dir, name[:2], name[2:4], name)
+
+    def block_path(self, name: str, segment: int | None) -> str:
+        """The file block NAME is in: its own, or its SEGMENT's."""
+        return self._path(name) if segment is None else self._segments.path(segment)
+
+    @property
+    def index(self) -> BlockIndex:
+        return self._index
+
+    def drop(self, rows: list[Row]) -> tuple[list[Row], list[Row]]:
+        """Removes the blocks of ROWS that are as the index has them and in no reader's hands, in one transaction:
+        (those removed, those a reader holds or a fill is replacing, each to be checked again at its next use)."""
+        removed, held = [], []
+        with self._index.transaction():
+            for name, size, checksum, segment, position in rows:
+                if name in self._pins or name in self._fills:
+                    held.append((name, size, checksum, segment, position))
+                    self._verified.pop(name, None)
+                elif self._index.find(name) == (size, checksum, segment, position):
+                    self._remove(name, size, None if segment is None else (segment, position))
+                    removed.append((name, size, checksum, segment, position))
+        return removed, held
 
     def _forget_everything(self, directory: str):
         """Drops the blocks of an index another version of fsmount made: their checksums are of another kind."""
@@ -145,15 +149,15 @@ class BlockCache:
                     os.unlink(path)
         self._index.drop_unfinished()
 
-    async def read(self, name: str, offset: int, length: int, fetch, page_cache: bool = False,
-                   background: bool = False, size: int | None = None) -> bytes | memoryview:
+    async def read(self, name: str, offset: int, length: int, fetch, page_cache: bool = False, background: bool = False,
+                   size: int | None = None, origin: Origin | None = None) -> bytes | memoryview:
         """LENGTH bytes from OFFSET of block NAME (a view of them while the block is in memory, as soon as
         they have arrived when it is on its way); on a miss
         `await fetch()` gets the block's bytes, SIZE of them (a whole block if None) or fewer.
         PAGE_CACHE: the block is for reads at random, so it is written through the kernel's page cache
         and those reads find it in memory; a stream's blocks skip it (O_DIRECT costs less CPU).
         BACKGROUND: no reader waits for the block; it is written at low priority once the daemon is idle, and
-        not kept in memory afterwards."""
+        not kept in memory afterwards. ORIGIN: the store and key the block is of, once it is written."""
         self._pins[name] += 1
         try:
             in_memory = None
@@ -161,7 +165,7 @@ class BlockCache:
                 self._index.touch(name)  # a block this process has checked: no index lookup
             else:
                 in_memory = await self._ensure(name, fetch, page_cache, background, offset, length,
-                                               size=self.block_size if size is None else size)
+                                               self.block_size if size is None else size, origin)
             if not length:  # a fill ahead of the reads
                 return b""
             if in_memory is not None:
@@ -223,7 +227,7 @@ class BlockCache:
         return self._index.has(name)
 
     async def _ensure(self, name: str, fetch, page_cache: bool, background: bool, offset: int, length: int,
-                      size: int) -> memoryview | None:
+                      size: int, origin: Origin | None) -> memoryview | None:
         """Makes sure block NAME (of about SIZE bytes) is in the cache, or on its way with the LENGTH bytes from
         OFFSET in. Those bytes while the block is on its way or being written (its reader need not wait for
         the rest, or for the disk); None once it is written."""
@@ -235,7 +239,7 @@ class BlockCache:
                 if row is not None and await self._intact(name, *row):
                     self._index.touch(name)
                     return None
-                filling = started = self._fills[name] = _Fill(reserved=size)
+                filling = started = self._fills[name] = _Fill(reserved=size, origin=origin)
                 # A large block arrives over ~20 ms: its reader is answered once its part is in, and the rest
                 # comes in a task of its own. A small one comes in one piece.
                 if length and size >= PACKED_BELOW and self._fetchers is not None and not background:
@@ -356,10 +360,11 @@ class BlockCache:
             files = [(name, filling.data, 0 if page_cache else self._direct)
                      for name, filling, page_cache in batch if len(filling.data) >= PACKED_BELOW]
             places = self._segments.place([len(data) for _, data in packed])
+            origins = {name: filling.origin for name, filling, _ in batch}
             self.size += sum(len(filling.data) for _, filling, _ in batch)
             try:
                 if files:
-                    self._index.enter_unwritten([(name, len(data)) for name, data, _ in files])
+                    self._index.enter_unwritten([(name, len(data), origins[name]) for name, data, _ in files])
                 runs = [(self._segments.path(segment), position, blocks)
                         for segment, position, blocks in packed_runs([data for _, data in packed], places)]
                 write = run_in_background if background else trio.to_thread.run_sync
@@ -371,12 +376,12 @@ class BlockCache:
                 for name, data, _ in files:
                     self._remove(name, len(data), None)
                 raise
-            self._record_written(packed, places, files, written)
+            self._record_written(packed, places, files, written, origins)
         finally:
             self._release(batch, background)
 
     def _record_written(self, packed: list[tuple[str, bytes]], places: list[tuple[int, int]],
-                        files: list[tuple[str, bytes, int]], written: list[int | OSError]):
+                        files: list[tuple[str, bytes, int]], written: list[int | OSError], origins: dict):
         """Enters what `blockio.write_blocks` wrote (WRITTEN: a checksum, or why not, a block: the packed ones
         first) in one transaction; what it could not write leaves the cache."""
         blocks = [(name, data, place) for (name, data), place in zip(packed, places)]
@@ -387,7 +392,7 @@ class BlockCache:
                 if isinstance(checksum, OSError):
                     failed.append((name, data, place, checksum))
                 else:
-                    self._index.written(name, len(data), checksum, place)
+                    self._index.written(name, len(data), checksum, place, origins[name])
         self._verified.update((name, None if place is None else (*place, len(data)))
                               for (name, data, place), checksum in zip(blocks, written)
                               if not isinstance(checksum, OSError))
@@ -413,12 +418,7 @@ class BlockCache:
         if name in self._verified:
             return True
         place = None if segment is None else (segment, position)
-        path = self._path(name) if place is None else self._segments.path(segment)
-        try:
-            data = await trio.to_thread.run_sync(blockio.read_range, path, position or 0, size)
-        except FileNotFoundError:
-            data = None
-        if data is not None and len(data) == size and blockio.checksum(data) == checksum:
+        if await trio.to_thread.run_sync(blockio.intact, self.block_path(name, segment), position or 0, size, checksum):
             self._verified[name] = None if place is None else (segment, position, size)
             return True
         log.warning("cache block %s is damaged or missing; fetching it again", name)

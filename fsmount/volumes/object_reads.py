@@ -92,7 +92,7 @@ class ObjectFile(FileHandle):
                 index, inner = divmod(offset, stream.piece_size)
                 piece = self._reader(index, stream.piece_size, tag=f"piece{stream.piece_size}")
                 length = min(stream.piece_size - inner, end - offset)
-            parts.append(await cache.read(piece.name, inner, length, piece.fetch, size=piece.size))
+            parts.append(await cache.read(piece.name, inner, length, piece.fetch, size=piece.size, origin=piece.origin))
             offset += length
         if first_read and not self._first_read_done:
             self._first_read_done = True

@@ -45,6 +45,11 @@ def find(entries: Entries, name: str) -> tuple[int, bool]:
     return position, position < len(entries) and entries[position][0] == name
 
 
+def key_prefix(prefix: str) -> str:
+    """The keys of a volume of PREFIX (in its source) start with this: "" or a prefix ending in "/"."""
+    return prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+
 class ObjectTree:
     def __init__(self, store: TrioStore, prefix: str, attributes: ObjectAttributes, metadata_ttl: float,
                  key_filter: re.Pattern | None, known_listings: KnownListings | None,
@@ -53,7 +58,7 @@ class ObjectTree:
         listings are kept across mounts (content-addressed stores keep their own). LIST_AGAIN(path) lists a
         directory anew, in a task SPAWN starts, when its listing on disk is older than the TTL."""
         self.store = store
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.prefix = key_prefix(prefix)
         self.attributes = attributes
         self.metadata_ttl = metadata_ttl
         self.key_filter = key_filter

@@ -121,9 +121,9 @@ class ObjectVolume(Volume):
         return None if self.cache.checked(piece.name) or self.cache.filling(piece.name) else piece
 
     async def _fill_ahead_of_readers(self, piece: Piece):
-        await self.cache.read(piece.name, 0, 0, piece.fetch, size=piece.size)
+        await self.cache.read(piece.name, 0, 0, piece.fetch, size=piece.size, origin=piece.origin)
 
-    def fill_ahead(self, name: str, fetch, size: int) -> bool:
+    def fill_ahead(self, name: str, fetch, size: int, origin: tuple[str, str]) -> bool:
         """Starts filling block NAME in the background unless this process has it (one on disk is checked
         there, ahead of its reader); False when no slot is free."""
         if self.cache.checked(name):
@@ -132,7 +132,7 @@ class ObjectVolume(Volume):
         # out, and their readers would read them from disk (ten streams at once read up to half their bytes so).
         if self.cache.unread() >= self.prefetcher.slots.value:
             return False
-        return self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch, size=size))
+        return self.prefetcher.start(lambda: self.cache.read(name, 0, 0, fetch, size=size, origin=origin))
 
     async def readlink(self, path: Path) -> str:
         info = await self._lookup(path)
@@ -140,8 +140,9 @@ class ObjectVolume(Volume):
             return info.link_target
         if info is None or kind(self.attributes.kept(info)) != stat.S_IFLNK:
             raise OSError(errno.EINVAL, "not a symlink")
-        name, fetch, size = self.piece(path, info, 0, self.cache.block_size)  # s3fs's: the target is the body
-        return os.fsdecode(bytes(await self.cache.read(name, 0, size, fetch, size=size)))
+        piece = self.piece(path, info, 0, self.cache.block_size)  # s3fs's: the target is the body
+        return os.fsdecode(bytes(await self.cache.read(piece.name, 0, piece.size, piece.fetch, size=piece.size,
+                                                       origin=piece.origin)))
 
     # Extended attributes: a file's or directory's own (user.*), and read-only ones of fsmount's
 
@@ -198,7 +199,7 @@ class ObjectVolume(Volume):
         return block_name(self.store.identity, key, info.version, f"{tag}{index}")
 
     def piece(self, path: Path, info: ObjectInfo, index: int, size: int, tag: str = "") -> "Piece":
-        """Piece INDEX of SIZE bytes of the object: its cache name, its fetch and its length."""
+        """Piece INDEX of SIZE bytes of the object: its cache name, its fetch, its length and its origin."""
         name = self.block(info, index, tag)
         length = max(0, min(size, info.size - index * size))  # as the listing says: a range no longer than the object
 
@@ -210,7 +211,7 @@ class ObjectVolume(Volume):
                 log.info("%s changed while open; its old version is gone", info.key)
                 raise OSError(errno.ESTALE, "the object changed") from None
 
-        return Piece(name, fetch, length)
+        return Piece(name, fetch, length, (self.store.identity, info.key))
 
     def fill_whole(self, path: Path, info: ObjectInfo, store_pages=None):
         """Fills every block of an object read at random, a few at a time, once per version. With
@@ -224,15 +225,16 @@ class ObjectVolume(Volume):
             feed = self._feeds[path] = PageFeed(info.version, store_pages)
         block_size = self.cache.block_size
 
-        async def fill_one(index, name, fetch, size, limit, nursery):
+        async def fill_one(index, name, fetch, size, origin, limit, nursery):
             try:
                 async with limit:
                     if feed is None or feed.stopped:
                         if not self.cache.contains(name):
                             await self.prefetcher.fill(
-                                lambda: self.cache.read(name, 0, 0, fetch, page_cache=True, size=size))
+                                lambda: self.cache.read(name, 0, 0, fetch, page_cache=True, size=size, origin=origin))
                         return
-                    data = await self.prefetcher.fill(lambda: self.cache.read(name, 0, block_size, fetch, size=size))
+                    data = await self.prefetcher.fill(
+                        lambda: self.cache.read(name, 0, block_size, fetch, size=size, origin=origin))
                     await feed.store(index * block_size, data)
             except Exception as error:  # the first failure stops the rest: the store may be down
                 log.info("filling %s in the background stopped: %s", info.key, error,
@@ -272,6 +274,11 @@ class ObjectVolume(Volume):
     def forget_below(self, *paths: Path):
         """This daemon moved every name at or under PATHS."""
         self.tree.forget_below(*paths)
+        self.forget_pages(*paths)
+
+    def forget_pages(self, *paths: Path):
+        """The kernel's pages of the files at or under PATHS are dropped at their next open (their blocks left the
+        cache: a reader expects the store's bytes again)."""
         self._opened_versions.pop_where(lambda cached: any(cached[:len(path)] == path for path in paths))
 
     async def _list_again(self, path: Path):

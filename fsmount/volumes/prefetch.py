@@ -52,6 +52,7 @@ class Piece(typing.NamedTuple):
     name: str  # in the block cache
     fetch: typing.Callable[[], typing.Awaitable[bytes | memoryview]]
     size: int  # of the bytes it fetches
+    origin: tuple[str, str]  # (store identity, key) of its object, which the cache's index files it under
 
 
 @dataclasses.dataclass(eq=False)

@@ -54,8 +54,9 @@ class SingleObjectVolume(ObjectVolume):
         digest = hashlib.sha256()
         block_size = self.cache.block_size
         for index in range(-(-info.size // block_size)):
-            name, fetch, size = self.piece(path, info, index, block_size)
-            await trio.to_thread.run_sync(digest.update, await self.cache.read(name, 0, block_size, fetch, size=size))
+            name, fetch, size, origin = self.piece(path, info, index, block_size)
+            await trio.to_thread.run_sync(digest.update, await self.cache.read(name, 0, block_size, fetch, size=size,
+                                                                               origin=origin))
         if digest.digest() != self.checksum_sha256:
             log.error("%s: SHA-256 %s, not the %s the config asks for; reads fail with EIO",
                       info.key, digest.hexdigest(), self.checksum_sha256.hex())

@@ -108,8 +108,9 @@ class StagedFiles:
             block_size = volume.cache.block_size
             try:
                 for index in range(-(-info.size // block_size)):
-                    name, fetch, size = volume.piece(path, info, index, block_size)
-                    staged.write(index * block_size, await volume.cache.read(name, 0, block_size, fetch, size=size))
+                    name, fetch, size, origin = volume.piece(path, info, index, block_size)
+                    staged.write(index * block_size, await volume.cache.read(name, 0, block_size, fetch, size=size,
+                                                                             origin=origin))
             except BaseException:
                 if self._at.get(path) is staged:
                     del self._at[path]
@@ -185,7 +186,8 @@ class StagedFiles:
                         return await run_in_background(staged.read, offset, block_size)
 
                     await cache.read(self.volume.block(info, index), 0, 0, from_staging, background=True,
-                                     size=min(block_size, info.size - index * block_size))
+                                     size=min(block_size, info.size - index * block_size),
+                                     origin=(self.volume.store.identity, info.key))
         except OSError as error:
             log.info("%s is uploaded, but its bytes did not go into the cache: %s", info.key, error)
         finally:
