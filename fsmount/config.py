@@ -17,7 +17,7 @@ from fsmount.hocon import (AZURE_CREDENTIAL_KEYS, GCS_CREDENTIAL_KEYS, S3_CREDEN
 from fsmount.stores.base import redact_url
 from fsmount.stores.retries import RetryPolicy
 from fsmount.stores.tls import is_url
-from fsmount.units import parse_duration, parse_size, parse_ttl
+from fsmount.units import parse_duration, parse_listen, parse_size, parse_ttl
 
 LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
 IPFS_API_ENV = "FSMOUNT_IPFS_API"
@@ -152,14 +152,16 @@ class Config:
     ca_bundles: dict[str, str] = field(default_factory=dict)  # CA bundle URL a volume's `verify` names -> its key
     clearml_file: str | None = None
     clearml: tuple[Taken, ...] = ()  # what the ClearML file gave
+    metrics_listen: tuple[str, int] | None = None  # where /metrics and /healthz are served; None: not at all
 
 
 _TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "link_mounts", "cache", "staging",
-             "retries", "credentials", "volumes", "clearml", "path_substitution"}
+             "retries", "credentials", "volumes", "clearml", "path_substitution", "metrics"}
 _LOG_KEYS = {"file", "level"}
 _CACHE_KEYS = {"dir", "max_size", "block_size", "read_ahead", "metadata_ttl"}
 _STAGING_KEYS = {"dir", "max_size", "multipart_threshold", "part_size", "parallel_parts", "write_back"}
 _RETRIES_KEYS = {"attempts", "max_time"}
+_METRICS_KEYS = {"listen"}
 _SMALLEST_PART = 5 * 2**20  # S3's least part size but for the last
 _PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of it
 _VOLUME_KEYS = {"source", "mode", "path"}
@@ -240,6 +242,8 @@ class _Reader(Reader):
             cache=cache,
             staging=self.staging(tree, cache, clearml.parallel_parts),
             retries=self.retries(tree),
+            metrics_listen=self.value(self.section(tree, ("metrics",), _METRICS_KEYS), ("metrics", "listen"),
+                                      parse_listen, None),
             volumes=self.volumes(tree, link_mounts, credentials, substitutions),
             clearml_file=clearml.file,
             clearml=tuple(replace(taken, what=f"{taken.what} (fsmount's {taken.setting} wins)")

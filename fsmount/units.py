@@ -77,3 +77,11 @@ def format_size(size: int) -> str:
         if size >= scale:
             return f"{size / scale:g}{unit}"
     return f"{size}B"
+
+
+def parse_listen(value) -> tuple[str, int]:
+    """(host, port) of `host:port`, `[v6-address]:port` or `:port` (every address)."""
+    host, colon, port = str(value).rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port such as 127.0.0.1:9464, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
