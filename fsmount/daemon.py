@@ -23,6 +23,9 @@ from fsmount.control import CommandFailed, ControlServer, Handler
 from fsmount.fs.inodes import InodeTable
 from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
+from fsmount.metrics.counting import FuseRequests
+from fsmount.metrics.exporter import Exporter
+from fsmount.metrics.store_requests import Health
 from fsmount.reload import Reloader
 from fsmount.staging.area import StagingArea
 from fsmount.status import gather as gather_status
@@ -36,7 +39,7 @@ from fsmount.volumes.host import HostVolume
 from fsmount.volumes.objects import ObjectVolume
 from fsmount.volumes.prefetch import Prefetcher
 from fsmount.volumes.single import SingleObjectVolume
-from fsmount.volumes.uploads import UploadSettings
+from fsmount.volumes.uploads import Uploads, UploadSettings
 from fsmount.volumes.writable import WritableObjectVolume
 
 log = logging.getLogger("fsmount")
@@ -117,6 +120,7 @@ class Daemon:
         self.known_attributes: KnownAttributes | None = None
         self.known_listings: KnownListings | None = None
         self.staging: StagingArea | None = None
+        self.health = Health()  # of each object volume's store, after its last request
         self.stores = Stores(config.cache.dir, config.retries, _ca_bundles(config))
         self.prefetcher = Prefetcher(max(2, _READ_AHEAD_MEMORY // config.cache.block_size))
         self.nursery: trio.Nursery | None = None  # while it serves
@@ -125,6 +129,8 @@ class Daemon:
                                                               for path, (volume, made) in volumes.items()],
                                                self.uid, self.gid))
         self.reloader = Reloader(self, volumes)
+        if config.metrics_listen is not None:
+            self.operations.requests = FuseRequests()
 
     def read_only(self, volume: VolumeConfig) -> bool:
         return volume.read_only or self.options.read_only
@@ -140,7 +146,7 @@ class Daemon:
             self.known_attributes = KnownAttributes(cache.dir)
             self.known_listings = KnownListings(cache.dir)
         source = volume.objects
-        store = TrioStore(self.stores.store_for(source, volume.read_only))
+        store = TrioStore(self.stores.store_for(source, volume.read_only), self.health.volume(volume.name))
         shared = dict(cache=self.cache, known_attributes=self.known_attributes, prefetcher=self.prefetcher,
                       metadata_ttl=source.effective_ttl(cache.metadata_ttl),
                       read_ahead=cache.read_ahead, uid=self.uid, gid=self.gid)
@@ -189,7 +195,14 @@ class Daemon:
 
         return {"status": status, "warm": warm, "reload": reload, **cache_control.commands(self)}
 
-    async def serve(self, mountpoint: str, ready: int | None):
+    def uploads(self) -> list[Uploads]:
+        """Of each rw object volume."""
+        return [volume.staged_files.uploads for volume in self.volumes if isinstance(volume, WritableObjectVolume)]
+
+    async def serve(self, mountpoint: str, ready: int | None, exporter: Exporter | None = None):
+        """EXPORTER: serves the metrics meanwhile."""
+        if exporter is not None:
+            exporter.start()
         async with asyncio_loop():
             try:
                 async with trio.open_nursery() as nursery:
@@ -222,6 +235,8 @@ class Daemon:
                     self.known_listings.close()
                 if self.staging is not None:
                     self.staging.close()
+                if exporter is not None:
+                    exporter.close()
 
 
 def _ca_bundles(config: Config) -> dict[str, str]:
@@ -257,6 +272,7 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
         daemon = Daemon(config, options)
     except OSError as error:  # the cache's directory: unusable, or another daemon's
         raise MountError(error.strerror or str(error)) from None
+    exporter = _exporter(daemon, config.metrics_listen)
     fuse_options = set(pyfuse3.default_options) | options.kernel_flags
     fuse_options |= {f"fsname={config.file}", "subtype=fsmount"}
     if config.allow_other if options.allow_other is None else options.allow_other:
@@ -274,7 +290,7 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
     ready = None if foreground else _daemonize(log_file)
     log.info("mounted %s on %s (%d volumes)", config.file, mountpoint, len(config.volumes))
     try:
-        trio.run(daemon.serve, mountpoint, ready)
+        trio.run(daemon.serve, mountpoint, ready, exporter)
     except KeyboardInterrupt:
         pass
     except BaseException:
@@ -283,6 +299,16 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
+
+
+def _exporter(daemon: Daemon, listen: tuple[str, int] | None) -> Exporter | None:
+    """The metrics' server, its port bound now (before the daemon goes to the background), if the config asks for one."""
+    if listen is None:
+        return None
+    try:
+        return Exporter(daemon, listen)
+    except OSError as error:
+        raise MountError(f"metrics.listen: cannot listen on {listen[0]}:{listen[1]}: {error.strerror or error}") from None
 
 
 async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):

@@ -21,7 +21,6 @@ rows.
 import collections
 import contextlib
 import ctypes
-import dataclasses
 import errno
 import functools
 import glob
@@ -37,10 +36,11 @@ from fsmount.cache.background import run_in_background, when_idle
 from fsmount.cache import blockio
 from fsmount.cache.block_index import BlockIndex, Origin, Row
 from fsmount.cache.budget import Budget
+from fsmount.cache.counts import CacheCounts
+from fsmount.cache.fill import Fill
 from fsmount.cache.filled import FilledBlocks
 from fsmount.cache.segments import Segments, packed_runs
 from fsmount.stores import arrival
-from fsmount.stores.arrival import Arrival
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +63,6 @@ def block_name(identity: str, key: str, version: str, index: int) -> str:
     return hashlib.sha256(f"{identity}\0{key}\0{version}\0{index}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
-@dataclasses.dataclass
-class _Fill:
-    """A block on its way into the cache: once fetched, its bytes are read from here while they are written."""
-    fetched: trio.Event = dataclasses.field(default_factory=trio.Event)
-    data: bytes | None = None
-    read: bool = False  # by a reader, as it was being written
-    read_to_end: bool = False  # by a reader, which most likely is done with it
-    reserved: int = 0  # bytes of the budget of unwritten blocks it holds
-    origin: Origin | None = None  # what the index files it under
-    arrival: Arrival = dataclasses.field(default_factory=Arrival)  # of its bytes, while they are fetched
-    error: BaseException | None = None  # why its fetch failed
-
-
 class BlockCache:
     def __init__(self, directory: str, max_size: int, block_size: int, memory: int = 0, unwritten: int = 2**26):
         """MEMORY: bytes of the blocks filled last kept in memory. UNWRITTEN: bytes of blocks being fetched or
@@ -92,13 +79,14 @@ class BlockCache:
         self._forget_unfinished()
         self._segments = Segments(os.path.join(self._blocks_dir, "segments"), self._index.blocks_per_segment())
         self.size = self._index.size()
-        self._fills: dict[str, _Fill] = {}
+        self._fills: dict[str, Fill] = {}
         self._pins: collections.Counter[str] = collections.Counter()
         # blocks this process has checked -> (segment, position, size) of a packed one, None for a file of its own
         self._verified: dict[str, tuple[int, int, int] | None] = {}
         self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._filled = FilledBlocks(memory)
         self._unwritten = Budget(unwritten)
+        self.counts = CacheCounts()
         self._queued: trio.MemorySendChannel | None = None  # to the writers, while they run
         self._queued_background: trio.MemorySendChannel | None = None  # to the writer of background fills
         self._fetchers: trio.Nursery | None = None  # where large blocks are fetched while their readers go on
@@ -159,6 +147,8 @@ class BlockCache:
         BACKGROUND: no reader waits for the block; it is written at low priority once the daemon is idle, and
         not kept in memory afterwards. ORIGIN: the store and key the block is of, once it is written."""
         self._pins[name] += 1
+        if length:
+            self.counts.reads += 1
         try:
             in_memory = None
             if name in self._verified and name not in self._fills:
@@ -239,13 +229,17 @@ class BlockCache:
                 if row is not None and await self._intact(name, *row):
                     self._index.touch(name)
                     return None
-                filling = started = self._fills[name] = _Fill(reserved=size, origin=origin)
+                filling = started = self._fills[name] = Fill(reserved=size, origin=origin)
+                if not background:
+                    self.counts.missed(by_reader=bool(length))
                 # A large block arrives over ~20 ms: its reader is answered once its part is in, and the rest
                 # comes in a task of its own. A small one comes in one piece.
                 if length and size >= PACKED_BELOW and self._fetchers is not None and not background:
                     self._fetchers.start_soon(self._fill, name, filling, fetch, page_cache, background)
                 else:
                     await self._fill(name, filling, fetch, page_cache, background)
+                    if not (length or background) and filling.data is not None:
+                        self.counts.read_ahead_bytes += len(filling.data)
                     if filling.data is not None and (not length or self._queued is None or background):
                         return None  # written already, or not wanted now
             if length and not filling.fetched.is_set():
@@ -274,7 +268,7 @@ class BlockCache:
             self._filled.forget(name)
         return memoryview(data)[offset:offset + length]  # a copy would cost a page fault a 4 KiB
 
-    async def _fill(self, name: str, filling: _Fill, fetch, page_cache: bool, background: bool):
+    async def _fill(self, name: str, filling: Fill, fetch, page_cache: bool, background: bool):
         """Fetches block NAME into FILLING and has it written; a failure of the fetch is kept in FILLING for
         its reader (the fill leaves the cache, and other readers try again)."""
         try:
@@ -349,7 +343,7 @@ class BlockCache:
                 log.warning("%d cache blocks could not be written: %s", len(batch), error,
                             exc_info=not isinstance(error, OSError))
 
-    async def _write(self, batch: list[tuple[str, _Fill, bool]], background: bool):
+    async def _write(self, batch: list[tuple[str, Fill, bool]], background: bool):
         """Puts the fetched blocks of BATCH ((name, fill, page_cache) each) into the cache, however many they
         are, in one trip to a worker thread: the small ones packed into segments, one write for those
         of a segment, entered in the index once written; the large ones in files of their own, entered as
@@ -400,7 +394,7 @@ class BlockCache:
             log.warning("cache block %s could not be written: %s", name, error)
             self._remove(name, len(data), place)
 
-    def _release(self, batch: list[tuple[str, _Fill, bool]], background: bool):
+    def _release(self, batch: list[tuple[str, Fill, bool]], background: bool):
         """The fills of BATCH are over: blocks written stay in memory a while for their readers (unless read
         to the end already), and their bytes leave the budget of unwritten ones."""
         glibc_bytes = 0
@@ -428,6 +422,11 @@ class BlockCache:
     def blocks(self) -> int:
         return self._index.count()
 
+    @property
+    def unwritten_bytes(self) -> int:
+        """Of blocks being fetched, or fetched and not yet written: in memory, at most the `unwritten` bound."""
+        return self._unwritten.taken
+
     def unread(self) -> int:
         """How many blocks filled ahead of their readers wait in memory for them."""
         return self._filled.unread()
@@ -442,6 +441,7 @@ class BlockCache:
             with self._index.transaction():
                 for name, size, segment, position in victims:
                     self._remove(name, size, None if segment is None else (segment, position))
+                    self.counts.evictions += 1
                     if self.size + needed <= self.max_size:
                         return
 

@@ -6,12 +6,14 @@ import itertools
 import logging
 import os
 import stat
+import time
 
 import pyfuse3
 import trio
 
 from fsmount.fs.inodes import InodeTable, Node
 from fsmount.fs.namespace import Namespace
+from fsmount.metrics.counting import FuseRequests
 from fsmount.volumes.base import NAME_MAX, Attrs, AttrChanges, DirHandle, FileHandle, Owner
 
 log = logging.getLogger(__name__)
@@ -22,20 +24,31 @@ _RENAME_EXCHANGE = 2
 
 
 def _errno_reply(handler):
-    """OSError becomes its errno; anything unexpected is logged and becomes EIO, never a dead loop."""
+    """OSError becomes its errno; anything unexpected is logged and becomes EIO, never a dead loop. Each request is
+    counted and timed, by its operation and the errno replied, where the daemon keeps metrics."""
+    op = handler.__name__
+
     @functools.wraps(handler)
     async def wrapper(self, *args):
+        started = time.perf_counter()
+        replied = 0
         try:
             return await handler(self, *args)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as error:
+            replied = error.errno
             raise
         except OSError as error:
-            if error.errno in (errno.EIO, None) and not getattr(error, "logged", False):
-                log.warning("%s failed: %s", handler.__name__, error)
-            raise pyfuse3.FUSEError(error.errno or errno.EIO) from None
+            replied = error.errno or errno.EIO
+            if replied == errno.EIO and not getattr(error, "logged", False):
+                log.warning("%s failed: %s", op, error)
+            raise pyfuse3.FUSEError(replied) from None
         except Exception:
-            log.exception("%s failed", handler.__name__)
+            replied = errno.EIO
+            log.exception("%s failed", op)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if self.requests is not None:
+                self.requests.record(op, time.perf_counter() - started, replied)
     return wrapper
 
 
@@ -69,6 +82,7 @@ class Operations(pyfuse3.Operations):
         self._numbers = itertools.count(1)
         self._released: trio.Event | None = None  # set at the next release, for whoever waits on one
         self.after_init = None  # called once the kernel's INIT has been answered
+        self.requests: FuseRequests | None = None  # counts the requests where the daemon keeps metrics
 
     def init(self):
         # pyfuse3 calls this just before it replies to INIT; what after_init starts runs after the reply.

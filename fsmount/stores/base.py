@@ -247,8 +247,8 @@ class Store(abc.ABC):
 
     async def put_in_parts(self, key: str, path: str, part_size: int, parallel: int,
                            metadata: dict[str, str] | None = None) -> ObjectInfo:
-        """Uploads the file at PATH in parts of PART_SIZE, PARALLEL at once (a smaller file goes whole
-        through `upload_file`: fsmount.stores.aio chooses)."""
+        """Uploads the file at PATH in parts of PART_SIZE, PARALLEL at once, on asyncio alone (scripts/bench loads
+        its objects so). The daemon's uploads go through fsmount.stores.aio, which counts each request."""
         size = os.path.getsize(path)
         upload = await self.start_upload(key, metadata)
         slots = asyncio.Semaphore(parallel)

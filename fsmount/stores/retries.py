@@ -6,7 +6,9 @@ A throttled or unreachable server is retried; the server's Retry-After, when it 
 the computed wait. Anything else (missing, refused, changed) is an answer, not a fault, and is not
 retried.
 """
+import contextvars
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import stamina
@@ -19,6 +21,9 @@ log = logging.getLogger(__name__)
 
 _FIRST_WAIT = 0.1  # seconds after the first failure; doubled after each, plus up to as much again at random
 _LONGEST_WAIT = 5.0
+
+# Called at each try after a request's first, where a volume counts its requests (fsmount/metrics/store_requests.py).
+on_retry: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("on_retry", default=None)
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,11 @@ class Backoff:
         return self._wait(state)
 
 
-def _log_retry(details: stamina.instrumentation.RetryDetails):
+def _count_and_log_retry(details: stamina.instrumentation.RetryDetails):
+    count = on_retry.get()
+    if count is not None:
+        count()
     log.debug("%s; try %d again in %.2f s", details.caused_by, details.retry_num + 1, details.wait_for)
 
 
-stamina.instrumentation.set_on_retry_hooks([_log_retry])  # not stamina's default: a warning at every retry
+stamina.instrumentation.set_on_retry_hooks([_count_and_log_retry])  # not stamina's default: a warning at every retry
