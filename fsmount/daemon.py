@@ -210,6 +210,7 @@ class Daemon:
                     self.operations.after_init = lambda: nursery.start_soon(_raise_kernel_read_ahead, mountpoint)
                     await nursery.start(_terminate_on_signal)
                     await nursery.start(self.reloader.reload_on_sighup)
+                    await nursery.start(_toggle_debug_on_signal)
                     control = ControlServer(mountpoint)
                     control.commands.update(self.commands())
                     await nursery.start(control.serve)
@@ -320,6 +321,21 @@ async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):
             return
 
 
+async def _toggle_debug_on_signal(task_status=trio.TASK_STATUS_IGNORED):
+    """SIGUSR2 turns fsmount's debug lines on, and the next one back to the level configured (as mountpoint-s3
+    does). The libraries' own stay at warnings: their debug lines carry signatures."""
+    configured = log.level if log.level != logging.DEBUG else logging.INFO
+    with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+        task_status.started()
+        async for _ in signals:
+            if log.level == logging.DEBUG:
+                log.info("SIGUSR2: debug logging off")
+                log.setLevel(configured)
+            else:
+                log.setLevel(logging.DEBUG)
+                log.info("SIGUSR2: debug logging on")
+
+
 async def _hand_back_idle_buffers():
     """A daemon that stopped fetching keeps no receive buffers (~100 MiB after a large read)."""
     while True:
@@ -365,7 +381,7 @@ def _setup_logging(config: Config, options: MountOptions, foreground: bool) -> s
     """Returns the log file, if the log goes to one."""
     log_file = options.log_file or config.log_file
     if log_file:
-        handler = logging.FileHandler(log_file)
+        handler = logging.handlers.WatchedFileHandler(log_file)  # reopened once logrotate moved it away
     elif foreground:
         handler = logging.StreamHandler(sys.stderr)
     elif stat.S_ISSOCK(_mode_or_zero("/dev/log")):
@@ -374,7 +390,7 @@ def _setup_logging(config: Config, options: MountOptions, foreground: bool) -> s
     else:
         os.makedirs(config.cache.dir, exist_ok=True)
         log_file = os.path.join(config.cache.dir, "fsmount.log")
-        handler = logging.FileHandler(log_file)
+        handler = logging.handlers.WatchedFileHandler(log_file)
     if not isinstance(handler, logging.handlers.SysLogHandler):
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
