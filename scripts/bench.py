@@ -39,7 +39,9 @@ fsmount could get: for the cold read scripts/pyfuse3_floor.py (ranged GETs into 
 answered from there, no cache), for the cold epochs scripts/pyfuse3_tree_floor.py (the tree known
 from the start, one GET a file by fsmount's client of small GETs, reads answered from memory, no
 cache). `fsmount-host` reads the small-object epoch from a local copy through a linked host volume
-of fsmount: what its warm epoch is held to.
+of fsmount: what its warm epoch is held to. `fsmount-metrics` (named in `--tools` only) is fsmount with
+`metrics.listen` set, every FUSE and store request counted, for the read and epoch rows: beside fsmount, what the
+counting costs.
 
 The apps rows run programs people point at a mount, each on a fresh mount into a prefix of its own, timed from the
 program's start until the server holds exactly what it wrote: every file at its size and nothing else, directory
@@ -95,6 +97,7 @@ from fsmount.stores.s3 import S3Endpoint, S3Store  # noqa: E402
 
 BUCKET = "bench"
 HOST = "fsmount-host"  # fsmount over a linked host copy of the epoch's objects: the data-loader rows' floor
+METRICS = "fsmount-metrics"  # fsmount with its metrics served: what counting costs the read rows
 KEY, SECRET = "bench", "bench"
 BIG_KEY = "big/1GiB.bin"
 MANY, SMALL = 10_000, 1_000
@@ -426,7 +429,7 @@ class Tool:
     @property
     def root(self) -> Path:
         """Where the bucket's keys appear: fsmount shows the bucket as one volume of its tree."""
-        return self.mnt / "bench" if self.name in ("fsmount", HOST) else self.mnt
+        return self.mnt / "bench" if self.name in ("fsmount", METRICS, HOST) else self.mnt
 
     def command(self) -> tuple[list[str], dict]:
         if self.name == FLOOR and self.floor_of_tree:
@@ -445,13 +448,15 @@ class Tool:
             floor = {"path": BIG_KEY, "size": info.size, "url": request.url, "headers": request.headers}
             return [str(BIN / "python"), str(ROOT / "scripts" / "pyfuse3_floor.py"), str(self.mnt),
                     json.dumps(floor)], {}
-        if self.name in ("fsmount", HOST):
+        if self.name in ("fsmount", METRICS, HOST):
             config = self.work / f"{self.name}.conf"
-            volume = self.server.fsmount_volume() if self.name == "fsmount" else \
+            volume = self.server.fsmount_volume() if self.name != HOST else \
                 f"""link_mounts: ["{self.work / 'host'}"]
                     volumes {{ bench {{ source: "file://{self.work / 'host'}" }} }}"""
+            metrics = f'metrics {{ listen: "127.0.0.1:{free_base([])}" }}' if self.name == METRICS else ""
             config.write_text(f"""
                 cache {{ dir: "{self.cache}" }}
+                {metrics}
                 {volume}
             """)
             return [str(BIN / "fsmount"), "mount", str(config), str(self.mnt), "--foreground"], {}
@@ -1002,7 +1007,7 @@ def groups_of(tool: Tool) -> set[str]:
     rows leave it out."""
     if tool.name == HOST:
         return {"epoch"}
-    if tool.name == FLOOR:
+    if tool.name in (FLOOR, METRICS):
         return {"read", "epoch"}
     if tool.name == "rclone-nocache":
         return {"writes"} | LOADER_GROUPS
