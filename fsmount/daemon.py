@@ -322,8 +322,8 @@ async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):
 
 
 async def _toggle_debug_on_signal(task_status=trio.TASK_STATUS_IGNORED):
-    """SIGUSR2 turns fsmount's debug lines on, and the next one back to the level configured (as mountpoint-s3
-    does). The libraries' own stay at warnings: their debug lines carry signatures."""
+    """SIGUSR2 turns fsmount's debug lines on, and the next one back to the level configured (info where that was
+    debug), as mountpoint-s3 does. The libraries' own stay at warnings: their debug lines carry signatures."""
     configured = log.level if log.level != logging.DEBUG else logging.INFO
     with trio.open_signal_receiver(signal.SIGUSR2) as signals:
         task_status.started()
