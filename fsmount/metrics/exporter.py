@@ -138,4 +138,4 @@ class DaemonCollector:
         yield GaugeMetricFamily("fsmount_uploads_pending", "Files closed and not uploaded yet: waiting, failed or "
                                 "on their way", value=sum(sum(each.counts()[:2]) for each in uploads))
         yield CounterMetricFamily("fsmount_upload_failures", "Uploads of staged files that failed (each is tried "
-                                  "again)", value=sum(each.failures for each in uploads))
+                                  "again)", value=sum(each.failed_uploads for each in uploads))

@@ -54,7 +54,7 @@ class Uploads:
         self._due: dict[StagedFile, float] = {}  # files waiting for their upload -> when it starts (trio's clock)
         self._queue: list[tuple[float, int, StagedFile]] = []  # a heap of (when, row, file); stale where _due differs
         self._failures: dict[StagedFile, int] = {}  # failed files -> how many times their upload failed in a row
-        self.failures = 0  # uploads that failed, ever
+        self.failed_uploads = 0  # uploads that failed, of every file, each try counted
         self._uploading: set[StagedFile] = set()  # of the files whose time came
         self._streams: dict[StagedFile, PartStream] = {}
         self._changed = trio.Event()
@@ -161,7 +161,7 @@ class Uploads:
             log.warning("uploading %s failed (%s); it stays staged in %s and is tried again", staged.key, reason,
                         staged.path)
             self.staging.failed(staged, reason)
-            self.failures += 1
+            self.failed_uploads += 1
             failures = self._failures[staged] = self._failures.get(staged, 0) + 1
             self._start_at(staged, _RETRY_BACKOFF.after(failures))
             raise OSError(errno.EIO, f"uploading {staged.key} failed") from None
