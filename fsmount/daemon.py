@@ -284,6 +284,7 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
     _return_large_buffers_to_the_system()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the daemon serves, which reloads then: the config is fresh
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # its default ends the process: one sent before serve() is lost
     try:
         pyfuse3.init(daemon.operations, mountpoint, fuse_options)
     except RuntimeError as error:
