@@ -30,7 +30,8 @@ def _errno_reply(handler):
 
     @functools.wraps(handler)
     async def wrapper(self, *args):
-        started = time.perf_counter()
+        requests = self.requests
+        started = 0.0 if requests is None else time.perf_counter()
         replied = 0
         try:
             return await handler(self, *args)
@@ -47,8 +48,8 @@ def _errno_reply(handler):
             log.exception("%s failed", op)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            if self.requests is not None:
-                self.requests.record(op, time.perf_counter() - started, replied)
+            if requests is not None:
+                requests.record(op, time.perf_counter() - started, replied)
     return wrapper
 
 
