@@ -2,7 +2,6 @@
 import contextlib
 import ctypes
 import logging
-import logging.handlers
 import os
 import resource
 import signal
@@ -23,6 +22,7 @@ from fsmount.control import CommandFailed, ControlServer, Handler
 from fsmount.fs.inodes import InodeTable
 from fsmount.fs.namespace import Namespace
 from fsmount.fs.operations import Operations
+from fsmount.logs import set_log_level, setup_logging, toggle_debug_on_signal
 from fsmount.metrics.counting import FuseRequests
 from fsmount.metrics.exporter import Exporter
 from fsmount.metrics.store_requests import Health
@@ -175,6 +175,10 @@ class Daemon:
         if not self.options.debug:
             set_log_level(logging.getLevelName(level.upper()))
 
+    def configured_log_level(self) -> int:
+        """The config's `log.level` as last read, unless the mount's `debug` option overrides it."""
+        return logging.DEBUG if self.options.debug else logging.getLevelName(self.reloader.log_level.upper())
+
     @property
     def volumes(self) -> list[Volume]:
         return self.operations.namespace.volumes
@@ -210,7 +214,7 @@ class Daemon:
                     self.operations.after_init = lambda: nursery.start_soon(_raise_kernel_read_ahead, mountpoint)
                     await nursery.start(_terminate_on_signal)
                     await nursery.start(self.reloader.reload_on_sighup)
-                    await nursery.start(_toggle_debug_on_signal)
+                    await nursery.start(toggle_debug_on_signal, self.configured_log_level)
                     control = ControlServer(mountpoint)
                     control.commands.update(self.commands())
                     await nursery.start(control.serve)
@@ -268,7 +272,8 @@ def mount(config: Config, mountpoint: str, options: MountOptions, foreground: bo
             raise MountError(f"mount point {mountpoint} is not a directory")
     except OSError as error:
         raise MountError(f"mount point {mountpoint}: {error.strerror}") from None
-    log_file = _setup_logging(config, options, foreground)
+    log_file = setup_logging(options.log_file or config.log_file, logging.DEBUG if options.debug else
+                             logging.getLevelName(config.log_level.upper()), config.cache.dir, foreground)
     try:
         daemon = Daemon(config, options)
     except OSError as error:  # the cache's directory: unusable, or another daemon's
@@ -322,21 +327,6 @@ async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):
             return
 
 
-async def _toggle_debug_on_signal(task_status=trio.TASK_STATUS_IGNORED):
-    """SIGUSR2 turns fsmount's debug lines on, and the next one back to the level configured (info where that was
-    debug), as mountpoint-s3 does. The libraries' own stay at warnings: their debug lines carry signatures."""
-    configured = log.level if log.level != logging.DEBUG else logging.INFO
-    with trio.open_signal_receiver(signal.SIGUSR2) as signals:
-        task_status.started()
-        async for _ in signals:
-            if log.level == logging.DEBUG:
-                log.info("SIGUSR2: debug logging off")
-                log.setLevel(configured)
-            else:
-                log.setLevel(logging.DEBUG)
-                log.info("SIGUSR2: debug logging on")
-
-
 async def _hand_back_idle_buffers():
     """A daemon that stopped fetching keeps no receive buffers (~100 MiB after a large read)."""
     while True:
@@ -376,41 +366,3 @@ def _daemonize(log_file: str | None) -> int:
         os.dup2(devnull, fd)
     os.close(devnull)
     return write_end
-
-
-def _setup_logging(config: Config, options: MountOptions, foreground: bool) -> str | None:
-    """Returns the log file, if the log goes to one."""
-    log_file = options.log_file or config.log_file
-    if log_file:
-        handler = logging.handlers.WatchedFileHandler(log_file)  # reopened once logrotate moved it away
-    elif foreground:
-        handler = logging.StreamHandler(sys.stderr)
-    elif stat.S_ISSOCK(_mode_or_zero("/dev/log")):
-        handler = logging.handlers.SysLogHandler("/dev/log")
-        handler.ident = "fsmount: "
-    else:
-        os.makedirs(config.cache.dir, exist_ok=True)
-        log_file = os.path.join(config.cache.dir, "fsmount.log")
-        handler = logging.handlers.WatchedFileHandler(log_file)
-    if not isinstance(handler, logging.handlers.SysLogHandler):
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    set_log_level(logging.DEBUG if options.debug else logging.getLevelName(config.log_level.upper()))
-    if log_file and not foreground:
-        print(f"fsmount: logging to {log_file}", file=sys.stderr)
-    return log_file
-
-
-def set_log_level(level: int):
-    """fsmount's own lines from LEVEL up. The libraries' own info and debug lines name every request, signatures and
-    signed URLs among them (botocore's, urllib3's), or run to ~30 lines a request (Azure's): only their warnings are
-    logged."""
-    logging.getLogger().setLevel(max(level, logging.WARNING))
-    log.setLevel(level)
-
-
-def _mode_or_zero(path: str) -> int:
-    try:
-        return os.stat(path).st_mode
-    except OSError:
-        return 0

@@ -165,6 +165,7 @@ class Reloader:
             log.info("volume %s stays: the config has it again", name)
             return
         await _forget_entry(parent.inode, entry)
+        self.daemon.health.forget(name)
         log.info("volume %s removed", name)
         if not opened:
             task_status.started("removed")
@@ -193,6 +194,7 @@ class Reloader:
             except OSError as error:
                 if volume is not None:
                     await volume.close()  # what its start opened before it failed
+                self.daemon.health.forget(wanted.name)
                 log.error("volume %s cannot be added: %s", wanted.name, error.strerror or error)
                 changes.failed[wanted.name] = error.strerror or str(error)
                 continue

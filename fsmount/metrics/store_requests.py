@@ -77,8 +77,13 @@ class Health:
         self.volumes: dict[str, VolumeRequests] = {}
 
     def volume(self, name: str) -> VolumeRequests:
+        """The requests of the volume NAME, made now (again, for a volume a reload brings back)."""
         requests = self.volumes[name] = VolumeRequests(name)
         return requests
+
+    def forget(self, name: str):
+        """The volume NAME left the tree (a reload removed it, or could not add it)."""
+        self.volumes.pop(name, None)
 
     def states(self) -> dict[str, dict]:
         """Each volume's name -> {"ok", "last_error", "last_error_at", "last_request_at"} (times in Unix seconds)."""
