@@ -51,6 +51,9 @@ class Scrape:
     def has(self, name: str) -> bool:
         return any(sample.name == name for sample in self.samples)
 
+    def has_labels(self, **labels) -> bool:
+        return any(labels.items() <= sample.labels.items() for sample in self.samples)
+
 
 def moved(before: Scrape, after: Scrape, name: str, **labels) -> float:
     return after.value(name, **labels) - before.value(name, **labels)
@@ -229,3 +232,22 @@ def test_a_bad_listen_address_names_the_file_line_and_key(workspace):
     done = subprocess.run([FSMOUNT, "check", str(config)], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert f"{config}:4: metrics.listen: expected host:port" in done.stderr
+
+
+def test_a_volume_a_reload_removes_leaves_the_metrics_and_the_health(workspace, moto, mount):
+    first, second = S3Bucket(moto, {"big.bin": BIG}), S3Bucket(moto, {"small.bin": b"small"})
+    port = free_base([])
+    two_volumes = metrics_config(workspace, first, port).read_text().replace(
+        "volumes {", f"""credentials {{ s3: [ {{ bucket: {second.name}, key: "{KEY}", secret: "{SECRET}" }} ] }}
+        volumes {{ other {{ source: "s3://{second.name}/", endpoint: "{second.server.url}" }}""")
+    config = write_config(workspace, two_volumes)
+    mount(config, workspace / "mnt")
+    assert (workspace / "mnt" / "other" / "small.bin").read_bytes() == b"small"
+    assert Scrape(port).value("fsmount_store_requests_total", volume="other") > 0
+    metrics_config(workspace, first, port)  # the same file, with the bucket volume alone
+    done = subprocess.run([FSMOUNT, "reload", str(workspace / "mnt")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: not Scrape(port).has_labels(volume="other"), 30, "the removed volume to leave the metrics")
+    assert health(port) == (200, {"ok": True, "failing": {}})
+    assert os.listdir(workspace / "mnt" / "bucket") == ["big.bin"]
+    assert Scrape(port).value("fsmount_store_requests_total", volume="bucket") > 0
