@@ -15,9 +15,11 @@ def gather(daemon) -> dict:
     cache = daemon.cache
     volumes = []
     uploads = {"waiting": 0, "uploading": 0, "failing": []}
+    health = daemon.health.states()
     for volume_config, volume in daemon.reloader.mounted():
         volumes.append({"path": "/" + volume_config.name, "source": redact_url(volume_config.source),
-                        "mode": "ro" if volume_config.read_only else "rw"})
+                        "mode": "ro" if volume_config.read_only else "rw",
+                        "health": health.get(volume_config.name)})  # None: a host path, no store to answer
         staged_files = getattr(volume, "staged_files", None)
         if staged_files is not None:
             waiting, uploading, failing = staged_files.uploads.counts()
@@ -33,7 +35,9 @@ def gather(daemon) -> dict:
         "uptime": time.monotonic() - daemon.started,
         "volumes": volumes,
         "cache": None if cache is None else {"dir": config.cache.dir, "used": cache.size, "limit": cache.max_size,
-                                             "blocks": cache.blocks()},
+                                             "blocks": cache.blocks(), "hits": cache.counts.hits,
+                                             "misses": cache.counts.misses},
+        "memory_in_flight": 0 if cache is None else cache.unwritten_bytes,
         "staging": {"dir": config.staging.dir, "used": staging.used if staging else 0,
                     "limit": config.staging.max_size},
         "uploads": uploads,
@@ -45,11 +49,18 @@ def describe(state: dict, mountpoint: str) -> str:
     """STATE (from `gather`) as lines for a terminal."""
     lines = [f"mount        {mountpoint}: {state['config']}, pid {state['pid']}, up {_duration(state['uptime'])}"]
     width = max(len(volume["path"]) for volume in state["volumes"]) if state["volumes"] else 0
-    lines += [f"  {volume['path']:<{width}}  {volume['mode']}  {volume['source']}" for volume in state["volumes"]]
+    lines += [f"  {volume['path']:<{width}}  {volume['mode']}  {_health(volume['health'])}  {volume['source']}"
+              for volume in state["volumes"]]
+    lines += [f"  {'':<{width}}      last error at {_clock(volume['health']['last_error_at'])}: "
+              f"{volume['health']['last_error']}" for volume in state["volumes"]
+              if volume["health"] is not None and volume["health"]["last_error"] is not None]
     cache = state["cache"]
     if cache is not None:
+        reads = cache["hits"] + cache["misses"]
+        rate = f"hit rate {100 * cache['hits'] / reads:.1f}% of {reads} block reads" if reads else "no block read yet"
         lines.append(f"cache        {cache['dir']}: {format_size(cache['used'])} of {format_size(cache['limit'])} "
-                     f"in {cache['blocks']} blocks")
+                     f"in {cache['blocks']} blocks, {rate}")
+    lines.append(f"memory       {format_size(state['memory_in_flight'])} of blocks fetched and not yet on disk")
     staging, uploads = state["staging"], state["uploads"]
     lines.append(f"staging      {staging['dir']}: {format_size(staging['used'])} of {format_size(staging['limit'])}")
     lines.append(f"uploads      {uploads['waiting']} waiting, {uploads['uploading']} in progress, "
@@ -60,6 +71,16 @@ def describe(state: dict, mountpoint: str) -> str:
     lines.append(f"kept aside   {len(kept)} files that were never closed, so never uploaded" + (":" if kept else ""))
     lines += [f"  {path}" for path in kept]
     return "\n".join(lines)
+
+
+def _health(health: dict | None) -> str:
+    if health is None:
+        return "host   "
+    return "ok     " if health["ok"] else "FAILING"
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
 
 
 def _duration(seconds: float) -> str:
@@ -78,8 +99,7 @@ def from_journal(config: Config) -> str:
     lines = [f"staging      {staging.dir}: at most {format_size(staging.max_size)}",
              f"uploads      {len(waiting)} waiting, {len(pending) - len(waiting)} files open for writing"]
     for entry in waiting:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.since))
-        lines.append(f"  waiting    {format_size(entry.size):>10}  since {since}  {entry.store}/{entry.key}  ({entry.path})"
+        lines.append(f"  waiting    {format_size(entry.size):>10}  since {_clock(entry.since)}  {entry.store}/{entry.key}  ({entry.path})"
                      + (f"\n             last upload failed: {entry.error}" if entry.error else ""))
     lines.append(f"kept aside   {len(kept)} files that were never closed, so never uploaded"
                  + (":" if kept else ""))

@@ -41,8 +41,11 @@ def test_status_shows_volumes_cache_and_an_upload_the_store_refuses(relayed, wor
     assert (root / "data" / "a.bin").read_bytes() == OBJECTS["data/a.bin"]
     first = state(workspace / "mnt" / "bucket" / "data")  # any path in the mount names it
     assert first["pid"] == daemon.process.pid and first["config"] == str(config)
-    assert first["volumes"] == [{"path": "/bucket", "source": f"s3://{bucket.name}/", "mode": "rw"}]
+    [volume] = first["volumes"]
+    assert (volume["path"], volume["source"], volume["mode"]) == ("/bucket", f"s3://{bucket.name}/", "rw")
+    assert volume["health"]["ok"] and volume["health"]["last_error"] is None
     assert first["cache"]["used"] == len(OBJECTS["data/a.bin"]) and first["cache"]["blocks"] == 1
+    assert first["cache"]["misses"] == 1 and first["memory_in_flight"] == 0
     assert first["cache"]["limit"] == 2**30
     assert first["uploads"] == {"waiting": 0, "uploading": 0, "failing": []}
 
@@ -55,13 +58,15 @@ def test_status_shows_volumes_cache_and_an_upload_the_store_refuses(relayed, wor
     [failed] = failing["uploads"]["failing"]
     assert failed["volume"] == "/bucket" and failed["key"] == "data/new.bin" and failed["size"] == 5000
     assert failed["failures"] >= 1 and "500" in failed["error"], failed
+    assert not failing["volumes"][0]["health"]["ok"] and "500" in failing["volumes"][0]["health"]["last_error"]
     text = status(str(workspace / "mnt"))
     assert text.returncode == 0
-    assert "1 failing" in text.stdout and "data/new.bin" in text.stdout
+    assert "1 failing" in text.stdout and "data/new.bin" in text.stdout and "FAILING" in text.stdout
 
     relay.faults = {}
     wait_for(lambda: not state(workspace / "mnt")["uploads"]["failing"], 90, "the upload to be retried and succeed")
     assert bucket.get("data/new.bin") == b"x" * 5000
+    assert state(workspace / "mnt")["volumes"][0]["health"]["ok"]
 
 
 def test_without_a_daemon(relayed, workspace):
