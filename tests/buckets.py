@@ -1,4 +1,5 @@
 """Buckets of each kind of store on the local servers, filled and checked from outside fsmount with each cloud's own client."""
+import contextlib
 import functools
 import itertools
 import urllib.parse
@@ -10,7 +11,7 @@ from fsmount.stores.azure import AzureStore
 from fsmount.stores.base import Store
 from fsmount.stores.gcs import GcsStore
 from fsmount.stores.s3 import S3Endpoint, S3Store
-from servers import AZURITE_ACCOUNT, AZURITE_KEY, Server, azure_admin, azurite_endpoint, gcs_create_bucket, s3_admin
+from servers import AZURITE_ACCOUNT, AZURITE_KEY, FaultRelay, Server, azure_admin, azurite_endpoint, gcs_create_bucket, s3_admin
 
 KINDS = ["s3", "azure", "gcs"]  # and "seaweedfs": S3 again, from a server with directories of its own, where a key
 # cannot be both a file and a prefix or hold an empty, "." or ".." segment
@@ -157,3 +158,15 @@ BUCKETS = {bucket.kind: bucket for bucket in (S3Bucket, SeaweedFSBucket, AzureBu
 def new_bucket(request, kind: str, objects: dict[str, bytes] | None = None) -> Bucket:
     """A fresh bucket of KIND on the session's server of that kind (a fixture of REQUEST), holding OBJECTS."""
     return BUCKETS[kind](request.getfixturevalue(SERVER_OF[kind]), objects)
+
+
+@contextlib.contextmanager
+def relayed_bucket(request, kind: str, objects: dict[str, bytes] | None = None):
+    """(a fresh bucket of KIND holding OBJECTS, a FaultRelay in front of its server: it lets everything through, and
+    counts, until faults are set)."""
+    bucket = new_bucket(request, kind, objects)
+    relay = FaultRelay(bucket.server.port, kind=kind)
+    try:
+        yield bucket, relay
+    finally:
+        relay.close()

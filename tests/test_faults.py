@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from buckets import KINDS, new_bucket
+from buckets import KINDS, relayed_bucket
 from conftest import wait_for, write_config
 from servers import FaultRelay, IpfsNode, WebServer
 from test_object_volume import drop_page_cache, volume_config
@@ -54,10 +54,8 @@ def expected(objects: dict[str, bytes]) -> dict[str, str]:
 @pytest.fixture(params=KINDS)
 def relayed(request):
     """(a fresh bucket on each kind of store holding OBJECTS, a FaultRelay in front of its server)."""
-    bucket = new_bucket(request, request.param, OBJECTS)
-    relay = FaultRelay(bucket.server.port, kind=request.param)
-    yield bucket, relay
-    relay.close()
+    with relayed_bucket(request, request.param, OBJECTS) as relayed:
+        yield relayed
 
 
 def relayed_config(directory, bucket, relay, **options):

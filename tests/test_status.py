@@ -6,9 +6,8 @@ import subprocess
 
 import pytest
 
-from buckets import new_bucket
+from buckets import relayed_bucket
 from conftest import FSMOUNT, wait_for
-from servers import FaultRelay
 from test_object_volume import volume_config
 
 OBJECTS = {"data/a.bin": os.urandom(300000)}
@@ -16,10 +15,8 @@ OBJECTS = {"data/a.bin": os.urandom(300000)}
 
 @pytest.fixture
 def relayed(request):
-    bucket = new_bucket(request, "s3", OBJECTS)
-    relay = FaultRelay(bucket.server.port)
-    yield bucket, relay
-    relay.close()
+    with relayed_bucket(request, "s3", OBJECTS) as relayed:
+        yield relayed
 
 
 def status(*args: str) -> subprocess.CompletedProcess:

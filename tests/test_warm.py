@@ -5,9 +5,8 @@ import subprocess
 
 import pytest
 
-from buckets import new_bucket
+from buckets import relayed_bucket
 from conftest import FSMOUNT
-from servers import FaultRelay
 from test_object_volume import drop_page_cache, volume_config
 
 MIB = 2**20
@@ -19,12 +18,9 @@ OBJECTS = {**SMALL, **LARGE, **OTHER}
 
 
 @pytest.fixture
-def relayed(request, workspace):
-    """(a bucket holding OBJECTS, a FaultRelay in front of its server that lets everything through and counts)."""
-    bucket = new_bucket(request, "s3", OBJECTS)
-    relay = FaultRelay(bucket.server.port)
-    yield bucket, relay
-    relay.close()
+def relayed(request):
+    with relayed_bucket(request, "s3", OBJECTS) as relayed:
+        yield relayed
 
 
 def warm(*args: str) -> subprocess.CompletedProcess:
