@@ -151,6 +151,13 @@ def publish(directory: str, to: str, config_file: str | None, endpoint: str | No
     return 0
 
 
+def _metrics_url(listen: tuple[str, int] | None) -> str:
+    if listen is None:
+        return "off"
+    host, port = listen
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics and /healthz"
+
+
 def status(target: str, as_json: bool) -> int:
     """The state of the daemon serving the mount TARGET (or the mount holding it); for a config file, its journal."""
     if not os.path.isdir(target):
@@ -303,6 +310,7 @@ def describe(config: Config) -> str:
         f"staging      {config.staging.dir}: at most {format_size(config.staging.max_size)}, parts of "
         f"{parts} above {format_size(config.staging.multipart_threshold)}",
         f"link mounts  {links}",
+        f"metrics      {_metrics_url(config.metrics_listen)}",
     ]
     if config.clearml_file:
         lines.append(f"clearml      {config.clearml_file}")

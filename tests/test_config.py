@@ -237,12 +237,16 @@ volumes {{
     result = subprocess.run([FSMOUNT, "check", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert f"link mounts  {links} (rw), {links}/ro (ro)" in result.stdout
+    assert "metrics      off" in result.stdout
     assert "staging      " in result.stdout and ": at most 10GiB, parts of 8MiB (GCS: 32MiB) above 16MiB" in result.stdout
     assert result.stdout.splitlines()[-3:] == [
         "PATH        MODE  SOURCE",
         f"data        ro    file://{links}/data",
         f"team/a/out  rw    file://{links}/out",
     ]
+    with_metrics = write_config(tmp_path, f'metrics {{ listen: "[::1]:9464" }}\n{config.read_text()}', "metrics.conf")
+    result = subprocess.run([FSMOUNT, "check", str(with_metrics)], capture_output=True, text=True)
+    assert "metrics      http://[::1]:9464/metrics and /healthz" in result.stdout, result.stdout + result.stderr
 
 
 def test_check_fails_with_the_message_and_no_secret(tmp_path):
