@@ -1,6 +1,6 @@
 """WritableObjectVolume: an rw object volume: an ObjectVolume whose names, owners, modes and xattrs change, and whose files are staged (StagedFiles) and uploaded.
 
-Where POSIX and an object store part ways (README, "Writing", says the same to users):
+Where POSIX and an object store part ways (docs/SEMANTICS.md, section 6, says the same to users):
 - A closed file goes up `staging.write_back` after its last change, once, under its final name with
   its final metadata (volumes/uploads.py); until then chmod, chown, utimensat, truncate, rename and
   unlink change only the staged file and its journal row, and a file removed before its upload
