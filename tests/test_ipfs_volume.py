@@ -49,10 +49,11 @@ def node(request, source, tmp_path_factory):
     started.stop()
 
 
-def ipfs_config(workspace, node, reach: str = "gateway", path: str = "") -> str:
+def ipfs_config(workspace, node, reach: str = "gateway", path: str = "", retries: str = "") -> str:
     where = f'api: "/ip4/127.0.0.1/tcp/{node.port}"' if reach == "api" else f'gateway: "{node.url}"'
     return write_config(workspace, f"""
         cache {{ dir: "{workspace}/cache", block_size: 1MiB, read_ahead: 4MiB }}
+        retries {{ {retries} }}
         volumes {{ ipfs {{ source: "ipfs://{node.root}{path}", {where} }} }}
     """)
 
@@ -164,7 +165,7 @@ def test_a_block_that_does_not_match_its_cid_is_eio_and_a_log_line(workspace, mo
 def test_a_node_that_is_down_gives_eio_for_what_is_not_cached(workspace, mount, source, tmp_path):
     down = IpfsNode(tmp_path, source, *IMPORTS["cidv1"])
     try:
-        mount(ipfs_config(workspace, down), workspace / "mnt")
+        mount(ipfs_config(workspace, down, retries="attempts: 3, max_time: 2s"), workspace / "mnt")
         root = workspace / "mnt" / "ipfs"
         assert (root / "hello.txt").read_text() == "hello from ipfs\n"
         down.stop()

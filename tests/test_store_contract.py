@@ -15,6 +15,7 @@ from fsmount.credentials import AzureCredentials
 from fsmount.stores.azure import AzureStore
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, PreconditionFailed, Unavailable
+from fsmount.stores.retries import RetryPolicy
 from fsmount.stores.s3 import S3Endpoint, S3Store
 from servers import AZURITE_ACCOUNT, AZURITE_KEY, azurite_endpoint
 
@@ -184,7 +185,8 @@ async def test_listing_without_a_delimiter_goes_deep(store):
 
 async def test_a_server_that_is_down_gives_unavailable():
     async with trio_asyncio.open_loop():
-        down = TrioStore(S3Store("bucket", S3Endpoint("http://127.0.0.1:9", key="test", secret="test")))
+        endpoint = S3Endpoint("http://127.0.0.1:9", key="test", secret="test", retries=RetryPolicy(3, 1.0))
+        down = TrioStore(S3Store("bucket", endpoint))
         await down.open()
         try:
             with pytest.raises(Unavailable) as error:
