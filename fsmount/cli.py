@@ -196,9 +196,10 @@ def warm(paths: list[str], manifest: str | None, jobs: int) -> int:
         return 1
     by_mount: dict[str, list[str]] = {}
     for path in paths:
-        mountpoint = control.mount_holding(path)
-        if mountpoint is None:
-            print(f"fsmount warm: {path} is in no fsmount mount", file=sys.stderr)
+        try:
+            mountpoint = _mount_of(path)
+        except control.NotServing as error:
+            print(f"fsmount warm: {error}", file=sys.stderr)
             return 1
         by_mount.setdefault(mountpoint, []).append(os.path.relpath(os.path.realpath(path), mountpoint))
     failed = False
