@@ -35,21 +35,23 @@ class _File:
 
 
 @dataclasses.dataclass
+class _Amount:
+    files: int = 0
+    bytes: int = 0
+
+
+@dataclasses.dataclass
 class _Tally:
-    files_total: int = 0
-    bytes_total: int = 0
-    files_done: int = 0
-    bytes_done: int = 0
-    fetched_files: int = 0
-    fetched_bytes: int = 0
-    cached_files: int = 0
-    cached_bytes: int = 0
+    total: _Amount = dataclasses.field(default_factory=_Amount)
+    done: _Amount = dataclasses.field(default_factory=_Amount)
+    fetched: _Amount = dataclasses.field(default_factory=_Amount)  # files with a block fetched from the store
+    cached: _Amount = dataclasses.field(default_factory=_Amount)  # files found whole in the cache
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> why
     skipped: list[str] = dataclasses.field(default_factory=list)  # paths on volumes without a block cache
 
     def progress(self) -> dict:
-        return {"files": self.files_done, "bytes": self.bytes_done, "files_total": self.files_total,
-                "bytes_total": self.bytes_total}
+        return {"files": self.done.files, "bytes": self.done.bytes, "files_total": self.total.files,
+                "bytes_total": self.total.bytes}
 
 
 async def warm(namespace: Namespace, cache: BlockCache | None, paths: list[str], jobs: int, report: Report) -> dict:
@@ -63,10 +65,9 @@ async def warm(namespace: Namespace, cache: BlockCache | None, paths: list[str],
             await _find(namespace, shown, files, tally)
         except OSError as error:
             tally.failed[shown] = error.strerror or str(error)
-    tally.files_total = len(files)
-    tally.bytes_total = sum(file.info.size for file in files)
-    if files and tally.bytes_total > cache.max_size:
-        raise CommandFailed(f"the {len(files)} files ({format_size(tally.bytes_total)}) do not fit in the cache "
+    tally.total = _Amount(len(files), sum(file.info.size for file in files))
+    if files and tally.total.bytes > cache.max_size:
+        raise CommandFailed(f"the {len(files)} files ({format_size(tally.total.bytes)}) do not fit in the cache "
                             f"({format_size(cache.max_size)}): warming them would evict the first to make room for "
                             f"the last. Warm fewer, or raise cache.max_size")
     await report(tally.progress())
@@ -85,9 +86,8 @@ async def warm(namespace: Namespace, cache: BlockCache | None, paths: list[str],
         for _ in range(max(1, jobs)):
             nursery.start_soon(fetch_blocks)
     await report(tally.progress())
-    return {"files": tally.files_total, "bytes": tally.bytes_total,
-            "fetched": {"files": tally.fetched_files, "bytes": tally.fetched_bytes},
-            "cached": {"files": tally.cached_files, "bytes": tally.cached_bytes},
+    return {"files": tally.total.files, "bytes": tally.total.bytes,
+            "fetched": dataclasses.asdict(tally.fetched), "cached": dataclasses.asdict(tally.cached),
             "failed": [{"path": path, "error": error} for path, error in tally.failed.items()],
             "skipped": tally.skipped}
 
@@ -106,20 +106,20 @@ async def _fill(cache: BlockCache, file: _File, index: int, tally: _Tally):
         if size and not cache.contains(name):
             await cache.read(name, 0, 0, fetch, background=True, size=size, origin=origin)
             file.fetched = True
-            tally.fetched_bytes += size
+            tally.fetched.bytes += size
         else:
-            tally.cached_bytes += size
+            tally.cached.bytes += size
     except OSError as error:
         tally.failed[file.shown] = error.strerror or str(error)
-    tally.bytes_done += size
+    tally.done.bytes += size
     file.blocks_left -= 1
     if not file.blocks_left:
-        tally.files_done += 1
+        tally.done.files += 1
         if file.shown not in tally.failed:
             if file.fetched:
-                tally.fetched_files += 1
+                tally.fetched.files += 1
             else:
-                tally.cached_files += 1
+                tally.cached.files += 1
 
 
 async def _find(namespace: Namespace, shown: str, files: list[_File], tally: _Tally):

@@ -18,7 +18,7 @@ import logging
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -48,32 +48,31 @@ class Pending:
     error: str | None  # why its last upload failed
 
 
+@dataclass(eq=False)  # a file is itself, whatever it holds: uploads and handles key on it
 class StagedFile:
     """One file's bytes on local disk while it is written and until the store has them. `changes` counts
     every change; an upload records the count it carried, so a write during an upload keeps it dirty."""
-
-    def __init__(self, area: "StagingArea", row: int, store: str, key: str, fd: int, size: int, mtime_ns: int,
-                 mode: int, uid: int | None = None, gid: int | None = None, xattrs: dict[str, str] | None = None):
-        self.area = area
-        self.row = row
-        self.store = store
-        self.key = key
-        self.fd = fd
-        self.size = size
-        self.mtime_ns = mtime_ns
-        self.mode = mode  # permission bits
-        self.uid, self.gid = uid, gid  # None: the volume's
-        self.xattrs = xattrs or {}  # name -> value, base64 (s3fs's form)
-        self.key_in_store = True  # whether the store may hold an object under `key`: a removal or rename deletes it
-        self.state = OPEN
-        self.changes = 1
-        self.uploaded = 0
-        self.handles = 0
-        self.discarded = False  # unlinked: never uploaded, gone with its last handle
-        self.sparse = False  # written or truncated past its end, leaving a hole
-        self.stored = None  # what the store holds of the file (its volume's ObjectInfo), once it holds it all
-        self.error: str | None = None  # why its last upload failed
-        self.lock = trio.Lock()  # one upload, fill or rename of the file at a time
+    area: "StagingArea"
+    row: int
+    store: str
+    key: str
+    fd: int
+    size: int
+    mtime_ns: int
+    mode: int  # permission bits
+    uid: int | None = None  # None: the volume's
+    gid: int | None = None
+    xattrs: dict[str, str] = field(default_factory=dict)  # name -> value, base64 (s3fs's form)
+    key_in_store: bool = True  # whether the store may hold an object under `key`: a removal or rename deletes it
+    state: str = OPEN
+    changes: int = 1
+    uploaded: int = 0
+    handles: int = 0
+    discarded: bool = False  # unlinked: never uploaded, gone with its last handle
+    sparse: bool = False  # written or truncated past its end, leaving a hole
+    stored: object = None  # what the store holds of the file (its volume's ObjectInfo), once it holds it all
+    error: str | None = None  # why its last upload failed
+    lock: trio.Lock = field(default_factory=trio.Lock, repr=False)  # one upload, fill or rename at a time
 
     @property
     def path(self) -> str:
@@ -237,8 +236,7 @@ class StagingArea:
                               "(%s) are gone: it cannot be uploaded", store, key, self.data_path(row))
                 else:
                     staged = StagedFile(self, row, store, key, fd, os.fstat(fd).st_size, mtime_ns, mode, uid, gid,
-                                        json.loads(xattrs))
-                    staged.state = CLOSED
+                                        json.loads(xattrs), state=CLOSED)
                     recovered.append(staged)
                     log.info("%s %s was closed but not uploaded when fsmount stopped: uploading it now", store, key)
                     continue
