@@ -16,7 +16,7 @@ from fsmount.cache import maintenance
 from fsmount.cache.block_index import Selection
 from fsmount.cache.blocks import BlockCache
 from fsmount.config import Config, ConfigError, VolumeConfig, load_config
-from fsmount.stores.sources import Stores
+from fsmount.volume_stores import Stores
 from fsmount.volumes.objects import ObjectVolume
 from fsmount.volumes.object_tree import key_prefix
 

@@ -32,7 +32,7 @@ from fsmount.status import gather as gather_status
 from fsmount.warm import warm as warm_cache
 from fsmount.stores.aio import TrioStore, asyncio_loop
 from fsmount.stores.ranges import receive_buffers
-from fsmount.stores.sources import Stores
+from fsmount.volume_stores import Stores
 from fsmount.stores.tls import fetch_ca_bundle
 from fsmount.volumes.base import Volume
 from fsmount.volumes.host import HostVolume

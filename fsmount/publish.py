@@ -22,7 +22,7 @@ from fsmount.config import PublishTarget
 from fsmount.progress import Progress
 from fsmount.stores.aio import TrioStore, asyncio_loop
 from fsmount.stores.base import Store
-from fsmount.stores.sources import Stores
+from fsmount.volume_stores import Stores
 
 CHECKSUM_KEY = "sha256"  # the metadata key of a published tarball's SHA-256, in hex
 

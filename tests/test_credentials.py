@@ -9,7 +9,7 @@ from conftest import FSMOUNT, write_config
 from fsmount.config import ConfigError, load_config
 from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials, choose_azure_credentials,
                                  choose_gcs_credentials, choose_s3_credentials, parse_connection_string)
-from fsmount.stores.sources import Stores
+from fsmount.volume_stores import Stores
 
 ENTRIES = [
     S3Credentials(host="127.0.0.1:9000", key="minio-key", secure=False),

@@ -20,7 +20,7 @@ from fsmount.csi.mounts import MountFailed
 from fsmount.csi.registry import CsiError, Publication, Registry
 from fsmount.csi.volume_config import mask, read_node_config, volume_attributes
 from fsmount.daemon import MountError, parse_mount_options
-from fsmount.hocon import ConfigError
+from fsmount.config import ConfigError
 
 DRIVER_NAME = "csi.fsmount.dev"
 log = logging.getLogger("fsmount.csi")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pyhocon import ConfigTree
 
 from fsmount.config import load_config
-from fsmount.hocon import ConfigError, parse_file, unquote
+from fsmount.config.hocon import ConfigError, parse_file, unquote
 from fsmount.units import parse_size
 
 VOLUME = "volume"  # the volume's name in its daemon's tree: targets are bind mounts of MOUNTPOINT/volume

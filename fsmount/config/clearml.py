@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pyhocon import ConfigTree
 
 from fsmount.credentials import S3Credentials
-from fsmount.hocon import AZURE_CREDENTIAL_KEYS, GCS_CREDENTIAL_KEYS, S3_CREDENTIAL_KEYS, Reader, parse_file, positive
+from fsmount.config.hocon import AZURE_CREDENTIAL_KEYS, GCS_CREDENTIAL_KEYS, S3_CREDENTIAL_KEYS, Reader, parse_file, positive
 
 _S3 = ("sdk", "aws", "s3")
 _BOTO3 = ("sdk", "aws", "boto3")

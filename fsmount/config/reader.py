@@ -1,159 +1,26 @@
-"""The configuration file: HOCON read by pyhocon, every key checked, turned into the mount table."""
+"""The configuration file: HOCON read by pyhocon, every key checked, turned into the mount table (each store
+volume's own keys are read by `SourceReader`, in sources.py)."""
 import fnmatch
-import math
 import os
-import re
 import urllib.parse
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from pyhocon import ConfigFactory, ConfigTree
 
-from fsmount.clearml import ClearmlSettings, PathSubstitution, Taken, path_substitutions, read_clearml
-from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials, azure_environment_credentials,
-                                 choose_azure_credentials, choose_gcs_credentials, choose_s3_credentials)
-from fsmount.hocon import (AZURE_CREDENTIAL_KEYS, GCS_CREDENTIAL_KEYS, S3_CREDENTIAL_KEYS, ConfigError, Reader,
-                           boolean, cid, file_name, http_url, id_number, ipfs_api_url, name_in_url, parse_file,
-                           positive, regex, request_payer, sha256, string_map, unquote, web_url)
+from fsmount.config.clearml import ClearmlSettings, PathSubstitution, path_substitutions, read_clearml
+from fsmount.config.hocon import (AZURE_CREDENTIAL_KEYS, GCS_CREDENTIAL_KEYS, S3_CREDENTIAL_KEYS, ConfigError, boolean,
+                                  id_number, parse_file, positive, unquote)
+from fsmount.config.schema import CacheConfig, Config, LinkMount, PublishTarget, StagingConfig, VolumeConfig
+from fsmount.config.sources import VOLUME_KEYS, VOLUME_KEYS_OF, SourceReader
 from fsmount.stores.base import redact_url
 from fsmount.stores.retries import RetryPolicy
 from fsmount.stores.tls import is_url
 from fsmount.units import parse_duration, parse_listen, parse_size, parse_ttl
 
 LINK_MOUNTS_ENV = "FSMOUNT_LINK_MOUNTS"
-IPFS_API_ENV = "FSMOUNT_IPFS_API"
 DEFAULT_BLOCK_SIZE = 8 * 2**20  # of the block cache
 DEFAULT_PARALLEL_PARTS = 4  # of an upload in parts, sent at once
 DEFAULT_WRITE_BACK = 2.0  # seconds: rsync, tar and git rename or remove what they closed within milliseconds
-
-
-@dataclass(frozen=True)
-class LinkMount:
-    path: str
-    read_only: bool
-
-
-@dataclass(frozen=True, kw_only=True)
-class ObjectSource:
-    """What every object store volume has: a bucket (or container), a prefix in it, and how it is reached."""
-    bucket: str
-    prefix: str
-    endpoint: str | None  # None: the cloud's own
-    max_connections: int
-    rename_limit: int  # objects a directory rename may copy; EXDEV above
-    filter: re.Pattern | None = None  # only objects whose full key it matches (re.search) are shown
-    metadata_ttl: float | None = None  # the cache's when None; math.inf: `never`, for data that does not change
-    verify: bool | str = True  # TLS: verify, don't, with this CA bundle, or with the one at this URL (fetched at start)
-
-    @property
-    def single_object(self) -> bool:
-        return False
-
-    @property
-    def immutable(self) -> bool:
-        """Content addressed: what it lists and holds never changes, so nothing about it expires."""
-        return False
-
-    def effective_ttl(self, cache_ttl: float) -> float:
-        """How long its listings and attributes are trusted, given the cache's `metadata_ttl`."""
-        if self.immutable:
-            return math.inf
-        return cache_ttl if self.metadata_ttl is None else self.metadata_ttl
-
-
-@dataclass(frozen=True, kw_only=True)
-class S3Source(ObjectSource):
-    credentials: S3Credentials
-    extra_args: dict[str, str] = field(default_factory=dict)  # for every upload: ServerSideEncryption, StorageClass, ...
-    request_payer: str | None = None  # "requester": every request pays for itself (requester-pays buckets)
-    version_id: str | None = None  # the source is one object, read at this version
-    checksum_sha256: bytes | None = None  # the source is one object, which must have this digest
-
-    @property
-    def single_object(self) -> bool:
-        return self.version_id is not None or self.checksum_sha256 is not None
-
-
-@dataclass(frozen=True, kw_only=True)
-class AzureSource(ObjectSource):
-    account: str
-    credentials: AzureCredentials  # no key and no SAS: an Azure AD identity, else a public container
-
-
-@dataclass(frozen=True, kw_only=True)
-class GcsSource(ObjectSource):
-    credentials: GcsCredentials
-
-
-@dataclass(frozen=True, kw_only=True)
-class UrlSource(ObjectSource):
-    files: dict[str, str]  # file name -> URL
-
-
-@dataclass(frozen=True, kw_only=True)
-class IpfsSource(ObjectSource):
-    """The bucket is the root CID."""
-    path: str  # below the root, the volume's top: a directory, or a file that is then the volume's one entry
-    api: str | None  # a node's RPC API, as an http(s) URL
-    gateway: str | None  # a trustless gateway, when there is no API
-
-    @property
-    def immutable(self) -> bool:
-        return True
-
-
-@dataclass(frozen=True)
-class VolumeConfig:
-    path: tuple[str, ...]
-    source: str
-    read_only: bool
-    host_path: str | None = None  # file:// volumes
-    objects: ObjectSource | None = None  # object store volumes
-    chosen: str | None = None  # what a path substitution chose, and why
-
-    @property
-    def name(self) -> str:
-        return "/".join(self.path)
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    dir: str
-    max_size: int
-    block_size: int
-    read_ahead: int
-    metadata_ttl: float
-
-
-@dataclass(frozen=True)
-class StagingConfig:
-    dir: str
-    max_size: int
-    multipart_threshold: int
-    part_size: int | None  # None: each store's own (Store.part_size)
-    parallel_parts: int
-    write_back: float  # seconds a closed file stays staged before its upload; 0: uploaded at close
-
-
-@dataclass(frozen=True)
-class Config:
-    file: str
-    mountpoint: str | None
-    allow_other: bool
-    uid: int
-    gid: int
-    attr_timeout: float
-    log_file: str | None
-    log_level: str
-    link_mounts: tuple[LinkMount, ...]
-    cache: CacheConfig
-    staging: StagingConfig
-    retries: RetryPolicy
-    volumes: tuple[VolumeConfig, ...]
-    ca_bundles: dict[str, str] = field(default_factory=dict)  # CA bundle URL a volume's `verify` names -> its key
-    clearml_file: str | None = None
-    clearml: tuple[Taken, ...] = ()  # what the ClearML file gave
-    metrics_listen: tuple[str, int] | None = None  # where /metrics and /healthz are served; None: not at all
-
 
 _TOP_KEYS = {"mountpoint", "allow_other", "uid", "gid", "attr_timeout", "log", "link_mounts", "cache", "staging",
              "retries", "credentials", "volumes", "clearml", "path_substitution", "metrics"}
@@ -164,14 +31,7 @@ _RETRIES_KEYS = {"attempts", "max_time"}
 _METRICS_KEYS = {"listen"}
 _SMALLEST_PART = 5 * 2**20  # S3's least part size but for the last
 _PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of it
-_VOLUME_KEYS = {"source", "mode", "path"}
-_OBJECT_VOLUME_KEYS = _VOLUME_KEYS | {"endpoint", "max_connections", "rename_limit", "filter", "metadata_ttl"}
-_VOLUME_KEYS_OF = {"s3": _OBJECT_VOLUME_KEYS | {"extra_args", "request_payer", "version_id", "checksum_sha256"},
-                   "azure": _OBJECT_VOLUME_KEYS | {"verify"}, "gs": _OBJECT_VOLUME_KEYS | {"verify"},
-                   "ipfs": _VOLUME_KEYS | {"api", "gateway", "max_connections", "verify"}}
-_URL_VOLUME_KEYS = _VOLUME_KEYS | {"name", "max_connections", "verify"}
 _CREDENTIAL_KINDS = {"s3", "azure", "gcs"}
-_GCS_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -180,15 +40,6 @@ def load_config(file: str) -> Config:
     file = os.path.abspath(file)
     tree, text = parse_file(file)
     return _Reader(file, text).config(tree)
-
-
-@dataclass(frozen=True)
-class PublishTarget:
-    """What `fsmount publish --to URL` writes to: an object store, as a volume of that source would reach it."""
-    source: ObjectSource
-    key: str
-    staging: StagingConfig  # where the parts of the tarball wait for their upload
-    retries: RetryPolicy
 
 
 def load_publish_target(file: str | None, url: str, endpoint: str | None = None) -> PublishTarget:
@@ -213,7 +64,7 @@ def load_publish_target(file: str | None, url: str, endpoint: str | None = None)
     return PublishTarget(volume.objects, volume.objects.prefix, staging, reader.retries(tree))
 
 
-class _Reader(Reader):
+class _Reader(SourceReader):
     """fsmount's own keys."""
 
     def config(self, tree: ConfigTree) -> Config:
@@ -361,13 +212,13 @@ class _Reader(Reader):
         url = urllib.parse.urlsplit(source or "")
         if url.scheme in ("http", "https"):
             return self.url_volume(spec, keys, path, [source], listed=False)
-        self.only(spec, keys, _VOLUME_KEYS_OF.get(url.scheme, _VOLUME_KEYS))
+        self.only(spec, keys, VOLUME_KEYS_OF.get(url.scheme, VOLUME_KEYS))
         if source is None:
             raise self.error(keys, "missing key 'source', such as source: \"file:///srv/data\"")
         mode = self.value(spec, keys + ("mode",), str, "ro")
         if mode not in ("ro", "rw"):
             raise self.error(keys + ("mode",), f"expected ro or rw, got {mode!r}")
-        if url.scheme in _VOLUME_KEYS_OF:
+        if url.scheme in VOLUME_KEYS_OF:
             read = {"s3": self.s3_source, "azure": self.azure_source, "gs": self.gcs_source,
                     "ipfs": self.ipfs_source}[url.scheme]
             objects = read(spec, keys, url, credentials)
@@ -392,144 +243,6 @@ class _Reader(Reader):
         if link.read_only and mode == "rw":
             raise self.error(keys + ("mode",), f"rw, but link mount {link.path} is read-only (:ro)")
         return VolumeConfig(path=path, source=source, read_only=mode == "ro", host_path=host_path)
-
-    def object_options(self, spec: ConfigTree, keys, connections: int = 32) -> dict:
-        """The keys every object store volume has."""
-        return dict(max_connections=self.value(spec, keys + ("max_connections",), positive, connections),
-                    rename_limit=self.value(spec, keys + ("rename_limit",), positive, 1000),
-                    filter=self.value(spec, keys + ("filter",), regex, None),
-                    metadata_ttl=self.value(spec, keys + ("metadata_ttl",), parse_ttl, None))
-
-    def s3_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> S3Source:
-        """`s3://bucket/prefix`, or ClearML's `s3://host:port/bucket/prefix` for a non-AWS endpoint."""
-        host, parts = None, url.path.lstrip("/")
-        if url.port is not None:
-            host = url.netloc
-            bucket, _, prefix = parts.partition("/")
-        else:
-            bucket, prefix = url.netloc, parts
-        if not bucket:
-            raise self.error(keys + ("source",), f"expected s3://bucket/prefix or s3://host:port/bucket/prefix, got {url.geturl()!r}")
-        endpoint = self.value(spec, keys + ("endpoint",), str, None)
-        if endpoint is not None:
-            parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-            if parsed.scheme not in ("", "http", "https") or not parsed.netloc:
-                raise self.error(keys + ("endpoint",), f"expected http(s)://host:port or host:port, got {endpoint!r}")
-            host = parsed.netloc
-        chosen = choose_s3_credentials(credentials["s3"], bucket, host)
-        if host is not None and (endpoint is None or "://" not in endpoint):
-            endpoint = f"{'https' if chosen.secure else 'http'}://{host}"
-        source = S3Source(
-            bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen, verify=chosen.verify,
-            **self.object_options(spec, keys, self.s3_connections),
-            extra_args=chosen.extra_args | self.value(spec, keys + ("extra_args",), string_map, {}),
-            request_payer=self.value(spec, keys + ("request_payer",), request_payer, None),
-            version_id=self.value(spec, keys + ("version_id",), str, None),
-            checksum_sha256=self.value(spec, keys + ("checksum_sha256",), sha256, None))
-        if source.single_object and (not prefix or prefix.endswith("/")):
-            key = "version_id" if source.version_id is not None else "checksum_sha256"
-            raise self.error(keys + (key,), f"needs a source that names one object, such as s3://{bucket}/data.csv")
-        return source
-
-    def azure_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> AzureSource:
-        """`azure://container/prefix` (the account is the credentials'), `azure://account/container/prefix`,
-        or `azure://account.blob.core.windows.net/container/prefix`. The first name is an account when it
-        is a host name or an account the credentials or AZURE_STORAGE_ACCOUNT name."""
-        entries = credentials["azure"]
-        try:
-            environment = azure_environment_credentials(os.environ)
-        except ValueError as error:
-            raise ConfigError(self.file, "$AZURE_STORAGE_CONNECTION_STRING", str(error)) from None
-        known = {entry.account_name for entry in entries} | ({environment.account_name} if environment else set())
-        first, rest = url.netloc, url.path.lstrip("/")
-        endpoint = self.value(spec, keys + ("endpoint",), http_url, None)
-        if "." in first or first in known:
-            account = first.split(".")[0]
-            container, _, prefix = rest.partition("/")
-            if "." in first and endpoint is None:
-                endpoint = f"https://{first}"
-        else:
-            account, container, prefix = None, first, rest
-        if not re.fullmatch(r"\$root|[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", container):
-            raise self.error(keys + ("source",), f"{container!r} is not a container name (3-63 of a-z, 0-9 and '-'); "
-                                                 "expected azure://container/prefix or azure://account/container/prefix")
-        chosen = choose_azure_credentials(entries, account, container)
-        if chosen is None and environment is not None and account in (None, environment.account_name):
-            chosen = environment
-        chosen = chosen or AzureCredentials(account_name=account)
-        account = account or chosen.account_name
-        if account is None:
-            raise self.error(keys + ("source",), "names no account, and no credentials give one: write "
-                                                 "azure://account/container/prefix, or add a credentials.azure entry")
-        return AzureSource(bucket=container, prefix=prefix, account=account, credentials=chosen,
-                           endpoint=endpoint or chosen.endpoint,
-                           verify=self.verify(spec, keys), **self.object_options(spec, keys))
-
-    def gcs_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> GcsSource:
-        """`gs://bucket/prefix`. With an emulator's endpoint (the key, or STORAGE_EMULATOR_HOST) and no
-        entry for the bucket, access is anonymous."""
-        bucket, prefix = url.netloc, url.path.lstrip("/")
-        if not bucket:
-            raise self.error(keys + ("source",), f"expected gs://bucket/prefix, got {url.geturl()!r}")
-        endpoint = self.value(spec, keys + ("endpoint",), http_url, None)
-        if endpoint is None and os.environ.get(_GCS_EMULATOR_ENV):
-            emulator = os.environ[_GCS_EMULATOR_ENV]
-            endpoint = emulator if "://" in emulator else f"http://{emulator}"
-        chosen = choose_gcs_credentials(credentials["gcs"], bucket, prefix)
-        if chosen.use_default_chain and endpoint is not None:
-            chosen = GcsCredentials(bucket=bucket)
-        return GcsSource(bucket=bucket, prefix=prefix, endpoint=endpoint, credentials=chosen, verify=self.verify(spec, keys),
-                         **self.object_options(spec, keys))
-
-    def ipfs_source(self, spec: ConfigTree, keys, url: urllib.parse.SplitResult, credentials) -> IpfsSource:
-        """`ipfs://CID[/path]` (CIDv0 or v1), from a node's RPC API (`api`: a multiaddr or URL, else
-        $FSMOUNT_IPFS_API) or a trustless gateway (`gateway`)."""
-        root = self.converted(url.netloc, keys + ("source",), cid)
-        api = self.value(spec, keys + ("api",), ipfs_api_url, None)
-        gateway = self.value(spec, keys + ("gateway",), http_url, None)
-        if api is not None and gateway is not None:
-            raise self.error(keys + ("gateway",), "an IPFS volume reads from its api or its gateway: give one")
-        if api is None and gateway is None:
-            if not os.environ.get(IPFS_API_ENV):
-                raise self.error(keys, f"names no IPFS node: add api: \"/ip4/127.0.0.1/tcp/5001\" or gateway: "
-                                       f"\"http://127.0.0.1:8080\", or set ${IPFS_API_ENV}")
-            try:
-                api = ipfs_api_url(os.environ[IPFS_API_ENV])
-            except ValueError as error:
-                raise ConfigError(self.file, f"${IPFS_API_ENV}", str(error)) from None
-        return IpfsSource(bucket=root, prefix="", path=urllib.parse.unquote(url.path).strip("/"), api=api,
-                          gateway=gateway, endpoint=None, rename_limit=1, verify=self.verify(spec, keys),
-                          max_connections=self.value(spec, keys + ("max_connections",), positive, 8))
-
-    def url_volume(self, spec: ConfigTree, keys, path, entries: list, listed: bool) -> VolumeConfig:
-        """Web files, read-only: `source` is one URL (whose file `name` may rename) or a list of URLs or of
-        `{ url, name }`. A file is named after its URL's last segment unless named."""
-        self.only(spec, keys, _URL_VOLUME_KEYS)
-        if self.value(spec, keys + ("mode",), str, "ro") != "ro":
-            raise self.error(keys + ("mode",), "URL volumes are read-only: expected ro")
-        renamed = self.value(spec, keys + ("name",), file_name, None)
-        if renamed is not None and len(entries) != 1:
-            raise self.error(keys + ("name",), "names the file of a volume of one URL; in a list, write { url: ..., name: ... }")
-        files = {}
-        for index, entry in enumerate(entries):
-            where = keys + ("source",) + ((f"[{index}]",) if listed else ())
-            if isinstance(entry, ConfigTree):
-                self.only(entry, where, {"url", "name"})
-                url = self.value(entry, where + ("url",), web_url, None)
-                if url is None:
-                    raise self.error(where, "missing key 'url'")
-                name = self.value(entry, where + ("name",), file_name, None)
-            else:
-                url, name = self.converted(entry, where, web_url), renamed
-            name = name or self.converted(url, where, name_in_url)
-            if name in files:
-                raise self.error(where, f"a second file named {name!r}; name one with {{ url: ..., name: ... }}")
-            files[name] = url
-        source = UrlSource(bucket="", prefix="", endpoint=None, rename_limit=1, files=files,
-                           max_connections=self.value(spec, keys + ("max_connections",), positive, 8),
-                           verify=self.verify(spec, keys))
-        shown = next(iter(files.values())) if len(files) == 1 else f"{len(files)} URLs"
-        return VolumeConfig(path=path, source=shown, read_only=True, objects=source)
 
     def check_place(self, keys, volume: VolumeConfig, placed: dict[tuple[str, ...], VolumeConfig]):
         if volume.path in placed:
