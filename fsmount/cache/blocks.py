@@ -34,6 +34,7 @@ from fsmount.cache.fill import Fill
 from fsmount.cache.filled import FilledBlocks
 from fsmount.cache.segments import Segments
 from fsmount.cache.writers import PACKED_BELOW, BlockWriters
+from fsmount.memory import MemoryBudgets
 from fsmount.stores import arrival
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,9 @@ def block_name(identity: str, key: str, version: str, index: int) -> str:
 
 
 class BlockCache:
-    def __init__(self, directory: str, max_size: int, block_size: int, memory: int = 0, unwritten: int = 2**26):
+    def __init__(self, directory: str, max_size: int, block_size: int, memory: int = 0, unwritten: int | None = None):
         """MEMORY: bytes of the blocks filled last kept in memory. UNWRITTEN: bytes of blocks being fetched or
-        written at once, at most: ten streams at once held 13 fetched blocks waiting for the disk."""
+        written at once, at most; the daemon's budget for BLOCK_SIZE if None (fsmount/memory.py)."""
         self.block_size = block_size
         self.max_size = max_size
         self._blocks_dir = os.path.join(directory, "blocks")
@@ -69,7 +70,7 @@ class BlockCache:
         self.verified: dict[str, tuple[int, int, int] | None] = {}
         self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.filled = FilledBlocks(memory)
-        self.unwritten = Budget(unwritten)
+        self.unwritten = Budget(MemoryBudgets.for_blocks_of(block_size).unwritten if unwritten is None else unwritten)
         self.counts = CacheCounts()
         self._writers = BlockWriters(self)
 

@@ -1,4 +1,4 @@
-"""BlockWriters: put fetched blocks into the block cache, a batch at a time, while their readers are answered from memory.
+"""BlockWriters: write fetched blocks into the block cache in batches, while their readers are answered from memory.
 
 While `write_behind` runs, fetched blocks are written by writer tasks of their own, a batch at a
 time, in one trip to a worker thread (fsmount/cache/blockio.py) and one index transaction after it
