@@ -26,6 +26,7 @@ from fsmount.logs import set_log_level, setup_logging, toggle_debug_on_signal
 from fsmount.metrics.counting import FuseRequests
 from fsmount.metrics.exporter import Exporter
 from fsmount.metrics.store_requests import Health
+from fsmount.memory import MemoryBudgets
 from fsmount.reload import Reloader
 from fsmount.staging.area import StagingArea
 from fsmount.status import gather as gather_status
@@ -44,12 +45,6 @@ from fsmount.volumes.writable import WritableObjectVolume
 
 log = logging.getLogger("fsmount")
 
-# Bytes of block fills in flight for read-ahead, across all volumes, and of blocks kept in memory
-# after their fill for the reads that wait for them: together they bound the daemon's memory. Six
-# fills of 8 MiB read as fast as eight here, and a cold 1 GiB read peaked at ~178 MiB, not ~190.
-_READ_AHEAD_MEMORY = 48 * 2**20
-_FILLED_BLOCKS_MEMORY = 32 * 2**20
-_UNWRITTEN_MEMORY = 64 * 2**20  # of blocks fetched, for readers or ahead of them, and not yet on disk
 _WRITE_QUEUED_MOST = 10  # seconds an unmount waits for fetched blocks to reach the cache
 # The kernel's own read-ahead on the mount, so that it asks for 1 MiB reads.
 _KERNEL_READ_AHEAD_KB = 1024
@@ -122,7 +117,9 @@ class Daemon:
         self.staging: StagingArea | None = None
         self.health = Health()  # of each object volume's store, after its last request
         self.stores = Stores(config.cache.dir, config.retries, _ca_bundles(config))
-        self.prefetcher = Prefetcher(max(2, _READ_AHEAD_MEMORY // config.cache.block_size))
+        self.memory = MemoryBudgets.for_blocks_of(config.cache.block_size)
+        receive_buffers.kept = self.memory.receive_buffers_kept
+        self.prefetcher = Prefetcher(self.memory.background_fill_slots)
         self.nursery: trio.Nursery | None = None  # while it serves
         volumes = {volume.path: (volume, self.make_volume(volume)) for volume in config.volumes}
         self.operations = Operations(Namespace(InodeTable(), [(path, made, self.read_only(volume))
@@ -141,8 +138,8 @@ class Daemon:
             return HostVolume(volume.host_path, self.config.attr_timeout)
         cache = self.config.cache
         if self.cache is None:
-            self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, _FILLED_BLOCKS_MEMORY,
-                                    max(2 * cache.block_size, _UNWRITTEN_MEMORY))
+            self.cache = BlockCache(cache.dir, cache.max_size, cache.block_size, self.memory.filled_blocks,
+                                    self.memory.unwritten)
             self.known_attributes = KnownAttributes(cache.dir)
             self.known_listings = KnownListings(cache.dir)
         source = volume.objects

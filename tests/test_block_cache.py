@@ -114,10 +114,12 @@ async def test_a_new_process_reuses_what_is_on_disk(s3_bucket, moto, tmp_path):
     assert gets(moto, bucket) == 2
 
 
-async def test_a_large_block_of_odd_size_is_written_from_its_receive_buffer_exactly(s3_bucket, moto, tmp_path):
+async def test_a_large_block_of_odd_size_is_written_from_its_receive_buffer_exactly(s3_bucket, moto, tmp_path,
+                                                                                  monkeypatch):
     """A body of 1 MiB or more is written to disk from the memory it was received in, padded to whole pages
     there (O_DIRECT); what was in that memory before never reaches the block."""
     store, bucket = s3_bucket
+    monkeypatch.setattr(receive_buffers, "kept", 16)
     block = 2 * 2**20
     data = os.urandom(2**20 + 123)
     info = await store.put("object", data)

@@ -12,7 +12,6 @@ import logging
 import os
 
 import trio
-import trio.testing
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +64,44 @@ IDLE_FOR = 0.0005  # seconds: longer than the gap between a program's requests, 
 IDLE_WAIT_MOST = 0.1  # a block waiting holds one of the cache's slots for blocks not yet written, which readers need
 
 
+class _LoopActivity(trio.abc.Instrument):
+    """Counts the steps the loop's tasks take, but those of the tasks in `when_idle`, while some are there."""
+
+    def __init__(self):
+        self.steps = 0
+        self.waiting: set[trio.lowlevel.Task] = set()
+
+    def before_task_step(self, task: trio.lowlevel.Task):
+        if task not in self.waiting:
+            self.steps += 1
+
+
+_activity: trio.lowlevel.RunVar = trio.lowlevel.RunVar("fsmount_loop_activity")
+
+
 async def when_idle():
-    """Returns once every other task has been waiting for IDLE_FOR (a store's reply, the kernel's next
-    request), or after IDLE_WAIT_MOST when that moment does not come. Putting a small file written by a
-    shell loop into the block cache right after its close held up the next file's create by ~0.5 ms."""
-    with trio.move_on_after(IDLE_WAIT_MOST):
-        await trio.testing.wait_all_tasks_blocked(IDLE_FOR)  # trio's only way to learn the loop is idle
+    """Returns once no other task has taken a step for IDLE_FOR (each waits on a store's reply, the kernel's
+    next request), or after IDLE_WAIT_MOST when that moment does not come. Putting a small file written by
+    a shell loop into the block cache right after its close held up the next file's create by ~0.5 ms."""
+    activity = _activity.get(None)
+    if activity is None:
+        activity = _LoopActivity()
+        _activity.set(activity)
+    task = trio.lowlevel.current_task()
+    if not activity.waiting:
+        trio.lowlevel.add_instrument(activity)
+    activity.waiting.add(task)
+    try:
+        with trio.move_on_after(IDLE_WAIT_MOST):
+            while True:
+                steps = activity.steps
+                await trio.sleep(IDLE_FOR)
+                if activity.steps == steps:
+                    return
+    finally:
+        activity.waiting.discard(task)
+        if not activity.waiting:
+            trio.lowlevel.remove_instrument(activity)
 
 
 def _lower_priority():

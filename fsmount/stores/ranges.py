@@ -24,19 +24,18 @@ _ANSWERS = {200, 201, 308}  # 308: a resumable upload (GCS) took a chunk and wan
 _REUSED_FROM = 1024 * 1024  # bodies of this many bytes or more are read into ReceiveBuffers
 SMALL_REQUEST = _REUSED_FROM  # GETs and uploads of fewer bytes are libcurl's, on the event loop (`small_requests`)
 _PART = 128 * 1024  # a body is read, and reported, this much at a time: what the kernel asks a read for
-_BUFFERS_KEPT = 12  # the cache's bound on blocks fetched and not yet on disk (8), and those kept in memory (4)
 
 
 class ReceiveBuffers:
     """Memory that large bodies are read into, in whole pages, reused. Fresh memory costs a page fault
     every 4 KiB: reading each block into new bytes took ~200,000 faults and ~0.3 s of CPU a GiB here. A
     buffer is free again once nothing but this pool refers to it: no block of the cache, no view of it on
-    its way to the kernel. A few are kept; beyond them, buffers are made and dropped."""
+    its way to the kernel. KEPT of them are kept; beyond them, buffers are made and dropped."""
 
     _UNUSED = 3  # references to a buffer nobody else holds: the pool's list, the loop's name, getrefcount's own
 
     def __init__(self, kept: int):
-        self._kept = kept
+        self.kept = kept
         self._buffers: list[mmap.mmap] = []
         self._taken: set[int] = set()  # ids of the buffers taken since the last release_idle
         self._lock = threading.Lock()
@@ -53,7 +52,7 @@ class ReceiveBuffers:
                         return buffer
                     too_small = index
             fresh = mmap.mmap(-1, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)  # whole pages: O_DIRECT writes them
-            if len(self._buffers) < self._kept:
+            if len(self._buffers) < self.kept:
                 self._buffers.append(fresh)
             elif too_small is not None:
                 self._buffers[too_small] = fresh
@@ -70,7 +69,7 @@ class ReceiveBuffers:
             self._taken.clear()
 
 
-receive_buffers = ReceiveBuffers(_BUFFERS_KEPT)
+receive_buffers = ReceiveBuffers(0)  # the daemon sets how many it keeps, from its memory budgets (fsmount/memory.py)
 
 
 class RangeFetcher:
