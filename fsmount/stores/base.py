@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from fsmount.stores.parts import PART_SIZE
+
 if typing.TYPE_CHECKING:
     from fsmount.stores.ranges import RangeFetcher
 
@@ -180,7 +182,7 @@ class Store(abc.ABC):
     multipart = True  # False: every upload is one request, whatever its size
     parts_in_order = False  # True: an upload's parts must be sent one at a time, in order (GCS's resumable uploads)
     content_addressed = False  # True: a version names the bytes wherever they are (IPFS's CIDs), so caches key by it alone
-    part_size = 8 * 2**20  # of uploads in parts, unless the config names one
+    part_size = PART_SIZE  # of uploads in parts, unless the config names one
     lists_metadata = True  # False: listings show no object's metadata (S3's), only a request per key does
     fetcher: "RangeFetcher"  # the connection pool its signed requests go through
 

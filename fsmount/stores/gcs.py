@@ -28,6 +28,7 @@ import urllib3
 from fsmount.credentials import GcsCredentials
 from fsmount.stores.base import (AccessDenied, CertificateRefused, ListPage, NotFound, ObjectInfo, RangeRequest, Reply, Request, Store,
                                  Unavailable, content_md5, metadata_of, read_part, status_error, unanswered)
+from fsmount.stores.parts import GCS_PART_SIZE, PART_GRAIN
 from fsmount.stores.ranges import RangeFetcher
 from fsmount.stores.retries import RetryPolicy
 from fsmount.stores.tls import aiohttp_tls, urllib3_tls
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 GOOGLE_API = "https://storage.googleapis.com"
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
-_CHUNK = 256 * 1024  # a resumable upload's parts but the last are multiples of it
 _BOUNDARY = "fsmount-object-boundary"
 
 
@@ -49,9 +49,7 @@ def _info(resource: dict) -> ObjectInfo:
 
 class GcsStore(Store):
     parts_in_order = True
-    # Parts go one after another, each a round trip: fewer, larger ones. fake-gcs-server took a 256 MiB
-    # file at 22 MB/s in 8 MiB parts and 42 in 32 MiB; rclone sends 16 MiB.
-    part_size = 32 * 2**20
+    part_size = GCS_PART_SIZE
 
     def __init__(self, bucket: str, credentials: GcsCredentials, endpoint: str | None = None,
                  verify: bool | str = True, max_connections: int = 32, retries: RetryPolicy = RetryPolicy()):
@@ -190,7 +188,7 @@ class GcsStore(Store):
     def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
         """A part whose size is no multiple of 256 KiB is the last: it names the total, and its tag is the
         object's JSON; the others' tags are empty."""
-        last = size % _CHUNK != 0
+        last = size % PART_GRAIN != 0
         total = str(offset + size) if last else "*"
         headers = {**self._authorization(), "Content-Range": f"bytes {offset}-{offset + size - 1}/{total}"}
         reply = self.fetcher.send("PUT", upload, read_part(path, offset, size), headers, f"PUT PART {number} {key}")
