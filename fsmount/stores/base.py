@@ -4,13 +4,10 @@ Stores are asyncio code (their SDKs are); the rest of fsmount reaches them throu
 Their errors are OSErrors with a fitting errno, so no SDK exception ever leaves a store.
 """
 import abc
-import asyncio
 import base64
-import contextlib
 import email.utils
 import errno
 import hashlib
-import os
 import time
 import types
 import typing
@@ -246,31 +243,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def put_result(self, key: str, size: int, metadata: dict[str, str] | None, reply: Reply) -> ObjectInfo:
         """What the request of `put_request` made, from the server's REPLY."""
-
-    async def put_in_parts(self, key: str, path: str, part_size: int, parallel: int,
-                           metadata: dict[str, str] | None = None) -> ObjectInfo:
-        """Uploads the file at PATH in parts of PART_SIZE, PARALLEL at once, on asyncio alone (scripts/bench loads
-        its objects so). The daemon's uploads go through fsmount.stores.aio, which counts each request."""
-        size = os.path.getsize(path)
-        upload = await self.start_upload(key, metadata)
-        slots = asyncio.Semaphore(parallel)
-
-        async def send(number: int, offset: int) -> tuple[int, str]:
-            async with slots:
-                return number, await asyncio.to_thread(self.upload_part, key, upload, number, path, offset,
-                                                       min(part_size, size - offset))
-
-        parts = list(enumerate(range(0, size, part_size), start=1))
-        try:
-            if self.parts_in_order:
-                sent = [await send(number, offset) for number, offset in parts]
-            else:
-                sent = await asyncio.gather(*(send(number, offset) for number, offset in parts))
-            return await self.complete_upload(key, upload, sent, size, metadata)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.abort_upload(key, upload)
-            raise
 
     @abc.abstractmethod
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
