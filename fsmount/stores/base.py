@@ -18,9 +18,6 @@ from typing import NamedTuple
 
 from fsmount.stores.parts import PART_SIZE
 
-if typing.TYPE_CHECKING:
-    from fsmount.stores.ranges import RangeFetcher
-
 
 NO_METADATA: Mapping[str, str] = types.MappingProxyType({})  # one for every object a listing gives without any
 
@@ -174,14 +171,14 @@ def retry_after_seconds(header: str | None) -> float | None:
 
 
 class Store(abc.ABC):
-    """An asyncio client of one bucket or container; keys are relative to it."""
+    """An asyncio client of one bucket or container; keys are relative to it. Its `fetcher`, a RangeFetcher
+    (fsmount.stores.ranges, which imports this module), sends the requests it signs."""
 
     multipart = True  # False: every upload is one request, whatever its size
     parts_in_order = False  # True: an upload's parts must be sent one at a time, in order (GCS's resumable uploads)
     content_addressed = False  # True: a version names the bytes wherever they are (IPFS's CIDs), so caches key by it alone
     part_size = PART_SIZE  # of uploads in parts, unless the config names one
     lists_metadata = True  # False: listings show no object's metadata (S3's), only a request per key does
-    fetcher: "RangeFetcher"  # the connection pool its signed requests go through
 
     @property
     @abc.abstractmethod
