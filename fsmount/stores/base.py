@@ -1,9 +1,24 @@
 """What every object store client offers: keys, ranges, listings, puts, deletes and copies; nothing about files.
 
-Stores are asyncio code (their SDKs are); the rest of fsmount reaches them through `fsmount.stores.aio`.
-Their errors are OSErrors with a fitting errno, so no SDK exception ever leaves a store.
+Where a store's methods run; fsmount.stores.aio calls each so, and the rest of fsmount reaches stores only through it:
+- A coroutine runs on the asyncio loop and uses an asyncio SDK (aiobotocore, azure-storage-blob's aio client,
+  aiohttp). It never blocks and hands no work to a thread, but for credentials that botocore or google-auth fetch
+  or refresh, which they do only blocking, once in the credentials' life (`fetch_credentials`).
+- A plain method may block: it is called from a worker thread. Those that move data (`read_range`, `upload_*`)
+  and sign it (`range_request`, `put_request`) are plain in every store. The others (`stat`, `list_page`, `open`,
+  `close`, `complete_upload`...) are each store's choice: IPFS's `stat` walks a DAG by blocking requests, so it
+  is plain; S3's calls aiobotocore, so it is a coroutine. None is a coroutine that waits for a thread.
+- `identity`, `source_url`, `signs_at_once` and `put_result` answer at once, on whichever loop or thread asks.
+
+Data (ranged GETs, uploads and their parts) does not go through the SDKs: a store signs each request and
+fsmount.stores.ranges sends it from a worker thread with urllib3, its body read into one buffer with the GIL
+released, so fills run on the second core while the loop answers the kernel (aiohttp on the loop took much of
+the daemon's one busy thread on a cold read); a small one, mostly overhead, goes by libcurl on the trio loop
+(fsmount.stores.curl).
+Errors are OSErrors with a fitting errno, so no SDK exception ever leaves a store.
 """
 import abc
+import asyncio
 import base64
 import email.utils
 import errno
@@ -171,7 +186,7 @@ def retry_after_seconds(header: str | None) -> float | None:
 
 
 class Store(abc.ABC):
-    """An asyncio client of one bucket or container; keys are relative to it. Its `fetcher`, a RangeFetcher
+    """A client of one bucket or container; keys are relative to it. Its `fetcher`, a RangeFetcher
     (fsmount.stores.ranges, which imports this module), sends the requests it signs."""
 
     multipart = True  # False: every upload is one request, whatever its size
@@ -321,3 +336,9 @@ def read_part(path: str, offset: int, size: int) -> bytes:
     with open(path, "rb") as stream:
         stream.seek(offset)
         return stream.read(size)
+
+
+async def fetch_credentials(fetch: typing.Callable[..., typing.Any], *arguments):
+    """FETCH(*ARGUMENTS) in a worker thread: botocore and google-auth fetch and refresh credentials only blocking.
+    The one thread a store's coroutine waits for, once in the credentials' life."""
+    return await asyncio.to_thread(fetch, *arguments)
