@@ -17,8 +17,7 @@ from fsmount.progress import Progress
 from fsmount.staging.area import read_journal
 from fsmount.status import describe as describe_status, from_journal as status_of_journal
 from fsmount.warm import summary as warm_summary
-from fsmount.stores.base import Store
-from fsmount.stores.gcs import GcsStore
+from fsmount.stores.parts import GCS_PART_SIZE, PART_SIZE
 from fsmount.units import format_size, format_ttl
 
 _STATUS_TIMEOUT = 30  # seconds: a daemon that takes longer to say how it is, is not well
@@ -299,8 +298,8 @@ def _failed_uploads(path: str) -> list[str]:
 def describe(config: Config) -> str:
     """The mount table `fsmount check` prints; sources are shown with any secret masked."""
     cache = config.cache
-    parts = format_size(config.staging.part_size or Store.part_size) + (
-        "" if config.staging.part_size else f" (GCS: {format_size(GcsStore.part_size)})")
+    parts = format_size(config.staging.part_size or PART_SIZE) + (
+        "" if config.staging.part_size else f" (GCS: {format_size(GCS_PART_SIZE)})")
     links = ", ".join(f"{m.path} ({'ro' if m.read_only else 'rw'})" for m in config.link_mounts) or "none"
     lines = [
         f"config       {config.file}",

@@ -64,7 +64,6 @@ scale, apps.
 Prints a Markdown table with fsmount/peer ratios, and each round's numbers on stderr.
 """
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -80,6 +79,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import botocore.session
+import trio
 import urllib3
 from azure.storage.blob import BlobServiceClient
 
@@ -88,6 +88,7 @@ BIN = ROOT / ".venv" / "bin"
 sys.path.insert(0, str(ROOT / "scripts"))
 from free_port import free_base  # noqa: E402
 from make_demo_data import AZURITE_ACCOUNT, AZURITE_KEY  # noqa: E402
+from store_session import StoreSession  # noqa: E402
 
 from fsmount.config import DEFAULT_BLOCK_SIZE, DEFAULT_PARALLEL_PARTS  # noqa: E402
 from fsmount.credentials import AzureCredentials, GcsCredentials  # noqa: E402
@@ -208,8 +209,7 @@ class Server:
         self.tool_url = self.url  # where the tools reach it: its own port, or the relay's (`far`)
         self.relay = None
         self.process = None
-        self.loop = asyncio.new_event_loop()
-        self.store = None
+        self.session: StoreSession | None = None  # fsmount's client of the bucket, as the daemon opens it
         self.listings = 0  # pages of listings the bench asked for itself
 
     def start(self):
@@ -218,8 +218,7 @@ class Server:
                                         start_new_session=True)
         wait_for_port(self.port, self.process, f"see {self.work / self.name}.log")
         self.create_bucket()
-        self.store = self.make_store()
-        self.loop.run_until_complete(self.store.open())
+        self.session = StoreSession(self.make_store())
 
     @contextlib.contextmanager
     def far(self):
@@ -240,8 +239,8 @@ class Server:
         if self.relay is not None:
             self.relay.terminate()
             self.relay.wait()
-        if self.store is not None:
-            self.loop.run_until_complete(self.store.close())
+        if self.session is not None:
+            self.session.close()
         if self.process is not None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -258,12 +257,12 @@ class Server:
         """What the rows of GROUPS read: the 1 GiB object (from the file BIG), 10,000 empty objects and
         1,000 of 16 KiB; the data-loader rows' objects, the small ones also under HOST_COPY."""
         if groups & {"read", "random", "ttfb", "scale"}:
-            self.loop.run_until_complete(self.store.put_in_parts(BIG_KEY, str(big), 64 * 2**20, 4))
+            self.put_in_parts(BIG_KEY, big)
         if "parallel" in groups:
             part = big.with_name("parallel")
             random_file(part, PARALLEL_SIZE)
             for index in range(PARALLEL_FILES):
-                self.loop.run_until_complete(self.store.put_in_parts(f"parallel/object-{index}", str(part), 64 * 2**20, 4))
+                self.put_in_parts(f"parallel/object-{index}", part)
             part.unlink()
         small = os.urandom(16 * 1024)
         jobs = []
@@ -282,20 +281,26 @@ class Server:
         if "parquet" in groups:
             table = big.with_name("table.parquet")
             write_parquet(table)
-            self.loop.run_until_complete(self.store.put_in_parts(PARQUET_KEY, str(table), 64 * 2**20, 4))
+            self.put_in_parts(PARQUET_KEY, table)
             table.unlink()
         if "mid" in groups:
             jobs += [(f"mid/d{index % 4}/object-{index:03d}", os.urandom(MID_SIZE)) for index in range(MID_FILES)]
-        slots = asyncio.Semaphore(16)
+        store, slots = self.session.store, trio.CapacityLimiter(16)
 
         async def put(key, data):
             async with slots:
-                await asyncio.to_thread(self.store.upload_bytes, key, data)
+                await store.put(key, data)
 
         async def put_all():
-            await asyncio.gather(*(put(key, data) for key, data in jobs))
+            async with trio.open_nursery() as nursery:
+                for key, data in jobs:
+                    nursery.start_soon(put, key, data)
 
-        self.loop.run_until_complete(put_all())
+        self.session.call(put_all)
+
+    def put_in_parts(self, key: str, path: Path, part_size: int = 64 * 2**20, parallel: int = 4):
+        """The file at PATH as KEY, by the uploader of the daemon's large files."""
+        self.session.call(self.session.store.put_file, key, str(path), 0, part_size, parallel)
 
     def listed(self, prefix: str) -> list[tuple[str, int]]:
         """(key, size) of every object under PREFIX."""
@@ -304,16 +309,13 @@ class Server:
     def infos(self, prefix: str) -> list:
         """The ObjectInfo of every object under PREFIX."""
         async def every_page():
-            found, token = [], None
-            while True:
-                page = await self.store.list_page(prefix, "", token)
+            found = []
+            async for page in self.session.store.list(prefix, ""):
                 self.listings += 1
                 found += page.objects
-                token = page.next_token
-                if token is None:
-                    return found
+            return found
 
-        return self.loop.run_until_complete(every_page())
+        return self.session.call(every_page)
 
 
 class SeaweedFS(Server):
@@ -433,7 +435,7 @@ class Tool:
 
     def command(self) -> tuple[list[str], dict]:
         if self.name == FLOOR and self.floor_of_tree:
-            store, run = self.server.store, self.server.loop.run_until_complete
+            store = self.server.session.store.store
             objects = [{"path": info.key, "size": info.size, "url": request.url, "headers": request.headers}
                        for info in self.server.infos("epoch/")
                        for request in [store.range_request(info.key, 0, info.size, info.version)]]
@@ -442,8 +444,8 @@ class Tool:
             return [str(BIN / "python"), str(ROOT / "scripts" / "pyfuse3_tree_floor.py"), str(self.mnt),
                     str(listing)], {}
         if self.name == FLOOR:
-            store, run = self.server.store, self.server.loop.run_until_complete
-            info = run(store.stat(BIG_KEY))
+            store = self.server.session.store.store
+            info = self.server.session.call(self.server.session.store.stat, BIG_KEY)
             request = store.range_request(BIG_KEY, 0, info.size, info.version)
             floor = {"path": BIG_KEY, "size": info.size, "url": request.url, "headers": request.headers}
             return [str(BIN / "python"), str(ROOT / "scripts" / "pyfuse3_floor.py"), str(self.mnt),
@@ -703,10 +705,10 @@ def measure_server_alone(server: Server, source: Path, size: int, round_number: 
                          writes: bool) -> dict:
     """The cold read and the write rows as fsmount's store client gets them from the server when it does
     nothing else (no mount, no cache): about the most any tool could get here."""
-    store, run = server.store, server.loop.run_until_complete
+    store = server.session.store.store
     results = {}
     if reads:
-        version = run(store.stat(BIG_KEY)).version
+        version = server.session.call(server.session.store.stat, BIG_KEY).version
         drop_page_cache()
         start = time.perf_counter()
         with ThreadPoolExecutor(PARALLEL_GETS) as pool:
@@ -718,7 +720,7 @@ def measure_server_alone(server: Server, source: Path, size: int, round_number: 
     into_page_cache(source)
     prefix = f"written-{SERVER_ALONE}-{round_number}"
     start = time.perf_counter()
-    run(store.put_in_parts(f"{prefix}/big", str(source / "big"), store.part_size, DEFAULT_PARALLEL_PARTS))
+    server.put_in_parts(f"{prefix}/big", source / "big", store.part_size, DEFAULT_PARALLEL_PARTS)
     results["cp 512 MiB into the mount"] = WRITTEN / 1e6 / (time.perf_counter() - start)
     small = (source / "small").read_bytes()
     start = time.perf_counter()

@@ -1,7 +1,8 @@
 """The asyncio seam: the one module that knows the stores' SDKs run on asyncio.
 
-The daemon runs trio with a trio-asyncio loop open (`trio_asyncio.open_loop()`); TrioStore makes
-a store's asyncio methods awaitable from trio. Each call crosses the seam once, ~170 us measured
+The daemon runs trio with a trio-asyncio loop open (`trio_asyncio.open_loop()`); TrioStore makes every
+store method awaitable from trio, each where fsmount.stores.base says it runs: a coroutine on the asyncio
+loop, a plain method in one of trio's worker threads. A coroutine crosses the seam once, ~170 us measured
 here, so callers cross it per block or listing page, never per FUSE read. A read does not cross it:
 a worker thread signs its GET and sends it. Every request of a volume's passes here, so here each is counted
 for it (fsmount/metrics/store_requests.py).
@@ -9,6 +10,7 @@ for it (fsmount/metrics/store_requests.py).
 from __future__ import annotations  # `list` is also a method's name here
 
 import contextlib
+import inspect
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -39,6 +41,13 @@ def _log_stray_error(loop, context: dict):
     log.info("a store's background task failed: %s", f"{type(error).__name__}: {error}" if error else context.get("message"))
 
 
+async def _run(method, *arguments):
+    """The store's METHOD(*ARGUMENTS) where it runs: a coroutine on the asyncio loop, a plain method in a worker thread."""
+    if inspect.iscoroutinefunction(method):
+        return await aio_as_trio(method)(*arguments)
+    return await trio.to_thread.run_sync(method, *arguments, abandon_on_cancel=True)
+
+
 class TrioStore:
     """STORE's methods awaitable from trio; each request counted for the volume REQUESTS names."""
 
@@ -66,14 +75,14 @@ class TrioStore:
     async def replace(self, store: Store, task_status=trio.TASK_STATUS_IGNORED):
         """STORE (the same bucket, reached with other credentials) serves every call from now on, once it is open;
         the store it replaces is closed once the calls it serves are done."""
-        await aio_as_trio(store.open)()
+        await _run(store.open)
         old, self.store = self.store, store
         task_status.started()
         while old in self._in_flight:
             self._call_ended = self._call_ended or trio.Event()
             await self._call_ended.wait()
         with trio.CancelScope(shield=True):
-            await aio_as_trio(old.close)()
+            await _run(old.close)
 
     @property
     def identity(self) -> str:
@@ -103,19 +112,19 @@ class TrioStore:
         return self.store.part_size
 
     async def open(self):
-        await aio_as_trio(self.store.open)()
+        await _run(self.store.open)
 
     async def close(self):
-        await aio_as_trio(self.store.close)()
+        await _run(self.store.close)
 
     async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
         with self.requests.request("head", key), self._using() as store:
-            return await aio_as_trio(store.stat)(key, pinned)
+            return await _run(store.stat, key, pinned)
 
     async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
                         page_size: int | None = None) -> ListPage:
         with self.requests.request("list", prefix), self._using() as store:
-            return await aio_as_trio(store.list_page)(prefix, delimiter, token, page_size)
+            return await _run(store.list_page, prefix, delimiter, token, page_size)
 
     async def list(self, prefix: str, delimiter: str = "/", page_size: int | None = None) -> AsyncIterator[ListPage]:
         """Every page in turn. A trio generator on this side of the seam, so it may be resumed from any
@@ -139,8 +148,7 @@ class TrioStore:
                             request = store.range_request(key, start, length, version, fresh)
                             data = await store.fetcher.small_requests.get(request)
                         else:
-                            data = await trio.to_thread.run_sync(store.read_range, key, start, length, version,
-                                                                 fresh, abandon_on_cancel=True)
+                            data = await _run(store.read_range, key, start, length, version, fresh)
                     self.requests.received(len(data))
                     return data
                 except AccessDenied:  # perhaps a signature that expired early, with the credentials it was made with
@@ -154,7 +162,7 @@ class TrioStore:
             if len(data) < SMALL_REQUEST and store.signs_at_once():
                 reply = await store.fetcher.small_requests.send(store.put_request(key, data, metadata))
                 return store.put_result(key, len(data), metadata, reply)
-            return await trio.to_thread.run_sync(store.upload_bytes, key, data, metadata, abandon_on_cancel=True)
+            return await _run(store.upload_bytes, key, data, metadata)
 
     async def put_file(self, key: str, path: str, threshold: int, part_size: int, parallel: int,
                        metadata: dict[str, str] | None = None) -> ObjectInfo:
@@ -166,7 +174,7 @@ class TrioStore:
                 return await self.put(key, stream.read(), metadata)
         if size <= threshold:
             with self.requests.request("put", key, size), self._using() as store:
-                return await trio.to_thread.run_sync(store.upload_file, key, path, metadata, abandon_on_cancel=True)
+                return await _run(store.upload_file, key, path, metadata)
         upload = await self.start_upload(key, metadata)
         parts: dict[int, str] = {}
         slots = trio.CapacityLimiter(1 if self.parts_in_order else parallel)
@@ -190,30 +198,29 @@ class TrioStore:
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         with self.requests.request("start", key), self._using() as store:
-            return await aio_as_trio(store.start_upload)(key, metadata)
+            return await _run(store.start_upload, key, metadata)
 
     async def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
         with self.requests.request("part", key, size), self._using() as store:
-            return await trio.to_thread.run_sync(store.upload_part, key, upload, number, path, offset, size,
-                                                 abandon_on_cancel=True)
+            return await _run(store.upload_part, key, upload, number, path, offset, size)
 
     async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
                               metadata: dict[str, str] | None = None) -> ObjectInfo:
         with self.requests.request("complete", key), self._using() as store:
-            return await aio_as_trio(store.complete_upload)(key, upload, parts, size, metadata)
+            return await _run(store.complete_upload, key, upload, parts, size, metadata)
 
     async def abort_upload(self, key: str, upload: str):
         with self.requests.request("abort", key), self._using() as store:
-            await aio_as_trio(store.abort_upload)(key, upload)
+            await _run(store.abort_upload, key, upload)
 
     async def version_id(self, key: str) -> str | None:
         with self.requests.request("head", key), self._using() as store:
-            return await aio_as_trio(store.version_id)(key)
+            return await _run(store.version_id, key)
 
     async def delete(self, key: str):
         with self.requests.request("delete", key), self._using() as store:
-            await aio_as_trio(store.delete)(key)
+            await _run(store.delete, key)
 
     async def copy(self, source_key: str, key: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         with self.requests.request("copy", key), self._using() as store:
-            return await aio_as_trio(store.copy)(source_key, key, metadata)
+            return await _run(store.copy, source_key, key, metadata)

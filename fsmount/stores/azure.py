@@ -168,13 +168,10 @@ class AzureStore(Store):
         return _info(key, properties.size, properties.etag, properties.last_modified, properties.metadata,
                      properties.content_settings.content_type)
 
-    async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
-                        page_size: int | None = None) -> ListPage:
-        """One List Blobs request, signed and sent from a worker thread and read with ElementTree: the SDK's
+    def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                  page_size: int | None = None) -> ListPage:
+        """One List Blobs request, signed and sent from this (worker) thread and read with ElementTree: the SDK's
         deserializer took ~0.4 ms a blob on the event loop, stalling the whole mount 2 s a page of 5,000."""
-        return await asyncio.to_thread(self._list_page, prefix, delimiter, token, page_size)
-
-    def _list_page(self, prefix: str, delimiter: str, token: str | None, page_size: int | None) -> ListPage:
         query = {"restype": "container", "comp": "list", "prefix": prefix, "delimiter": delimiter, "marker": token,
                  "maxresults": page_size, "include": "metadata"}
         url = self._url(None, urllib.parse.urlencode({name: value for name, value in query.items() if value}))

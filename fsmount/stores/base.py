@@ -1,16 +1,28 @@
 """What every object store client offers: keys, ranges, listings, puts, deletes and copies; nothing about files.
 
-Stores are asyncio code (their SDKs are); the rest of fsmount reaches them through `fsmount.stores.aio`.
-Their errors are OSErrors with a fitting errno, so no SDK exception ever leaves a store.
+Where a store's methods run; fsmount.stores.aio calls each so, and the rest of fsmount reaches stores only through it:
+- A coroutine runs on the asyncio loop and uses an asyncio SDK (aiobotocore, azure-storage-blob's aio client,
+  aiohttp). It never blocks and hands no work to a thread, but for credentials that botocore or google-auth fetch
+  or refresh, which they do only blocking, once in the credentials' life (`fetch_credentials`).
+- A plain method may block: it is called from a worker thread. Those that move data (`read_range`, `upload_*`)
+  and sign it (`range_request`, `put_request`) are plain in every store. The others (`stat`, `list_page`, `open`,
+  `close`, `complete_upload`...) are each store's choice: IPFS's `stat` walks a DAG by blocking requests, so it
+  is plain; S3's calls aiobotocore, so it is a coroutine. None is a coroutine that waits for a thread.
+- `identity`, `source_url`, `signs_at_once` and `put_result` answer at once, on whichever loop or thread asks.
+
+Data (ranged GETs, uploads and their parts) does not go through the SDKs: a store signs each request and
+fsmount.stores.ranges sends it from a worker thread with urllib3, its body read into one buffer with the GIL
+released, so fills run on the second core while the loop answers the kernel (aiohttp on the loop took much of
+the daemon's one busy thread on a cold read); a small one, mostly overhead, goes by libcurl on the trio loop
+(fsmount.stores.curl).
+Errors are OSErrors with a fitting errno, so no SDK exception ever leaves a store.
 """
 import abc
 import asyncio
 import base64
-import contextlib
 import email.utils
 import errno
 import hashlib
-import os
 import time
 import types
 import typing
@@ -19,8 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-if typing.TYPE_CHECKING:
-    from fsmount.stores.ranges import RangeFetcher
+from fsmount.stores.parts import PART_SIZE
 
 
 NO_METADATA: Mapping[str, str] = types.MappingProxyType({})  # one for every object a listing gives without any
@@ -175,14 +186,14 @@ def retry_after_seconds(header: str | None) -> float | None:
 
 
 class Store(abc.ABC):
-    """An asyncio client of one bucket or container; keys are relative to it."""
+    """A client of one bucket or container; keys are relative to it. Its `fetcher`, a RangeFetcher
+    (fsmount.stores.ranges, which imports this module), sends the requests it signs."""
 
     multipart = True  # False: every upload is one request, whatever its size
     parts_in_order = False  # True: an upload's parts must be sent one at a time, in order (GCS's resumable uploads)
     content_addressed = False  # True: a version names the bytes wherever they are (IPFS's CIDs), so caches key by it alone
-    part_size = 8 * 2**20  # of uploads in parts, unless the config names one
+    part_size = PART_SIZE  # of uploads in parts, unless the config names one
     lists_metadata = True  # False: listings show no object's metadata (S3's), only a request per key does
-    fetcher: "RangeFetcher"  # the connection pool its signed requests go through
 
     @property
     @abc.abstractmethod
@@ -244,31 +255,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def put_result(self, key: str, size: int, metadata: dict[str, str] | None, reply: Reply) -> ObjectInfo:
         """What the request of `put_request` made, from the server's REPLY."""
-
-    async def put_in_parts(self, key: str, path: str, part_size: int, parallel: int,
-                           metadata: dict[str, str] | None = None) -> ObjectInfo:
-        """Uploads the file at PATH in parts of PART_SIZE, PARALLEL at once, on asyncio alone (scripts/bench loads
-        its objects so). The daemon's uploads go through fsmount.stores.aio, which counts each request."""
-        size = os.path.getsize(path)
-        upload = await self.start_upload(key, metadata)
-        slots = asyncio.Semaphore(parallel)
-
-        async def send(number: int, offset: int) -> tuple[int, str]:
-            async with slots:
-                return number, await asyncio.to_thread(self.upload_part, key, upload, number, path, offset,
-                                                       min(part_size, size - offset))
-
-        parts = list(enumerate(range(0, size, part_size), start=1))
-        try:
-            if self.parts_in_order:
-                sent = [await send(number, offset) for number, offset in parts]
-            else:
-                sent = await asyncio.gather(*(send(number, offset) for number, offset in parts))
-            return await self.complete_upload(key, upload, sent, size, metadata)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.abort_upload(key, upload)
-            raise
 
     @abc.abstractmethod
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
@@ -350,3 +336,9 @@ def read_part(path: str, offset: int, size: int) -> bytes:
     with open(path, "rb") as stream:
         stream.seek(offset)
         return stream.read(size)
+
+
+async def fetch_credentials(fetch: typing.Callable[..., typing.Any], *arguments):
+    """FETCH(*ARGUMENTS) in a worker thread: botocore and google-auth fetch and refresh credentials only blocking.
+    The one thread a store's coroutine waits for, once in the credentials' life."""
+    return await asyncio.to_thread(fetch, *arguments)

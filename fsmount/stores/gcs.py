@@ -27,7 +27,9 @@ import urllib3
 
 from fsmount.credentials import GcsCredentials
 from fsmount.stores.base import (AccessDenied, CertificateRefused, ListPage, NotFound, ObjectInfo, RangeRequest, Reply, Request, Store,
-                                 Unavailable, content_md5, metadata_of, read_part, status_error, unanswered)
+                                 Unavailable, content_md5, fetch_credentials, metadata_of, read_part, status_error,
+                                 unanswered)
+from fsmount.stores.parts import GCS_PART_SIZE, PART_GRAIN
 from fsmount.stores.ranges import RangeFetcher
 from fsmount.stores.retries import RetryPolicy
 from fsmount.stores.tls import aiohttp_tls, urllib3_tls
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 
 GOOGLE_API = "https://storage.googleapis.com"
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
-_CHUNK = 256 * 1024  # a resumable upload's parts but the last are multiples of it
 _BOUNDARY = "fsmount-object-boundary"
 
 
@@ -49,9 +50,7 @@ def _info(resource: dict) -> ObjectInfo:
 
 class GcsStore(Store):
     parts_in_order = True
-    # Parts go one after another, each a round trip: fewer, larger ones. fake-gcs-server took a 256 MiB
-    # file at 22 MB/s in 8 MiB parts and 42 in 32 MiB; rclone sends 16 MiB.
-    part_size = 32 * 2**20
+    part_size = GCS_PART_SIZE
 
     def __init__(self, bucket: str, credentials: GcsCredentials, endpoint: str | None = None,
                  verify: bool | str = True, max_connections: int = 32, retries: RetryPolicy = RetryPolicy()):
@@ -77,7 +76,7 @@ class GcsStore(Store):
 
 
     async def open(self):
-        self._google = await asyncio.to_thread(self._load_credentials)
+        self._google = await fetch_credentials(self._load_credentials)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=aiohttp_tls(self._verify)),
             timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=60), raise_for_status=False)
@@ -121,7 +120,7 @@ class GcsStore(Store):
     async def _headers(self) -> dict[str, str]:
         if self._google is None or self._google.valid:
             return self._authorization()
-        return await asyncio.to_thread(self._authorization)
+        return await fetch_credentials(self._authorization)
 
     def _object_url(self, key: str) -> str:
         return f"{self.api}/storage/v1/b/{self.bucket}/o/{urllib.parse.quote(key, safe='')}"
@@ -190,19 +189,19 @@ class GcsStore(Store):
     def upload_part(self, key: str, upload: str, number: int, path: str, offset: int, size: int) -> str:
         """A part whose size is no multiple of 256 KiB is the last: it names the total, and its tag is the
         object's JSON; the others' tags are empty."""
-        last = size % _CHUNK != 0
+        last = size % PART_GRAIN != 0
         total = str(offset + size) if last else "*"
         headers = {**self._authorization(), "Content-Range": f"bytes {offset}-{offset + size - 1}/{total}"}
         reply = self.fetcher.send("PUT", upload, read_part(path, offset, size), headers, f"PUT PART {number} {key}")
         return reply.body.decode() if last else ""
 
-    async def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
-                              metadata: dict[str, str] | None = None) -> ObjectInfo:
+    def complete_upload(self, key: str, upload: str, parts: list[tuple[int, str]], size: int,
+                        metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """The last part's tag, else an empty PUT asking the session for the object, sent as the parts were."""
         if parts and parts[-1][1]:
             return _info(json.loads(parts[-1][1]))
-        reply = await asyncio.to_thread(self.fetcher.send, "PUT", upload, b"",
-                                        {**await self._headers(), "Content-Range": f"bytes */{size}"},
-                                        f"COMPLETE UPLOAD {key}")
+        reply = self.fetcher.send("PUT", upload, b"", {**self._authorization(), "Content-Range": f"bytes */{size}"},
+                                  f"COMPLETE UPLOAD {key}")
         if reply.status == 308:
             raise Unavailable(f"COMPLETE UPLOAD {key}: the server is missing some of its {size} bytes")
         return _info(json.loads(reply.body))

@@ -11,7 +11,6 @@ per directory CID, and a remount reads them instead of the network; opening one 
 the directories above it, not a listing of its siblings. File data is the block cache's; the
 other nodes (directories, symlinks, which child of a file covers which bytes) are kept in memory.
 """
-import asyncio
 import collections
 import concurrent.futures
 import functools
@@ -75,10 +74,10 @@ class IpfsStore(ReadOnlyStore):
     def source_url(self, info: ObjectInfo) -> str:
         return f"ipfs://{info.version}"
 
-    async def open(self):
+    def open(self):
         os.makedirs(self._listing_dir, exist_ok=True)
 
-    async def close(self):
+    def close(self):
         self._fetches.shutdown(wait=False, cancel_futures=True)
         self.fetcher.close()
 
@@ -99,8 +98,8 @@ class IpfsStore(ReadOnlyStore):
                 raise NotFound(f"ipfs://{self.root}/{'/'.join(self.path[:depth + 1])}: no such file or directory")
         return entry
 
-    async def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
-        entry = await asyncio.to_thread(self._entry, key)
+    def stat(self, key: str, pinned: str | None = None) -> ObjectInfo:
+        entry = self._entry(key)
         if entry is None or entry.kind == unixfs.DIRECTORY:
             raise NotFound(key)
         return self._info(key, entry)
@@ -132,14 +131,12 @@ class IpfsStore(ReadOnlyStore):
         link = self._links(directory.cid).get(name)
         return self._describe(link) if link is not None and _shown(name) else None
 
-    async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
-                        page_size: int | None = None) -> ListPage:
-        return await asyncio.to_thread(self._page, prefix, delimiter, int(token or 0), page_size or _PAGE)
-
-    def _page(self, prefix: str, delimiter: str, start: int, page_size: int) -> ListPage:
+    def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                  page_size: int | None = None) -> ListPage:
         """The entries under PREFIX in key order, a directory's own marker first (as S3's "dir/" markers:
-        an empty directory exists too); START counts entries. A first page of one, a volume's question
+        an empty directory exists too); TOKEN counts entries. A first page of one, a volume's question
         whether a directory exists, is the marker alone: nothing is listed for it."""
+        start, page_size = int(token or 0), page_size or _PAGE
         top = self._resolved_top()
         directory, marker = None, []
         if top.kind == unixfs.DIRECTORY:

@@ -1,10 +1,8 @@
 """RangeFetcher: sends the ranged GETs (and uploads) that stores sign, from worker threads, through one urllib3 pool per store.
 
-Block data does not go through the event loop: a body is read straight into one buffer with the
-GIL released, so fills run on the second core while the loop answers the kernel. aiohttp on the
-loop spent ~40% of the daemon's only busy thread on a cold sequential read. Small GETs and small
-uploads, which are mostly overhead, go the other way: the fetcher's `small_requests`
-(fsmount.stores.curl) sends them from the event loop.
+Why data goes so rather than through the SDKs or aiohttp is said once, in fsmount.stores.base. Small
+GETs and small uploads go the other way: the fetcher's `small_requests` (fsmount.stores.curl) sends
+them from the event loop.
 """
 import http.client
 import mmap

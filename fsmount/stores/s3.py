@@ -17,7 +17,8 @@ from aiobotocore.session import get_session
 
 from fsmount.stores.base import (AccessDenied, CertificateRefused, ListPage, NoSuchContainer, NotFound, ObjectInfo,
                                  PreconditionFailed, RangeRequest, Reply, Request, Store, Throttled, TooLarge, Unavailable,
-                                 content_md5, metadata_of, read_part, status_error, unanswered, uploaded)
+                                 content_md5, fetch_credentials, metadata_of, read_part, status_error, unanswered,
+                                 uploaded)
 from fsmount.stores.ranges import RangeFetcher
 from fsmount.stores.retries import RetryPolicy
 from fsmount.stores.s3_signing import PROBE, LoopCredentials, Presigner, addressing_style, refresh_in_time
@@ -125,7 +126,7 @@ class S3Endpoint:
                                  read_timeout=60, retries={"total_max_attempts": 1},  # the RetryPolicy's
                                  s3={"addressing_style": addressing_style(self.url)})
         self.fetcher = RangeFetcher(self.max_connections, self._verify, self.retries)
-        self.credentials = await asyncio.get_running_loop().run_in_executor(None, self._fetch_credentials)
+        self.credentials = await fetch_credentials(self._fetch_credentials)
         self.client = await self.client_in(self.region)
 
     def _fetch_credentials(self):

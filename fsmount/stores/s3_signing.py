@@ -13,7 +13,6 @@ refuses for buckets made since 2020) by botocore's own query signer, called dire
 running event hooks, on every new key read and every upload. Where a bucket's URLs start, and the
 region and service they are signed for, are learnt once from a URL the client presigned.
 """
-import asyncio
 import collections
 import math
 import threading
@@ -24,6 +23,8 @@ import botocore.auth
 import botocore.awsrequest
 import botocore.credentials
 import botocore.utils
+
+from fsmount.stores.base import fetch_credentials
 
 URL_LIFETIME = 3600  # seconds a presigned URL is valid, unless its credentials expire sooner; reused for half of that
 _URLS_KEPT = 10_000
@@ -67,7 +68,7 @@ class LoopCredentials:
 
     async def get_frozen_credentials(self):
         if isinstance(self._credentials, botocore.credentials.RefreshableCredentials) and self._credentials.refresh_needed():
-            return await asyncio.get_running_loop().run_in_executor(None, self._credentials.get_frozen_credentials)
+            return await fetch_credentials(self._credentials.get_frozen_credentials)
         return self._credentials.get_frozen_credentials()
 
 
