@@ -38,8 +38,8 @@ def setup_logging(log_file: str | None, level: int, cache_dir: str, foreground: 
 
 def set_log_level(level: int):
     """fsmount's own lines from LEVEL up. The libraries' own info and debug lines name every request, signatures and
-    signed URLs among them (botocore's, urllib3's), or run to ~30 lines a request (Azure's): only their warnings are
-    logged."""
+    signed URLs among them (botocore's, urllib3's), or run to dozens of lines a request (Azure's): only their
+    warnings are logged."""
     logging.getLogger().setLevel(max(level, logging.WARNING))
     log.setLevel(level)
 

@@ -46,7 +46,7 @@ def _port(text: str, address: str) -> int:
 
 def _check_peer_id(text: str, address: str):
     """A libp2p peer id: a base58btc multihash (`Qm...`, `12D3KooW...`) or a CIDv1 of a libp2p key."""
-    from multiformats import CID, multibase, multihash  # ~0.1 s to import: only for a tree with IPFS volumes
+    from multiformats import CID, multibase, multihash  # slow to import: only for a tree with IPFS volumes
 
     try:
         if text.startswith(("Qm", "1")):

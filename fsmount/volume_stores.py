@@ -1,7 +1,7 @@
 """The store client a volume's source names: S3, Azure Blob, GCS, IPFS or web URLs, with the credentials chosen for it.
 
-Each client's module is imported when a volume needs it: the Azure and Google SDKs together add
-~22 MiB to the daemon's RSS, which a tree without such volumes should not pay.
+Each client's module is imported when a volume needs it: the Azure and Google SDKs add to the
+daemon's memory, which a tree without such volumes should not pay.
 """
 import os
 from typing import TYPE_CHECKING

@@ -1,10 +1,10 @@
 """Work nobody waits on: bounded tasks for the daemon's life, a low-priority worker thread, and a wait for idle.
 
-The thread copies a file just uploaded into the block cache. At normal priority that copy took the CPU
-from the requests that came next: 100 files of 16 KiB written right after `cp` of a 512 MiB file went
-at ~13.6 ms each, against ~10.1 ms 15 s later. At nice 19 the kernel serves those requests, and the
-store's server, first. The event loop has no priorities, so work of its own that nobody waits on
-waits for a moment when the loop has nothing else to do (`when_idle`).
+The thread copies a file just uploaded into the block cache. At normal priority that copy took the
+CPU from the requests that came next: small files written right after `cp` of a large one were
+slower than the same files written once the copy was done. At nice 19 the kernel serves those
+requests, and the store's server, first. The event loop has no priorities, so work of its own that
+nobody waits on waits for a moment when the loop has nothing else to do (`when_idle`).
 """
 import concurrent.futures
 import contextlib
@@ -82,7 +82,7 @@ _activity: trio.lowlevel.RunVar = trio.lowlevel.RunVar("fsmount_loop_activity")
 async def when_idle():
     """Returns once no other task has taken a step for IDLE_FOR (each waits on a store's reply, the kernel's
     next request), or after IDLE_WAIT_MOST when that moment does not come. Putting a small file written by
-    a shell loop into the block cache right after its close held up the next file's create by ~0.5 ms."""
+    a shell loop into the block cache right after its close held up the next file's create."""
     activity = _activity.get(None)
     if activity is None:
         activity = _LoopActivity()

@@ -2,7 +2,7 @@
 and origin (the store and key it is a block of, for `fsmount cache du|evict|clear`).
 
 One daemon uses an index at a time: it holds the file's locks (`locking_mode=EXCLUSIVE`), so no statement
-takes or drops them (WAL's locks took ~14 fcntl calls a block, on the event loop), and a second daemon is
+takes or drops them (WAL's locks took many fcntl calls a block, on the event loop), and a second daemon is
 refused. Uses are kept in memory and written in batches: only eviction reads them.
 """
 import contextlib
@@ -21,7 +21,7 @@ CREATE INDEX blocks_by_use ON blocks (used);
 CREATE INDEX blocks_by_key ON blocks (store, key);
 CREATE TABLE stores (id INTEGER PRIMARY KEY, identity TEXT NOT NULL UNIQUE);
 """
-# 1: XXH3 checksums; zlib's CRC-32 before took 6% of the CPU of a cold sequential read. 2: small blocks in
+# 1: XXH3 checksums, cheaper than zlib's CRC-32 before on a cold sequential read. 2: small blocks in
 # segments, not in the index. 3: each block's store and key.
 _INDEX_VERSION = 3
 _ROW = "name, size, checksum, segment, position"  # of a Row

@@ -16,7 +16,7 @@ _ALIGNMENT = 4096  # of offsets, lengths and memory in O_DIRECT transfers
 
 class _AlignedBuffers:
     """Page-aligned memory, as O_DIRECT needs: DATA's own where it lies so (a receive buffer's, see
-    fsmount.stores.ranges; copying 8 MiB took ~5% of a cold read's CPU), else buffers kept for reuse
+    fsmount.stores.ranges), so a block is not copied on a cold read, else buffers kept for reuse
     (fresh memory costs page faults) and few, so memory stays bounded however many threads write."""
 
     def __init__(self, count: int):

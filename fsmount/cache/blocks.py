@@ -9,7 +9,7 @@ Eviction is least recently used, never of a block a reader holds. Ten readers of
 cause one fetch.
 
 Block files are written with O_DIRECT where the file system allows it: filling the page cache
-cost ~2 s of CPU per GiB here, half of what a cold read cost in all. Readers of a large block are
+cost as much CPU as the rest of a cold read. Readers of a large block are
 answered as soon as their bytes have arrived (fsmount/stores/arrival.py), and from memory while it is
 written (by the writers of fsmount/cache/writers.py); the blocks filled last stay there, a bounded
 amount, for the reads that asked for them (fsmount/cache/filled.py).
@@ -214,8 +214,8 @@ class BlockCache:
                 filling = started = self.fills[name] = Fill(reserved=size, origin=origin)
                 if not background:
                     self.counts.missed(by_reader=bool(length))
-                # A large block arrives over ~20 ms: its reader is answered once its part is in, and the rest
-                # comes in a task of its own. A small one comes in one piece.
+                # A large block arrives in parts (fsmount/stores/arrival.py): its reader is answered once its part
+                # is in, and the rest comes in a task of its own. A small one comes in one piece.
                 if length and size >= PACKED_BELOW and self._writers.fetchers is not None and not background:
                     self._writers.fetchers.start_soon(self._fill, name, filling, fetch, page_cache, background)
                 else:

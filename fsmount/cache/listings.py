@@ -1,10 +1,10 @@
 """KnownListings: whole listings of object store prefixes, on disk beside the block cache, for the mounts that follow.
 
 A listing is kept as the store gave it (names, sizes, versions, times, metadata), with when it was
-made, an entry a row: a listing of 100,000 objects kept as one JSON text took ~25 MiB more of the
-daemon's memory while it was written. The volume decides whether a listing is fresh. At most
-`_ENTRIES_KEPT` entries are kept in all, the listings made longest ago going first. `fsmount status`
-reads the counts while a daemon runs.
+made, an entry a row: a large listing kept as one JSON text had to be built whole in the daemon's
+memory to be written. The volume decides whether a listing is fresh. At most `_ENTRIES_KEPT` entries
+are kept in all, the listings made longest ago going first. `fsmount status` reads the counts while
+a daemon runs.
 """
 import json
 import os

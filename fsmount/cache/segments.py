@@ -1,12 +1,12 @@
 """Segments: the append-only files that the block cache packs its small blocks into, one after another.
 
 A small block (a small object's only one) in a file of its own cost a file, an inode and a directory
-entry, created and renamed into place: a worker thread writing the blocks of a shuffled epoch of 128
-KiB objects took ~0.6 ms of CPU a block, most of it the kernel's and the GIL handed back and forth
-with the event loop at each of those calls. In a segment, a batch of blocks is one write. A block
-evicted has its bytes punched out of its segment (the file keeps its length, the disk gets the space
-back); a segment no block is left in is deleted. A daemon starts a segment of its own, so what a
-killed one was writing is never appended to.
+entry, created and renamed into place: most of the CPU a worker thread spent writing small blocks
+went to the kernel and to the GIL handed back and forth with the event loop at each of those calls.
+In a segment, a batch of blocks is one write. A block evicted has its bytes punched out of its
+segment (the file keeps its length, the disk gets the space back); a segment no block is left in is
+deleted. A daemon starts a segment of its own, so what a killed one was writing is never appended
+to.
 """
 import collections
 import contextlib

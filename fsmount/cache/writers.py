@@ -2,10 +2,10 @@
 
 While `write_behind` runs, fetched blocks are written by writer tasks of their own, a batch at a
 time, in one trip to a worker thread (fsmount/cache/blockio.py) and one index transaction after it
-(and one before, for blocks in files of their own). Written on the event loop, one by one, a
-shuffled epoch of 128 KiB objects spent a third of the loop's time on creating their files and
-committing their rows. Fills in the background (uploaded files put into the cache) are written by a
-writer of their own, once the daemon is idle, on the low-priority thread.
+(and one before, for blocks in files of their own). Written on the event loop, one by one, small
+blocks kept the loop busy creating their files and committing their rows, not answering reads. Fills
+in the background (uploaded files put into the cache) are written by a writer of their own, once the
+daemon is idle, on the low-priority thread.
 """
 import contextlib
 import ctypes
@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 _WRITERS = 2  # tasks writing fetched blocks to the cache, each a batch at a time
 _BATCH_MOST = 64  # blocks a writer takes at once
 PACKED_BELOW = 2**20  # blocks smaller than this go into segments, not into files of their own
-# glibc keeps the blocks' buffers freed in the middle of its heap: ten streams read at once peaked at
-# ~220 MiB with ~40 of blocks alive. Handing its free pages back after each block written took that to
-# ~183 (~192 every fourth block), at no cost to a cold read that could be measured. A block fetched
+# glibc keeps the blocks' buffers freed in the middle of its heap, so streams read at once held far more
+# memory than their live blocks. Handing its free pages back after each block written lowers the peak, at
+# no measurable cost to a cold read. A block fetched
 # into a receive buffer (a memoryview: fsmount.stores.ranges) was never glibc's; small ones free too little
 # to trim after each, so a batch is trimmed once it freed this much.
 _TRIM_FROM = 2**20

@@ -159,7 +159,7 @@ def http_url(value) -> str:
 
 
 def cid(value) -> str:
-    from multiformats import CID  # ~0.1 s to import: only for a tree with IPFS volumes
+    from multiformats import CID  # slow to import: only for a tree with IPFS volumes
     try:
         return str(CID.decode(str(value)))
     except Exception:  # multiformats raises a different error for each way a CID can be wrong

@@ -1,6 +1,6 @@
 """Arrival: how much of a large body has come in, so a reader can have its start while the rest is on the way.
 
-A block of 8 MiB takes ~20 ms to arrive here; the first read of a file wants its first 128 KiB. The
+A block of 8 MiB takes a while to arrive; the first read of a file wants only its first 128 KiB. The
 cache makes an Arrival for each fill and sets it as `current` while it fetches; the worker thread
 reading the body (fsmount.stores.ranges) reports each part it receives, and readers waiting on the
 loop are woken once the bytes they want are in. A body fetched otherwise (a small one, a store that

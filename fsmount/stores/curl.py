@@ -1,11 +1,11 @@
 """CurlRequests: small ranged GETs and small uploads, sent by libcurl's multi interface (pycurl) on the trio event loop itself.
 
 A GET of a small object is mostly overhead: its request line, headers and status. Sent from a worker
-thread through urllib3 it cost ~0.45 ms of Python a GET, and the threads and the event loop took the
-GIL from each other at every system call (~140 futex calls a file in a shuffled epoch of 128 KiB
-objects). libcurl does the HTTP in C; the loop only watches its sockets, so no thread and no GIL
-handover is involved, and many requests are in flight at once on one core. The PUT of a small file is
-the same: from worker threads, the uploads of an rsync took the GIL from the loop answering it.
+thread through urllib3 that overhead was all Python's work, and the threads and the event loop took
+the GIL from each other at every system call. libcurl does the HTTP in C; the loop only watches its
+sockets, so no thread and no GIL handover is involved, and many requests are in flight at once on
+one core. The PUT of a small file is the same: from worker threads, the uploads of an rsync took the
+GIL from the loop answering it.
 """
 import io
 import logging

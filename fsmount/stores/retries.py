@@ -39,7 +39,7 @@ class RetryPolicy:
 
     def call(self, attempt):
         """ATTEMPT() (blocking), tried again as the policy says. The first try runs outside stamina, whose
-        bookkeeping cost ~16 us a request in a worker thread: only a request that failed pays for it."""
+        bookkeeping would cost every request: only a request that failed pays for it."""
         try:
             return attempt()
         except (Throttled, Unavailable) as error:
@@ -52,8 +52,8 @@ class RetryPolicy:
                 return attempt()
 
     async def call_async(self, attempt):
-        """ATTEMPT() awaited (on trio or asyncio), tried again as the policy says; as `call` (~26 us a request on
-        the trio loop, for the ones that fail)."""
+        """ATTEMPT() awaited (on trio or asyncio), tried again as the policy says; as `call`, the first try
+        runs outside stamina."""
         try:
             return await attempt()
         except (Throttled, Unavailable) as error:

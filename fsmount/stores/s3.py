@@ -58,7 +58,7 @@ def _errors(what: str):
 
 def _parse_timestamp(text: str) -> datetime.datetime:
     """S3's ISO 8601 times by the standard library: botocore's default, dateutil's general parser, took
-    70% of the CPU of a listing. Anything else (the RFC 822 dates of headers) goes to botocore's."""
+    most of the CPU of a listing. Anything else (the RFC 822 dates of headers) goes to botocore's."""
     try:
         return datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -67,8 +67,8 @@ def _parse_timestamp(text: str) -> datetime.datetime:
 
 @functools.cache
 def _session():
-    """The botocore session every S3 client is made in: each session parses S3's service model, ~13 MiB of the
-    daemon's memory, so one for each volume (and a second for presigning) held two S3 volumes at ~108 MiB idle."""
+    """The botocore session every S3 client is made in: each session parses S3's service model, a large part of
+    the daemon's memory, which one session for each volume (and a second for presigning) multiplied."""
     session = get_session()
     session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
     return session
@@ -102,7 +102,7 @@ class S3Endpoint:
         self.max_connections = max_connections  # may grow until the first store opens
         self.retries = retries
         self._key, self._secret = key, secret
-        # Plain http has no certificate to check: loading the CA bundle for it delayed the first request ~30 ms.
+        # Plain http has no certificate to check: loading the CA bundle for it delayed the first request.
         self._verify = False if url is not None and url.startswith("http://") else verify
         self._stores = 0
         self._opening = asyncio.Lock()

@@ -1,17 +1,16 @@
 """How S3Store signs: the URLs of its reads and uploads, presigned for the bucket's region with credentials refreshed in time.
 
-Data does not go through aiobotocore. Reads, the hot path, are GETs of URLs that botocore
-presigns (cached per key), sent by the RangeFetcher from worker threads: botocore's own request
-building and response parsing cost ~3 ms of CPU a GET, and presigning through aiobotocore and
-the seam ~0.9 ms a key. Uploads (PUTs and the parts of multipart uploads) are presigned and sent
-the same way, with a Content-MD5 the server checks: over http botocore hashes every payload
-(SHA-256, and CRC32), which held the event loop for tens of milliseconds an 8 MiB part and
-capped uploads near 100 MB/s here (presigned parts reached ~140), and a small PUT cost ~4 ms
-of its CPU. The URLs are signed with SigV4 (botocore chose SigV2 for a custom endpoint, which AWS
-refuses for buckets made since 2020) by botocore's own query signer, called directly: its client's
-`generate_presigned_url` spent ~0.6 ms of CPU a URL, over half of it resolving the endpoint and
-running event hooks, on every new key read and every upload. Where a bucket's URLs start, and the
-region and service they are signed for, are learnt once from a URL the client presigned.
+Data does not go through aiobotocore. Reads, the hot path, are GETs of URLs that botocore presigns
+(cached per key), sent by the RangeFetcher from worker threads: botocore's own request building and
+response parsing cost more CPU than the GET, and presigning through aiobotocore crossed the seam for
+every key. Uploads (PUTs and the parts of multipart uploads) are presigned and sent the same way,
+with a Content-MD5 the server checks: over http botocore hashes every payload (SHA-256, and CRC32),
+which held the event loop through each part (a small PUT's too) and capped the upload rate below
+that of presigned parts. The URLs are signed with SigV4 (botocore chose SigV2 for a custom endpoint,
+which AWS refuses for buckets made since 2020) by botocore's own query signer, called directly: its
+client's `generate_presigned_url` spent most of its CPU resolving the endpoint and running event
+hooks, on every new key read and every upload. Where a bucket's URLs start, and the region and
+service they are signed for, are learnt once from a URL the client presigned.
 """
 import collections
 import math

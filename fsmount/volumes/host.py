@@ -4,7 +4,7 @@ Every call resolves its path one name at a time from the volume's root descripto
 O_NOFOLLOW, and acts on the last name with an *at call, so a symlink planted in the source,
 or a directory swapped for one, can never lead the daemon outside.
 
-On a local file system the calls run inline: a trip to a worker thread costs ~17 times the
+On a local file system the calls run inline: a trip to a worker thread costs many times the
 system call. On a network (or unknown) file system they run in worker threads, limited per
 volume, so a hung server stalls only its own volume.
 """

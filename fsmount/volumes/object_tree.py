@@ -71,7 +71,7 @@ class ObjectTree:
         self._missing = ExpiringCache(_NEGATIVE_TTL, _NAMES_KEPT)
         self._listings = ExpiringCache(metadata_ttl, _LISTED_ENTRIES_KEPT, weigh=len)  # path -> Entries
         # directory -> {name: info} of its listing under way, so far: what a lookup finds there costs no request,
-        # and ~200 bytes less a name than a remembered attribute (100,000 names: ~24 MiB)
+        # and less memory a name than a remembered attribute
         self._streaming: dict[Path, dict[str, ObjectInfo | None]] = {}
         # A listing under way is kept at its end only if this daemon changed its directory in none of the ways
         # relist and forget_listings follow since it began: the store may have answered before the change.
