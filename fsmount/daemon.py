@@ -325,7 +325,7 @@ async def _terminate_on_signal(task_status=trio.TASK_STATUS_IGNORED):
 
 
 async def _hand_back_idle_buffers():
-    """A daemon that stopped fetching keeps no receive buffers (~100 MiB after a large read)."""
+    """A daemon that stopped fetching keeps no receive buffers: a large read leaves them at many blocks' worth."""
     while True:
         await trio.sleep(_IDLE_BUFFERS_CHECK)
         receive_buffers.release_idle()

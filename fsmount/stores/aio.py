@@ -2,8 +2,8 @@
 
 The daemon runs trio with a trio-asyncio loop open (`trio_asyncio.open_loop()`); TrioStore makes every
 store method awaitable from trio, each where fsmount.stores.base says it runs: a coroutine on the asyncio
-loop, a plain method in one of trio's worker threads. A coroutine crosses the seam once, ~170 us measured
-here, so callers cross it per block or listing page, never per FUSE read. A read does not cross it:
+loop, a plain method in one of trio's worker threads. Crossing the seam costs far more than a
+call, so callers cross it per block or listing page, never per FUSE read. A read does not cross it:
 a worker thread signs its GET and sends it. Every request of a volume's passes here, so here each is counted
 for it (fsmount/metrics/store_requests.py).
 """
@@ -157,7 +157,7 @@ class TrioStore:
 
     async def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         """Makes KEY of DATA in one request: a small one on the event loop, when it can be signed at once;
-        else from a worker thread (the seam and asyncio's thread cost ~1 ms of ~8)."""
+        else from a worker thread, not through the seam and asyncio's thread pool."""
         with self.requests.request("put", key, len(data)), self._using() as store:
             if len(data) < SMALL_REQUEST and store.signs_at_once():
                 reply = await store.fetcher.small_requests.send(store.put_request(key, data, metadata))
