@@ -40,7 +40,7 @@ from fsmount.volumes.host import HostVolume
 from fsmount.volumes.objects import ObjectVolume
 from fsmount.volumes.prefetch import Prefetcher
 from fsmount.volumes.single import SingleObjectVolume
-from fsmount.volumes.uploads import Uploads, UploadSettings
+from fsmount.volumes.uploads import UploadSettings, UploadTotals, upload_totals
 from fsmount.volumes.writable import WritableObjectVolume
 
 log = logging.getLogger("fsmount")
@@ -196,9 +196,10 @@ class Daemon:
 
         return {"status": status, "warm": warm, "reload": reload, **cache_control.commands(self)}
 
-    def uploads(self) -> list[Uploads]:
-        """Of each rw object volume."""
-        return [volume.staged_files.uploads for volume in self.volumes if isinstance(volume, WritableObjectVolume)]
+    def uploads(self) -> UploadTotals:
+        """Of every rw object volume, summed."""
+        return upload_totals((config.name, volume.staged_files.uploads) for config, volume in self.reloader.mounted()
+                             if isinstance(volume, WritableObjectVolume))
 
     async def serve(self, mountpoint: str, ready: int | None, exporter: Exporter | None = None):
         """EXPORTER: serves the metrics meanwhile."""

@@ -61,8 +61,9 @@ class Reloader:
         self._writing_behind = False  # the block cache's write-behind runs
 
     def mounted(self) -> list[tuple[VolumeConfig, Volume]]:
-        """The volumes in the tree, those waiting to leave included, with their configs."""
-        return [(running.config, running.volume) for running in self.running.values()]
+        """The volumes in the tree, those waiting to leave included, with their configs. The metrics' thread asks
+        too: the volumes are copied at once, never iterated while a reload may change them."""
+        return [(running.config, running.volume) for running in list(self.running.values())]
 
     async def start(self):
         """Starts the volumes' background work; the daemon's nursery is open."""

@@ -13,21 +13,12 @@ def gather(daemon) -> dict:
     """The state of DAEMON (a fsmount.daemon.Daemon), as `fsmount status --json` prints it."""
     config = daemon.config
     cache = daemon.cache
-    volumes = []
-    uploads = {"waiting": 0, "uploading": 0, "failing": []}
     health = daemon.health.states()
-    for volume_config, volume in daemon.reloader.mounted():
-        volumes.append({"path": "/" + volume_config.name, "source": redact_url(volume_config.source),
-                        "mode": "ro" if volume_config.read_only else "rw",
-                        "health": health.get(volume_config.name)})  # None: a host path, no store to answer
-        staged_files = getattr(volume, "staged_files", None)
-        if staged_files is not None:
-            waiting, uploading, failing = staged_files.uploads.counts()
-            uploads["waiting"] += waiting
-            uploads["uploading"] += uploading
-            uploads["failing"] += [{"volume": "/" + volume_config.name, "key": staged.key, "size": staged.size,
-                                    "failures": failures, "error": staged.error}
-                                   for staged, failures in failing]
+    volumes = [{"path": "/" + volume_config.name, "source": redact_url(volume_config.source),
+                "mode": "ro" if volume_config.read_only else "rw",
+                "health": health.get(volume_config.name)}  # None: a host path, no store to answer
+               for volume_config, _ in daemon.reloader.mounted()]
+    uploads = daemon.uploads()
     staging = daemon.staging
     return {
         "config": config.file,
@@ -40,7 +31,9 @@ def gather(daemon) -> dict:
         "memory_in_flight": 0 if cache is None else cache.unwritten_bytes,
         "staging": {"dir": config.staging.dir, "used": staging.used if staging else 0,
                     "limit": config.staging.max_size},
-        "uploads": uploads,
+        "uploads": {"waiting": uploads.waiting, "uploading": uploads.uploading,
+                    "failing": [{"volume": "/" + volume, "key": staged.key, "size": staged.size, "failures": failures,
+                                 "error": staged.error} for volume, staged, failures in uploads.failing]},
         "kept_aside": kept_files(config.staging.dir),
     }
 

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from fsmount.csi import csi_pb2 as csi, csi_pb2_grpc
+from fsmount.csi import csi_identity_pb2 as csi_identity, csi_identity_pb2_grpc
+from fsmount.csi import csi_node_pb2 as csi_node, csi_node_pb2_grpc
 from fsmount.csi.mounts import MountFailed
 from fsmount.csi.registry import CsiError, Publication, Registry
 from fsmount.csi.volume_config import mask, read_node_config, volume_attributes
@@ -27,8 +28,8 @@ log = logging.getLogger("fsmount.csi")
 
 _WORKERS = 8  # requests served at once; those for one volume wait for each other
 _STOP_GRACE = 10  # seconds requests under way get to finish on SIGTERM
-_READ_ONLY_MODES = {csi.VolumeCapability.AccessMode.SINGLE_NODE_READER_ONLY,
-                    csi.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY}
+_READ_ONLY_MODES = {csi_node.VolumeCapability.AccessMode.SINGLE_NODE_READER_ONLY,
+                    csi_node.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY}
 _FS_TYPES = {"", "fuse", "fuse.fsmount", "fsmount"}
 
 
@@ -58,46 +59,47 @@ def _require(value, what: str):
         raise CsiError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is missing")
 
 
-class Identity(csi_pb2_grpc.IdentityServicer):
+class Identity(csi_identity_pb2_grpc.IdentityServicer):
     def GetPluginInfo(self, request, context):
-        return csi.GetPluginInfoResponse(name=DRIVER_NAME, vendor_version=importlib.metadata.version("fsmount"))
+        return csi_identity.GetPluginInfoResponse(name=DRIVER_NAME,
+                                                  vendor_version=importlib.metadata.version("fsmount"))
 
     def GetPluginCapabilities(self, request, context):
-        return csi.GetPluginCapabilitiesResponse()  # a node plugin alone: no controller service, no topology
+        return csi_identity.GetPluginCapabilitiesResponse()  # a node plugin alone: no controller service, no topology
 
     @_answering
     def Probe(self, request, context):
         if not os.path.exists("/dev/fuse"):
             raise CsiError(grpc.StatusCode.FAILED_PRECONDITION, "no /dev/fuse: the plugin's container needs the "
                                                                 "host's /dev/fuse")
-        return csi.ProbeResponse(ready=csi.BoolValue(value=True))
+        return csi_identity.ProbeResponse(ready=csi_identity.BoolValue(value=True))
 
 
-class Node(csi_pb2_grpc.NodeServicer):
+class Node(csi_node_pb2_grpc.NodeServicer):
     def __init__(self, registry: Registry, node_id: str):
         self.registry = registry
         self.node_id = node_id
 
     def NodeGetInfo(self, request, context):
-        return csi.NodeGetInfoResponse(node_id=self.node_id, max_volumes_per_node=self.registry.max_volumes)
+        return csi_node.NodeGetInfoResponse(node_id=self.node_id, max_volumes_per_node=self.registry.max_volumes)
 
     def NodeGetCapabilities(self, request, context):
-        rpc = csi.NodeServiceCapability.RPC
-        return csi.NodeGetCapabilitiesResponse(capabilities=[
-            csi.NodeServiceCapability(rpc=rpc(type=kind))
+        rpc = csi_node.NodeServiceCapability.RPC
+        return csi_node.NodeGetCapabilitiesResponse(capabilities=[
+            csi_node.NodeServiceCapability(rpc=rpc(type=kind))
             for kind in (rpc.GET_VOLUME_STATS, rpc.VOLUME_CONDITION, rpc.SINGLE_NODE_MULTI_WRITER)])
 
     @_answering
     def NodePublishVolume(self, request, context):
         self.registry.publish(publication(request))
-        return csi.NodePublishVolumeResponse()
+        return csi_node.NodePublishVolumeResponse()
 
     @_answering
     def NodeUnpublishVolume(self, request, context):
         _require(request.volume_id, "volume_id")
         _require(request.target_path, "target_path")
         self.registry.unpublish(request.volume_id, os.path.abspath(request.target_path))
-        return csi.NodeUnpublishVolumeResponse()
+        return csi_node.NodeUnpublishVolumeResponse()
 
     @_answering
     def NodeGetVolumeStats(self, request, context):
@@ -105,13 +107,15 @@ class Node(csi_pb2_grpc.NodeServicer):
         _require(request.volume_path, "volume_path")
         status, trouble = self.registry.usage(request.volume_id, request.volume_path)
         if status is None:
-            return csi.NodeGetVolumeStatsResponse(volume_condition=csi.VolumeCondition(abnormal=True, message=trouble))
+            return csi_node.NodeGetVolumeStatsResponse(
+                volume_condition=csi_node.VolumeCondition(abnormal=True, message=trouble))
         cache = status["cache"] or {"used": 0, "limit": 0}
         staging = status["staging"]
         used, total = cache["used"] + staging["used"], cache["limit"] + staging["limit"]
-        return csi.NodeGetVolumeStatsResponse(
-            usage=[csi.VolumeUsage(unit=csi.VolumeUsage.BYTES, used=used, total=total, available=max(0, total - used))],
-            volume_condition=csi.VolumeCondition(abnormal=False, message="served"))
+        return csi_node.NodeGetVolumeStatsResponse(
+            usage=[csi_node.VolumeUsage(unit=csi_node.VolumeUsage.BYTES, used=used, total=total,
+                                        available=max(0, total - used))],
+            volume_condition=csi_node.VolumeCondition(abnormal=False, message="served"))
 
 
 def publication(request) -> Publication:
@@ -167,8 +171,8 @@ def serve(endpoint: str, node_id: str, config_file: str | None, state_dir: str, 
     registry = Registry(state_dir, node, max_volumes)
     registry.recover()
     server = grpc.server(ThreadPoolExecutor(max_workers=_WORKERS))
-    csi_pb2_grpc.add_IdentityServicer_to_server(Identity(), server)
-    csi_pb2_grpc.add_NodeServicer_to_server(Node(registry, node_id), server)
+    csi_identity_pb2_grpc.add_IdentityServicer_to_server(Identity(), server)
+    csi_node_pb2_grpc.add_NodeServicer_to_server(Node(registry, node_id), server)
     socket_path = endpoint.removeprefix("unix://")
     os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
     with contextlib.suppress(FileNotFoundError):

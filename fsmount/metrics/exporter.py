@@ -15,11 +15,25 @@ from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 
-if typing.TYPE_CHECKING:
-    from fsmount.daemon import Daemon
+from fsmount.cache.blocks import BlockCache
+from fsmount.fs.operations import Operations
+from fsmount.metrics.store_requests import Health
+from fsmount.staging.area import StagingArea
+from fsmount.volumes.uploads import UploadTotals
+
+
+class Observed(typing.Protocol):
+    """What the exporter reads of the daemon (fsmount.daemon.Daemon, which makes it) at each scrape."""
+    operations: Operations
+    health: Health
+    cache: BlockCache | None
+    staging: StagingArea | None
+
+    def uploads(self) -> UploadTotals: ...
+
 
 class Exporter:
-    def __init__(self, daemon: "Daemon", listen: tuple[str, int]):
+    def __init__(self, daemon: Observed, listen: tuple[str, int]):
         """Binds LISTEN (host, port) now: OSError when it is taken."""
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
@@ -46,7 +60,7 @@ class Exporter:
         self._server.server_close()
 
 
-def _health(daemon: "Daemon", start_response) -> list[bytes]:
+def _health(daemon: Observed, start_response) -> list[bytes]:
     """200 while every volume's store answered its last request; else 503 and the volumes that did not, as JSON."""
     failing = daemon.health.failing()
     body = json.dumps({"ok": not failing, "failing": failing}).encode()
@@ -68,7 +82,7 @@ class DaemonCollector:
     """The daemon's metrics, read from its live objects at each scrape (from the server's thread: the event loop's
     counts are copied as they are, and what it adds meanwhile shows at the next scrape)."""
 
-    def __init__(self, daemon: "Daemon"):
+    def __init__(self, daemon: Observed):
         self.daemon = daemon
 
     def collect(self):
@@ -136,6 +150,6 @@ class DaemonCollector:
         uploads = self.daemon.uploads()
         yield GaugeMetricFamily("fsmount_staging_bytes", "Bytes of files staged for upload", value=staging.used)
         yield GaugeMetricFamily("fsmount_uploads_pending", "Files closed and not uploaded yet: waiting, failed or "
-                                "on their way", value=sum(sum(each.counts()[:2]) for each in uploads))
+                                "on their way", value=uploads.waiting + uploads.uploading)
         yield CounterMetricFamily("fsmount_upload_failures", "Uploads of staged files that failed (each is tried "
-                                  "again)", value=sum(each.failed_uploads for each in uploads))
+                                  "again)", value=uploads.failures)

@@ -1,26 +1,33 @@
 """ObjectListing: an object volume's directory handle, which streams a prefix's listing a page at a time or serves a kept one."""
-from __future__ import annotations
-
 import typing
 
+from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import ObjectInfo
-from fsmount.volumes.base import DirEntry, DirHandle, Path, rest_of_batch
-
-if typing.TYPE_CHECKING:
-    from fsmount.volumes.objects import ObjectVolume
+from fsmount.volumes.base import Attrs, DirEntry, DirHandle, Path, rest_of_batch
+from fsmount.volumes.object_attributes import ObjectAttributes
+from fsmount.volumes.object_tree import ObjectTree, valid_name
 
 _BATCH = 512  # entries made at once from a kept listing
 
 
-def valid_name(name: str) -> bool:
-    return name not in ("", ".", "..") and "\0" not in name
+class ListedVolume(typing.Protocol):
+    """What a listing handle uses of its volume (an ObjectVolume, fsmount/volumes/objects.py, which makes it)."""
+    store: TrioStore
+    tree: ObjectTree
+    attributes: ObjectAttributes
+
+    def attrs(self, info: ObjectInfo | None, path: Path) -> Attrs: ...
+
+    def local_entries(self, path: Path) -> dict[str, ObjectInfo]: ...
+
+    async def sync(self, path: Path): ...
 
 
 class ObjectListing(DirHandle):
     """Streams a prefix's listing a page at a time, or serves it from the volume's listing cache;
     offsets count entries from the start."""
 
-    def __init__(self, volume: ObjectVolume, path: Path, fresh: bool = False):
+    def __init__(self, volume: ListedVolume, path: Path, fresh: bool = False):
         """FRESH: from the store, whatever listing is kept."""
         self.volume = volume
         self.path = path

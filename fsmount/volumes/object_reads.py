@@ -1,16 +1,13 @@
 """ObjectFile: an object volume's read handle, which follows streams of reads and fetches ahead of them; and PageFeed."""
-from __future__ import annotations
-
 import dataclasses
 import typing
 
 import trio
 
+from fsmount.cache.blocks import BlockCache
 from fsmount.stores.base import ObjectInfo
 from fsmount.volumes.base import Attrs, FileHandle, Path
-
-if typing.TYPE_CHECKING:
-    from fsmount.volumes.objects import ObjectVolume
+from fsmount.volumes.prefetch import Piece
 
 # A handle that seeks fetches this much around a read, not a whole block: one short GET per random read.
 RANDOM_CHUNK = 128 * 1024
@@ -39,6 +36,22 @@ class PageFeed:
             pass
 
 
+class ReadVolume(typing.Protocol):
+    """What a read handle uses of its volume (an ObjectVolume, fsmount/volumes/objects.py, which makes it)."""
+    cache: BlockCache
+    read_ahead_blocks: int
+
+    def piece(self, path: Path, info: ObjectInfo, index: int, size: int, tag: str = "") -> Piece: ...
+
+    def read_whole(self, path: Path, info: ObjectInfo): ...
+
+    def fill_whole(self, path: Path, info: ObjectInfo, store_pages=None): ...
+
+    def fill_ahead(self, name: str, fetch, size: int, origin: tuple[str, str]) -> bool: ...
+
+    def attrs(self, info: ObjectInfo | None, path: Path) -> Attrs: ...
+
+
 @dataclasses.dataclass(eq=False)
 class Stream:
     """Reads of a handle that follow one another, from its start or from a seek: what they fetch."""
@@ -56,7 +69,7 @@ class ObjectFile(FileHandle):
     read a block's worth, then whole blocks with read-ahead. Once SEEKS_AT_RANDOM more small reads started
     a stream than went on with one, the handle reads at random, and its object is filled whole."""
 
-    def __init__(self, volume: ObjectVolume, path: Path, info: ObjectInfo, keep_cache: bool):
+    def __init__(self, volume: ReadVolume, path: Path, info: ObjectInfo, keep_cache: bool):
         self.volume = volume
         self.path = path
         self.info = info

@@ -21,7 +21,6 @@ from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, ObjectInfo
 from fsmount.volumes.base import Path
 from fsmount.volumes.object_attributes import ObjectAttributes
-from fsmount.volumes.object_listing import valid_name
 
 _NEGATIVE_TTL = 1.0
 # What the caches keep at most: memory stays bounded however many objects a volume has.
@@ -33,6 +32,11 @@ _UNKNOWN = object()
 GONE = object()
 
 Entries = list[tuple[str, ObjectInfo | None]]  # a directory's, sorted by name; None: a directory
+
+
+def valid_name(name: str) -> bool:
+    """Whether NAME can be a file's name: a key with another segment is not shown."""
+    return name not in ("", ".", "..") and "\0" not in name
 
 
 def _entry_name(entry: tuple[str, ObjectInfo | None]) -> str:

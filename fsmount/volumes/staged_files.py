@@ -4,38 +4,43 @@ It alone keeps the map of staged files and of those writers. A file is staged at
 creation or an O_TRUNC open; it leaves the staging area once no handle uses it and the store holds
 what it holds, its bytes going into the block cache so that reading back costs no GET.
 """
-from __future__ import annotations
-
 import contextlib
 import logging
 import typing
+from collections.abc import Callable
 
 import trio
 
 from fsmount.cache.background import run_in_background
 from fsmount.staging.area import DEFAULT_MODE, UNLINKED, UPLOADED, StagedFile, StagingArea
 from fsmount.stores.base import ObjectInfo
-from fsmount.volumes.base import Owner, Path
+from fsmount.volumes.base import Attrs, Owner, Path
+from fsmount.volumes.objects import ObjectVolume
 from fsmount.volumes.posix import GID, STAGED_VERSION, UID, parse_id, posix_metadata, xattrs_in
 from fsmount.volumes.uploads import UploadSettings, Uploads
-
-if typing.TYPE_CHECKING:
-    from fsmount.volumes.writable import WritableObjectVolume
-    from fsmount.volumes.writable_file import WritableFile
 
 log = logging.getLogger(__name__)
 
 _INLINE_READ = 256 * 1024  # smaller staged files are read into the cache on the event loop
 
 
+class Writer(typing.Protocol):
+    """A handle open for writing a file it has not staged yet (a WritableFile, fsmount/volumes/writable_file.py)."""
+    path: Path
+    unlinked: bool
+
+
 class StagedFiles:
-    def __init__(self, volume: WritableObjectVolume, staging: StagingArea, settings: UploadSettings):
-        """VOLUME: where a file's bytes are read from to be staged, and told what the store holds after an upload."""
+    def __init__(self, volume: ObjectVolume, staging: StagingArea, settings: UploadSettings,
+                 now_stored: Callable[[Path, ObjectInfo], None]):
+        """VOLUME: where a file's bytes are read from to be staged. NOW_STORED(path, info): told what the store holds
+        after an upload."""
         self.volume = volume
+        self._now_stored = now_stored
         self.staging = staging
         self.uploads = Uploads(volume.store, staging, settings, self.metadata_of, self._uploaded, self.finish_if_idle)
         self._at: dict[Path, StagedFile] = {}
-        self._unstaged_writers: dict[Path, set[WritableFile]] = {}  # handles open for writing, none written yet
+        self._unstaged_writers: dict[Path, set[Writer]] = {}  # handles open for writing, none written yet
         self._nursery: trio.Nursery | None = None
 
     async def start(self, nursery: trio.Nursery):
@@ -70,6 +75,10 @@ class StagedFiles:
     def info_of(self, staged: StagedFile) -> ObjectInfo:
         return ObjectInfo(staged.key, staged.size, f"{STAGED_VERSION}{staged.row}:{staged.changes}", staged.mtime_ns,
                           self.metadata_of(staged))
+
+    def attrs_of(self, staged: StagedFile, path: Path) -> Attrs:
+        """The attributes of STAGED, at PATH, as they are now."""
+        return self.volume.attrs(self.info_of(staged), path)
 
     def entries(self, directory: Path) -> dict[str, ObjectInfo]:
         """The files staged in DIRECTORY, by name, as they are now."""
@@ -126,10 +135,10 @@ class StagedFiles:
         """Whether nothing writes the file at PATH (the daemon may fill the kernel's pages of it)."""
         return path not in self._at and path not in self._unstaged_writers
 
-    def add_writer(self, handle: WritableFile):
+    def add_writer(self, handle: Writer):
         self._unstaged_writers.setdefault(handle.path, set()).add(handle)
 
-    def forget_writer(self, handle: WritableFile):
+    def forget_writer(self, handle: Writer):
         """HANDLE has a staged copy now, or is closed: unlink and rename need not find it any more."""
         writers = self._unstaged_writers.get(handle.path)
         if writers is not None:
@@ -150,7 +159,7 @@ class StagedFiles:
             self._unstaged_writers[new_path + writer_path[len(path):]] = writers
 
     def _uploaded(self, staged: StagedFile, info: ObjectInfo):
-        self.volume.now_stored(self.volume.tree.path_of(staged.key), info)
+        self._now_stored(self.volume.tree.path_of(staged.key), info)
 
     async def handle_closed(self, staged: StagedFile):
         """A handle of STAGED is gone. The last one asks for the upload of what no close has (a file only

@@ -14,8 +14,8 @@ import errno
 import heapq
 import logging
 import math
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import trio
 
@@ -220,3 +220,24 @@ class Uploads:
         stream = self._streams.pop(staged, None)
         if stream is not None:
             stream.abandon()
+
+
+@dataclass
+class UploadTotals:
+    """The uploads of several rw volumes together, as `fsmount status` and the metrics show them."""
+    waiting: int = 0
+    uploading: int = 0
+    failures: int = 0  # uploads that failed, of every file, each try counted
+    failing: list[tuple[str, StagedFile, int]] = field(default_factory=list)  # (volume, file, failures in a row)
+
+
+def upload_totals(volumes: Iterable[tuple[str, Uploads]]) -> UploadTotals:
+    """The uploads of VOLUMES, each (its name, its uploads), summed."""
+    totals = UploadTotals()
+    for name, uploads in volumes:
+        waiting, uploading, failing = uploads.counts()
+        totals.waiting += waiting
+        totals.uploading += uploading
+        totals.failures += uploads.failed_uploads
+        totals.failing += [(name, staged, failures) for staged, failures in failing]
+    return totals

@@ -54,7 +54,7 @@ class WritableObjectVolume(ObjectVolume):
     def __init__(self, store, prefix: str, staging: StagingArea, uploads: UploadSettings, rename_limit: int,
                  **volume):
         super().__init__(store, prefix, read_only=False, **volume)
-        self.staged_files = StagedFiles(self, staging, uploads)
+        self.staged_files = StagedFiles(self, staging, uploads, self.now_stored)
         self.rename_limit = rename_limit
 
     async def start(self, nursery: trio.Nursery):
@@ -106,8 +106,8 @@ class WritableObjectVolume(ObjectVolume):
             if staged.size:
                 staged.truncate(0)
         if staged is not None:
-            return WritableFile(self, path, None, staged, writing)
-        handle = WritableFile(self, path, await super().open(path, flags), None, writing)
+            return WritableFile(self.staged_files, path, None, staged, writing)
+        handle = WritableFile(self.staged_files, path, await super().open(path, flags), None, writing)
         self.staged_files.add_writer(handle)
         await self.stop_feeding(path)  # once registered: no feed can start after this one stops
         return handle
@@ -128,7 +128,7 @@ class WritableObjectVolume(ObjectVolume):
         if staged.size:
             staged.truncate(0)
         self.tree.made(path)
-        handle = WritableFile(self, path, None, staged, writing=True)
+        handle = WritableFile(self.staged_files, path, None, staged, writing=True)
         return handle, await handle.getattr()
 
     # Names

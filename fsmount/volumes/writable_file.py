@@ -1,19 +1,14 @@
 """WritableFile: a handle of an rw object volume's file; it reads the staged copy once there is one, else through the cache."""
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
 from fsmount.staging.area import StagedFile
 from fsmount.volumes.base import Attrs, FileHandle, Path
-
-if TYPE_CHECKING:
-    from fsmount.volumes.writable import WritableObjectVolume
+from fsmount.volumes.staged_files import StagedFiles
 
 
 class WritableFile(FileHandle):
-    def __init__(self, volume: WritableObjectVolume, path: Path, reader: FileHandle | None, staged: StagedFile | None,
+    def __init__(self, files: StagedFiles, path: Path, reader: FileHandle | None, staged: StagedFile | None,
                  writing: bool):
-        self.volume = volume
+        """FILES: its volume's staged files."""
+        self.files = files
         self.path = path
         self.reader = reader
         self.staged = staged
@@ -26,11 +21,11 @@ class WritableFile(FileHandle):
 
     async def _staged(self) -> StagedFile:
         if self.staged is None:
-            staged = await self.volume.staged_files.stage(self.path, self.reader.info, attached=not self.unlinked)
+            staged = await self.files.stage(self.path, self.reader.info, attached=not self.unlinked)
             if self.staged is None:
                 self.staged = staged
                 staged.handles += 1
-                self.volume.staged_files.forget_writer(self)
+                self.files.forget_writer(self)
         return self.staged
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
@@ -42,14 +37,14 @@ class WritableFile(FileHandle):
         staged = await self._staged()
         written = staged.write(offset, data)
         self.changed = True
-        self.volume.staged_files.uploads.wrote(staged, offset)
+        self.files.uploads.wrote(staged, offset)
         return written
 
     async def truncate(self, size: int):
         staged = await self._staged()
         staged.truncate(size)
         self.changed = True
-        self.volume.staged_files.uploads.break_stream(staged)
+        self.files.uploads.break_stream(staged)
 
     async def flush(self):
         """Asks for the upload of what this handle changed (write-back may hold it back). A shell's
@@ -58,21 +53,21 @@ class WritableFile(FileHandle):
         after its last handle is released)."""
         if self.changed:
             self.changed = False
-            await self.volume.staged_files.uploads.closed(self.staged)
+            await self.files.uploads.closed(self.staged)
 
     async def fsync(self, datasync: bool):
         """Uploads the file now, whichever handle changed it, and waits: EIO when the store refuses."""
         if self.staged is not None:
             self.changed = False
-            await self.volume.staged_files.uploads.upload(self.staged)
+            await self.files.uploads.upload(self.staged)
 
     async def getattr(self) -> Attrs:
         if self.staged is None:
             return await self.reader.getattr()
-        return self.volume.attrs(self.volume.staged_files.info_of(self.staged), self.path)
+        return self.files.attrs_of(self.staged, self.path)
 
     async def release(self):
         if self.staged is not None:
-            await self.volume.staged_files.handle_closed(self.staged)
+            await self.files.handle_closed(self.staged)
         else:
-            self.volume.staged_files.forget_writer(self)
+            self.files.forget_writer(self)
