@@ -7,7 +7,6 @@ upload of a temporary key (which no one sees until it is completed, and which is
 interrupt), then is copied to its key with its SHA-256 in the metadata: S3 and GCS take metadata only when an
 upload begins, before the digest is known.
 """
-import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -21,7 +20,7 @@ import trio
 from fsmount.config import PublishTarget
 from fsmount.progress import Progress
 from fsmount.stores.aio import TrioStore, asyncio_loop
-from fsmount.stores.base import Store
+from fsmount.stores.multipart import PartUpload
 from fsmount.volume_stores import Stores
 
 CHECKSUM_KEY = "sha256"  # the metadata key of a published tarball's SHA-256, in hex
@@ -103,18 +102,17 @@ def publish_file(root: str, path: str, progress: Progress) -> str:
     return sha256
 
 
-class _Parts:
-    """The stream a tarball is written into on its way to the multipart upload UPLOAD of KEY: its bytes are cut
-    into parts of PART_SIZE, each kept in a file under DIRECTORY until it is sent, PARALLEL at once. A write waits
-    while that many are on their way, so the disk holds at most PARALLEL + 1 parts."""
+class _PartFiles:
+    """The stream a tarball is written into, from a worker thread, on its way to UPLOAD, the PartUpload of KEY:
+    its bytes are cut into parts of PART_SIZE, each kept in a file under DIRECTORY until it is sent. A whole part is
+    handed to the upload on trio's side; that waits while PARALLEL are on their way, so the disk holds at most
+    PARALLEL + 1 parts."""
 
-    def __init__(self, store: Store, key: str, upload: str, directory: str, part_size: int, parallel: int):
-        self._store, self._key, self._upload = store, key, upload
+    def __init__(self, store: TrioStore, key: str, directory: str, part_size: int, parallel: int,
+                 nursery: trio.Nursery):
         self._directory, self._part_size = directory, part_size
         self._name = f"publish-{uuid.uuid4().hex}"
-        self._sends = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix="publish")
-        self._slots = threading.Semaphore(parallel)
-        self._sent: list[concurrent.futures.Future] = []
+        self.upload = PartUpload(store, key, part_size, parallel, nursery, self._part_path, ended=self._remove)
         self._stopped = threading.Event()
         self.ended = threading.Event()  # no more is written: the writer is done, or gave up
         self._file = None
@@ -127,7 +125,7 @@ class _Parts:
             if self._stopped.is_set():
                 raise InterruptedError("publish stopped")
             if self._file is None:
-                self._file = open(self._part_path(len(self._sent) + 1), "wb")
+                self._file = open(self._part_path(self.size // self._part_size + 1), "wb")
                 # The part's bytes at their offset in the tarball, where `Store.upload_part` reads them (and GCS
                 # names them): before them, a hole that takes no disk.
                 self._file.seek(self.size)
@@ -137,59 +135,45 @@ class _Parts:
             self.size += len(piece)
             view = view[len(piece):]
             if self.size - self._start == self._part_size:
-                self._send()
+                self.close()
+                trio.from_thread.run(self._hand_over, self.size)
 
     def _part_path(self, number: int) -> str:
         return os.path.join(self._directory, f"{self._name}-{number}")
 
-    def _send(self):
-        self._file.close()
-        self._file = None
-        failed = next((future for future in self._sent if future.done() and future.exception()), None)
-        if failed is not None:
-            failed.result()
-        self._slots.acquire()
-        number = len(self._sent) + 1
-        sending = self._sends.submit(self._upload_part, number, self._start, self.size - self._start)
-        sending.add_done_callback(lambda _: self._slots.release())
-        self._sent.append(sending)
+    async def _hand_over(self, size: int):
+        await self.upload.room()
+        self.upload.grown(size)
 
-    def _upload_part(self, number: int, offset: int, size: int) -> tuple[int, str]:
-        try:
-            if self._stopped.is_set():
-                raise InterruptedError("publish stopped")
-            return number, self._store.upload_part(self._key, self._upload, number, self._part_path(number), offset, size)
-        finally:
-            with contextlib.suppress(OSError):  # removed already, by a publish that stopped
-                os.remove(self._part_path(number))
+    def _remove(self, number: int, error: OSError | None):
+        with contextlib.suppress(OSError):  # removed already, by a publish that stopped
+            os.remove(self._part_path(number))
 
-    def finish(self) -> list[tuple[int, str]]:
-        """Sends the last part; (number, tag) of every part, once all are sent."""
+    def close(self):
+        """Closes the part being written: the tarball is whole, and `upload.finish` sends that part."""
         if self._file is not None:
-            self._send()
-        return [sending.result() for sending in self._sent]
+            self._file.close()
+            self._file = None
 
     def stop(self):
-        """Sends no more parts: a write fails from now on."""
+        """A write fails from now on."""
         self._stopped.set()
-        self._sends.shutdown(wait=False, cancel_futures=True)
 
     def discard(self):
         """Removes every part file still there: the writer's, and any not yet sent."""
-        if self._file is not None:
-            self._file.close()
+        self.close()
         for name in os.listdir(self._directory):
             if name.startswith(f"{self._name}-"):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(self._directory, name))
 
 
-def _send_tarball(root: str, parts: _Parts, progress: Progress) -> tuple[str, list[tuple[int, str]]]:
+def _write_parts(root: str, parts: _PartFiles, progress: Progress) -> str:
     try:
         sha256 = write_tarball(root, parts, progress)
-        return sha256, parts.finish()
+        parts.close()
+        return sha256
     except BaseException:
-        parts.stop()
         parts.discard()
         raise
     finally:
@@ -218,20 +202,18 @@ async def publish_object(root: str, target: PublishTarget, progress: Progress) -
     await store.open()
     try:
         temporary = f"{target.key}.{uuid.uuid4().hex}.part"
-        upload = await store.start_upload(temporary)
-        parallel = 1 if store.parts_in_order else target.staging.parallel_parts
-        parts = _Parts(store.store, temporary, upload, target.staging.dir,
-                       target.staging.part_size or store.part_size, parallel)
-        try:
-            sha256, sent = await trio.to_thread.run_sync(_send_tarball, root, parts, progress, abandon_on_cancel=True)
-            await store.complete_upload(temporary, upload, sent, parts.size)
-        except BaseException:  # an interrupt too (KeyboardInterrupt)
-            parts.stop()
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(parts.ended.wait)
-                with contextlib.suppress(Exception):
-                    await store.abort_upload(temporary, upload)
-            raise
+        async with trio.open_nursery() as nursery:
+            parts = _PartFiles(store, temporary, target.staging.dir, target.staging.part_size or store.part_size,
+                               target.staging.parallel_parts, nursery)
+            try:
+                sha256 = await trio.to_thread.run_sync(_write_parts, root, parts, progress, abandon_on_cancel=True)
+                await parts.upload.finish(parts.size)
+            except BaseException:  # an interrupt too (KeyboardInterrupt); the upload is aborted
+                parts.stop()
+                parts.upload.abandon()
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(parts.ended.wait)
+                raise
         try:
             await store.copy(temporary, target.key, {CHECKSUM_KEY: sha256})
         finally:

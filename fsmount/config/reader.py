@@ -13,6 +13,7 @@ from fsmount.config.hocon import (AZURE_CREDENTIAL_KEYS, GCS_CREDENTIAL_KEYS, S3
 from fsmount.config.schema import CacheConfig, Config, LinkMount, PublishTarget, StagingConfig, VolumeConfig
 from fsmount.config.sources import VOLUME_KEYS, VOLUME_KEYS_OF, SourceReader
 from fsmount.stores.base import redact_url
+from fsmount.stores.parts import PART_GRAIN, SMALLEST_PART
 from fsmount.stores.retries import RetryPolicy
 from fsmount.stores.tls import is_url
 from fsmount.units import parse_duration, parse_listen, parse_size, parse_ttl
@@ -29,8 +30,6 @@ _CACHE_KEYS = {"dir", "max_size", "block_size", "read_ahead", "metadata_ttl"}
 _STAGING_KEYS = {"dir", "max_size", "multipart_threshold", "part_size", "parallel_parts", "write_back"}
 _RETRIES_KEYS = {"attempts", "max_time"}
 _METRICS_KEYS = {"listen"}
-_SMALLEST_PART = 5 * 2**20  # S3's least part size but for the last
-_PART_GRAIN = 256 * 2**10  # GCS's resumable uploads take parts in multiples of it
 _CREDENTIAL_KINDS = {"s3", "azure", "gcs"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -140,7 +139,7 @@ class _Reader(SourceReader):
             return self.value(section, ("staging", key), parse_size, default)
 
         part_size = size("part_size", None)
-        if part_size is not None and (part_size < _SMALLEST_PART or part_size % _PART_GRAIN):
+        if part_size is not None and (part_size < SMALLEST_PART or part_size % PART_GRAIN):
             raise self.error(("staging", "part_size"), "expected at least 5MiB (S3 refuses smaller parts) and a "
                                                        "multiple of 256KiB (GCS does), such as 8MiB")
         return StagingConfig(

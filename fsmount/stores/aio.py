@@ -21,6 +21,7 @@ from trio_asyncio import aio_as_trio
 
 from fsmount.metrics.store_requests import VolumeRequests
 from fsmount.stores.base import AccessDenied, ListPage, ObjectInfo, Store
+from fsmount.stores.multipart import send_file
 from fsmount.stores.ranges import SMALL_REQUEST
 
 log = logging.getLogger(__name__)
@@ -175,26 +176,7 @@ class TrioStore:
         if size <= threshold:
             with self.requests.request("put", key, size), self._using() as store:
                 return await _run(store.upload_file, key, path, metadata)
-        upload = await self.start_upload(key, metadata)
-        parts: dict[int, str] = {}
-        slots = trio.CapacityLimiter(1 if self.parts_in_order else parallel)
-
-        async def send(number: int, offset: int):
-            async with slots:
-                parts[number] = await self.upload_part(key, upload, number, path, offset, min(part_size, size - offset))
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for number, offset in enumerate(range(0, size, part_size), start=1):
-                    if self.parts_in_order:
-                        await send(number, offset)
-                    else:
-                        nursery.start_soon(send, number, offset)
-            return await self.complete_upload(key, upload, sorted(parts.items()), size, metadata)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.abort_upload(key, upload)
-            raise
+        return await send_file(self, key, path, size, part_size, parallel, metadata)
 
     async def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         with self.requests.request("start", key), self._using() as store:
