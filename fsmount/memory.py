@@ -1,16 +1,31 @@
-"""How much memory fsmount may hold, derived from the block size and the config.
+"""How much memory fsmount may hold: every bound on it, block data derived from the block size, the rest counted.
 
 Block data is what fills the daemon's memory: blocks fetched and not yet on disk, blocks kept after
 their fill for the reads that follow, fills waiting in the background, and the buffers large bodies
-are received into. Each budget is in bytes; what the parts count (fill slots, buffers kept) is
-derived from those bytes and `cache.block_size`, so larger blocks mean fewer of them, not more
-memory. The daemon makes one MemoryBudgets and hands each part its share; docs/DESIGN.md lists them.
+are received into. Each of those budgets is in bytes; what the parts count (fill slots, buffers
+kept) is derived from those bytes and `cache.block_size`, so larger blocks mean fewer of them, not
+more memory. The daemon makes one MemoryBudgets and hands each part its share. What is kept of
+names, listings and metadata is bounded in entries, by the constants below, which the modules that
+keep them import. docs/DESIGN.md lists them all.
 """
 import dataclasses
 
 _BACKGROUND_FILLS = 48 * 2**20
 _UNWRITTEN = 64 * 2**20
 _FILLED_BLOCKS = 32 * 2**20
+
+# Names, listings and metadata kept in memory: it stays bounded however many objects a volume has.
+NAMES_KEPT = 100_000  # an object volume's names whose object or directory is known, and as many known missing
+LISTED_ENTRIES_KEPT = 200_000  # of every listing an object volume keeps, in all
+LISTING_ENTRIES_KEPT = 120_000  # of one listing: a longer one is not kept, and streams from the store every time
+CHANGES_KEPT = 100_000  # directories whose last change by this daemon an object volume remembers
+ATTRIBUTES_KEPT = 100_000  # an object volume's objects' and directories' attributes, and directories' times
+VERSIONS_KEPT = 100_000  # an object volume's names whose opened version is remembered, and objects filled whole
+SWEEPS_KEPT = 1024  # directories whose sweep an object volume follows
+IPFS_NODE_BYTES_KEPT = 32 * 2**20  # an IPFS store's directories, symlinks and files' inner nodes
+IPFS_LISTED_ENTRIES_KEPT = 200_000  # of every directory listing an IPFS store keeps, in all
+IPFS_LINKS_KEPT = 16  # directories whose links, by name, an IPFS store keeps
+PRESIGNED_URLS_KEPT = 10_000  # an S3 store's URLs of reads
 
 
 @dataclasses.dataclass(frozen=True)

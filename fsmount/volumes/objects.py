@@ -23,6 +23,7 @@ from fsmount.cache.attributes import KnownAttributes
 from fsmount.cache.blocks import BlockCache, block_name
 from fsmount.cache.listings import KnownListings
 from fsmount.cache.metadata import ExpiringCache
+from fsmount.memory import VERSIONS_KEPT
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import ObjectInfo, PreconditionFailed
 from fsmount.volumes.base import Attrs, DirHandle, FileHandle, Path, Volume
@@ -36,7 +37,6 @@ from fsmount.volumes.prefetch import DirectorySweeps, Piece, Prefetcher
 log = logging.getLogger(__name__)
 
 _KERNEL_TTL_MAX = 86400.0  # what the kernel is told of entries that never expire (IPFS)
-_VERSIONS_KEPT = 100_000  # names whose opened version is remembered, and objects filled whole
 # An object read at random is filled whole in the background when it is at most this share of the cache.
 _WHOLE_OBJECT_SHARE = 4
 _WHOLE_OBJECT_MAX = 4 * 2**30
@@ -61,8 +61,8 @@ class ObjectVolume(Volume):
         self.tree = ObjectTree(store, prefix, self.attributes, metadata_ttl, key_filter, known_listings,
                                self._list_again, prefetcher.spawn)
         self._sweeps = DirectorySweeps(prefetcher, self._fill_ahead_of_readers, cache.max_size // _AHEAD_SHARE)
-        self._opened_versions = ExpiringCache(math.inf, _VERSIONS_KEPT)  # path -> the version its pages hold
-        self._whole = ExpiringCache(math.inf, _VERSIONS_KEPT)  # (key, version) of objects filled, or being filled, whole
+        self._opened_versions = ExpiringCache(math.inf, VERSIONS_KEPT)  # path -> the version its pages hold
+        self._whole = ExpiringCache(math.inf, VERSIONS_KEPT)  # (key, version) of objects filled, or being filled, whole
         self.whole_object_limit = min(_WHOLE_OBJECT_MAX, cache.max_size // _WHOLE_OBJECT_SHARE)
         self.page_feed_limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // _PAGE_FEED_SHARE
         self._feeds: dict[Path, PageFeed] = {}

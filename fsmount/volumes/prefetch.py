@@ -8,6 +8,7 @@ import typing
 
 from fsmount.cache.background import BackgroundTasks
 from fsmount.cache.metadata import ExpiringCache
+from fsmount.memory import SWEEPS_KEPT
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,6 @@ _SWEEP_GETS = 16  # of a volume's sweeps, fetches in flight at once, and their b
 _SWEEP_BYTES = 16 * 2**20
 _AHEAD_KEPT = 60.0  # seconds a file fetched ahead counts against the bound while nobody reads it
 _SWEEP_KEPT = 600.0  # seconds a sweep is followed: a later epoch over the same directory starts one anew
-_SWEEPS_KEPT = 1024  # directories followed at once
 _LOOKS_AT_ONCE = 256  # entries a sweep looks at, at most, before the event loop serves others
 
 
@@ -93,7 +93,7 @@ class DirectorySweeps:
         self._prefetcher = prefetcher
         self._fill = fill
         self._ahead_limit = ahead_limit
-        self._sweeps = ExpiringCache(_SWEEP_KEPT, _SWEEPS_KEPT)
+        self._sweeps = ExpiringCache(_SWEEP_KEPT, SWEEPS_KEPT)
         self._waiting: collections.deque[_Sweep] = collections.deque()  # sweeps with credit, in turn
         self._in_flight = 0
         self._in_flight_bytes = 0
