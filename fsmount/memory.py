@@ -9,10 +9,14 @@ names, listings and metadata is bounded in entries, by the constants below, whic
 keep them import. docs/DESIGN.md lists them all.
 """
 import dataclasses
+import os
 
 _BACKGROUND_FILLS = 48 * 2**20
 _UNWRITTEN = 64 * 2**20
 _FILLED_BLOCKS = 32 * 2**20
+_SWEEPS_IN_FLIGHT = 16 * 2**20
+_WHOLE_OBJECT_FILLS = 32 * 2**20
+_PAGE_FEED_SHARE = 8  # of the machine's memory
 
 # Names, listings and metadata kept in memory: it stays bounded however many objects a volume has.
 NAMES_KEPT = 100_000  # an object volume's names whose object or directory is known, and as many known missing
@@ -34,16 +38,26 @@ class MemoryBudgets:
     background_fills: int  # of block fills in the background at once: read-ahead and whole objects, across volumes
     unwritten: int  # of blocks being fetched, or fetched and not yet on disk, by anyone: a fill past it waits
     filled_blocks: int  # of blocks kept in memory after their fill, for the reads that follow
+    sweeps_in_flight: int  # of the blocks a volume's directory sweeps are fetching at once
+    whole_object_fills: int  # of the blocks of one object filled whole that are being filled at once
+    page_feed: int  # an object filled whole goes into the kernel's pages too when at most this large
 
     @classmethod
     def for_blocks_of(cls, block_size: int) -> "MemoryBudgets":
         """The daemon's budgets for blocks of BLOCK_SIZE bytes; two blocks may be unwritten, however large."""
-        return cls(block_size, _BACKGROUND_FILLS, max(2 * block_size, _UNWRITTEN), _FILLED_BLOCKS)
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return cls(block_size, _BACKGROUND_FILLS, max(2 * block_size, _UNWRITTEN), _FILLED_BLOCKS, _SWEEPS_IN_FLIGHT,
+                   _WHOLE_OBJECT_FILLS, machine // _PAGE_FEED_SHARE)
 
     @property
     def background_fill_slots(self) -> int:
         """Fills in the background at once: two at least, however large the blocks."""
         return max(2, self.background_fills // self.block_size)
+
+    @property
+    def whole_object_fill_slots(self) -> int:
+        """Blocks of one object filled whole at once: two at least, however large the blocks."""
+        return max(2, self.whole_object_fills // self.block_size)
 
     @property
     def receive_buffers_kept(self) -> int:
