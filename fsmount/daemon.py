@@ -145,7 +145,7 @@ class Daemon:
         source = volume.objects
         store = TrioStore(self.stores.store_for(source, volume.read_only), self.health.volume(volume.name))
         shared = dict(cache=self.cache, known_attributes=self.known_attributes, prefetcher=self.prefetcher,
-                      metadata_ttl=source.effective_ttl(cache.metadata_ttl),
+                      memory=self.memory, metadata_ttl=source.effective_ttl(cache.metadata_ttl),
                       read_ahead=cache.read_ahead, uid=self.uid, gid=self.gid)
         if source.single_object:
             return SingleObjectVolume(store, source.prefix, source.version_id, source.checksum_sha256, **shared)

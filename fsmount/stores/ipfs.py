@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from multiformats import CID
 
+from fsmount.memory import IPFS_LINKS_KEPT, IPFS_LISTED_ENTRIES_KEPT, IPFS_NODE_BYTES_KEPT
 from fsmount.stores import unixfs
 from fsmount.stores.base import ListPage, NotFound, ObjectInfo, RangeRequest, ReadOnlyStore, Unavailable
 from fsmount.stores.ranges import RangeFetcher
@@ -30,9 +31,6 @@ from fsmount.stores.retries import RetryPolicy
 log = logging.getLogger(__name__)
 
 _RAW_BLOCK = "application/vnd.ipld.raw"
-_NODE_BYTES_KEPT = 32 * 2**20  # of directories, symlinks and files' inner nodes (a 1 GiB file's: ~200 KiB)
-_LISTED_ENTRIES_KEPT = 200_000
-_LINKS_KEPT = 16
 _PAGE = 1000
 
 
@@ -60,9 +58,9 @@ class IpfsStore(ReadOnlyStore):
         self.fetcher = RangeFetcher(max_connections, verify, retries)
         self._fetches = concurrent.futures.ThreadPoolExecutor(max_connections, thread_name_prefix="ipfs")
         self._top: Entry | None = None
-        self._nodes = _Recent(_NODE_BYTES_KEPT, unixfs.Node.weight)  # CID -> unixfs.Node
-        self._listings = _Recent(_LISTED_ENTRIES_KEPT, len)  # directory CID -> {name: Entry}
-        self._links = functools.lru_cache(_LINKS_KEPT)(self._directory_links)
+        self._nodes = _Recent(IPFS_NODE_BYTES_KEPT, unixfs.Node.weight)  # CID -> unixfs.Node
+        self._listings = _Recent(IPFS_LISTED_ENTRIES_KEPT, len)  # directory CID -> {name: Entry}
+        self._links = functools.lru_cache(IPFS_LINKS_KEPT)(self._directory_links)
         self._listing_locks = [threading.Lock() for _ in range(16)]  # one listing of a directory at a time
         self._fetching: dict[str, concurrent.futures.Future] = {}  # CID -> its node, being fetched
         self._fetching_lock = threading.Lock()

@@ -23,10 +23,10 @@ import botocore.awsrequest
 import botocore.credentials
 import botocore.utils
 
+from fsmount.memory import PRESIGNED_URLS_KEPT
 from fsmount.stores.base import fetch_credentials
 
 URL_LIFETIME = 3600  # seconds a presigned URL is valid, unless its credentials expire sooner; reused for half of that
-_URLS_KEPT = 10_000
 PROBE = "fsmount-probe"  # the key of the URL botocore presigns to show where keys' URLs start
 
 
@@ -100,7 +100,7 @@ class Presigner:
         url, headers, lifetime = self.sign("get_object", params)
         with self._urls_lock:
             self._urls[cache_key] = (time.monotonic() + lifetime / 2, url, headers)
-            if len(self._urls) > _URLS_KEPT:
+            if len(self._urls) > PRESIGNED_URLS_KEPT:
                 self._urls.popitem(last=False)
         return url, headers
 

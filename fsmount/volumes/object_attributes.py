@@ -17,12 +17,12 @@ import time
 
 from fsmount.cache.attributes import KnownAttributes
 from fsmount.cache.metadata import ExpiringCache
+from fsmount.memory import ATTRIBUTES_KEPT
 from fsmount.staging.area import DEFAULT_MODE
 from fsmount.stores.base import ObjectInfo
 from fsmount.volumes.base import Attrs, Path
 from fsmount.volumes.posix import GID, MODE, MTIME, UID, kept_posix, parse_id, parse_mode, parse_mtime
 
-_KEPT = 100_000  # objects' and directories' attributes kept in memory
 _DIRECTORY = "dir"  # the version a directory's attributes are kept under on disk
 
 
@@ -37,9 +37,9 @@ class ObjectAttributes:
         self._mode_mask = 0o7555 if read_only else 0o7777  # a read-only volume shows no write bits
         self._dir_mode = 0o555 if read_only else 0o755
         self._started = time.time_ns()
-        self._changed = ExpiringCache(math.inf, _KEPT)  # directory -> when this daemon last changed its entries
-        self._known = ExpiringCache(math.inf, _KEPT)  # (key, version) -> its POSIX metadata
-        self._directories = ExpiringCache(math.inf, _KEPT)  # marker key -> its POSIX metadata ({}: none known)
+        self._changed = ExpiringCache(math.inf, ATTRIBUTES_KEPT)  # directory -> when this daemon last changed its entries
+        self._known = ExpiringCache(math.inf, ATTRIBUTES_KEPT)  # (key, version) -> its POSIX metadata
+        self._directories = ExpiringCache(math.inf, ATTRIBUTES_KEPT)  # marker key -> its POSIX metadata ({}: none known)
 
     # Files
 

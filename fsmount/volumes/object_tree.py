@@ -17,17 +17,13 @@ import trio
 
 from fsmount.cache.listings import KnownListings
 from fsmount.cache.metadata import ExpiringCache
+from fsmount.memory import CHANGES_KEPT, LISTED_ENTRIES_KEPT, LISTING_ENTRIES_KEPT, NAMES_KEPT
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import NotFound, ObjectInfo
 from fsmount.volumes.base import Path
 from fsmount.volumes.object_attributes import ObjectAttributes
 
 _NEGATIVE_TTL = 1.0
-# What the caches keep at most: memory stays bounded however many objects a volume has.
-_NAMES_KEPT = 100_000
-_LISTED_ENTRIES_KEPT = 200_000  # of every listing kept in memory, in all
-_LISTING_CACHE_ENTRIES = 120_000  # a longer listing streams from the store every time
-_CHANGES_KEPT = 100_000  # directories whose last change by this daemon is remembered
 _UNKNOWN = object()
 GONE = object()
 
@@ -71,9 +67,9 @@ class ObjectTree:
         self._listed_as = store.identity + (f"\0{key_filter.pattern}" if key_filter is not None else "")
         self._list_again = list_again
         self._spawn = spawn
-        self._stats = ExpiringCache(metadata_ttl, _NAMES_KEPT)  # path -> info; None: a directory
-        self._missing = ExpiringCache(_NEGATIVE_TTL, _NAMES_KEPT)
-        self._listings = ExpiringCache(metadata_ttl, _LISTED_ENTRIES_KEPT, weigh=len)  # path -> Entries
+        self._stats = ExpiringCache(metadata_ttl, NAMES_KEPT)  # path -> info; None: a directory
+        self._missing = ExpiringCache(_NEGATIVE_TTL, NAMES_KEPT)
+        self._listings = ExpiringCache(metadata_ttl, LISTED_ENTRIES_KEPT, weigh=len)  # path -> Entries
         # directory -> {name: info} of its listing under way, so far: what a lookup finds there costs no request,
         # and less memory a name than a remembered attribute
         self._streaming: dict[Path, dict[str, ObjectInfo | None]] = {}
@@ -207,7 +203,7 @@ class ObjectTree:
         """Keeps a directory's listing, sorted by name (a store lists in key order, where `a/` comes after
         `a.b`), unless it is too long to, or (SINCE: what listing_streams gave as it began) this daemon changed
         the directory since the listing began; whether it did."""
-        if len(entries) > _LISTING_CACHE_ENTRIES or (since is not None and self._changed_since(path, since)):
+        if len(entries) > LISTING_ENTRIES_KEPT or (since is not None and self._changed_since(path, since)):
             return False
         entries.sort(key=_entry_name)
         self._listings.put(path, entries)
@@ -233,7 +229,7 @@ class ObjectTree:
         self._changes += 1
         self._changed.pop((path, below), None)
         self._changed[path, below] = self._changes
-        if len(self._changed) > _CHANGES_KEPT:
+        if len(self._changed) > CHANGES_KEPT:
             self._changed_before = self._changed.popitem(last=False)[1]
 
     def listed(self, path: Path):

@@ -23,6 +23,7 @@ from fsmount.cache.attributes import KnownAttributes
 from fsmount.cache.blocks import BlockCache, block_name
 from fsmount.cache.listings import KnownListings
 from fsmount.cache.metadata import ExpiringCache
+from fsmount.memory import VERSIONS_KEPT, MemoryBudgets
 from fsmount.stores.aio import TrioStore
 from fsmount.stores.base import ObjectInfo, PreconditionFailed
 from fsmount.volumes.base import Attrs, DirHandle, FileHandle, Path, Volume
@@ -36,35 +37,35 @@ from fsmount.volumes.prefetch import DirectorySweeps, Piece, Prefetcher
 log = logging.getLogger(__name__)
 
 _KERNEL_TTL_MAX = 86400.0  # what the kernel is told of entries that never expire (IPFS)
-_VERSIONS_KEPT = 100_000  # names whose opened version is remembered, and objects filled whole
 # An object read at random is filled whole in the background when it is at most this share of the cache.
 _WHOLE_OBJECT_SHARE = 4
 _WHOLE_OBJECT_MAX = 4 * 2**30
-_WHOLE_OBJECT_FILLS = 4
 _AHEAD_SHARE = 4  # of the cache, what a volume's sweeps may fetch ahead of their readers
-_PAGE_FEED_SHARE = 8  # an object filled whole goes into the kernel's pages too when at most this share of memory
 
 
 class ObjectVolume(Volume):
     has_xattrs = True
     def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, known_attributes: KnownAttributes,
                  prefetcher: Prefetcher, metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool,
-                 key_filter: re.Pattern | None = None, known_listings: KnownListings | None = None):
+                 key_filter: re.Pattern | None = None, known_listings: KnownListings | None = None,
+                 memory: MemoryBudgets | None = None):
         """KEY_FILTER: only objects whose full key it matches (re.search) are shown. KNOWN_LISTINGS: where whole
-        listings are kept across mounts (content-addressed stores keep their own)."""
+        listings are kept across mounts (content-addressed stores keep their own). MEMORY: the daemon's budgets,
+        those for the cache's blocks if None."""
         self.store = store
         self.cache = cache
+        self.memory = MemoryBudgets.for_blocks_of(cache.block_size) if memory is None else memory
         self.prefetcher = prefetcher
         self.kernel_ttl = min(metadata_ttl, _KERNEL_TTL_MAX)
         self.read_ahead_blocks = max(1, read_ahead // cache.block_size)
         self.attributes = ObjectAttributes(store.identity, store.lists_metadata, known_attributes, uid, gid, read_only)
         self.tree = ObjectTree(store, prefix, self.attributes, metadata_ttl, key_filter, known_listings,
                                self._list_again, prefetcher.spawn)
-        self._sweeps = DirectorySweeps(prefetcher, self._fill_ahead_of_readers, cache.max_size // _AHEAD_SHARE)
-        self._opened_versions = ExpiringCache(math.inf, _VERSIONS_KEPT)  # path -> the version its pages hold
-        self._whole = ExpiringCache(math.inf, _VERSIONS_KEPT)  # (key, version) of objects filled, or being filled, whole
+        self._sweeps = DirectorySweeps(prefetcher, self._fill_ahead_of_readers, cache.max_size // _AHEAD_SHARE,
+                                      self.memory.sweeps_in_flight)
+        self._opened_versions = ExpiringCache(math.inf, VERSIONS_KEPT)  # path -> the version its pages hold
+        self._whole = ExpiringCache(math.inf, VERSIONS_KEPT)  # (key, version) of objects filled, or being filled, whole
         self.whole_object_limit = min(_WHOLE_OBJECT_MAX, cache.max_size // _WHOLE_OBJECT_SHARE)
-        self.page_feed_limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // _PAGE_FEED_SHARE
         self._feeds: dict[Path, PageFeed] = {}
 
     async def start(self, nursery: trio.Nursery):
@@ -221,7 +222,7 @@ class ObjectVolume(Volume):
             return
         self._whole.put((info.key, info.version), True)
         feed = None
-        if store_pages is not None and info.size <= self.page_feed_limit and self.may_feed(path):
+        if store_pages is not None and info.size <= self.memory.page_feed and self.may_feed(path):
             feed = self._feeds[path] = PageFeed(info.version, store_pages)
         block_size = self.cache.block_size
 
@@ -243,7 +244,7 @@ class ObjectVolume(Volume):
                 nursery.cancel_scope.cancel()
 
         async def fill_blocks():
-            limit = trio.CapacityLimiter(_WHOLE_OBJECT_FILLS)
+            limit = trio.CapacityLimiter(self.memory.whole_object_fill_slots)
             async with trio.open_nursery() as nursery:
                 for index in range((info.size + block_size - 1) // block_size):
                     nursery.start_soon(fill_one, index, *self.piece(path, info, index, block_size), limit, nursery)

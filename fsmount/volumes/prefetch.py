@@ -3,11 +3,13 @@ import collections
 import dataclasses
 import functools
 import logging
+import math
 import time
 import typing
 
 from fsmount.cache.background import BackgroundTasks
 from fsmount.cache.metadata import ExpiringCache
+from fsmount.memory import SWEEPS_KEPT
 
 log = logging.getLogger(__name__)
 
@@ -16,11 +18,9 @@ _SWEEP_AFTER = 3
 _SWEEP_START = 8  # files a sweep may fetch when it starts
 _CREDIT_PER_READ = 4  # more for each file of the directory read whole after that: a sweep outruns its readers
 _CREDIT_MOST = 32  # files a sweep fetches at most once its directory's reads stop
-_SWEEP_GETS = 16  # of a volume's sweeps, fetches in flight at once, and their bytes:
-_SWEEP_BYTES = 16 * 2**20
+_SWEEP_GETS = 16  # of a volume's sweeps, fetches in flight at once (their bytes: fsmount/memory.py)
 _AHEAD_KEPT = 60.0  # seconds a file fetched ahead counts against the bound while nobody reads it
 _SWEEP_KEPT = 600.0  # seconds a sweep is followed: a later epoch over the same directory starts one anew
-_SWEEPS_KEPT = 1024  # directories followed at once
 _LOOKS_AT_ONCE = 256  # entries a sweep looks at, at most, before the event loop serves others
 
 
@@ -88,12 +88,14 @@ class DirectorySweeps:
     a few to start with and a few more for each file read after, so the sweep keeps ahead of its readers and
     stops soon after they do. Fetches in flight and files fetched ahead and not read yet are bounded."""
 
-    def __init__(self, prefetcher: Prefetcher, fill, ahead_limit: int):
-        """FILL(piece): an awaitable that puts PIECE in the cache. AHEAD_LIMIT: bytes fetched ahead and not read yet."""
+    def __init__(self, prefetcher: Prefetcher, fill, ahead_limit: int, in_flight_limit: float = math.inf):
+        """FILL(piece): an awaitable that puts PIECE in the cache. AHEAD_LIMIT: bytes fetched ahead and not read yet.
+        IN_FLIGHT_LIMIT: bytes being fetched at once."""
         self._prefetcher = prefetcher
         self._fill = fill
         self._ahead_limit = ahead_limit
-        self._sweeps = ExpiringCache(_SWEEP_KEPT, _SWEEPS_KEPT)
+        self._in_flight_limit = in_flight_limit
+        self._sweeps = ExpiringCache(_SWEEP_KEPT, SWEEPS_KEPT)
         self._waiting: collections.deque[_Sweep] = collections.deque()  # sweeps with credit, in turn
         self._in_flight = 0
         self._in_flight_bytes = 0
@@ -132,7 +134,7 @@ class DirectorySweeps:
         given_up = time.monotonic() - _AHEAD_KEPT
         while self._ahead and next(iter(self._ahead.values()))[1] < given_up:
             self._ahead_bytes -= self._ahead.popitem(last=False)[1][0]
-        while (self._waiting and self._in_flight < _SWEEP_GETS and self._in_flight_bytes < _SWEEP_BYTES
+        while (self._waiting and self._in_flight < _SWEEP_GETS and self._in_flight_bytes < self._in_flight_limit
                and self._ahead_bytes < self._ahead_limit):
             sweep = self._waiting[0]
             piece = sweep.next_piece()
