@@ -30,6 +30,8 @@ IPFS_NODE_BYTES_KEPT = 32 * 2**20  # an IPFS store's directories, symlinks and f
 IPFS_LISTED_ENTRIES_KEPT = 200_000  # of every directory listing an IPFS store keeps, in all
 IPFS_LINKS_KEPT = 16  # directories whose links, by name, an IPFS store keeps
 PRESIGNED_URLS_KEPT = 10_000  # an S3 store's URLs of reads
+BLOCK_NAMES_KEPT = 8192  # block names made from (store, key, version, index): a random read asks every time
+BLOCK_USES_KEPT = 4096  # uses of blocks held in memory before they are written to the block index
 
 
 @dataclasses.dataclass(frozen=True)

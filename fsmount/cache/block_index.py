@@ -12,6 +12,8 @@ import os
 import sqlite3
 import time
 
+from fsmount.memory import BLOCK_USES_KEPT
+
 _SCHEMA = """
 CREATE TABLE blocks (
     name TEXT PRIMARY KEY, size INTEGER NOT NULL, checksum INTEGER NOT NULL, used REAL NOT NULL, ready INTEGER NOT NULL,
@@ -25,7 +27,6 @@ CREATE TABLE stores (id INTEGER PRIMARY KEY, identity TEXT NOT NULL UNIQUE);
 # segments, not in the index. 3: each block's store and key.
 _INDEX_VERSION = 3
 _ROW = "name, size, checksum, segment, position"  # of a Row
-_TOUCHES_KEPT = 4096  # uses of blocks held in memory before they are written to the index
 
 Place = tuple[int, int]  # (segment, position) of a packed block
 Origin = tuple[str, str]  # (store identity, key) of the object a block is of
@@ -176,7 +177,7 @@ class BlockIndex:
     def touch(self, name: str):
         """Records a use of block NAME; the index learns of uses in batches."""
         self._touched[name] = time.time()
-        if len(self._touched) >= _TOUCHES_KEPT:
+        if len(self._touched) >= BLOCK_USES_KEPT:
             self.flush_touches()
 
     def flush_touches(self):

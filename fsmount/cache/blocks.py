@@ -34,7 +34,7 @@ from fsmount.cache.fill import Fill
 from fsmount.cache.filled import FilledBlocks
 from fsmount.cache.segments import Segments
 from fsmount.cache.writers import PACKED_BELOW, BlockWriters
-from fsmount.memory import MemoryBudgets
+from fsmount.memory import BLOCK_NAMES_KEPT, MemoryBudgets
 from fsmount.stores import arrival
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ _EVICTION_BATCH = 64
 _OPEN_FILES = 256  # block files and segments kept open for the reads that follow (2 GiB of 8 MiB blocks)
 
 
-@functools.lru_cache(maxsize=8192)  # a random read asks for the name of its block every time
+@functools.lru_cache(maxsize=BLOCK_NAMES_KEPT)
 def block_name(identity: str, key: str, version: str, index: int) -> str:
     return hashlib.sha256(f"{identity}\0{key}\0{version}\0{index}".encode("utf-8", "surrogateescape")).hexdigest()
 
