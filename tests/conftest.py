@@ -67,7 +67,7 @@ class Daemon:
 
     def wait_settled(self, timeout: float = 10):
         """Waits for a moment the daemon reports no block being fetched or waiting to be written and no upload
-        waiting or under way: what a test says did not happen after that had its chance to."""
+        waiting or under way: a request that a test says was never made had its chance to be made by then."""
         def settled():
             state = self.status()
             return state["memory_in_flight"] == 0 and state["uploads"]["waiting"] == state["uploads"]["uploading"] == 0
