@@ -60,6 +60,19 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def status(self) -> dict:
+        """What `fsmount status --json` would print, asked of the daemon on its control socket."""
+        from fsmount import control
+        return control.ask(os.path.realpath(self.mountpoint), "status")
+
+    def wait_settled(self, timeout: float = 10):
+        """Waits for a moment the daemon reports no block being fetched or waiting to be written and no upload
+        waiting or under way: a request that a test says was never made had its chance to be made by then."""
+        def settled():
+            state = self.status()
+            return state["memory_in_flight"] == 0 and state["uploads"]["waiting"] == state["uploads"]["uploading"] == 0
+        wait_for(settled, timeout, "the daemon to settle")
+
     def stop(self):
         force_unmount(str(self.mountpoint))
         try:

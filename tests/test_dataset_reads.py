@@ -93,7 +93,7 @@ def test_a_directory_read_whole_in_any_order_is_fetched_ahead_each_file_once(wor
 
 def test_fetching_ahead_stops_soon_after_the_reads_stop(workspace, moto, mount):
     bucket = fill_bucket(moto, SWEPT)
-    mount(s3_config(workspace, moto, bucket, ttl="1h"), workspace / "mnt")
+    daemon = mount(s3_config(workspace, moto, bucket, ttl="1h"), workspace / "mnt")
     root = workspace / "mnt" / "bucket"
     os.listdir(root / "shuffled")
 
@@ -103,17 +103,15 @@ def test_fetching_ahead_stops_soon_after_the_reads_stop(workspace, moto, mount):
     keys = shuffled(SWEPT)
     for key in keys[:2]:
         assert (root / key).read_bytes() == SWEPT[key]
-    time.sleep(0.5)  # nothing may come, and nothing does: two files read are no sweep yet
-    assert gets() == 2
+    daemon.wait_settled()
+    assert gets() == 2  # two files read are no sweep yet
     assert (root / keys[2]).read_bytes() == SWEPT[keys[2]]
-    wait_for(lambda: gets() >= 3 + 8, 10, "eight files fetched ahead once a third was read")
-    time.sleep(0.5)  # the reads stopped: no more may come
-    assert gets() == 3 + 8
+    daemon.wait_settled()
+    assert gets() == 3 + 8  # eight fetched ahead once a third was read, and no more once the reads stopped
     unfetched = next(key for key in keys if moto.requests(f"GET /{bucket}/{key}?") == 0)
     assert (root / unfetched).read_bytes() == SWEPT[unfetched]
-    wait_for(lambda: gets() >= 3 + 8 + 1 + 4, 10, "four more fetched ahead for the one read")
-    time.sleep(0.5)
-    assert gets() == 3 + 8 + 1 + 4
+    daemon.wait_settled()
+    assert gets() == 3 + 8 + 1 + 4  # four more for the one read
 
 
 def listed(root) -> dict[str, int]:
@@ -148,13 +146,16 @@ def test_a_kept_listing_older_than_the_ttl_is_listed_again_in_the_background(wor
     config = s3_config(workspace, moto, bucket, ttl="1s")
     first = mount(config, workspace / "mnt")
     directory = workspace / "mnt" / "bucket" / "train" / "class-0"
-    assert len(os.listdir(directory)) == 16
+    before = sorted(os.listdir(directory))
+    assert len(before) == 16
+    kept_at = time.monotonic()
     first.stop()
     S3Bucket(moto, name=bucket).put("train/class-0/new-sample", b"added while unmounted")
     listings = lists(moto, bucket)
     wait_for(lambda: moto.requests(f"PUT /{bucket}/train/class-0/new-sample") == 1, 10, "the new object")
     mount(config, workspace / "mnt")
-    time.sleep(1.1)  # the kept listing is older than the TTL now, however fast the remount was
+    time.sleep(max(0.0, kept_at + 1.1 - time.monotonic()))  # the kept listing is older than the TTL now
+    assert sorted(os.listdir(directory)) == before  # the kept listing answers at once
     wait_for(lambda: "new-sample" in os.listdir(directory), 10, "the listing made again to show the new object")
     assert (directory / "new-sample").read_bytes() == b"added while unmounted"
     assert lists(moto, bucket) > listings
@@ -165,17 +166,23 @@ def test_metadata_ttl_never_keeps_a_listing_for_good(workspace, moto, mount):
     config = s3_config(workspace, moto, bucket, ttl="1s", extra="metadata_ttl: never")
     check = subprocess.run([FSMOUNT, "check", str(config)], check=True, capture_output=True, text=True).stdout
     assert "(metadata ttl never)" in check
+    config.write_text(config.read_text() + S3Bucket(moto, name=bucket).config(volume="fresh"))  # the cache's TTL
     first = mount(config, workspace / "mnt")
     listed(workspace / "mnt" / "bucket")
-    directory = workspace / "mnt" / "bucket" / "train" / "class-1"
+    directory, fresh = (workspace / "mnt" / volume / "train" / "class-1" for volume in ("bucket", "fresh"))
     before = sorted(os.listdir(directory))
+    assert sorted(os.listdir(fresh)) == before
+    kept_at = time.monotonic()
     first.stop()
     S3Bucket(moto, name=bucket).put("train/class-1/new-sample", b"never listed")
-    listings = lists(moto, bucket)
+    listings = moto.requests(f"GET /{bucket}?list-type=2", "prefix=train/class-1/")
     mount(config, workspace / "mnt")
-    time.sleep(1.1)  # longer than the cache's TTL: the volume's own, never, is what counts
+    time.sleep(max(0.0, kept_at + 1.1 - time.monotonic()))  # both kept listings are older than the cache's TTL
     assert sorted(os.listdir(directory)) == before
-    assert lists(moto, bucket) == listings
+    assert sorted(os.listdir(fresh)) == before
+    wait_for(lambda: "new-sample" in os.listdir(fresh), 10, "the volume of the cache's TTL to list again")
+    assert sorted(os.listdir(directory)) == before  # listed before the other volume, which has listed again since
+    assert moto.requests(f"GET /{bucket}?list-type=2", "prefix=train/class-1/") == listings + 1
 
 
 def test_a_file_made_through_the_mount_is_listed_after_a_remount(workspace, moto, mount):

@@ -16,6 +16,7 @@ from fsmount.volumes.object_reads import SEEKS_AT_RANDOM
 from servers import s3_admin, serve
 
 BLOCK = 2**20
+TTL = 2  # volume_config's metadata_ttl, in seconds
 BIG = os.urandom(5 * BLOCK + 12345)
 OBJECTS = {
     "a.txt": b"hello from s3\n",
@@ -35,7 +36,7 @@ def fill_bucket(server, objects) -> str:
     return S3Bucket(server, objects).name
 
 
-def volume_config(directory, bucket: Bucket, ttl="2s", extra="", max_size="1GiB", staging="", url=None,
+def volume_config(directory, bucket: Bucket, ttl=f"{TTL}s", extra="", max_size="1GiB", staging="", url=None,
                   retries="attempts: 4, max_time: 5s"):
     return write_config(directory, f"""
         cache {{ dir: "{directory}/cache", max_size: {max_size}, block_size: 1MiB, read_ahead: 4MiB, metadata_ttl: {ttl} }}
@@ -214,14 +215,30 @@ def test_a_listing_the_store_gave_out_of_name_order_stays_true_to_changes(worksp
     assert (many / "z" / "inside").read_bytes() == b"x"
 
 
+def first_bytes(path) -> bytes:
+    with open(path, "rb") as stream:
+        return stream.read(100)
+
+
+def changed_behind_the_mount(path, bucket: Bucket, key: str, looked_up: float) -> bytes:
+    """Puts new bytes, as long as BIG, at KEY of BUCKET, whose file PATH the mount looked up at LOOKED_UP (a
+    time.monotonic()): until the TTL, the mount answers the version it knows, from its cache; then the new one."""
+    new = os.urandom(len(BIG))
+    bucket.put(key, new)
+    checked_at = time.monotonic()
+    stale = first_bytes(path)
+    if checked_at - looked_up < TTL:
+        assert stale == BIG[:100]
+    wait_for(lambda: first_bytes(path) == new[:100], 3 * TTL, "the new version, after the TTL")
+    return new
+
+
 def test_a_changed_object_is_seen_after_the_ttl_and_never_mixed(any_mount):
     root, bucket, _ = any_mount
     path = root / "data" / "big.bin"
-    with open(path, "rb") as stream:
-        assert stream.read(100) == BIG[:100]
-    new = os.urandom(len(BIG))
-    bucket.put("data/big.bin", new)
-    time.sleep(2.5)
+    looked_up = time.monotonic()
+    assert first_bytes(path) == BIG[:100]
+    new = changed_behind_the_mount(path, bucket, "data/big.bin", looked_up)
     assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(new).digest()
 
 
@@ -252,9 +269,9 @@ def random_reads(path):
 
 def test_random_reads_of_a_large_object_fetch_one_chunk_each(workspace, moto, mount):
     bucket = fill_bucket(moto, {"big.bin": BIG})
-    mount(s3_config(workspace, moto, bucket, max_size="8MiB"), workspace / "mnt")  # too big to fill whole
+    daemon = mount(s3_config(workspace, moto, bucket, max_size="8MiB"), workspace / "mnt")  # too big to fill whole
     random_reads(workspace / "mnt" / "bucket" / "big.bin")
-    time.sleep(0.5)
+    daemon.wait_settled()
     assert moto.requests(f"GET /{bucket}/big.bin") == len(RANDOM_OFFSETS)
 
 
@@ -264,7 +281,7 @@ def test_streams_read_at_once_from_seeks_on_one_handle_fetch_whole_blocks_and_no
     in reads as large as the kernel sends (1 MiB)."""
     data = os.urandom(32 * BLOCK)
     bucket = fill_bucket(moto, {"table.parquet": data})
-    mount(s3_config(workspace, moto, bucket), workspace / "mnt")
+    daemon = mount(s3_config(workspace, moto, bucket), workspace / "mnt")
     starts = [2 * BLOCK + 100, 12 * BLOCK + 100, 22 * BLOCK + 100]
     descriptor = os.open(workspace / "mnt" / "bucket" / "table.parquet", os.O_RDONLY | os.O_DIRECT)
     try:
@@ -273,26 +290,22 @@ def test_streams_read_at_once_from_seeks_on_one_handle_fetch_whole_blocks_and_no
                 assert os.pread(descriptor, BLOCK, start + step) == data[start + step:start + step + BLOCK]
     finally:
         os.close(descriptor)
-    time.sleep(0.5)
+    daemon.wait_settled()
     # each stream: the 5 blocks it reads from and at most 4 read ahead of them (read_ahead: 4MiB). Read as one
     # stream, every read would fetch 128 KiB chunks, and the object would be filled whole.
     assert moto.requests(f"GET /{bucket}/table.parquet") <= len(starts) * (5 + 4)
 
 
 def test_an_object_read_at_random_is_filled_whole_in_the_background(s3_mount, moto):
-    root, bucket, _ = s3_mount
+    root, bucket, daemon = s3_mount
     random_reads(root / "data" / "big.bin")
     blocks = len(BIG) // BLOCK + 1
 
     def gets():
         return moto.requests(f"GET /{bucket}/data/big.bin")
 
-    def settled():
-        before = gets()
-        time.sleep(1)
-        return gets() == before >= blocks
-
-    wait_for(settled, 30, "the background fill")
+    wait_for(lambda: gets() >= blocks, 30, "the background fill")
+    daemon.wait_settled()
     before = gets()
     drop_page_cache()
     assert (root / "data" / "big.bin").read_bytes() == BIG
@@ -326,7 +339,7 @@ def test_an_object_read_at_random_through_o_direct_is_filled_whole_without_its_p
         os.close(descriptor)
     wait_for(lambda: moto.requests(f"GET /{bucket}/data/big.bin") >= len(BIG) // BLOCK + 1, 30,
              "the background fill of every block")
-    time.sleep(0.5)
+    daemon.wait_settled()
     assert resident(path) == 0
     assert (root / "a.txt").read_bytes() == OBJECTS["a.txt"]
     assert daemon.process.poll() is None, daemon.log()
@@ -334,15 +347,15 @@ def test_an_object_read_at_random_through_o_direct_is_filled_whole_without_its_p
 
 
 def test_an_object_changed_while_its_pages_go_to_the_kernel_shows_only_its_new_bytes(any_mount):
-    root, bucket, _ = any_mount
+    root, bucket, daemon = any_mount
     path = root / "data" / "big.bin"
+    looked_up = time.monotonic()
     random_reads(path)
-    new = os.urandom(len(BIG))
-    bucket.put("data/big.bin", new)
-    time.sleep(2.5)
-    for _ in range(3):  # an old version's pages that came late would show on a later read
-        assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(new).digest()
-        time.sleep(0.5)
+    assert first_bytes(path) == BIG[:100]
+    new = changed_behind_the_mount(path, bucket, "data/big.bin", looked_up)
+    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(new).digest()
+    daemon.wait_settled()  # an old version's pages that came late would show on a later read
+    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(new).digest()
 
 
 @pytest.mark.parametrize("kind", KINDS)

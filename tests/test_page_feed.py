@@ -5,6 +5,7 @@ import os
 
 import pytest
 import trio
+import trio.testing
 
 from fsmount.cache.blocks import BlockCache
 from fsmount.cache.attributes import KnownAttributes
@@ -44,10 +45,11 @@ async def test_no_old_pages_reach_the_kernel_once_the_file_is_opened_anew(s3_buc
         await release.wait()  # as the kernel does while a read in flight holds the page locked
         return True
 
-    opened = trio.Event()
+    opened, opened_after_release = trio.Event(), []
 
     async def open_anew():
         await take_over(volume, store)
+        opened_after_release.append(release.is_set())
         opened.set()
 
     async with trio.open_nursery() as nursery:
@@ -64,11 +66,14 @@ async def test_no_old_pages_reach_the_kernel_once_the_file_is_opened_anew(s3_buc
         with trio.fail_after(10):  # the open has taken the feed away, and waits for the store under way
             while PATH in volume._feeds:
                 await trio.sleep(0.01)
-        await trio.sleep(0.1)
+        await trio.testing.wait_all_tasks_blocked()
         assert not opened.is_set()
         release.set()
         with trio.fail_after(10):
             await opened.wait()
-        await trio.sleep(0.3)
+        assert opened_after_release == [True]
+        with trio.fail_after(10):  # the old version's fill ends
+            while volume.prefetcher._nursery.child_tasks:
+                await trio.sleep(0.01)
         assert len(stored) == 1
         nursery.cancel_scope.cancel()

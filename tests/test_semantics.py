@@ -573,10 +573,12 @@ def test_s15_a_cached_listing_hides_new_names_until_its_ttl_and_misses_last_a_se
     tree.ro.put("ttl/new", b"made by another client\n")
     assert not (tree.s3_ro / "ttl" / "new").exists()
     assert os.listdir(tree.s3_ro / "ttl") == ["present"]
+    assert os.listdir(tree.s3_fresh / "ttl") == ["present"]  # until its TTL
     wait_for(lambda: (tree.s3_fresh / "ttl" / "new").exists(), UPLOADED, "the new name after the TTL")
     # neg/ was never listed: a miss there is remembered for 1 s only, even in a volume whose TTL is 60 s
     assert errno_of(lambda: os.stat(tree.s3_ro / "neg" / "later")) == errno.ENOENT
     tree.ro.put("neg/later", b"made after the miss\n")
+    assert not (tree.s3_ro / "neg" / "later").exists()  # the miss, remembered
     wait_for(lambda: (tree.s3_ro / "neg" / "later").exists(), UPLOADED, "the name once its miss expired")
     assert (tree.s3_ro / "neg" / "later").read_bytes() == b"made after the miss\n"
 

@@ -109,11 +109,12 @@ def test_a_file_written_past_its_end_sends_nothing_of_its_hole(workspace, moto, 
 
 def test_chmod_chown_and_times_after_close_go_up_with_the_one_upload(workspace, moto, mount):
     bucket = S3Bucket(moto)
-    _, _, root = mount_write_back(workspace, mount, bucket)
+    _, daemon, root = mount_write_back(workspace, mount, bucket)
     (root / "tool").write_bytes(b"#!/bin/sh\necho ran\n")
     os.chmod(root / "tool", 0o751)
     os.chown(root / "tool", 1234, 5678)
     os.utime(root / "tool", ns=(1, 1_700_000_000_123_456_789))
+    assert daemon.status()["uploads"]["waiting"] == 1  # for the write-back delay, not merely late
     assert bucket.keys() == []
     assert sync(root / "tool").returncode == 0
     assert puts(moto, bucket, "tool") == 1
@@ -193,9 +194,10 @@ def test_an_unmount_waits_for_pending_uploads(workspace, moto, mount):
 
 def test_a_pending_file_lists_and_stats_as_written_everywhere(workspace, moto, mount):
     bucket = S3Bucket(moto)
-    _, _, root = mount_write_back(workspace, mount, bucket)
+    _, daemon, root = mount_write_back(workspace, mount, bucket)
     os.makedirs(root / "a" / "b")
     (root / "a" / "b" / "new.txt").write_bytes(b"12345")
+    assert daemon.status()["uploads"]["waiting"] == 1
     assert bucket.keys() == ["a/", "a/b/"]
     assert os.listdir(root / "a" / "b") == ["new.txt"]
     assert os.stat(root / "a" / "b" / "new.txt").st_size == 5
