@@ -500,7 +500,7 @@ def test_a_server_gone_mid_upload_fails_close_and_the_upload_is_retried(behind_p
     assert (root / "retried.bin").read_bytes() == data  # still staged, and readable
     assert "1 waiting" in status(config)
     proxy.up()
-    wait_for(lambda: "retried.bin" in bucket.keys(), 30, "the upload to be retried")
+    wait_for(lambda: "retried.bin" in bucket.keys(), 90, "the upload to be retried")  # after a backoff
     assert bucket.get("retried.bin") == data
 
 
