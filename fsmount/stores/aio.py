@@ -18,7 +18,7 @@ import trio_asyncio
 from trio_asyncio import aio_as_trio
 
 from fsmount.metrics.store_requests import VolumeRequests
-from fsmount.stores.base import AccessDenied, ListPage, ObjectInfo, Store
+from fsmount.stores.base import AccessDenied, ListPage, ObjectInfo, Store, raise_store_error_of
 from fsmount.stores.ranges import SMALL_REQUEST
 
 log = logging.getLogger(__name__)
@@ -176,12 +176,15 @@ class TrioStore:
                 parts[number] = await self.upload_part(key, upload, number, path, offset, min(part_size, size - offset))
 
         try:
-            async with trio.open_nursery() as nursery:
-                for number, offset in enumerate(range(0, size, part_size), start=1):
-                    if self.parts_in_order:
-                        await send(number, offset)
-                    else:
-                        nursery.start_soon(send, number, offset)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for number, offset in enumerate(range(0, size, part_size), start=1):
+                        if self.parts_in_order:
+                            await send(number, offset)
+                        else:
+                            nursery.start_soon(send, number, offset)
+            except BaseExceptionGroup as group:  # a part that failed: the upload's callers catch OSError
+                raise_store_error_of(group)
             return await self.complete_upload(key, upload, sorted(parts.items()), size, metadata)
         except BaseException:
             with contextlib.suppress(Exception):
