@@ -15,6 +15,8 @@ from buckets import GcsBucket
 from conftest import TOKEN, write_config
 from servers import Proxy, TlsRelay
 
+pytestmark = pytest.mark.mount
+
 
 def service_account_key(token_uri: str) -> dict:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -15,6 +15,8 @@ from conftest import wait_for, write_config
 from fsmount.volumes.object_reads import SEEKS_AT_RANDOM
 from servers import s3_admin, serve
 
+pytestmark = pytest.mark.mount
+
 BLOCK = 2**20
 BIG = os.urandom(5 * BLOCK + 12345)
 OBJECTS = {

@@ -12,6 +12,8 @@ from conftest import write_config
 from servers import s3_admin
 from test_object_volume import fill_bucket, s3_config
 
+pytestmark = pytest.mark.mount
+
 DATA = os.urandom(3 * 2**20 + 777)
 
 

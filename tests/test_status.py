@@ -29,6 +29,7 @@ def state(mountpoint) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.mount
 def test_status_shows_volumes_cache_and_an_upload_the_store_refuses(relayed, workspace, mount):
     bucket, relay = relayed
     config = volume_config(workspace, bucket, extra="mode: rw", url=relay.url, staging="write_back: 0.2",
@@ -66,6 +67,7 @@ def test_status_shows_volumes_cache_and_an_upload_the_store_refuses(relayed, wor
     assert state(workspace / "mnt")["volumes"][0]["health"]["ok"]
 
 
+@pytest.mark.server
 def test_without_a_daemon(relayed, workspace):
     bucket, relay = relayed
     config = volume_config(workspace, bucket, url=relay.url)

@@ -13,6 +13,8 @@ from conftest import write_config
 from servers import WebServer
 from test_object_volume import BLOCK, drop_page_cache
 
+pytestmark = pytest.mark.mount
+
 BIG = os.urandom(5 * BLOCK + 12345)
 FILES = {"/data/big.bin": BIG, "/data/small.csv": b"x,y\n1,2\n", "/moved/notes.txt": b"followed a redirect\n"}
 
