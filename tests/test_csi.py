@@ -224,6 +224,15 @@ def test_read_only_request_and_access_mode_force_ro(plugin, bucket):
 
 
 @pytest.mark.mount
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.csi: NodePublishVolume: INVALID_ARGUMENT: ",
+    r"WARNING fsmount\.csi: NodePublishVolume: FAILED_PRECONDITION: (an fsmount volume is a file system: block access is not supported|volume pv-data is published for a single writer already)$",
+    r"WARNING fsmount\.csi: NodePublishVolume: INTERNAL: the daemon of volume pv-data failed: ",
+    r"WARNING fsmount\.csi: NodePublishVolume: RESOURCE_EXHAUSTED: the volume.s cache share, 1GiB, is more than the 64MiB left of the node.s 64MiB$",
+    r"WARNING fsmount\.csi: NodeGetVolumeStats: NOT_FOUND: volume pv-data is not published on ",
+    r"WARNING fsmount\.csi: NodePublishVolume: ALREADY_EXISTS: \S+ holds volume pv-data published with other arguments$",
+    r"WARNING fsmount\.csi: NodeUnpublishVolume: INVALID_ARGUMENT: target_path is missing$",
+)
 def test_spec_error_codes(plugin, bucket):
     pod = target(plugin, "pod-e")
     good = {"source": f"s3://{bucket.name}/", "endpoint": bucket.server.url}
@@ -279,6 +288,9 @@ def test_spec_error_codes(plugin, bucket):
 
 
 @pytest.mark.mount
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.csi: NodePublishVolume: RESOURCE_EXHAUSTED: the volume.s cache share, 16MiB, is more than the 8MiB left of the node.s 64MiB$",
+)
 def test_each_volume_has_its_own_cache_within_the_node_bound(plugin, bucket, request):
     other = new_bucket(request, "s3", OBJECTS)
     first, second = target(plugin, "pod-1"), target(plugin, "pod-2")
@@ -297,6 +309,7 @@ def test_each_volume_has_its_own_cache_within_the_node_bound(plugin, bucket, req
 
 
 @pytest.mark.mount
+@pytest.mark.expect_log(r"WARNING fsmount\.csi\.registry: volume pv-data: its daemon died; mounting it again$")
 def test_restarted_plugin_finds_its_daemons_and_repairs_dead_mounts(plugin, bucket):
     first, second = target(plugin, "pod-a"), target(plugin, "pod-b")
     plugin.publish(first, bucket)
@@ -320,6 +333,7 @@ def test_restarted_plugin_finds_its_daemons_and_repairs_dead_mounts(plugin, buck
 
 
 @pytest.mark.mount
+@pytest.mark.expect_log(r"WARNING fsmount\.csi\.registry: volume pv-data: its daemon died; mounting it again$")
 def test_daemon_killed_under_its_targets_is_repaired_by_the_next_publish(plugin, bucket):
     first, second = target(plugin, "pod-a"), target(plugin, "pod-b")
     plugin.publish(first, bucket)

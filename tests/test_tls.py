@@ -72,6 +72,10 @@ def test_an_s3_server_over_https_is_read_written_and_listed_with_verify_naming_i
 
 @pytest.mark.mount
 @pytest.mark.parametrize("trusted", ["other-ca", "system"])
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.stores\.s3: bucket volume-\d+: its region is unknown \(HEAD BUCKET volume-\d+: certificate verify failed: ",
+    r"WARNING fsmount\.fs\.operations: (readdir|lookup) failed: \[Errno 5\] (LIST \S*|HEAD \S+): certificate verify failed: ",
+)
 def test_an_s3_server_whose_certificate_the_ca_does_not_vouch_for_is_eio_at_once_and_a_log_line(
         workspace, moto, mount, other_ca, s3_over_https, trusted):
     bucket = fill_bucket(moto, {"small.txt": SMALL})
@@ -99,6 +103,9 @@ def ipfs_node(tmp_path_factory):
 
 @pytest.mark.mount
 @pytest.mark.parametrize("reach", ["gateway", "api"])
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.fs\.operations: readdir failed: \[Errno 5\] (GET block|block/get) \w+: certificate verify failed: ",
+)
 def test_an_ipfs_node_over_https_is_read_with_verify_naming_its_ca(workspace, mount, ipfs_node, private_ca, other_ca,
                                                                     reach):
     """The untrusted volume is read first: the volumes share the cache of blocks and listings by CID."""
