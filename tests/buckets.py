@@ -6,6 +6,7 @@ import urllib.parse
 
 import urllib3
 
+from conftest import require_kind
 from fsmount.credentials import AzureCredentials, GcsCredentials
 from fsmount.stores.azure import AzureStore
 from fsmount.stores.base import Store
@@ -157,6 +158,9 @@ BUCKETS = {bucket.kind: bucket for bucket in (S3Bucket, SeaweedFSBucket, AzureBu
 
 def new_bucket(request, kind: str, objects: dict[str, bytes] | None = None) -> Bucket:
     """A fresh bucket of KIND on the session's server of that kind (a fixture of REQUEST), holding OBJECTS."""
+    # checked here rather than when the session fixture starts the server: pytest would keep that failure for every
+    # later test of the session
+    require_kind("server", "mount", doing=f"uses {SERVER_OF[kind]}")
     return BUCKETS[kind](request.getfixturevalue(SERVER_OF[kind]), objects)
 
 

@@ -1,7 +1,9 @@
-"""Test harness: sample trees, config files, and fsmount daemons that never outlive a test."""
+"""Test harness: sample trees, config files, fsmount daemons that never outlive a test and whose logs are checked, and
+the unit, server and mount marks held to what each test does."""
 import contextlib
 import os
 import json
+import re
 import ssl
 import subprocess
 import sys
@@ -22,6 +24,118 @@ MOUNT_TIMEOUT = 15
 # metadata address, off this machine. Tests of the chain name the one credential they use.
 os.environ.setdefault("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential")
 TOKEN = "token-made-for-the-test"  # what token_server grants
+KINDS = ("unit", "server", "mount")  # the marks; pyproject.toml says what each means
+SERVER_FIXTURES = frozenset({"moto", "seaweedfs", "azurite", "fake_gcs"})
+MOUNT_FIXTURES = frozenset({"mount", "host_tree"})
+# the fixtures a test of each mark may not ask for
+BEYOND = {"unit": SERVER_FIXTURES | MOUNT_FIXTURES, "server": MOUNT_FIXTURES, "mount": frozenset()}
+_running: pytest.Item | None = None  # the test being set up, run or torn down
+_live: list["Daemon"] = []  # the daemons started and not yet stopped
+_log_offsets: dict[Path, int] = {}  # each log file a live daemon writes to: how far it is checked
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) ")  # fsmount/logs.py's format
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def kind_of(item: pytest.Item) -> str:
+    return next(mark.name for mark in item.iter_markers() if mark.name in KINDS)
+
+
+def pytest_collection_modifyitems(items):
+    """Every test carries exactly one of the marks unit, server and mount, and asks for no fixture beyond it."""
+    wrong = []
+    for item in items:
+        kinds = sorted({mark.name for mark in item.iter_markers() if mark.name in KINDS})
+        if len(kinds) != 1:
+            wrong.append(f"{item.nodeid}: marked {' and '.join(kinds) or 'none of unit, server, mount'}")
+        elif asked := sorted(BEYOND[kinds[0]] & set(item.fixturenames)):
+            wrong.append(f"{item.nodeid}: marked {kinds[0]} but asks for {', '.join(asked)}")
+    if wrong:
+        raise pytest.UsageError("each test is marked unit, server or mount, as it does:\n  " + "\n  ".join(wrong))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item):
+    global _running
+    _running = item
+    try:
+        return (yield)
+    finally:
+        _running = None
+
+
+def require_kind(*kinds: str, doing: str):
+    """Fails the running test unless it is marked one of KINDS: a mark that says less than the test DOING does."""
+    if _running is not None and (marked := kind_of(_running)) not in kinds:
+        pytest.fail(f"{_running.nodeid} is marked {marked} but {doing}: mark it {kinds[0]}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _marks_and_logs_hold(request):
+    """After each test: a unit test used no session server (one started before it is not started again), and what every
+    daemon still running logged during the test is checked."""
+    yield
+    if kind_of(request.node) == "unit" and (used := sorted(SERVER_FIXTURES & set(request.fixturenames))):
+        pytest.fail(f"{request.node.nodeid} is marked unit but uses {', '.join(used)}: mark it server", pytrace=False)
+    try:
+        _check_logs(path for daemon in _live for path in daemon.log_files)
+    finally:
+        for daemon in [daemon for daemon in _live if daemon.process.poll() is not None]:  # killed, never stopped
+            _forget(daemon)
+
+
+def expected_log_lines() -> list[re.Pattern]:
+    """The running test's `expect_log(regex, ...)` marks: the warnings and errors it provokes on purpose."""
+    if _running is None:
+        return []
+    return [re.compile(pattern) for mark in _running.iter_markers("expect_log") for pattern in mark.args]
+
+
+def unexpected_log_records(text: str, expected: list[re.Pattern]) -> list[str]:
+    """The records of a daemon's log TEXT that no EXPECTED pattern matches the first line of: a WARNING, ERROR or
+    CRITICAL, or any that holds a traceback (lines outside a record, such as Python's own reports, are one record)."""
+    records: list[list[str]] = []
+    for line in text.splitlines():
+        if LOG_RECORD.match(line) or not records:
+            records.append([line])
+        else:
+            records[-1].append(line)
+    unexpected = []
+    for lines in records:
+        level = (match := LOG_RECORD.match(lines[0])) and match["level"]
+        if ((level in ("WARNING", "ERROR", "CRITICAL") or any(TRACEBACK in line for line in lines))
+                and not any(pattern.search(lines[0]) for pattern in expected)):
+            unexpected.append("\n".join(lines))
+    return unexpected
+
+
+def log_since(path: Path, start: int) -> tuple[str, int]:
+    """PATH's whole lines from offset START (from 0 if logrotate moved it away and a new one began), and the offset
+    after them."""
+    try:
+        with open(path, "rb") as stream:
+            if os.fstat(stream.fileno()).st_size < start:
+                start = 0
+            stream.seek(start)
+            text = stream.read()
+    except FileNotFoundError:
+        return "", start
+    text = text[:text.rfind(b"\n") + 1]
+    return text.decode(errors="replace"), start + len(text)
+
+
+def fail_on_unexpected(logs: dict[Path, str]):
+    """Fails the running test if a log's text in LOGS holds a record it did not expect (`unexpected_log_records`)."""
+    expected = expected_log_lines()
+    said = [f"{path}:\n{record}" for path, text in logs.items() for record in unexpected_log_records(text, expected)]
+    if said:
+        pytest.fail("a daemon logged what the test did not expect (mark the test expect_log if it should):\n"
+                    + "\n".join(said), pytrace=False)
+
+
+def check_log_files(*paths: Path):
+    """Fails the running test if one of PATHS, whole, holds a record it did not expect: the logs of daemons started
+    other than as a `Daemon`."""
+    fail_on_unexpected({path: log_since(path, 0)[0] for path in paths})
 
 
 def mounted_paths() -> set[str]:
@@ -43,19 +157,29 @@ def force_unmount(mountpoint: str):
 
 
 class Daemon:
-    """An `fsmount mount --foreground` process and its log."""
+    """An `fsmount mount --foreground` process and its log: its output (`log()`), and the file its config names if
+    any, both checked after each test and once it stopped (`check_log`)."""
 
     def __init__(self, config: Path, mountpoint: Path, *args: str):
+        require_kind("mount", doing="mounts")
         self.config = config
         self.mountpoint = mountpoint
         self.log_path = mountpoint.parent / f"{mountpoint.name}.log"
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([FSMOUNT, "mount", str(config), str(mountpoint), "--foreground", *args],
-                                            stdout=log, stderr=subprocess.STDOUT)
-        wait_for(lambda: str(mountpoint) in mounted_paths() or self.process.poll() is not None,
-                 MOUNT_TIMEOUT, f"the mount on {mountpoint}")
-        if self.process.poll() is not None:
-            raise AssertionError(f"fsmount exited with {self.process.returncode}:\n{self.log()}")
+        self.log_files = [path for path in (self.log_path, _config_log_file(config)) if path is not None]
+        for path in self.log_files:  # a daemon before this one on the same files has them checked up to here
+            _log_offsets.setdefault(path, _size_or_zero(path))
+        _live.append(self)
+        try:
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen([FSMOUNT, "mount", str(config), str(mountpoint), "--foreground",
+                                                 *args], stdout=log, stderr=subprocess.STDOUT)
+            wait_for(lambda: str(mountpoint) in mounted_paths() or self.process.poll() is not None,
+                     MOUNT_TIMEOUT, f"the mount on {mountpoint}")
+            if self.process.poll() is not None:
+                raise AssertionError(f"fsmount exited with {self.process.returncode}:\n{self.log()}")
+        except BaseException:
+            _forget(self)
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -73,16 +197,59 @@ class Daemon:
             return state["memory_in_flight"] == 0 and state["uploads"]["waiting"] == state["uploads"]["uploading"] == 0
         wait_for(settled, timeout, "the daemon to settle")
 
+    def check_log(self):
+        """Fails the running test if the daemon logged, since the last check, a traceback, or a warning or error the
+        test did not expect."""
+        _check_logs(self.log_files)
+
     def stop(self):
-        force_unmount(str(self.mountpoint))
         try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"fsmount did not exit after unmount:\n{self.log()}")
-        if "the daemon failed" in self.log():
-            raise AssertionError(f"fsmount failed:\n{self.log()}")
+            force_unmount(str(self.mountpoint))
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"fsmount did not exit after unmount:\n{self.log()}")
+            if "the daemon failed" in self.log():
+                raise AssertionError(f"fsmount failed:\n{self.log()}")
+            self.check_log()
+        finally:
+            _forget(self)
+
+
+def _check_logs(paths):
+    """Checks what each of PATHS, log files of live daemons, gained since it was last checked."""
+    logs = {}
+    for path in dict.fromkeys(paths):
+        if path in _log_offsets:
+            logs[path], _log_offsets[path] = log_since(path, _log_offsets[path])
+    fail_on_unexpected(logs)
+
+
+def _forget(daemon: Daemon):
+    """DAEMON is not checked again, nor its log files once no live daemon writes to them."""
+    if daemon in _live:
+        _live.remove(daemon)
+    in_use = {path for other in _live for path in other.log_files}
+    for path in set(daemon.log_files) - in_use:
+        _log_offsets.pop(path, None)
+
+
+def _config_log_file(config: Path) -> Path | None:
+    from fsmount.config import ConfigError, load_config
+    try:
+        log_file = load_config(str(config)).log_file
+    except (ConfigError, OSError):  # the mount fails too, and says why
+        return None
+    return Path(log_file) if log_file else None
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 @pytest.fixture
@@ -96,8 +263,9 @@ def mount():
         return daemon
 
     yield start
-    for daemon in daemons:
-        daemon.stop()
+    with contextlib.ExitStack() as stopping:  # every one, if one fails; the last started first
+        for daemon in daemons:
+            stopping.callback(daemon.stop)
 
 
 @pytest.fixture

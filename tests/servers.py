@@ -27,6 +27,7 @@ from azure.storage.blob import BlobServiceClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from free_port import free_base  # noqa: E402
+from conftest import require_kind  # noqa: E402
 
 
 class Server:
@@ -34,6 +35,7 @@ class Server:
 
     def __init__(self, name: str, log_dir: Path, *arguments: str, port_offsets: tuple[int, ...] = ()):
         """ARGUMENTS: scripts/serve's after the port; PORT_OFFSETS: the ports it takes beside its own."""
+        require_kind("server", "mount", doing=f"starts {name}")
         self.name = name
         self.port = free_base(list(port_offsets))
         self.url = f"http://127.0.0.1:{self.port}"

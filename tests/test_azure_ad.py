@@ -126,6 +126,7 @@ def _store(server: Server, tls, container: str, read_only: bool = False) -> Trio
                                 read_only=read_only))
 
 
+@pytest.mark.mount
 @pytest.mark.parametrize("identity", ["principal", "workload"], indirect=True)
 def test_a_volume_without_key_reads_and_writes_as_its_azure_ad_identity(workspace, mount, azurite_oauth, tls, identity):
     container = _container(azurite_oauth, tls, {"data/a.txt": b"read as the identity\n"})
@@ -160,6 +161,7 @@ def test_a_volume_without_key_reads_and_writes_as_its_azure_ad_identity(workspac
         assert grant["client_assertion"] == "eyJ.federated.token"
 
 
+@pytest.mark.server
 async def test_a_read_only_volume_signs_read_and_list_only(azurite_oauth, tls, identity):
     container = _container(azurite_oauth, tls, {"a.txt": b"only read\n"})
     async with trio_asyncio.open_loop():
@@ -174,6 +176,7 @@ async def test_a_read_only_volume_signs_read_and_list_only(azurite_oauth, tls, i
     assert query["sp"] == ["rl"] and query["skoid"] == [OBJECT_ID] and query["sktid"] == [TENANT]
 
 
+@pytest.mark.server
 async def test_the_user_delegation_key_is_renewed_from_worker_threads_with_the_token_it_has(
         monkeypatch, azurite_oauth, tls, identity):
     """A key due for renewal is not signed with on the event loop: reads go to worker threads, which have the loop
@@ -197,6 +200,7 @@ async def test_the_user_delegation_key_is_renewed_from_worker_threads_with_the_t
     assert len(identity) == 1
 
 
+@pytest.mark.server
 async def test_without_an_identity_a_public_container_is_read_anonymously(monkeypatch, azurite_oauth, tls, identity):
     monkeypatch.delenv("AZURE_CLIENT_SECRET")
     container = _container(azurite_oauth, tls, {"a.txt": b"public\n"}, public=True)
@@ -212,6 +216,7 @@ async def test_without_an_identity_a_public_container_is_read_anonymously(monkey
     assert identity == []
 
 
+@pytest.mark.server
 async def test_an_identity_that_is_refused_fails_the_volume_rather_than_turning_it_anonymous(
         monkeypatch, azurite_oauth, tls, identity):
     monkeypatch.setenv("AZURE_CLIENT_SECRET", "wrong")

@@ -8,6 +8,8 @@ import trio.testing
 
 from fsmount.cache.background import IDLE_WAIT_MOST, BackgroundTasks, run_in_background, when_idle
 
+pytestmark = pytest.mark.unit
+
 
 async def test_work_runs_on_a_thread_of_its_own_at_the_lowest_priority():
     priority, thread = await run_in_background(lambda: (os.getpriority(os.PRIO_PROCESS, 0), threading.get_ident()))

@@ -57,6 +57,7 @@ def gets(moto, bucket):
     return moto.requests(f"GET /{bucket}/object")
 
 
+@pytest.mark.server
 async def test_a_hit_costs_no_request(s3_bucket, moto, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 2)
@@ -68,6 +69,7 @@ async def test_a_hit_costs_no_request(s3_bucket, moto, tmp_path):
     assert gets(moto, bucket) == before == 1
 
 
+@pytest.mark.server
 async def test_ten_readers_of_a_cold_block_cause_one_get(s3_bucket, moto, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 1)
@@ -84,6 +86,7 @@ async def test_ten_readers_of_a_cold_block_cause_one_get(s3_bucket, moto, tmp_pa
     assert gets(moto, bucket) == 1
 
 
+@pytest.mark.server
 async def test_eviction_keeps_the_bound_and_drops_the_least_recently_used(s3_bucket, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 6)
@@ -101,6 +104,7 @@ async def test_eviction_keeps_the_bound_and_drops_the_least_recently_used(s3_buc
     assert fetches == [0, 1, 2, 3, 4, 1]
 
 
+@pytest.mark.server
 async def test_a_new_process_reuses_what_is_on_disk(s3_bucket, moto, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 2)
@@ -114,6 +118,7 @@ async def test_a_new_process_reuses_what_is_on_disk(s3_bucket, moto, tmp_path):
     assert gets(moto, bucket) == 2
 
 
+@pytest.mark.server
 async def test_a_large_block_of_odd_size_is_written_from_its_receive_buffer_exactly(s3_bucket, moto, tmp_path,
                                                                                   monkeypatch):
     """A body of 1 MiB or more is written to disk from the memory it was received in, padded to whole pages
@@ -136,6 +141,7 @@ async def test_a_large_block_of_odd_size_is_written_from_its_receive_buffer_exac
     assert gets(moto, bucket) == 1
 
 
+@pytest.mark.server
 async def test_a_damaged_block_is_fetched_again_not_served(s3_bucket, moto, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 1)
@@ -151,6 +157,7 @@ async def test_a_damaged_block_is_fetched_again_not_served(s3_bucket, moto, tmp_
     assert gets(moto, bucket) == 2
 
 
+@pytest.mark.server
 async def test_a_fill_cut_short_by_a_crash_is_forgotten(s3_bucket, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 1)
@@ -169,6 +176,7 @@ async def test_a_fill_cut_short_by_a_crash_is_forgotten(s3_bucket, tmp_path):
     assert fetches == [0]
 
 
+@pytest.mark.server
 async def test_small_blocks_are_packed_into_one_segment_and_survive_a_restart(s3_bucket, moto, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 2, SMALL)
@@ -186,6 +194,7 @@ async def test_small_blocks_are_packed_into_one_segment_and_survive_a_restart(s3
     assert gets(moto, bucket) == 2
 
 
+@pytest.mark.server
 async def test_a_read_past_a_small_blocks_end_gets_none_of_the_next_blocks_bytes(s3_bucket, tmp_path):
     """A page feed asks for a whole block of an object's last, shorter one: the segment goes on with others."""
     store, _ = s3_bucket
@@ -200,6 +209,7 @@ async def test_a_read_past_a_small_blocks_end_gets_none_of_the_next_blocks_bytes
     assert await again.read(name, 0, 2 * SMALL, None) == data[:SMALL]
 
 
+@pytest.mark.server
 async def test_a_damaged_small_block_is_fetched_again_not_served(s3_bucket, moto, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 1, SMALL)
@@ -215,6 +225,7 @@ async def test_a_damaged_small_block_is_fetched_again_not_served(s3_bucket, moto
     assert gets(moto, bucket) == 2
 
 
+@pytest.mark.server
 async def test_small_blocks_are_evicted_within_the_bound(s3_bucket, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 5, SMALL)
@@ -228,6 +239,7 @@ async def test_small_blocks_are_evicted_within_the_bound(s3_bucket, tmp_path):
     assert fetches == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.server
 async def test_evicted_small_blocks_give_their_space_back_and_an_emptied_segment_goes(s3_bucket, tmp_path, monkeypatch):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 8, SMALL)
@@ -248,6 +260,7 @@ async def test_evicted_small_blocks_give_their_space_back_and_an_emptied_segment
     assert segments(tmp_path)[0] != first and not first.exists()
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("fetched_by", ["a fill ahead of the reads", "the reader"])
 async def test_readers_of_a_block_being_written_get_its_bytes_without_waiting_for_the_disk(
         fetched_by, s3_bucket, moto, tmp_path, monkeypatch):
@@ -297,6 +310,7 @@ class CountedArrival(Arrival):
         super().received(count)
 
 
+@pytest.mark.server
 async def test_a_large_body_is_reported_as_it_arrives(s3_bucket):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 2)
@@ -307,6 +321,7 @@ async def test_a_large_body_is_reported_as_it_arrives(s3_bucket):
     assert await report.first(len(data)) == data
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("fetched_by", ["a fill ahead of the reads", "the reader"])
 async def test_a_reader_of_a_large_block_on_its_way_has_its_bytes_before_the_rest_arrives(fetched_by, tmp_path):
     size, part = 4 * BLOCK, 128 * 1024
@@ -339,6 +354,7 @@ async def test_a_reader_of_a_large_block_on_its_way_has_its_bytes_before_the_res
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.unit
 async def test_a_failed_fetch_of_a_large_block_fails_its_reader_and_the_next_one_fetches_again(tmp_path):
     size = 4 * BLOCK
     data = os.urandom(size)
@@ -361,6 +377,7 @@ async def test_a_failed_fetch_of_a_large_block_fails_its_reader_and_the_next_one
     assert len(fetches) == 2
 
 
+@pytest.mark.server
 async def test_a_cache_made_by_an_older_version_is_dropped_not_misread(s3_bucket, moto, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 1)
@@ -378,6 +395,7 @@ async def test_a_cache_made_by_an_older_version_is_dropped_not_misread(s3_bucket
     assert gets(moto, bucket) == 1
 
 
+@pytest.mark.server
 async def test_however_many_readers_at_most_the_bound_of_blocks_is_fetched_and_unwritten(s3_bucket, tmp_path):
     """Ten streams at once held 13 fetched 8 MiB blocks waiting for the disk; memory must not grow with readers."""
     store, bucket = s3_bucket
@@ -405,6 +423,7 @@ async def test_however_many_readers_at_most_the_bound_of_blocks_is_fetched_and_u
     assert most == 3
 
 
+@pytest.mark.server
 async def test_a_block_filled_ahead_stays_in_memory_until_read_and_read_ones_go_first(s3_bucket, tmp_path):
     store, bucket = s3_bucket
     data, info = await object_with_blocks(store, bucket, 4)
@@ -419,6 +438,7 @@ async def test_a_block_filled_ahead_stays_in_memory_until_read_and_read_ones_go_
     assert await cache.read(names[2], 0, BLOCK, fetcher(store, info, 2)) == data[2 * BLOCK:3 * BLOCK]
 
 
+@pytest.mark.server
 async def test_a_block_filled_ahead_that_no_reader_came_for_is_given_up_on(s3_bucket, tmp_path, monkeypatch):
     """A program that stopped reading must not hold memory, nor the read-ahead of others, for ever."""
     monkeypatch.setattr(filled, "_UNREAD_AWAITED", 0.0)

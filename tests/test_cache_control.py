@@ -95,6 +95,7 @@ def used(result: dict) -> dict[str, int]:
     return {entry["path"]: entry["bytes"] for entry in result["entries"]}
 
 
+@pytest.mark.mount
 def test_du_counts_the_bytes_read_per_volume_and_per_path(tree):
     for key in ("a.bin", "dir/b.bin", "dir/sub/c.txt", "dir.txt"):
         assert tree.read(key) == FILES[key]
@@ -112,6 +113,7 @@ def test_du_counts_the_bytes_read_per_volume_and_per_path(tree):
     assert len(lines) == 1 and f" {len(FILES['dir/b.bin']) + len(FILES['dir/sub/c.txt'])} bytes" in lines[0]
 
 
+@pytest.mark.mount
 def test_evict_drops_a_files_blocks_and_the_next_read_fetches_them_again(tree):
     for key in ("a.bin", "other.bin"):
         tree.read(key)
@@ -127,6 +129,7 @@ def test_evict_drops_a_files_blocks_and_the_next_read_fetches_them_again(tree):
     assert tree.gets("other.bin") == before["other.bin"]
 
 
+@pytest.mark.mount
 def test_evict_of_a_directory_drops_everything_under_it(tree):
     for key in ("a.bin", "dir/b.bin", "dir/sub/c.txt"):
         tree.read(key)
@@ -135,6 +138,7 @@ def test_evict_of_a_directory_drops_everything_under_it(tree):
     assert used(tree.du("")) == {"bucket": len(FILES["a.bin"])}
 
 
+@pytest.mark.mount
 def test_clear_empties_a_volume_and_with_no_volume_the_whole_cache(tree):
     for key in ("a.bin", "dir/b.bin"):
         tree.read(key)
@@ -154,6 +158,7 @@ def damage(path: Path):
     path.write_bytes(data)
 
 
+@pytest.mark.mount
 def test_verify_drops_damaged_blocks_and_the_next_read_gets_the_right_bytes(tree):
     for key in ("a.bin", "dir/sub/c.txt"):
         tree.read(key)
@@ -175,6 +180,7 @@ def test_verify_drops_damaged_blocks_and_the_next_read_gets_the_right_bytes(tree
     assert "0 damaged" in tree.cache("verify", "").stdout
 
 
+@pytest.mark.mount
 def test_a_cache_a_daemon_holds_names_its_mount(workspace, moto, mount):
     tree = Tree(workspace, moto, mount, unmounted=False)
     tree.read("a.bin")
@@ -183,12 +189,14 @@ def test_a_cache_a_daemon_holds_names_its_mount(workspace, moto, mount):
     assert f"in use by the daemon serving {tree.mountpoint}" in done.stderr
 
 
+@pytest.mark.mount
 def test_a_path_in_no_volume_is_an_error(tree):
     tree.read("a.bin")
     done = tree.cache("du", "nothing/here", check=False)
     assert done.returncode == 1 and "/nothing/here: no volume is there" in done.stderr
 
 
+@pytest.mark.server
 async def test_a_block_a_reader_holds_is_dropped_once_the_reader_is_done(s3_bucket, tmp_path, monkeypatch):
     store, _ = s3_bucket
     data = os.urandom(2**20)
@@ -227,6 +235,7 @@ async def test_a_block_a_reader_holds_is_dropped_once_the_reader_is_done(s3_buck
     assert not cache.contains(name) and cache.size == 0
 
 
+@pytest.mark.mount
 def test_a_volume_a_reload_added_is_counted_and_evicted(workspace, moto, mount):
     tree = Tree(workspace, moto, mount, unmounted=False)
     tree.read("a.bin")

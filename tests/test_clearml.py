@@ -36,6 +36,7 @@ def check(config: Path) -> str:
     return result.stdout
 
 
+@pytest.mark.unit
 def test_the_example_clearml_conf(tmp_path, environment):
     config = write_config(tmp_path, f"""
         clearml: "{ROOT}/conf/clearml.conf"
@@ -64,6 +65,7 @@ def test_the_example_clearml_conf(tmp_path, environment):
         assert secret not in shown
 
 
+@pytest.mark.unit
 def test_fsmounts_own_keys_win(tmp_path, environment):
     config = write_config(tmp_path, f"""
         clearml: "{ROOT}/conf/clearml.conf"
@@ -81,6 +83,7 @@ def test_fsmounts_own_keys_win(tmp_path, environment):
     assert "staging.parallel_parts: 16 (fsmount's staging.parallel_parts wins)" in shown
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text, message", [
     ('sdk.aws.s3.credentials: [ { bucket: b, token: x } ]', ":1: sdk.aws.s3.credentials.[0].token: unknown key"),
     ('sdk {\n aws.boto3 { pool_connections: 0 } }', ":2: sdk.aws.boto3.pool_connections: expected a whole number above 0"),
@@ -97,6 +100,7 @@ def test_errors_name_the_clearml_file_line_and_key(tmp_path, text, message):
     assert str(error.value).startswith(f"{tmp_path}/clearml.conf{message}")
 
 
+@pytest.mark.mount
 def test_the_documents_snippets_mount_s3_azure_and_gcs(workspace, moto, azurite, fake_gcs, mount, token_server):
     token_uri, grants = token_server
     s3 = S3Bucket(moto, {"data/a.txt": b"from moto\n"})
@@ -163,6 +167,7 @@ def test_the_documents_snippets_mount_s3_azure_and_gcs(workspace, moto, azurite,
     assert grants and (workspace / "cache").is_dir()
 
 
+@pytest.mark.unit
 def test_a_single_put_past_5_gib_is_efbig(tmp_path):
     sparse = tmp_path / "huge.bin"
     with open(sparse, "wb") as stream:
@@ -173,6 +178,7 @@ def test_a_single_put_past_5_gib_is_efbig(tmp_path):
     assert error.value.errno == errno.EFBIG and "past S3's limit of 5 GiB for one PUT" in error.value.strerror
 
 
+@pytest.mark.mount
 def test_path_substitution_picks_the_local_copy_and_falls_back_to_the_store(workspace, moto, mount):
     bucket = S3Bucket(moto, {"datasets/x/a.txt": b"from the store\n"})
     local = workspace / "links" / "nfs" / "datasets" / "x"
@@ -201,6 +207,7 @@ def test_path_substitution_picks_the_local_copy_and_falls_back_to_the_store(work
     assert (workspace / "mnt" / "x" / "a.txt").read_bytes() == b"from the store\n"
 
 
+@pytest.mark.unit
 def test_fsmounts_own_path_substitution_comes_first(tmp_path):
     (tmp_path / "links" / "mine" / "x").mkdir(parents=True)
     config = write_config(tmp_path, f"""

@@ -7,6 +7,8 @@ import pytest
 from conftest import FSMOUNT, write_config
 from fsmount.config import ConfigError, load_config
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def links(tmp_path):

@@ -7,6 +7,8 @@ import pytest
 
 from conftest import write_config
 
+pytestmark = pytest.mark.mount
+
 NOBODY = 65534
 
 

@@ -11,6 +11,8 @@ from fsmount.credentials import (AzureCredentials, GcsCredentials, S3Credentials
                                  choose_gcs_credentials, choose_s3_credentials, parse_connection_string)
 from fsmount.volume_stores import Stores
 
+pytestmark = pytest.mark.unit
+
 ENTRIES = [
     S3Credentials(host="127.0.0.1:9000", key="minio-key", secure=False),
     S3Credentials(bucket="research", key="research-key", region="us-west-2"),

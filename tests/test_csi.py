@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from buckets import new_bucket
-from conftest import FSMOUNT, MOUNT_TIMEOUT, force_unmount, wait_for
+from conftest import FSMOUNT, MOUNT_TIMEOUT, check_log_files, force_unmount, require_kind, wait_for
 from fsmount.csi import csi_identity_pb2 as csi_identity, csi_identity_pb2_grpc
 from fsmount.csi import csi_node_pb2 as csi_node, csi_node_pb2_grpc
 from fsmount.csi.service import DRIVER_NAME
@@ -43,6 +43,7 @@ class Plugin:
         self.start()
 
     def start(self):
+        require_kind("mount", doing="runs the CSI plugin, which mounts")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [FSMOUNT, "csi", "--endpoint", f"unix://{self.socket}", "--node-id", "node-7",
@@ -108,6 +109,7 @@ def plugin(tmp_path):
     for pid in plugin.daemons():
         os.kill(pid, signal.SIGKILL)
     assert SECRET not in plugin.log()
+    check_log_files(plugin.log_path, *sorted(plugin.state.glob("logs/*.log")))
 
 
 @pytest.fixture
@@ -132,6 +134,7 @@ def daemon_logs(plugin: Plugin) -> str:
     return "".join(log.read_text(errors="replace") for log in (plugin.state / "logs").glob("*.log"))
 
 
+@pytest.mark.mount
 def test_identity_and_node_answers(plugin):
     info = plugin.identity.GetPluginInfo(csi_identity.GetPluginInfoRequest())
     assert info.name == DRIVER_NAME and info.vendor_version
@@ -145,6 +148,7 @@ def test_identity_and_node_answers(plugin):
     assert csi_node.NodeServiceCapability.RPC.STAGE_UNSTAGE_VOLUME not in kinds
 
 
+@pytest.mark.mount
 def test_two_targets_share_one_daemon_until_the_last_unpublish(plugin, bucket):
     first, second = target(plugin, "pod-a"), target(plugin, "pod-b")
     plugin.publish(first, bucket, **{"csi.storage.k8s.io/pod.name": "a"})  # what kubelet adds is not the volume's
@@ -173,6 +177,7 @@ def test_two_targets_share_one_daemon_until_the_last_unpublish(plugin, bucket):
     assert SECRET not in plugin.log() + daemon_logs(plugin)
 
 
+@pytest.mark.mount
 def test_concurrent_publishes_of_one_volume_start_one_daemon(plugin, bucket):
     pods = [target(plugin, f"pod-{index}") for index in range(4)]
     with ThreadPoolExecutor(len(pods)) as pool:
@@ -184,6 +189,7 @@ def test_concurrent_publishes_of_one_volume_start_one_daemon(plugin, bucket):
     assert plugin.daemons() == [] and not any(pod.exists() for pod in pods)
 
 
+@pytest.mark.mount
 def test_a_host_directory_inside_the_node_link_mounts(plugin):
     shared = plugin.directory / "links" / "models"
     shared.mkdir()
@@ -197,6 +203,7 @@ def test_a_host_directory_inside_the_node_link_mounts(plugin):
     assert plugin.daemons() == [] and (shared / "weights.bin").exists()
 
 
+@pytest.mark.mount
 def test_last_unpublish_waits_for_uploads(plugin, bucket):
     pod = target(plugin, "pod-w")
     plugin.publish(pod, bucket, mode="rw")
@@ -207,6 +214,7 @@ def test_last_unpublish_waits_for_uploads(plugin, bucket):
     assert plugin.daemons() == []
 
 
+@pytest.mark.mount
 def test_read_only_request_and_access_mode_force_ro(plugin, bucket):
     by_flag, by_mode = target(plugin, "pod-r"), target(plugin, "pod-s")
     plugin.publish(by_flag, bucket, readonly=True, mode="rw")
@@ -217,6 +225,16 @@ def test_read_only_request_and_access_mode_force_ro(plugin, bucket):
         assert refused.value.errno == errno.EROFS
 
 
+@pytest.mark.mount
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.csi: NodePublishVolume: INVALID_ARGUMENT: ",
+    r"WARNING fsmount\.csi: NodePublishVolume: FAILED_PRECONDITION: (an fsmount volume is a file system: block access is not supported|volume pv-data is published for a single writer already)$",
+    r"WARNING fsmount\.csi: NodePublishVolume: INTERNAL: the daemon of volume pv-data failed: ",
+    r"WARNING fsmount\.csi: NodePublishVolume: RESOURCE_EXHAUSTED: the volume.s cache share, 1GiB, is more than the 64MiB left of the node.s 64MiB$",
+    r"WARNING fsmount\.csi: NodeGetVolumeStats: NOT_FOUND: volume pv-data is not published on ",
+    r"WARNING fsmount\.csi: NodePublishVolume: ALREADY_EXISTS: \S+ holds volume pv-data published with other arguments$",
+    r"WARNING fsmount\.csi: NodeUnpublishVolume: INVALID_ARGUMENT: target_path is missing$",
+)
 def test_spec_error_codes(plugin, bucket):
     pod = target(plugin, "pod-e")
     good = {"source": f"s3://{bucket.name}/", "endpoint": bucket.server.url}
@@ -271,6 +289,10 @@ def test_spec_error_codes(plugin, bucket):
     assert SECRET not in plugin.log() + daemon_logs(plugin)
 
 
+@pytest.mark.mount
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.csi: NodePublishVolume: RESOURCE_EXHAUSTED: the volume.s cache share, 16MiB, is more than the 8MiB left of the node.s 64MiB$",
+)
 def test_each_volume_has_its_own_cache_within_the_node_bound(plugin, bucket, request):
     other = new_bucket(request, "s3", OBJECTS)
     first, second = target(plugin, "pod-1"), target(plugin, "pod-2")
@@ -288,6 +310,8 @@ def test_each_volume_has_its_own_cache_within_the_node_bound(plugin, bucket, req
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "8MiB left" in message  # 64 - 16 - 40
 
 
+@pytest.mark.mount
+@pytest.mark.expect_log(r"WARNING fsmount\.csi\.registry: volume pv-data: its daemon died; mounting it again$")
 def test_restarted_plugin_finds_its_daemons_and_repairs_dead_mounts(plugin, bucket):
     first, second = target(plugin, "pod-a"), target(plugin, "pod-b")
     plugin.publish(first, bucket)
@@ -310,6 +334,8 @@ def test_restarted_plugin_finds_its_daemons_and_repairs_dead_mounts(plugin, buck
     assert plugin.daemons() == []
 
 
+@pytest.mark.mount
+@pytest.mark.expect_log(r"WARNING fsmount\.csi\.registry: volume pv-data: its daemon died; mounting it again$")
 def test_daemon_killed_under_its_targets_is_repaired_by_the_next_publish(plugin, bucket):
     first, second = target(plugin, "pod-a"), target(plugin, "pod-b")
     plugin.publish(first, bucket)
@@ -325,6 +351,7 @@ def test_daemon_killed_under_its_targets_is_repaired_by_the_next_publish(plugin,
     assert len(plugin.daemons()) == 1
 
 
+@pytest.mark.mount
 def test_the_daemon_config_is_private_and_no_command_line_holds_the_secret(plugin, bucket):
     pod = target(plugin, "pod-a")
     plugin.publish(pod, bucket)
@@ -342,6 +369,7 @@ def _errno_of(path: Path) -> int | None:
     return None
 
 
+@pytest.mark.unit
 def test_generated_modules_are_what_the_protos_compile_to(tmp_path):
     """The committed csi_*_pb2*.py are, byte for byte, what grpcio-tools makes of the protos now, and each is short."""
     subprocess.run([str(ROOT / "scripts" / "protoc"), str(tmp_path)], check=True, timeout=60,
@@ -360,6 +388,7 @@ def _documents(name: str) -> list[dict]:
         return [document for document in yaml.safe_load_all(stream) if document]
 
 
+@pytest.mark.unit
 def test_manifests_give_the_sidecars_what_they_need(tmp_path):
     driver, = _documents("csidriver.yaml")
     assert driver["kind"] == "CSIDriver" and driver["metadata"]["name"] == DRIVER_NAME
@@ -396,6 +425,7 @@ def test_manifests_give_the_sidecars_what_they_need(tmp_path):
             check(str(tmp_path / f"{example.stem}.conf"), secret)  # fsmount takes the example as it is
 
 
+@pytest.mark.unit
 def test_the_node_config_of_the_manifests_is_one_fsmount_takes(tmp_path):
     config_map, = _documents("node-config.yaml")
     (tmp_path / "node.conf").write_text(config_map["data"]["node.conf"])

@@ -6,10 +6,14 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from buckets import S3Bucket
 from conftest import FSMOUNT, wait_for
 from servers import Proxy
 from test_object_volume import drop_page_cache, fill_bucket, s3_config
+
+pytestmark = pytest.mark.mount
 
 READERS = 8
 DATASET = {f"train/class-{index % 4}/sample-{index:03d}": os.urandom(10_000 + 997 * index) for index in range(64)}

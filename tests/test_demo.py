@@ -9,6 +9,8 @@ import pytest
 
 from conftest import mounted_paths
 
+pytestmark = pytest.mark.mount
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -17,6 +17,8 @@ from servers import FaultRelay, IpfsNode, WebServer
 from test_object_volume import drop_page_cache, volume_config
 from test_write_back import WRITE_BACK, make_tree, sync
 
+pytestmark = pytest.mark.mount
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 2**20
 BIG = random.Random(5).randbytes(6 * MIB + 12345)
@@ -163,6 +165,7 @@ def one_read(path) -> subprocess.CompletedProcess:
                            "iflag=direct", "status=none"], stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.expect_log(r"WARNING fsmount\.fs\.operations: read failed: \[Errno 5\] GET small/d1/f01\.bin ")
 def test_a_store_gone_serves_cached_blocks_fails_others_with_eio_and_comes_back(relayed, workspace, mount):
     """The outage lasts as long as the reads in it take (seconds), not the issue's minute."""
     bucket, relay = relayed

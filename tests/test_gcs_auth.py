@@ -15,6 +15,8 @@ from buckets import GcsBucket
 from conftest import TOKEN, write_config
 from servers import Proxy, TlsRelay
 
+pytestmark = pytest.mark.mount
+
 
 def service_account_key(token_uri: str) -> dict:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -48,6 +50,10 @@ def test_every_request_carries_the_token_of_the_service_account_key(workspace, f
     assert len(grants) == 1 and grants[0]["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
 
 
+@pytest.mark.expect_log(
+    r"WARNING urllib3\.connectionpool: Retrying \(Retry\(total=\d, .*\)\) after connection broken by 'SSLError\(SSLCertVerificationError\(1, '\[SSL: CERTIFICATE_VERIFY_FAILED\] certificate verify failed: ",
+    r"WARNING fsmount\.fs\.operations: lookup failed: \[Errno 5\] getting a token for volume-\d+: certificate verify failed: ",
+)
 def test_verify_reaches_the_token_requests_and_the_store_over_https(workspace, fake_gcs, mount, token_server, private_ca):
     """The untrusted volume reaches the store over plain http: only its token request meets a certificate."""
     token_uri, grants = token_server

@@ -12,6 +12,8 @@ import pytest
 from conftest import write_config
 from fsmount.config import ConfigError, load_config
 
+pytestmark = pytest.mark.mount
+
 AT_FDCWD, RENAME_NOREPLACE, RENAME_EXCHANGE = -100, 1, 2
 
 # Each line runs on its own; its exit status is part of what is compared.

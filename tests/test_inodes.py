@@ -7,6 +7,8 @@ import pytest
 from fsmount.fs.inodes import InodeTable
 from fsmount.volumes.base import Attrs
 
+pytestmark = pytest.mark.unit
+
 
 def volume_root(table):
     return table.pin(table.root, "vol", volume=object())

@@ -12,6 +12,8 @@ from conftest import write_config
 from servers import IpfsNode, WebServer
 from test_object_volume import BLOCK, drop_page_cache
 
+pytestmark = pytest.mark.mount
+
 CHUNK = 64 * 1024
 CHILDREN = 4  # links per file node: a file of 20 chunks has two levels of nodes above its leaves
 BIG = os.urandom(20 * CHUNK + 777)
@@ -146,6 +148,10 @@ def test_ipfs_volumes_are_read_only(workspace, mount, node):
 
 
 @pytest.mark.parametrize("reach", ["gateway", "api"])
+@pytest.mark.expect_log(
+    r"ERROR fsmount\.stores\.ipfs: IPFS http://127\.0\.0\.1:\d+: block \w+: the bytes received are not the block the CID names$",
+    r"WARNING fsmount\.fs\.operations: read failed: \[Errno 5\] block \w+: the bytes received are not the block the CID names$",
+)
 def test_a_block_that_does_not_match_its_cid_is_eio_and_a_log_line(workspace, mount, source, tmp_path, reach):
     second_leaf = CID("base32", 1, "raw", multihash.digest(BIG[CHUNK:2 * CHUNK], "sha2-256"))
     tampering = IpfsNode(tmp_path, source, *IMPORTS["cidv1"], "--tamper", str(second_leaf))
@@ -162,6 +168,9 @@ def test_a_block_that_does_not_match_its_cid_is_eio_and_a_log_line(workspace, mo
         tampering.stop()
 
 
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.fs\.operations: lookup failed: \[Errno 5\] GET block \w+: NewConnectionError$",
+)
 def test_a_node_that_is_down_gives_eio_for_what_is_not_cached(workspace, mount, source, tmp_path):
     down = IpfsNode(tmp_path, source, *IMPORTS["cidv1"])
     try:
@@ -181,6 +190,10 @@ def test_a_node_that_is_down_gives_eio_for_what_is_not_cached(workspace, mount, 
     ("html", "answered a raw block request for {cid} with None: not a trustless gateway"),
     ("404", "has no block {cid}"),
 ])
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.fs\.operations: readdir failed: \[Errno 5\] http://127\.0\.0\.1:\d+ "
+    r"(answered a raw block request for \w+ with None: not a trustless gateway|has no block \w+)$",
+)
 def test_a_gateway_without_the_raw_block_gives_eio_not_unchecked_bytes(workspace, mount, answer, logged):
     cid = CID("base32", 1, "dag-pb", multihash.digest(os.urandom(16), "sha2-256")).encode("base32")
     plain = WebServer({f"/ipfs/{cid}": b"<html>a directory listing</html>"} if answer == "html" else {})

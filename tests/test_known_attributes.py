@@ -1,6 +1,10 @@
 """KnownAttributes: metadata kept on disk by key and version, outliving the daemon, bounded in number."""
+import pytest
+
 from fsmount.cache import attributes
 from fsmount.cache.attributes import KnownAttributes
+
+pytestmark = pytest.mark.unit
 
 TIME = {"mtime": "1500000000.000000000"}
 

@@ -1,9 +1,13 @@
 """KnownListings: listings kept on disk come back as they were given, and one kept by an older fsmount is dropped."""
 import sqlite3
 
+import pytest
+
 from fsmount.cache import listings
 from fsmount.cache.listings import KnownListings
 from fsmount.stores.base import NO_METADATA, ObjectInfo
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_listing_comes_back_as_it_was_kept(tmp_path):

@@ -13,6 +13,8 @@ from fsmount.staging.area import read_journal
 from servers import Proxy
 from test_object_volume import volume_config
 
+pytestmark = pytest.mark.mount
+
 FILES = 40  # written one after another, each listed and found right after its close
 
 

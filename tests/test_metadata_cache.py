@@ -2,7 +2,11 @@
 import math
 import time
 
+import pytest
+
 from fsmount.cache.metadata import ExpiringCache
+
+pytestmark = pytest.mark.unit
 
 
 def test_entries_expire():

@@ -89,6 +89,7 @@ def metered(workspace, moto, mount):
     return workspace / "mnt" / "bucket", bucket, port, daemon
 
 
+@pytest.mark.mount
 def test_a_cold_read_moves_bytes_in_and_misses_and_the_read_again_moves_only_hits(metered):
     root, _, port, _ = metered
     os.stat(root / "big.bin")
@@ -114,6 +115,7 @@ def test_a_cold_read_moves_bytes_in_and_misses_and_the_read_again_moves_only_hit
     assert warm.has("process_resident_memory_bytes") and warm.has("process_cpu_seconds_total")
 
 
+@pytest.mark.mount
 def test_writes_move_put_and_part_counts_and_bytes_out(metered):
     root, bucket, port, _ = metered
     small, large = os.urandom(3000), os.urandom(11 * 2**20 + 7)  # the large one: parts of 5, 5 and 1 MiB
@@ -131,6 +133,7 @@ def test_writes_move_put_and_part_counts_and_bytes_out(metered):
     assert after.value("fsmount_uploads_pending") == 0 and after.value("fsmount_staging_bytes") >= 0
 
 
+@pytest.mark.mount
 def test_fuse_errors_are_counted_by_operation_and_errno(metered):
     root, _, port, _ = metered
     before = Scrape(port)
@@ -146,6 +149,12 @@ def test_fuse_errors_are_counted_by_operation_and_errno(metered):
     assert moved(before, after, "fsmount_fuse_requests_total", op="lookup") >= 3
 
 
+@pytest.mark.mount
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.fs\.operations: read failed: \[Errno 5\] GET other\.bin ",
+    r"WARNING fsmount\.volumes\.uploads: uploading new\.bin failed \(PUT new\.bin: .*\); it stays staged in .* and is tried again$",
+    r"WARNING fsmount\.fs\.operations: flush failed: \[Errno 5\] uploading new\.bin failed$",
+)
 def test_healthz_turns_503_naming_the_volume_while_its_store_is_away_and_200_after(workspace, moto, mount):
     bucket = S3Bucket(moto, {"big.bin": BIG, "other.bin": BIG[:1000]})
     relay = FaultRelay(moto.port)
@@ -187,6 +196,7 @@ def test_healthz_turns_503_naming_the_volume_while_its_store_is_away_and_200_aft
         relay.close()
 
 
+@pytest.mark.mount
 def test_the_log_survives_logrotate_sigusr2_toggles_debug_lines_and_none_has_a_secret(metered, workspace):
     root, _, port, daemon = metered
     log, rotated = workspace / "fsmount.log", workspace / "fsmount.log.1"
@@ -209,6 +219,7 @@ def test_the_log_survives_logrotate_sigusr2_toggles_debug_lines_and_none_has_a_s
         assert secret not in everything
 
 
+@pytest.mark.server
 def test_a_taken_port_stops_the_mount_with_an_error_naming_the_key(workspace, moto):
     bucket = S3Bucket(moto, {"big.bin": BIG})
     with socket.socket() as taken:
@@ -222,6 +233,7 @@ def test_a_taken_port_stops_the_mount_with_an_error_naming_the_key(workspace, mo
     assert f"metrics.listen: cannot listen on 127.0.0.1:{port}" in done.stderr
 
 
+@pytest.mark.unit
 def test_a_bad_listen_address_names_the_file_line_and_key(workspace):
     config = write_config(workspace, """
         volumes { data { source: "file:///tmp" } }
@@ -234,12 +246,13 @@ def test_a_bad_listen_address_names_the_file_line_and_key(workspace):
     assert f"{config}:4: metrics.listen: expected host:port" in done.stderr
 
 
+@pytest.mark.mount
 def test_a_volume_a_reload_removes_leaves_the_metrics_and_the_health(workspace, moto, mount):
     first, second = S3Bucket(moto, {"big.bin": BIG}), S3Bucket(moto, {"small.bin": b"small"})
     port = free_base([])
     two_volumes = metrics_config(workspace, first, port).read_text().replace(
-        "volumes {", f"""credentials {{ s3: [ {{ bucket: {second.name}, key: "{KEY}", secret: "{SECRET}" }} ] }}
-        volumes {{ other {{ source: "s3://{second.name}/", endpoint: "{second.server.url}" }}""")
+        "s3: [ ", f"""s3: [ {{ bucket: {second.name}, key: "{KEY}", secret: "{SECRET}" }}, """).replace(
+        "volumes {", f"""volumes {{ other {{ source: "s3://{second.name}/", endpoint: "{second.server.url}" }}""")
     config = write_config(workspace, two_volumes)
     mount(config, workspace / "mnt")
     assert (workspace / "mnt" / "other" / "small.bin").read_bytes() == b"small"

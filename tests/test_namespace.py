@@ -5,6 +5,8 @@ import stat
 
 import pytest
 
+pytestmark = pytest.mark.mount
+
 
 def test_root_and_virtual_directories_list_the_volumes(host_tree):
     mnt, _, _ = host_tree

@@ -15,6 +15,8 @@ from conftest import wait_for, write_config
 from fsmount.volumes.object_reads import SEEKS_AT_RANDOM
 from servers import s3_admin, serve
 
+pytestmark = pytest.mark.mount
+
 BLOCK = 2**20
 TTL = 2  # volume_config's metadata_ttl, in seconds
 BIG = os.urandom(5 * BLOCK + 12345)
@@ -369,6 +371,9 @@ def test_even_the_debug_log_shows_no_signed_request_and_no_library_chatter(reque
         assert request_detail not in logged
 
 
+@pytest.mark.expect_log(
+    r"ERROR fsmount\.stores\.s3: bucket no-such-bucket does not exist at \S+: listing and reading its volume fail with EIO$",
+)
 def test_a_bucket_that_does_not_exist_is_one_log_line_and_eio(workspace, mount, moto):
     daemon = mount(s3_config(workspace, moto, "no-such-bucket"), workspace / "mnt")
     root = workspace / "mnt" / "bucket"
@@ -381,6 +386,7 @@ def test_a_bucket_that_does_not_exist_is_one_log_line_and_eio(workspace, mount, 
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.expect_log(r"WARNING fsmount\.fs\.operations: read failed: \[Errno 5\] GET big\.bin \[\d+\+\d+\]: ")
 def test_a_store_that_goes_down_gives_eio_and_keeps_cached_bytes(workspace, mount, kind):
     server = serve(SERVER_SCRIPT_NAME[kind], workspace)
     try:

@@ -22,6 +22,8 @@ from servers import Proxy
 from fsmount.volumes.object_reads import SEEKS_AT_RANDOM
 from test_object_volume import drop_page_cache, volume_config
 
+pytestmark = pytest.mark.mount
+
 PART = 5 * 2**20
 
 
@@ -426,7 +428,7 @@ def test_a_full_staging_area_gives_enospc_and_loses_nothing_else(workspace, moto
 
 
 @pytest.fixture(params=KINDS)
-def behind_proxy(request, workspace, mount):
+def behind_proxy(request, workspace):
     """(config, volume root, bucket, proxy) of an rw volume whose server is reached through a Proxy, on each kind
     of store."""
     bucket = new_bucket(request, request.param)
@@ -447,6 +449,9 @@ def status(config) -> str:
     return subprocess.run([FSMOUNT, "status", str(config)], check=True, capture_output=True, text=True).stdout
 
 
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.staging\.area: \S+ unfinished was still being written when fsmount stopped; it was never closed, so it is not uploaded: its bytes are kept in ",
+)
 def test_a_file_never_closed_when_the_daemon_is_killed_is_kept_aside(behind_proxy, mount, workspace):
     config, root, bucket, _ = behind_proxy
     daemon = mount(config, workspace / "mnt")
@@ -483,6 +488,10 @@ def test_a_daemon_killed_mid_upload_uploads_again_on_its_next_start(behind_proxy
     assert "was closed but not uploaded" in daemon.log()
 
 
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.volumes\.uploads: uploading retried\.bin failed \(.* retried\.bin: .*\); it stays staged in .* and is tried again$",
+    r"WARNING fsmount\.fs\.operations: flush failed: \[Errno 5\] uploading retried\.bin failed$",
+)
 def test_a_server_gone_mid_upload_fails_close_and_the_upload_is_retried(behind_proxy, mount, workspace):
     config, root, bucket, proxy = behind_proxy
     mount(config, workspace / "mnt")

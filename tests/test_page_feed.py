@@ -15,6 +15,8 @@ from fsmount.volumes.prefetch import Prefetcher
 from fsmount.volumes.uploads import UploadSettings
 from fsmount.volumes.writable import WritableObjectVolume
 
+pytestmark = pytest.mark.server
+
 BLOCK = 2**20
 PATH = ("f.bin",)
 

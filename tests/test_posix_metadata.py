@@ -17,6 +17,8 @@ from conftest import wait_for
 from test_object_volume import volume_config
 from test_object_writes import restart
 
+pytestmark = pytest.mark.mount
+
 OLD = {"old.txt": b"old bytes\n", "dir/inside.txt": b"inside\n"}
 
 

@@ -58,6 +58,7 @@ def untar_and_compare(data: bytes, tree, destination):
     assert long_listing(destination) == long_listing(tree)
 
 
+@pytest.mark.unit
 def test_publish_to_a_file_untars_to_the_same_tree(tree, tmp_path):
     result = tmp_path / "result.tar.gz"
     url, checksum = publish(tree, "--to", f"file://{result}").split()
@@ -82,6 +83,7 @@ def target_config(directory, bucket) -> tuple[str, list[str]]:
     return config, ["--config", str(config), "--to", f"{url}/runs/result.tar.gz", "--endpoint", endpoint]
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("kind", KINDS)
 def test_publish_to_an_object_store_puts_a_tarball_of_the_tree_with_its_sha256(request, kind, tree, tmp_path):
     bucket = new_bucket(request, kind)
@@ -101,6 +103,7 @@ def test_publish_to_an_object_store_puts_a_tarball_of_the_tree_with_its_sha256(r
     untar_and_compare(data, tree, tmp_path / "out")
 
 
+@pytest.mark.mount
 def test_publish_to_ipfs_reads_back_through_a_volume_of_the_printed_cid(tree, tmp_path_factory, workspace, mount):
     node = IpfsNode(tmp_path_factory.mktemp("ipfs"), tree / "data" / "nested")
     try:
@@ -132,11 +135,13 @@ def interrupt_half_way(directory, *arguments) -> subprocess.CompletedProcess:
     return process
 
 
+@pytest.mark.unit
 def test_an_interrupted_publish_to_a_file_leaves_no_result(big_tree, tmp_path):
     interrupt_half_way(big_tree, "--to", f"file://{tmp_path}/result.tar.gz")
     assert sorted(os.listdir(tmp_path)) == ["big"]
 
 
+@pytest.mark.server
 def test_an_interrupted_publish_to_s3_leaves_no_object_and_no_upload(request, big_tree, tmp_path):
     bucket = new_bucket(request, "s3")
     _, arguments = target_config(tmp_path, bucket)

@@ -1,7 +1,11 @@
 """ReceiveBuffers: large bodies reuse memory, never memory that something still holds."""
 import weakref
 
+import pytest
+
 from fsmount.stores.ranges import ReceiveBuffers
+
+pytestmark = pytest.mark.unit
 
 MIB = 2**20
 

@@ -15,6 +15,8 @@ from fsmount import control
 from fsmount.control import socket_path
 from servers import AZURITE_ACCOUNT, AZURITE_KEY, azurite_endpoint
 
+pytestmark = pytest.mark.mount
+
 NUMBERS = bytes(range(256)) * 4096
 
 
@@ -117,6 +119,9 @@ def test_a_changed_volume_comes_back_once_its_files_are_closed(workspace, links,
      "4: volumes.scratch.mode: expected ro or rw, got 'rx'"),
     ('volumes {\n  data { source: "file://LINKS/data" }\n  scratch { source: \n', "5: not valid HOCON"),
 ])
+@pytest.mark.expect_log(
+    r"ERROR fsmount\.reload: reload refused, the tree stays as it was: .*/fsmount\.conf:\d+: (volumes\.scratch\.mode: expected ro or rw|not valid HOCON)",
+)
 def test_a_config_that_does_not_check_is_refused_whole(workspace, links, mount, broken, key):
     mnt = workspace / "mnt"
     config = host_config(workspace, {"data": "data", "notes": "notes"})
@@ -131,6 +136,9 @@ def test_a_config_that_does_not_check_is_refused_whole(workspace, links, mount, 
     assert (mnt / "notes" / "notes.txt").read_text() == "in notes\n"
 
 
+@pytest.mark.expect_log(
+    r"ERROR fsmount\.reload: reload refused, the tree stays as it was: .*/fsmount\.conf:\d+: mystery: unknown key",
+)
 def test_sighup_reloads_and_no_longer_unmounts(workspace, links, mount):
     mnt = workspace / "mnt"
     daemon = mount(host_config(workspace, {"data": "data"}), mnt)
@@ -176,6 +184,7 @@ def test_the_log_level_changes(workspace, links, mount):
     assert "volume notes added" in daemon.log()
 
 
+@pytest.mark.expect_log(r"WARNING fsmount\.reload: reload: attr_timeout, cache, staging changed, which takes a remount")
 def test_settings_a_mount_fixes_wait_for_a_remount(workspace, links, mount):
     mnt = workspace / "mnt"
     config = host_config(workspace, {"data": "data"})
@@ -260,6 +269,7 @@ def test_a_removed_volume_sends_its_waiting_uploads(workspace, moto, mount):
     assert bucket.get("new.txt") == b"written, closed, not yet sent\n"
 
 
+@pytest.mark.expect_log(r"ERROR fsmount\.reload: volume bad cannot be added: bucket nowhere: unusable credentials_json")
 def test_a_volume_that_cannot_start_fails_alone(workspace, links, mount):
     (workspace / "key.json").write_text('{"type": "service_account"}')  # a key that checks, and that Google refuses
 

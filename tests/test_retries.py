@@ -10,6 +10,8 @@ from fsmount.stores.base import AccessDenied, NotFound, Throttled, Unavailable, 
 from fsmount.stores.retries import Backoff, RetryPolicy
 from conftest import write_config
 
+pytestmark = pytest.mark.unit
+
 
 def attempted(policy: RetryPolicy, failures: list[Exception]) -> tuple[int, str | Exception]:
     """(attempts made, the result or the error that ended them) of a request failing with FAILURES in turn, then

@@ -20,6 +20,8 @@ from buckets import S3Bucket
 from conftest import write_config
 from servers import Proxy
 
+pytestmark = pytest.mark.mount
+
 REQUEST = re.compile(rb"(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/1\.1\r\n(.*?)\r\n\r\n", re.DOTALL)
 
 

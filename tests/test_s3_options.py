@@ -12,6 +12,8 @@ from conftest import write_config
 from servers import s3_admin
 from test_object_volume import fill_bucket, s3_config
 
+pytestmark = pytest.mark.mount
+
 DATA = os.urandom(3 * 2**20 + 777)
 
 
@@ -57,6 +59,10 @@ def test_a_matching_checksum_reads(workspace, moto, mount, encoding):
     assert (workspace / "mnt" / "model" / "m.bin").read_bytes() == DATA
 
 
+@pytest.mark.expect_log(
+    r"ERROR fsmount\.volumes\.single: models/m\.bin: SHA-256 \w+, not the \w+ the config asks for; reads fail with EIO$",
+    r"WARNING fsmount\.fs\.operations: open failed: \[Errno 5\] checksum mismatch$",
+)
 def test_a_checksum_mismatch_is_eio_and_a_log_line(workspace, moto, mount):
     bucket = fill_bucket(moto, {"models/m.bin": DATA})
     wrong = hashlib.sha256(b"other bytes").hexdigest()

@@ -13,6 +13,8 @@ from fsmount.stores.s3 import S3Endpoint, S3Store
 from fsmount.stores.s3_signing import addressing_style
 from test_store_contract import AWKWARD_KEYS
 
+pytestmark = pytest.mark.unit
+
 NOW = datetime.datetime(2026, 11, 22, 12, 0, 0)
 
 

@@ -22,6 +22,8 @@ from buckets import S3Bucket
 from conftest import FSMOUNT, Daemon, wait_for, write_config
 from servers import IpfsNode, WebServer
 
+pytestmark = pytest.mark.mount
+
 BLOCK = 2**20
 WRITE_BACK = 2.0  # staging.write_back of the shared tree, in seconds
 TTL_SHORT = 2  # metadata_ttl of s3/fresh and s3/rw, in seconds
@@ -192,6 +194,10 @@ def test_s2_3_a_read_write_object_volume_takes_writes(tree):
     assert tree.rw.get("kinds.txt") == b"written"
 
 
+@pytest.mark.expect_log(
+    r"ERROR fsmount\.volumes\.single: single\.bin: SHA-256 \w+, not the 0{64} the config asks for; reads fail with EIO$",
+    r"WARNING fsmount\.fs\.operations: open failed: \[Errno 5\] checksum mismatch$",
+)
 def test_s2_4_a_single_object_volume_holds_its_object_checked_against_its_sha256(tree):
     good, bad = tree.mnt / "single" / "good", tree.mnt / "single" / "bad"
     assert os.listdir(good) == ["single.bin"]
@@ -616,6 +622,9 @@ def test_s16_a_second_daemon_on_the_same_cache_directory_is_refused(tree, tmp_pa
 
 # 17. What a crash leaves
 
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.staging\.area: \S+ open was still being written when fsmount stopped; it was never closed, so it is not uploaded: ",
+)
 def test_s17_a_killed_daemon_leaves_enotconn_and_its_next_start_uploads_what_was_closed(workspace, mount, moto):
     root, bucket, daemon, config = rw_volume(workspace, mount, moto, "write_back: 1h")
     (root / "draft").write_bytes(b"closed before the kill\n")
@@ -650,6 +659,9 @@ def test_s17_a_killed_daemon_leaves_enotconn_and_its_next_start_uploads_what_was
 
 # 18. Errors
 
+@pytest.mark.expect_log(
+    r"ERROR fsmount\.stores\.s3: bucket no-such-bucket-for-semantics does not exist at \S+: listing and reading its volume fail with EIO$",
+)
 def test_s18_errors_are_the_errnos_the_contract_names(tree):
     missing = tree.mnt / "s3" / "missing"
     assert errno_of(lambda: os.listdir(missing)) == errno.EIO  # a bucket that does not exist

@@ -6,6 +6,8 @@ import pytest
 
 from fsmount.staging.area import CLOSED, StagingArea, read_journal
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_restart_uploads_closed_files_and_keeps_open_ones_aside(tmp_path, caplog):
     area = StagingArea(str(tmp_path), 2**20)

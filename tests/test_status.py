@@ -29,6 +29,10 @@ def state(mountpoint) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.mount
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.volumes\.uploads: uploading data/new\.bin failed \(PUT data/new\.bin: 500\); it stays staged in \S+ and is tried again$",
+)
 def test_status_shows_volumes_cache_and_an_upload_the_store_refuses(relayed, workspace, mount):
     bucket, relay = relayed
     config = volume_config(workspace, bucket, extra="mode: rw", url=relay.url, staging="write_back: 0.2",
@@ -66,6 +70,7 @@ def test_status_shows_volumes_cache_and_an_upload_the_store_refuses(relayed, wor
     assert state(workspace / "mnt")["volumes"][0]["health"]["ok"]
 
 
+@pytest.mark.server
 def test_without_a_daemon(relayed, workspace):
     bucket, relay = relayed
     config = volume_config(workspace, bucket, url=relay.url)

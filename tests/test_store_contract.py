@@ -19,6 +19,8 @@ from fsmount.stores.retries import RetryPolicy
 from fsmount.stores.s3 import S3Endpoint, S3Store
 from servers import AZURITE_ACCOUNT, AZURITE_KEY, azurite_endpoint
 
+pytestmark = pytest.mark.server
+
 PART = 5 * 2**20  # the smallest part S3 accepts
 
 

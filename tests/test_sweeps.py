@@ -1,8 +1,11 @@
 """DirectorySweeps on its own: when a directory's files are fetched ahead of their readers, and how many."""
+import pytest
 import trio
 import trio.testing
 
 from fsmount.volumes.prefetch import DirectorySweeps, Piece, Prefetcher
+
+pytestmark = pytest.mark.unit
 
 FILES = 100
 SIZE = 1000

@@ -34,6 +34,7 @@ async def expect_errno(expected, call):
     assert error.value.errno in expected, error.value
 
 
+@pytest.mark.unit
 async def test_names_with_dot_dot_or_slashes_are_refused(planted, threaded):
     source, _ = planted
     volume = HostVolume(str(source), threaded=threaded)
@@ -42,6 +43,7 @@ async def test_names_with_dot_dot_or_slashes_are_refused(planted, threaded):
     await volume.close()
 
 
+@pytest.mark.unit
 async def test_symlinked_parents_are_not_followed(planted, threaded):
     source, outside = planted
     volume = HostVolume(str(source), threaded=threaded)
@@ -63,6 +65,7 @@ async def test_symlinked_parents_are_not_followed(planted, threaded):
     await volume.close()
 
 
+@pytest.mark.mount
 def test_directory_swapped_for_a_symlink_behind_the_kernels_back(host_tree, tmp_path):
     mnt, links, _ = host_tree
     outside = tmp_path / "outside"

@@ -47,6 +47,7 @@ def s3_https_config(workspace, relay, bucket: str, verify: str | None) -> str:
     """)
 
 
+@pytest.mark.mount
 @pytest.mark.parametrize("named", ["path", "url"])
 def test_an_s3_server_over_https_is_read_written_and_listed_with_verify_naming_its_ca(
         workspace, moto, mount, private_ca, s3_over_https, ca_server, named):
@@ -69,7 +70,12 @@ def test_an_s3_server_over_https_is_read_written_and_listed_with_verify_naming_i
     assert "certificate" not in daemon.log() and "region is unknown" not in daemon.log()
 
 
+@pytest.mark.mount
 @pytest.mark.parametrize("trusted", ["other-ca", "system"])
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.stores\.s3: bucket volume-\d+: its region is unknown \(HEAD BUCKET volume-\d+: certificate verify failed: ",
+    r"WARNING fsmount\.fs\.operations: (readdir|lookup) failed: \[Errno 5\] (LIST \S*|HEAD \S+): certificate verify failed: ",
+)
 def test_an_s3_server_whose_certificate_the_ca_does_not_vouch_for_is_eio_at_once_and_a_log_line(
         workspace, moto, mount, other_ca, s3_over_https, trusted):
     bucket = fill_bucket(moto, {"small.txt": SMALL})
@@ -95,7 +101,11 @@ def ipfs_node(tmp_path_factory):
     node.stop()
 
 
+@pytest.mark.mount
 @pytest.mark.parametrize("reach", ["gateway", "api"])
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.fs\.operations: readdir failed: \[Errno 5\] (GET block|block/get) \w+: certificate verify failed: ",
+)
 def test_an_ipfs_node_over_https_is_read_with_verify_naming_its_ca(workspace, mount, ipfs_node, private_ca, other_ca,
                                                                     reach):
     """The untrusted volume is read first: the volumes share the cache of blocks and listings by CID."""
@@ -121,6 +131,7 @@ def test_an_ipfs_node_over_https_is_read_with_verify_naming_its_ca(workspace, mo
         relay.close()
 
 
+@pytest.mark.mount
 def test_a_ca_bundle_url_is_fetched_once_at_start_however_many_volumes_name_it(workspace, mount, private_ca, ca_server):
     files = WebServer({"/a.txt": b"first\n", "/b.txt": b"second\n"}, tls=private_ca.server)
     try:
@@ -146,6 +157,7 @@ def _closed_port() -> int:
         return listener.getsockname()[1]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path, reason", [
     ("/absent.pem", "could not be fetched: the server answered 404"),
     ("/page.html", "holds no PEM certificate"),

@@ -12,6 +12,8 @@ from fsmount.multiaddr import api_url
 from fsmount.volumes.host import filesystem_type
 from fsmount.units import format_size, parse_duration, parse_size
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("text, size", [
     ("8MiB", 8 * 2**20), ("8M", 8 * 2**20), ("20GiB", 20 * 2**30), ("512KiB", 512 * 1024),

@@ -4,6 +4,8 @@ from multiformats import CID, multihash
 
 from fsmount.stores import unixfs
 
+pytestmark = pytest.mark.unit
+
 
 def cid_of(block: bytes, codec: str = "dag-pb") -> CID:
     return CID("base32", 1, codec, multihash.digest(block, "sha2-256"))

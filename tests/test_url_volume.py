@@ -13,6 +13,8 @@ from conftest import wait_for, write_config
 from servers import WebServer
 from test_object_volume import BLOCK, drop_page_cache
 
+pytestmark = pytest.mark.mount
+
 BIG = os.urandom(5 * BLOCK + 12345)
 FILES = {"/data/big.bin": BIG, "/data/small.csv": b"x,y\n1,2\n", "/moved/notes.txt": b"followed a redirect\n"}
 
@@ -97,6 +99,9 @@ def test_a_changed_file_is_seen_after_the_ttl(workspace, mount, web):
 
 
 @pytest.mark.parametrize("ranges", [True, False], ids=["ranges", "no-ranges"])
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.fs\.operations: lookup failed: \[Errno 5\] HEAD small\.csv: \[SSL: CERTIFICATE_VERIFY_FAILED\] certificate verify failed: ",
+)
 def test_an_https_server_of_a_private_ca_is_read_with_verify_naming_the_ca(workspace, mount, tmp_path, ranges):
     """The CA file reaches every request: the HEAD, the ranged GETs and the whole download of a server
     without ranges. A volume that does not name it fails with EIO and a log line saying why."""

@@ -9,6 +9,8 @@ from buckets import relayed_bucket
 from conftest import FSMOUNT
 from test_object_volume import drop_page_cache, volume_config
 
+pytestmark = pytest.mark.mount
+
 MIB = 2**20
 SMALL = {f"train/part{index % 3}/sample{index:03}.bin": random.Random(index).randbytes(5000 + 911 * index)
          for index in range(30)}

@@ -16,6 +16,8 @@ from servers import Proxy
 from test_object_volume import volume_config
 from test_object_writes import restart, status
 
+pytestmark = pytest.mark.mount
+
 WRITE_BACK = "write_back: 2s"
 
 
@@ -156,6 +158,11 @@ def test_a_daemon_killed_after_a_rename_uploads_the_final_names_on_its_next_star
     assert "was closed but not uploaded" in daemon.log()
 
 
+@pytest.mark.expect_log(
+    r"WARNING fsmount\.volumes\.uploads: uploading refused\.txt failed \(PUT refused\.txt: .*\); it stays staged in .* and is tried again$",
+    r"WARNING fsmount\.fs\.operations: fsync failed: \[Errno 5\] uploading refused\.txt failed$",
+    r"WARNING fsmount\.fs\.operations: fsyncdir failed: \[Errno 5\] 1 uploads failed: refused\.txt$",
+)
 def test_fsync_fails_with_eio_while_the_store_refuses_and_the_file_goes_up_once_it_takes_it(workspace, moto, mount):
     bucket = S3Bucket(moto)
     proxy = Proxy(moto.port)

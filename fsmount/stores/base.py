@@ -171,6 +171,15 @@ def unanswered(what: str, failure: BaseException) -> StoreError:
     return Unavailable(f"{what}: {type(failure).__name__}")
 
 
+def raise_store_error_of(group: BaseExceptionGroup):
+    """Raises the OSError among GROUP's, what a nursery of requests raised, as one request would have raised it; GROUP
+    itself if none is."""
+    failure = next((error for error in group.exceptions if isinstance(error, OSError)), None)
+    if failure is None:
+        raise group
+    raise failure from None
+
+
 def retry_after_seconds(header: str | None) -> float | None:
     """A Retry-After header's wait in seconds: it is a number of seconds or an HTTP date."""
     if not header:

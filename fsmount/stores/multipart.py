@@ -9,7 +9,7 @@ from typing import Callable
 
 import trio
 
-from fsmount.stores.base import ObjectInfo
+from fsmount.stores.base import ObjectInfo, raise_store_error_of
 
 
 class PartUpload:
@@ -140,6 +140,4 @@ async def send_file(store, key: str, path: str, size: int, part_size: int, paral
         async with trio.open_nursery() as nursery:
             return await PartUpload(store, key, part_size, parallel, nursery, path, metadata).finish(size)
     except BaseExceptionGroup as group:  # the nursery's wrapping of it
-        if len(group.exceptions) > 1:
-            raise
-        raise group.exceptions[0] from None
+        raise_store_error_of(group)

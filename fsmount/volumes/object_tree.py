@@ -19,7 +19,7 @@ from fsmount.cache.listings import KnownListings
 from fsmount.cache.metadata import ExpiringCache
 from fsmount.memory import CHANGES_KEPT, LISTED_ENTRIES_KEPT, LISTING_ENTRIES_KEPT, NAMES_KEPT
 from fsmount.stores.aio import TrioStore
-from fsmount.stores.base import NotFound, ObjectInfo
+from fsmount.stores.base import NotFound, ObjectInfo, raise_store_error_of
 from fsmount.volumes.base import Path
 from fsmount.volumes.object_attributes import ObjectAttributes
 
@@ -133,11 +133,8 @@ class ObjectTree:
             async with trio.open_nursery() as nursery:  # one round trip, not two
                 nursery.start_soon(directory)
                 nursery.start_soon(file)
-        except BaseExceptionGroup as group:  # the store's error, as one request would have raised it
-            failure = next((error for error in group.exceptions if isinstance(error, OSError)), None)
-            if failure is None:
-                raise
-            raise failure from None
+        except BaseExceptionGroup as group:
+            raise_store_error_of(group)
         info = None if found["directory"] else found.get("file")
         if found["directory"] or (info is not None and self.shows(info.key)):
             self.remember(path, info)
