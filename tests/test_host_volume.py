@@ -5,11 +5,10 @@ import hashlib
 import os
 import stat
 import subprocess
-import time
 
 import pytest
 
-from conftest import write_config
+from conftest import wait_for, write_config
 from fsmount.config import ConfigError, load_config
 
 pytestmark = pytest.mark.mount
@@ -318,10 +317,9 @@ def test_forgotten_files_are_dropped_by_the_daemon(host_tree):
     # The kernel drops unused dentries and sends FORGET; a name looked up again is a new node.
     with open("/proc/sys/vm/drop_caches", "w") as drop:
         drop.write("2")
-    time.sleep(0.5)
-    after = {entry.name: entry.inode() for entry in os.scandir(mnt / "scratch")}
-    assert set(after) == set(before)
-    assert not set(after.values()) & set(before.values())
+    inodes = lambda: {entry.name: entry.inode() for entry in os.scandir(mnt / "scratch")}
+    wait_for(lambda: not set(inodes().values()) & set(before.values()), 10, "the daemon to drop the forgotten nodes")
+    assert set(inodes()) == set(before)
 
 
 def test_changes_on_the_host_are_seen(host_tree):
