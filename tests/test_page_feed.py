@@ -9,6 +9,7 @@ import trio.testing
 
 from fsmount.cache.blocks import BlockCache
 from fsmount.cache.attributes import KnownAttributes
+from fsmount.memory import MemoryBudgets
 from fsmount.staging.area import StagingArea
 from fsmount.volumes.object_reads import SEEKS_AT_RANDOM
 from fsmount.volumes.prefetch import Prefetcher
@@ -39,7 +40,8 @@ async def test_no_old_pages_reach_the_kernel_once_the_file_is_opened_anew(s3_buc
     volume = WritableObjectVolume(store, "", StagingArea(str(tmp_path / "staging"), 64 * BLOCK),
                                   UploadSettings(8 * BLOCK, 8 * BLOCK, 2, 0), 100, cache=BlockCache(str(tmp_path), 64 * BLOCK, BLOCK),
                                   known_attributes=KnownAttributes(str(tmp_path)), prefetcher=Prefetcher(4), metadata_ttl=60,
-                                  read_ahead=4 * BLOCK, uid=0, gid=0)
+                                  read_ahead=4 * BLOCK, uid=0, gid=0,
+                                  memory=MemoryBudgets.for_blocks_of(BLOCK))
     stored, release = [], trio.Event()
 
     async def store_pages(offset, _):

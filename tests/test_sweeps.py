@@ -3,12 +3,14 @@ import pytest
 import trio
 import trio.testing
 
+from fsmount.memory import MemoryBudgets
 from fsmount.volumes.prefetch import DirectorySweeps, Piece, Prefetcher
 
 pytestmark = pytest.mark.unit
 
 FILES = 100
 SIZE = 1000
+IN_FLIGHT_LIMIT = MemoryBudgets.for_blocks_of(2**20).sweeps_in_flight  # the daemon's
 
 
 class Directory:
@@ -32,7 +34,7 @@ async def sweeping(test, ahead_limit=10**9):
     prefetcher = Prefetcher(8)
     async with trio.open_nursery() as nursery:
         await nursery.start(prefetcher.run)
-        sweeps = DirectorySweeps(prefetcher, directory.fill, ahead_limit)
+        sweeps = DirectorySweeps(prefetcher, directory.fill, ahead_limit, IN_FLIGHT_LIMIT)
 
         def read(position):
             directory.filled.append(f"file-{position:03d}")  # what a reader read is cached

@@ -47,14 +47,13 @@ class ObjectVolume(Volume):
     has_xattrs = True
     def __init__(self, store: TrioStore, prefix: str, cache: BlockCache, known_attributes: KnownAttributes,
                  prefetcher: Prefetcher, metadata_ttl: float, read_ahead: int, uid: int, gid: int, read_only: bool,
-                 key_filter: re.Pattern | None = None, known_listings: KnownListings | None = None,
-                 memory: MemoryBudgets | None = None):
+                 key_filter: re.Pattern | None = None, known_listings: KnownListings | None = None, *,
+                 memory: MemoryBudgets):
         """KEY_FILTER: only objects whose full key it matches (re.search) are shown. KNOWN_LISTINGS: where whole
-        listings are kept across mounts (content-addressed stores keep their own). MEMORY: the daemon's budgets,
-        those for the cache's blocks if None."""
+        listings are kept across mounts (content-addressed stores keep their own). MEMORY: the daemon's budgets."""
         self.store = store
         self.cache = cache
-        self.memory = MemoryBudgets.for_blocks_of(cache.block_size) if memory is None else memory
+        self.memory = memory
         self.prefetcher = prefetcher
         self.kernel_ttl = min(metadata_ttl, _KERNEL_TTL_MAX)
         self.read_ahead_blocks = max(1, read_ahead // cache.block_size)

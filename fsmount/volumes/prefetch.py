@@ -3,7 +3,6 @@ import collections
 import dataclasses
 import functools
 import logging
-import math
 import time
 import typing
 
@@ -88,7 +87,7 @@ class DirectorySweeps:
     a few to start with and a few more for each file read after, so the sweep keeps ahead of its readers and
     stops soon after they do. Fetches in flight and files fetched ahead and not read yet are bounded."""
 
-    def __init__(self, prefetcher: Prefetcher, fill, ahead_limit: int, in_flight_limit: float = math.inf):
+    def __init__(self, prefetcher: Prefetcher, fill, ahead_limit: int, in_flight_limit: int):
         """FILL(piece): an awaitable that puts PIECE in the cache. AHEAD_LIMIT: bytes fetched ahead and not read yet.
         IN_FLIGHT_LIMIT: bytes being fetched at once."""
         self._prefetcher = prefetcher
